@@ -1,0 +1,89 @@
+//! Capped full-jitter exponential backoff.
+//!
+//! The delay before restart attempt `n` (0-based) is drawn uniformly from
+//! `[0, min(cap, base * 2^n)]` ("full jitter"). Jitter spreads the restarts of many
+//! processes that lost the same link at the same moment; the cap bounds how long a
+//! healed link waits before it is used again.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// A capped exponential schedule. Pure: the random draw is passed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Upper bound of the first delay.
+    pub base: Duration,
+    /// No delay is ever longer than this.
+    pub cap: Duration,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap: cap.max(base),
+        }
+    }
+
+    /// The upper bound of the delay for `attempt` (0-based): `min(cap, base * 2^attempt)`.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        // 2^31 * base overflows any sensible duration long before the cap matters.
+        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// A full-jitter delay for `attempt` drawn with `rng`.
+    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+        let ceiling = self.ceiling(attempt);
+        if ceiling.is_zero() {
+            return ceiling;
+        }
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(rng.random_range(0..=nanos))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn ceiling_doubles_until_the_cap() {
+        let b = Backoff::new(250 * MS, Duration::from_secs(30));
+        let ceilings: Vec<_> = (0..10).map(|n| b.ceiling(n)).collect();
+        assert_eq!(ceilings[0], 250 * MS);
+        assert_eq!(ceilings[1], 500 * MS);
+        assert_eq!(ceilings[6], 16_000 * MS);
+        assert_eq!(ceilings[7], Duration::from_secs(30));
+        assert_eq!(ceilings[9], Duration::from_secs(30));
+        assert_eq!(
+            b.ceiling(u32::MAX),
+            Duration::from_secs(30),
+            "huge attempts saturate"
+        );
+    }
+
+    #[test]
+    fn delays_are_jittered_within_the_ceiling() {
+        let b = Backoff::new(250 * MS, Duration::from_secs(30));
+        let mut rng = StdRng::seed_from_u64(7);
+        for attempt in 0..40 {
+            let d = b.delay(attempt, &mut rng);
+            assert!(d <= b.ceiling(attempt), "attempt {attempt}: {d:?}");
+        }
+        // Full jitter: at the cap, draws spread over the whole range, not just near the top.
+        let draws: Vec<_> = (0..200).map(|_| b.delay(20, &mut rng)).collect();
+        assert!(draws.iter().any(|d| *d < Duration::from_secs(10)));
+        assert!(draws.iter().any(|d| *d > Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn cap_below_base_is_raised_to_base() {
+        let b = Backoff::new(MS * 100, MS * 10);
+        assert_eq!(b.ceiling(5), MS * 100);
+    }
+}

@@ -1,0 +1,50 @@
+-- Buffers one transaction atomically (a script runs without interleaving, and with
+-- `appendfsync always` Redis fsyncs its effects before it replies).
+--
+-- KEYS[1] stream, KEYS[2] lifecycle hash, KEYS[3] idempotency hash or '' for none
+-- ARGV[1] max buffered transactions    ARGV[2] transaction JSON
+-- ARGV[3] transaction id               ARGV[4] operation name
+-- ARGV[5] request fingerprint          ARGV[6] stored response (JSON)
+-- ARGV[7] idempotency TTL (seconds)    ARGV[8] now (unix ms)
+-- ARGV[9] overlay: JSON list of {k = record key, f = [col, json, ...], i = [index keys]}
+--
+-- Returns {'ok', stream_id} | {'dup', first response} | {'conflict', ''} | {'full', length}
+local stream, lifecycle, idem = KEYS[1], KEYS[2], KEYS[3]
+
+if idem ~= '' then
+  local prev = redis.call('HMGET', idem, 'fp', 'resp')
+  if prev[1] then
+    if prev[1] == ARGV[5] then
+      return {'dup', prev[2]}
+    end
+    return {'conflict', ''}
+  end
+end
+
+local length = redis.call('XLEN', stream)
+if length >= tonumber(ARGV[1]) then
+  return {'full', tostring(length)}
+end
+
+local sid = redis.call('XADD', stream, '*', 'tx', ARGV[2])
+local overlay = cjson.decode(ARGV[9])
+local records = {}
+for _, rec in ipairs(overlay) do
+  if redis.call('EXISTS', rec.k) == 0 and rec.u == 1 then
+    -- An update of a record whose insert is not buffered (already replicated): the
+    -- overlay holds only the changed columns, merged over the replica row on read.
+    redis.call('HSET', rec.k, '_partial', '1')
+  end
+  redis.call('HSET', rec.k, '_tx', ARGV[3], unpack(rec.f))
+  for _, index in ipairs(rec.i) do
+    redis.call('SADD', index, rec.id)
+  end
+  records[#records + 1] = rec.k
+end
+redis.call('HSET', lifecycle, 'state', 'buffered', 'stream_id', sid, 'op', ARGV[4],
+  'buffered_at', ARGV[8], 'records', cjson.encode(records))
+if idem ~= '' then
+  redis.call('HSET', idem, 'fp', ARGV[5], 'resp', ARGV[6])
+  redis.call('EXPIRE', idem, tonumber(ARGV[7]))
+end
+return {'ok', sid}

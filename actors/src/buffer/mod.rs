@@ -1,0 +1,187 @@
+//! BufferActor: makes each transaction durable in Redis before it is acknowledged.
+//!
+//! Guarantees:
+//! - a write is acknowledged only after Redis answered `ok` to the script that appended it
+//!   to the stream, recorded its lifecycle and wrote its overlay, all in one atomic step;
+//!   with `appendfsync always` that answer comes after the fsync;
+//! - every other outcome (Redis down, timeout, actor killed with the write queued) reaches
+//!   the caller as an error, never as an acknowledgement;
+//! - a repeated idempotency key answers the first response and buffers nothing new.
+//!
+//! Group commit: while one pipeline is in flight, new writes queue up and go out together
+//! in the next one, so concurrent writers share round trips and fsyncs. Only one pipeline
+//! is in flight at a time, which also keeps the stream in acknowledgement order.
+
+mod flush;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::keys::Keys;
+
+/// What a durable write answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// `true` for creates (`201`), `false` for updates (`200`).
+    pub created: bool,
+    pub body: Value,
+    /// `true` when this is the stored answer of an earlier request with the same
+    /// idempotency key.
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+/// Why a write was not acknowledged.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Invalid(#[from] crate::domain::ValidationError),
+    #[error("the idempotency key was already used for a different request")]
+    IdempotencyConflict,
+    #[error("the buffer holds {0} unforwarded transactions, its configured limit")]
+    BufferFull(u64),
+    /// Nothing was acknowledged; the reason is for logs, not for callers.
+    #[error("buffer unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct BufferConfig {
+    pub redis_url: String,
+    pub keys: Keys,
+    pub max_buffered: u64,
+    pub idempotency_ttl: Duration,
+    /// Most writes in one pipeline.
+    pub max_batch: usize,
+    /// Bound on connecting and on each pipeline round trip.
+    pub redis_timeout: Duration,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct BufferMetrics {
+    pub acknowledged: AtomicU64,
+    pub replayed: AtomicU64,
+    pub rejected: AtomicU64,
+    pub failed: AtomicU64,
+    pub pipelines: AtomicU64,
+}
+
+impl BufferMetrics {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// A transaction ready to store: already serialised by the IngestActor.
+#[derive(Debug)]
+pub struct PreparedWrite {
+    pub tx_id: uuid::Uuid,
+    pub op: &'static str,
+    pub tx_json: String,
+    pub overlay_json: String,
+    /// Idempotency key and the request's fingerprint.
+    pub idempotency: Option<(String, String)>,
+    pub ack: Ack,
+}
+
+pub struct WriteRequest {
+    pub write: PreparedWrite,
+    pub reply: RpcReplyPort<Result<Ack, IngestError>>,
+}
+
+#[derive(Clone)]
+pub struct BufferActor;
+
+#[derive(Clone)]
+pub struct BufferArgs {
+    pub config: Arc<BufferConfig>,
+    pub metrics: Arc<BufferMetrics>,
+}
+
+pub struct BufferState {
+    args: BufferArgs,
+    client: redis::Client,
+    /// `None` until connected, and again after a connection error.
+    conn: Option<MultiplexedConnection>,
+    pending: VecDeque<WriteRequest>,
+    in_flight: bool,
+}
+
+pub enum BufferMsg {
+    Write(WriteRequest),
+    /// The in-flight pipeline finished; carries the connection back if it is still good.
+    Flushed(Option<MultiplexedConnection>),
+}
+
+impl Actor for BufferActor {
+    type Msg = BufferMsg;
+    type State = BufferState;
+    type Arguments = BufferArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: BufferArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let client = redis::Client::open(args.config.redis_url.as_str())?;
+        // Connect eagerly so the first write does not pay for it, but do not fail when Redis
+        // is down: writes then answer 503 until it is back.
+        let conn = flush::connect(&client, &args.config).await.ok();
+        Ok(BufferState {
+            args,
+            client,
+            conn,
+            pending: VecDeque::new(),
+            in_flight: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            BufferMsg::Write(request) => state.pending.push_back(request),
+            BufferMsg::Flushed(conn) => {
+                state.in_flight = false;
+                state.conn = conn;
+            }
+        }
+        maybe_flush(&myself, state);
+        Ok(())
+    }
+}
+
+/// Sends everything queued (up to `max_batch`) as one pipeline, unless one is in flight.
+fn maybe_flush(myself: &ActorRef<BufferMsg>, state: &mut BufferState) {
+    if state.in_flight || state.pending.is_empty() {
+        return;
+    }
+    let n = state.pending.len().min(state.args.config.max_batch);
+    let batch: Vec<WriteRequest> = state.pending.drain(..n).collect();
+    state.in_flight = true;
+    let job = flush::Flush {
+        client: state.client.clone(),
+        conn: state.conn.take(),
+        config: Arc::clone(&state.args.config),
+        metrics: Arc::clone(&state.args.metrics),
+    };
+    let myself = myself.clone();
+    // The pipeline runs outside the handler so the mailbox keeps filling the next batch.
+    // It replies to its callers itself, so a write stored before this actor is killed is
+    // still acknowledged.
+    tokio::spawn(async move {
+        let conn = job.run(batch).await;
+        let _ = myself.cast(BufferMsg::Flushed(conn));
+    });
+}

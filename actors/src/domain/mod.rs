@@ -1,0 +1,17 @@
+//! The domain of the ingest path: what observatory software may write, how it is
+//! validated, and the transactions it becomes.
+//!
+//! A [`Transaction`] is an ordered list of [`Step`]s (insert or update of one row of an ops
+//! table) with a summit-generated, time-ordered (v7) id. It is the unit that is buffered,
+//! forwarded and committed atomically on the primary.
+
+mod requests;
+mod transaction;
+mod validate;
+
+pub use requests::{
+    ChecksumAlgorithm, FinalizeRawDataPackage, FinishExecutedObsUnit, FinishStatus, Operation,
+    RawDataFileCreate, RawDataPackageCreate, StartExecutedObsUnit,
+};
+pub use transaction::{Built, Step, Table, Transaction};
+pub use validate::{IdempotencyKey, Limits, ValidationError};

@@ -1,0 +1,139 @@
+//! Request payloads, as the facades parse them. Unknown fields are errors: a typo in a
+//! script must not silently drop data.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartExecutedObsUnit {
+    pub obs_unit_id: i64,
+    pub start_time: Option<DateTime<Utc>>,
+    pub instrument_module: Option<String>,
+    pub meta: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishStatus {
+    Completed,
+    Failed,
+    Aborted,
+}
+
+impl FinishStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinishExecutedObsUnit {
+    pub status: FinishStatus,
+    pub end_time: Option<DateTime<Utc>>,
+    pub meta: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumAlgorithm {
+    #[default]
+    Sha256,
+    Sha1,
+    Md5,
+}
+
+impl ChecksumAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sha256 => "sha256",
+            Self::Sha1 => "sha1",
+            Self::Md5 => "md5",
+        }
+    }
+
+    /// Length of the digest in hex digits.
+    pub fn hex_len(self) -> usize {
+        match self {
+            Self::Sha256 => 64,
+            Self::Sha1 => 40,
+            Self::Md5 => 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDataFileCreate {
+    pub name: String,
+    pub relative_path: String,
+    pub executed_obs_unit_id: Uuid,
+    pub raw_data_package_id: Option<Uuid>,
+    pub size: i64,
+    pub checksum: String,
+    #[serde(default)]
+    pub checksum_algorithm: ChecksumAlgorithm,
+    pub file_type: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub meta: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDataPackageCreate {
+    pub name: String,
+    pub executed_obs_unit_id: Uuid,
+    pub relative_path: Option<String>,
+    pub meta: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinalizeRawDataPackage {
+    pub size: Option<i64>,
+    pub checksum: Option<String>,
+    pub checksum_algorithm: Option<ChecksumAlgorithm>,
+    pub file_count: Option<i64>,
+    pub meta: Option<Map<String, Value>>,
+}
+
+/// One write, as both facades hand it to the IngestActor.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Operation {
+    StartExecutedObsUnit(StartExecutedObsUnit),
+    FinishExecutedObsUnit {
+        id: Uuid,
+        body: FinishExecutedObsUnit,
+    },
+    CreateRawDataFile(RawDataFileCreate),
+    BulkCreateRawDataFiles {
+        files: Vec<RawDataFileCreate>,
+    },
+    CreateRawDataPackage(RawDataPackageCreate),
+    FinalizeRawDataPackage {
+        id: Uuid,
+        body: FinalizeRawDataPackage,
+    },
+}
+
+impl Operation {
+    /// The operation's stable name, as stored with its transaction.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::StartExecutedObsUnit(_) => "executed_obs_units.start",
+            Self::FinishExecutedObsUnit { .. } => "executed_obs_units.finish",
+            Self::CreateRawDataFile(_) => "raw_data_files.create",
+            Self::BulkCreateRawDataFiles { .. } => "raw_data_files.bulk",
+            Self::CreateRawDataPackage(_) => "raw_data_package.create",
+            Self::FinalizeRawDataPackage { .. } => "raw_data_package.finalize",
+        }
+    }
+}

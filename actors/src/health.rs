@@ -1,0 +1,158 @@
+//! The supervisor's health registry: what operators read at `/health/actors`.
+//!
+//! Written only by the supervisor; read by anyone holding the `Arc`. Timestamps are wall
+//! clock (for humans); uptime is measured on the monotonic clock.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::time::Instant;
+
+/// Where a supervised actor is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum ActorState {
+    Starting,
+    Running,
+    /// Waiting out its restart backoff.
+    BackingOff {
+        until: DateTime<Utc>,
+    },
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    state: ActorState,
+    restarts: u64,
+    last_failure: Option<Failure>,
+    running_since: Option<Instant>,
+}
+
+/// One actor's row of `/health/actors`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActorHealth {
+    pub name: String,
+    #[serde(flatten)]
+    pub state: ActorState,
+    pub restarts: u64,
+    pub last_failure: Option<Failure>,
+    /// Seconds since the current incarnation started; `null` when not running.
+    pub uptime_secs: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+pub struct HealthRegistry {
+    actors: RwLock<BTreeMap<String, Entry>>,
+    escalation: RwLock<Option<String>>,
+}
+
+impl HealthRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn update(&self, name: &str, f: impl FnOnce(&mut Entry)) {
+        let mut actors = self.actors.write().unwrap_or_else(|e| e.into_inner());
+        let entry = actors.entry(name.to_owned()).or_insert(Entry {
+            state: ActorState::Starting,
+            restarts: 0,
+            last_failure: None,
+            running_since: None,
+        });
+        f(entry);
+    }
+
+    pub fn starting(&self, name: &str) {
+        self.update(name, |e| {
+            e.state = ActorState::Starting;
+            e.running_since = None;
+        });
+    }
+
+    pub fn running(&self, name: &str) {
+        self.update(name, |e| {
+            e.state = ActorState::Running;
+            e.running_since = Some(Instant::now());
+        });
+    }
+
+    pub fn failed(&self, name: &str, reason: String, backing_off_until: DateTime<Utc>) {
+        self.update(name, |e| {
+            e.state = ActorState::BackingOff {
+                until: backing_off_until,
+            };
+            e.running_since = None;
+            e.last_failure = Some(Failure {
+                reason,
+                at: Utc::now(),
+            });
+        });
+    }
+
+    pub fn restarted(&self, name: &str) {
+        self.update(name, |e| e.restarts += 1);
+    }
+
+    pub fn stopped(&self, name: &str, failure: Option<String>) {
+        self.update(name, |e| {
+            e.state = ActorState::Stopped;
+            e.running_since = None;
+            if let Some(reason) = failure {
+                e.last_failure = Some(Failure {
+                    reason,
+                    at: Utc::now(),
+                });
+            }
+        });
+    }
+
+    /// Records that the tree gave up (restart intensity exceeded).
+    pub fn escalate(&self, reason: String) {
+        *self.escalation.write().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+    }
+
+    /// Why the tree gave up, if it did.
+    pub fn escalation(&self) -> Option<String> {
+        self.escalation
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn is_running(&self, name: &str) -> bool {
+        self.actors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .is_some_and(|e| e.state == ActorState::Running)
+    }
+
+    pub fn snapshot(&self) -> Vec<ActorHealth> {
+        let now = Instant::now();
+        self.actors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, e)| ActorHealth {
+                name: name.clone(),
+                state: e.state.clone(),
+                restarts: e.restarts,
+                last_failure: e.last_failure.clone(),
+                uptime_secs: e.running_since.map(|t| now.duration_since(t).as_secs_f64()),
+            })
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<ActorHealth> {
+        self.snapshot().into_iter().find(|a| a.name == name)
+    }
+}

@@ -1,0 +1,156 @@
+//! IngestActor: validates writes and turns them into transactions for the BufferActor.
+//!
+//! It never waits for Redis: it hands each prepared write, with the caller's reply port,
+//! to the BufferActor and takes the next message. It knows nothing of the forwarder, the
+//! replica or the primary (the isolation invariant of `docs/ARCHITECTURE.md`).
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::buffer::{Ack, BufferMsg, IngestError, PreparedWrite, WriteRequest};
+use crate::domain::{Built, IdempotencyKey, Limits, Operation};
+use crate::keys::Keys;
+use crate::slot::Slot;
+
+#[derive(Clone)]
+pub struct IngestActor;
+
+#[derive(Clone)]
+pub struct IngestArgs {
+    pub site: Arc<str>,
+    pub keys: Keys,
+    pub limits: Limits,
+    pub buffer: Slot<BufferMsg>,
+}
+
+pub enum IngestMsg {
+    Write {
+        op: Operation,
+        idempotency: Option<IdempotencyKey>,
+        reply: RpcReplyPort<Result<Ack, IngestError>>,
+    },
+}
+
+impl Actor for IngestActor {
+    type Msg = IngestMsg;
+    type State = IngestArgs;
+    type Arguments = IngestArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: IngestArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            IngestMsg::Write {
+                op,
+                idempotency,
+                reply,
+            } => write(state, op, idempotency, reply),
+        }
+        Ok(())
+    }
+}
+
+fn write(
+    state: &IngestArgs,
+    op: Operation,
+    idempotency: Option<IdempotencyKey>,
+    reply: RpcReplyPort<Result<Ack, IngestError>>,
+) {
+    if let Err(err) = op.validate(&state.limits) {
+        let _ = reply.send(Err(err.into()));
+        return;
+    }
+    let Some(buffer) = state.buffer.get() else {
+        let _ = reply.send(Err(IngestError::Unavailable(
+            "buffer actor not running".into(),
+        )));
+        return;
+    };
+    let write = prepare(state, &op, idempotency);
+    if let Err(err) = buffer.cast(BufferMsg::Write(WriteRequest { write, reply })) {
+        // The reply port went down with the message; the caller sees its call fail.
+        tracing::warn!(error = %err, "buffer actor gone, write refused");
+    }
+}
+
+/// Builds the transaction and serialises everything the buffer script needs.
+pub fn prepare(
+    state: &IngestArgs,
+    op: &Operation,
+    idempotency: Option<IdempotencyKey>,
+) -> PreparedWrite {
+    let Built {
+        tx,
+        created,
+        response,
+    } = op.build(&state.site, Utc::now(), Uuid::now_v7);
+    let overlay: Vec<_> = tx
+        .steps
+        .iter()
+        .map(|step| {
+            let table = step.table();
+            let columns = step.columns();
+            let mut fields = Vec::with_capacity(columns.len() * 2);
+            for (column, value) in columns {
+                fields.push(column.clone());
+                fields.push(value.to_string());
+            }
+            let indexes: Vec<String> = table
+                .indexed_columns()
+                .iter()
+                .filter_map(|c| columns.get(*c).filter(|v| !v.is_null()).map(|v| (c, v)))
+                .map(|(c, v)| {
+                    state.keys.index(
+                        table,
+                        c,
+                        v.as_str()
+                            .map_or_else(|| v.to_string(), str::to_owned)
+                            .as_str(),
+                    )
+                })
+                .collect();
+            json!({
+                "k": state.keys.record(table, step.id()),
+                "id": step.id(),
+                "u": u8::from(matches!(step, crate::domain::Step::Update { .. })),
+                "f": fields,
+                "i": indexes,
+            })
+        })
+        .collect();
+    PreparedWrite {
+        tx_id: tx.id,
+        op: op.name(),
+        tx_json: serde_json::to_string(&tx).unwrap_or_default(),
+        overlay_json: serde_json::Value::Array(overlay).to_string(),
+        idempotency: idempotency.map(|k| (k.as_str().to_owned(), fingerprint(op))),
+        ack: Ack {
+            created,
+            body: response,
+            replayed: false,
+        },
+    }
+}
+
+/// Identifies a request's content, so a reused idempotency key with another body is
+/// refused instead of answered with an unrelated response.
+fn fingerprint(op: &Operation) -> String {
+    let bytes = serde_json::to_vec(op).unwrap_or_default();
+    hex::encode(Sha256::digest(bytes))
+}

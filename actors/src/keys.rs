@@ -1,0 +1,82 @@
+//! The Redis key layout. Every key of a site starts with `opsdb:{site}:`, so several
+//! sites can share one Redis. `docs/ARCHITECTURE.md` documents the same table; keep both
+//! in step.
+
+use uuid::Uuid;
+
+use crate::domain::Table;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(site: &str) -> Self {
+        Self {
+            prefix: format!("opsdb:{site}:"),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Stream of buffered transactions, oldest first (field `tx`: the transaction JSON).
+    /// An entry leaves the stream once the primary has committed it, so its length is the
+    /// number of transactions not yet forwarded.
+    pub fn stream(&self) -> String {
+        format!("{}tx", self.prefix)
+    }
+
+    /// Hash: a transaction's lifecycle (`state`, `stream_id`, `buffered_at`, `op`, `records`).
+    pub fn lifecycle(&self, tx: Uuid) -> String {
+        format!("{}tx:{tx}", self.prefix)
+    }
+
+    /// Hash: the overlay after-image of one record (columns as JSON values, `_tx` = latest
+    /// writer, `_partial` = "1" when only an update of it is buffered).
+    pub fn record(&self, table: Table, id: Uuid) -> String {
+        format!("{}rec:{}:{id}", self.prefix, table.name())
+    }
+
+    /// Set: ids of the overlay records of `table` whose `column` equals `value`.
+    pub fn index(&self, table: Table, column: &str, value: &str) -> String {
+        format!("{}idx:{}:{column}:{value}", self.prefix, table.name())
+    }
+
+    /// Hash: an idempotency key's request fingerprint (`fp`) and first response (`resp`).
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}idem:{key}", self.prefix)
+    }
+
+    /// Stream of dead-lettered transactions.
+    pub fn dead_letters(&self) -> String {
+        format!("{}dlq", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_site_prefixed() {
+        let k = Keys::new("summit");
+        let id = Uuid::nil();
+        for key in [
+            k.stream(),
+            k.lifecycle(id),
+            k.record(Table::RawDataFile, id),
+            k.index(Table::ExecutedObsUnit, "obs_unit_id", "7"),
+            k.idempotency("abc"),
+            k.dead_letters(),
+        ] {
+            assert!(key.starts_with("opsdb:summit:"), "{key}");
+        }
+        assert_eq!(
+            k.record(Table::RawDataFile, id),
+            "opsdb:summit:rec:raw_data_file:00000000-0000-0000-0000-000000000000"
+        );
+    }
+}

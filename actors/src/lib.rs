@@ -1,0 +1,15 @@
+//! The actors of ops-db-api and the domain they need.
+//!
+//! This crate knows nothing of HTTP, TOML or websockets: the root package parses requests
+//! and configuration and talks to a running [`tree::Tree`].
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod buffer;
+pub mod domain;
+pub mod health;
+pub mod ingest;
+pub mod keys;
+pub mod slot;
+pub mod supervisor;
+pub mod tree;
