@@ -1,0 +1,213 @@
+//! `ops-db-api bench ingest`: HTTP ingest throughput and latency against a durable Redis
+//! (`appendfsync always`) started for the run, with `redis-benchmark` LPUSH figures from
+//! the same Redis in the same run as the physical limit.
+//!
+//! The load generator runs in this process, on the same cores as the service: figures are
+//! for comparing runs on one machine, not absolute.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::local_redis::{free_port, LocalRedis};
+use crate::startup::Application;
+use crate::token;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// HTTP ingest at several client concurrencies.
+    Ingest {
+        /// Concurrent clients, one measurement each.
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        clients: Vec<usize>,
+        /// Measured time per concurrency (after a 1 s warm-up).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Where the benchmark's Redis keeps its AOF.
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+    },
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Ingest {
+            clients,
+            duration,
+            dir,
+        } => ingest(&clients, duration, &dir).await,
+    }
+}
+
+struct Outcome {
+    clients: usize,
+    ok: u64,
+    errors: u64,
+    elapsed: Duration,
+    latency_us: Histogram<u64>,
+}
+
+async fn ingest(
+    clients: &[usize],
+    duration: Duration,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let dir = dir.join(format!("redis-{}", std::process::id()));
+    let redis = LocalRedis::start(&dir, free_port()?).await?;
+    let secret = token::generate();
+    let config = Config::from_toml_str(&format!(
+        "[site]\nname = \"bench\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
+         [redis]\nurl = \"{}\"\n[auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\"] }}]\n",
+        redis.url(),
+        token::hash(&secret)
+    ))?;
+    let app = Application::build(config).await?;
+    let url = format!("http://{}/raw_data_files/", app.http_addr());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+
+    println!(
+        "ops-db-api bench ingest: POST /raw_data_files/, Redis appendonly yes, appendfsync always"
+    );
+    println!("| clients | acknowledged writes/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &c in clients {
+        let _warm = load(&url, &secret, c, Duration::from_secs(1)).await?;
+        let o = load(&url, &secret, c, duration).await?;
+        let ms = |q: f64| o.latency_us.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+            o.clients,
+            o.ok as f64 / o.elapsed.as_secs_f64(),
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(0.999),
+            o.latency_us.max() as f64 / 1000.0,
+            o.errors
+        );
+    }
+    stop.cancel();
+    server.await.context("server task")??;
+
+    println!();
+    println!("redis-benchmark LPUSH on the same Redis (the physical limit of one durable write):");
+    println!("| clients | LPUSH/s | p50 ms | p99 ms |");
+    println!("|---:|---:|---:|---:|");
+    for &c in clients {
+        match redis_benchmark(redis.port, c).await {
+            Ok((rps, p50, p99)) => println!("| {c} | {rps} | {p50} | {p99} |"),
+            Err(err) => println!("| {c} | redis-benchmark failed: {err:#} | | |"),
+        }
+    }
+    redis.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `clients` tasks, each sending one write after another for `duration`.
+async fn load(
+    url: &str,
+    secret: &str,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Outcome> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()?;
+    let body = Arc::new(
+        json!({
+            "name": "scan_0001.fits",
+            "relative_path": "2026/11/24/prime-cam/scan_0001.fits",
+            "executed_obs_unit_id": "0192f7a4-3c1e-7b2a-9f00-000000000001",
+            "size": 1_048_576,
+            "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "file_type": "fits",
+        })
+        .to_string(),
+    );
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (http, url, body, auth) = (
+            http.clone(),
+            url.to_owned(),
+            Arc::clone(&body),
+            format!("Bearer {secret}"),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let sent = http
+                    .post(&url)
+                    .header("authorization", &auth)
+                    .header("content-type", "application/json")
+                    .body(body.as_str().to_owned())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
+                        let _ = r.bytes().await;
+                        ok += 1;
+                        hist.saturating_record(t.elapsed().as_micros() as u64);
+                    }
+                    _ => errors += 1,
+                }
+            }
+            anyhow::Ok((hist, ok, errors))
+        }));
+    }
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut ok, mut errors) = (0, 0);
+    for task in tasks {
+        let (h, o, e) = task.await??;
+        latency_us.add(h)?;
+        ok += o;
+        errors += e;
+    }
+    Ok(Outcome {
+        clients,
+        ok,
+        errors,
+        elapsed: started.elapsed(),
+        latency_us,
+    })
+}
+
+/// Runs `redis-benchmark -t lpush --csv`; returns (requests/s, p50 ms, p99 ms).
+async fn redis_benchmark(port: u16, clients: usize) -> anyhow::Result<(String, String, String)> {
+    let out = tokio::process::Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "lpush",
+            "-n",
+            "100000",
+        ])
+        .args(["-c", &clients.to_string(), "--csv"])
+        .output()
+        .await
+        .context("redis-benchmark not found: apt-get install redis-tools")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("\"LPUSH"))
+        .context("no LPUSH row in redis-benchmark output")?;
+    let cells: Vec<&str> = row.split(',').map(|c| c.trim_matches('"')).collect();
+    let cell = |i: usize| cells.get(i).map(|s| (*s).to_owned()).unwrap_or_default();
+    Ok((cell(1), cell(4), cell(6)))
+}

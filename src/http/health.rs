@@ -1,0 +1,156 @@
+//! Health, readiness, actor health and metrics. Open: no token needed.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ops_db_actors::health::ActorState;
+use ops_db_actors::tree::{BUFFER, INGEST};
+use serde_json::json;
+
+use super::AppState;
+
+fn ingest_running(state: &AppState) -> bool {
+    let h = &state.tree.health;
+    h.is_running(INGEST) && h.is_running(BUFFER)
+}
+
+pub async fn live() -> Json<serde_json::Value> {
+    Json(json!({ "status": "alive" }))
+}
+
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let redis = state.probe.status().await;
+    let mut reasons = Vec::new();
+    if !redis.reachable {
+        reasons.push("redis unreachable");
+    }
+    if !ingest_running(&state) {
+        reasons.push("ingest actors not running");
+    }
+    if reasons.is_empty() {
+        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reasons": reasons })),
+        )
+            .into_response()
+    }
+}
+
+pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let redis = state.probe.status().await;
+    let actors: serde_json::Map<_, _> = state
+        .tree
+        .health
+        .snapshot()
+        .into_iter()
+        .map(|a| (a.name, json!(state_name(&a.state))))
+        .collect();
+    let status = if !redis.reachable || !ingest_running(&state) {
+        "unhealthy"
+    } else if !redis.durability.durable {
+        "degraded"
+    } else {
+        "healthy"
+    };
+    Json(json!({
+        "status": status,
+        "site": state.config.site.name,
+        "mode": state.config.site.mode,
+        "database": "not_configured",
+        "redis": if redis.reachable { "connected" } else { "disconnected" },
+        "redis_durability": redis.durability,
+        "transaction_buffer": {
+            "size": redis.buffered,
+            "failed": redis.dead_letters,
+            "limit": state.config.buffer.max_buffered,
+        },
+        "background_processor": "not_configured",
+        "actors": actors,
+    }))
+}
+
+fn state_name(state: &ActorState) -> &'static str {
+    match state {
+        ActorState::Starting => "starting",
+        ActorState::Running => "running",
+        ActorState::BackingOff { .. } => "backing_off",
+        ActorState::Stopped => "stopped",
+    }
+}
+
+pub async fn actors(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "actors": state.tree.health.snapshot(),
+        "escalation": state.tree.health.escalation(),
+    }))
+}
+
+/// Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let m = &state.tree.buffer_metrics;
+    let mut out = String::new();
+    let counters = [
+        (
+            "opsdb_writes_acknowledged_total",
+            "Writes made durable and acknowledged.",
+            &m.acknowledged,
+        ),
+        (
+            "opsdb_writes_replayed_total",
+            "Repeated idempotency keys answered with the first response.",
+            &m.replayed,
+        ),
+        (
+            "opsdb_writes_rejected_total",
+            "Writes refused: buffer full or idempotency key reused.",
+            &m.rejected,
+        ),
+        (
+            "opsdb_writes_failed_total",
+            "Writes not acknowledged because Redis failed or was unreachable.",
+            &m.failed,
+        ),
+        (
+            "opsdb_buffer_pipelines_total",
+            "Redis pipelines sent by the buffer (group commits).",
+            &m.pipelines,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            counter.load(Ordering::Relaxed)
+        );
+    }
+    let actors = state.tree.health.snapshot();
+    let _ = writeln!(out, "# HELP opsdb_actor_restarts_total Restarts of each supervised actor.\n# TYPE opsdb_actor_restarts_total counter");
+    for a in &actors {
+        let _ = writeln!(
+            out,
+            "opsdb_actor_restarts_total{{actor=\"{}\"}} {}",
+            a.name, a.restarts
+        );
+    }
+    let _ = writeln!(out, "# HELP opsdb_actor_up Whether each supervised actor is running.\n# TYPE opsdb_actor_up gauge");
+    for a in &actors {
+        let _ = writeln!(
+            out,
+            "opsdb_actor_up{{actor=\"{}\"}} {}",
+            a.name,
+            u8::from(a.state == ActorState::Running)
+        );
+    }
+    let redis = state.probe.status().await;
+    let _ = writeln!(out, "# HELP opsdb_redis_up Whether Redis answered.\n# TYPE opsdb_redis_up gauge\nopsdb_redis_up {}", u8::from(redis.reachable));
+    if let Some(n) = redis.buffered {
+        let _ = writeln!(out, "# HELP opsdb_buffer_transactions Transactions buffered and not yet forwarded.\n# TYPE opsdb_buffer_transactions gauge\nopsdb_buffer_transactions {n}");
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,111 @@
+//! The HTTP facade (axum): the original's paths, JSON errors for everything, including
+//! the framework's own 404, 405 and 413.
+
+mod admin;
+mod auth;
+mod health;
+mod writes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use ops_db_actors::tree::Tree;
+
+pub use auth::Tokens;
+
+use crate::config::Config;
+use crate::ops::ApiError;
+use crate::redis_probe::RedisProbe;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub tree: Arc<Tree>,
+    pub config: Arc<Config>,
+    pub tokens: Arc<Tokens>,
+    pub probe: Arc<RedisProbe>,
+    pub write_timeout: Duration,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let writes = Router::new()
+        .route(
+            "/executed_obs_units/start",
+            post(writes::start_executed_obs_unit),
+        )
+        .route(
+            "/executed_obs_units/{id}/finish",
+            put(writes::finish_executed_obs_unit),
+        )
+        .route("/raw_data_files/", post(writes::create_raw_data_file))
+        .route("/raw_data_files", post(writes::create_raw_data_file))
+        .route(
+            "/raw_data_files/bulk",
+            post(writes::bulk_create_raw_data_files),
+        )
+        .route("/raw_data_package/", post(writes::create_raw_data_package))
+        .route("/raw_data_package", post(writes::create_raw_data_package))
+        .route(
+            "/raw_data_package/{id}/finalize",
+            put(writes::finalize_raw_data_package),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_write,
+        ));
+    let admin = Router::new()
+        .route("/admin/actors/{name}/kill", post(admin::kill_actor))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
+    let open = Router::new()
+        .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/health/actors", get(health::actors))
+        .route("/metrics", get(health::metrics));
+    Router::new()
+        .merge(writes)
+        .merge(admin)
+        .merge(open)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.http.body_limit_bytes))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}

@@ -1,0 +1,124 @@
+//! Building and running the application: config → [`Application::build`] (binds its
+//! ports, which may be 0, and starts the actor tree) → [`Application::run_until_stopped`].
+//! Tests start the real application the same way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use ops_db_actors::backoff::Backoff;
+use ops_db_actors::buffer::BufferConfig;
+use ops_db_actors::domain::Limits;
+use ops_db_actors::keys::Keys;
+use ops_db_actors::supervisor::policy::{Intensity, RestartPolicy};
+use ops_db_actors::tree::{Tree, TreeConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::{self, AppState, Tokens};
+use crate::redis_probe::RedisProbe;
+
+pub struct Application {
+    http: TcpListener,
+    tcp: TcpListener,
+    state: AppState,
+}
+
+fn policy(config: &Config) -> RestartPolicy {
+    let s = &config.supervisor;
+    RestartPolicy {
+        backoff: Backoff::new(s.backoff_base, s.backoff_cap),
+        intensity: Some(Intensity {
+            max_restarts: s.max_restarts,
+            within: s.within,
+        }),
+        reset_after: s.reset_after,
+    }
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let http = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("http.listen {}: cannot bind", config.http.listen))?;
+        let tcp = TcpListener::bind(config.tcp.listen)
+            .await
+            .with_context(|| format!("tcp.listen {}: cannot bind", config.tcp.listen))?;
+        let keys = Keys::new(&config.site.name);
+        let instance = format!("opsdb-{}-{:08x}", config.site.name, rand::random::<u32>());
+        let tree = Tree::start(TreeConfig {
+            instance,
+            site: config.site.name.clone(),
+            limits: Limits {
+                max_bulk_files: config.buffer.max_bulk_files,
+            },
+            buffer: BufferConfig {
+                redis_url: config.redis.url.clone(),
+                keys: keys.clone(),
+                max_buffered: config.buffer.max_buffered,
+                idempotency_ttl: config.buffer.idempotency_ttl,
+                max_batch: config.buffer.max_batch,
+                redis_timeout: config.redis.timeout,
+            },
+            ingest_policy: policy(&config),
+            buffer_policy: policy(&config),
+        })
+        .await
+        .context("starting the actor tree")?;
+        let probe =
+            RedisProbe::new(&config.redis.url, keys, config.redis.timeout).context("redis.url")?;
+        let state = AppState {
+            tree: Arc::new(tree),
+            tokens: Arc::new(Tokens::new(&config.auth.tokens)),
+            probe: Arc::new(probe),
+            write_timeout: config.http.request_timeout,
+            config: Arc::new(config),
+        };
+        Ok(Self { http, tcp, state })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .unwrap_or_else(|_| self.state.config.http.listen)
+    }
+
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp
+            .local_addr()
+            .unwrap_or_else(|_| self.state.config.tcp.listen)
+    }
+
+    pub fn tree(&self) -> Arc<Tree> {
+        Arc::clone(&self.state.tree)
+    }
+
+    /// Serves until `stop` is cancelled or the actor tree gives up. Then stops accepting,
+    /// lets in-flight requests finish, and stops the tree. An escalation is an error, so
+    /// the process exits non-zero and its service manager restarts it.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let Self { http, tcp, state } = self;
+        let tree = Arc::clone(&state.tree);
+        let watcher = {
+            let (tree, stop) = (Arc::clone(&tree), stop.clone());
+            tokio::spawn(async move {
+                tree.stopped().await;
+                stop.cancel();
+            })
+        };
+        let tcp_server = tokio::spawn(crate::tcp::serve(tcp, state.clone(), stop.clone()));
+        tracing::info!(http = %http.local_addr()?, "serving");
+        let served = axum::serve(http, http::router(state))
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .await;
+        let _ = tcp_server.await;
+        tree.shutdown().await;
+        watcher.abort();
+        served.context("http server")?;
+        match tree.health.escalation() {
+            Some(why) => anyhow::bail!("the actor tree gave up: {why}"),
+            None => Ok(()),
+        }
+    }
+}
