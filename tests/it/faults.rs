@@ -1,0 +1,251 @@
+//! Faults: actors killed and Redis killed while writes are in flight.
+//!
+//! Invariant under test: every acknowledged write is in the stream exactly once, and a
+//! caller sees either an acknowledgement or a 503, nothing else.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{eventually, file_body, TestApp};
+
+#[derive(Default)]
+struct Tally {
+    unavailable: AtomicU64,
+}
+
+/// Writes `per_writer` files from each of `writers` tasks, each with its own idempotency
+/// key, retrying 503s with the same key as a careful client does. Returns the
+/// acknowledged transaction ids.
+async fn write_with_retries(
+    app: &TestApp,
+    writers: usize,
+    per_writer: usize,
+    tally: Arc<Tally>,
+) -> Vec<Uuid> {
+    let eou = Uuid::now_v7().to_string();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (client, url, token, body, tally) = (
+            app.client.clone(),
+            app.url("/raw_data_files/"),
+            app.token.clone(),
+            file_body(&eou),
+            Arc::clone(&tally),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..per_writer {
+                let key = format!("w{w}-{i}");
+                loop {
+                    let r = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("Idempotency-Key", &key)
+                        .json(&body)
+                        .send()
+                        .await
+                        .expect("the HTTP facade answers even while actors die");
+                    match r.status().as_u16() {
+                        201 => {
+                            let v: serde_json::Value = r.json().await.expect("json");
+                            let tx = v["transaction_id"]
+                                .as_str()
+                                .and_then(|s| Uuid::parse_str(s).ok())
+                                .expect("tx id");
+                            acked.push(tx);
+                            break;
+                        }
+                        503 => {
+                            assert!(
+                                r.headers().contains_key("retry-after"),
+                                "503 carries Retry-After"
+                            );
+                            tally.unavailable.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        other => panic!(
+                            "unexpected status {other}: {}",
+                            r.text().await.unwrap_or_default()
+                        ),
+                    }
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("writer"));
+    }
+    acked
+}
+
+async fn assert_stored_exactly_once(app: &TestApp, acked: &[Uuid]) {
+    let stored: Vec<Uuid> = app.buffered().await.iter().map(|t| t.id).collect();
+    let unique: HashSet<Uuid> = stored.iter().copied().collect();
+    assert_eq!(unique.len(), stored.len(), "no transaction is stored twice");
+    let acked_set: HashSet<Uuid> = acked.iter().copied().collect();
+    assert_eq!(
+        acked_set.len(),
+        acked.len(),
+        "no two acknowledgements share a transaction"
+    );
+    let missing: Vec<_> = acked_set.difference(&unique).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not stored: {missing:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_ingest_actors_under_load_loses_and_duplicates_nothing() {
+    let app = TestApp::spawn_with(
+        "[supervisor]\nmax_restarts = 1000\nbackoff_base = \"5ms\"\nbackoff_cap = \"50ms\"\n",
+    )
+    .await;
+    let done = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let (tree, done) = (Arc::clone(&app.tree), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut kills = 0u32;
+            while !done.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                let name = if kills % 2 == 0 { "buffer" } else { "ingest" };
+                if tree.kill(name).await {
+                    kills += 1;
+                }
+            }
+            kills
+        })
+    };
+    let tally = Arc::new(Tally::default());
+    let acked = write_with_retries(&app, 16, 60, Arc::clone(&tally)).await;
+    done.store(true, Ordering::Relaxed);
+    let kills = killer.await.expect("killer");
+    assert!(kills >= 4, "the drill killed actors ({kills} kills)");
+    assert_eq!(
+        acked.len(),
+        16 * 60,
+        "every write was eventually acknowledged"
+    );
+    assert_stored_exactly_once(&app, &acked).await;
+    assert_eq!(
+        app.buffered_count().await,
+        16 * 60,
+        "one stream entry per idempotency key"
+    );
+
+    let restarts: u64 = app.tree.health.snapshot().iter().map(|a| a.restarts).sum();
+    assert!(
+        restarts >= u64::from(kills) - 1,
+        "the supervisor restarted them ({restarts} restarts, {kills} kills)"
+    );
+    eventually(
+        "both actors running again",
+        Duration::from_secs(10),
+        || async {
+            (app.tree.health.is_running("ingest") && app.tree.health.is_running("buffer"))
+                .then_some(())
+        },
+    )
+    .await;
+    println!(
+        "kills: {kills}, 503s seen by writers: {}",
+        tally.unavailable.load(Ordering::Relaxed)
+    );
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_killed_mid_load_refuses_writes_and_keeps_every_acknowledged_one() {
+    let app = TestApp::spawn().await;
+    let tally = Arc::new(Tally::default());
+    let load = {
+        let tally = Arc::clone(&tally);
+        let app = &app;
+        async move { write_with_retries(app, 8, 150, tally).await }
+    };
+    let fault = async {
+        // Let writes flow, kill Redis (SIGKILL: only fsynced data survives), wait until a
+        // writer has seen the refusals, then bring it back on the same data.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.redis.kill().await;
+        eventually("writers see 503s", Duration::from_secs(10), || async {
+            (tally.unavailable.load(Ordering::Relaxed) >= 8).then_some(())
+        })
+        .await;
+        let refused = app
+            .post("/executed_obs_units/start", &json!({"obs_unit_id": 1}))
+            .await;
+        let error = refused.assert_error(503, "buffer_unavailable");
+        assert!(
+            !error["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_lowercase()
+                .contains("redis error"),
+            "no Redis text leaks"
+        );
+        assert_eq!(
+            refused
+                .headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+        app.redis.restart().await;
+    };
+    let (acked, ()) = tokio::join!(load, fault);
+    assert!(tally.unavailable.load(Ordering::Relaxed) > 0);
+    assert_eq!(acked.len(), 8 * 150);
+    assert_stored_exactly_once(&app, &acked).await;
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_buffer_refuses_with_503_and_stores_nothing_more() {
+    let app = TestApp::spawn_with("[buffer]\nmax_buffered = 3\n").await;
+    for _ in 0..3 {
+        assert_eq!(
+            app.post("/executed_obs_units/start", &json!({"obs_unit_id": 1}))
+                .await
+                .status,
+            201
+        );
+    }
+    let full = app
+        .post("/executed_obs_units/start", &json!({"obs_unit_id": 1}))
+        .await;
+    let error = full.assert_error(503, "buffer_full");
+    assert!(error["message"].as_str().unwrap_or_default().contains('3'));
+    assert_eq!(
+        full.headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("30")
+    );
+    assert_eq!(app.buffered_count().await, 3);
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exceeding_the_restart_intensity_stops_the_service_with_an_error() {
+    let app = TestApp::spawn_with("[supervisor]\nmax_restarts = 2\nwithin = \"60s\"\nbackoff_base = \"5ms\"\nbackoff_cap = \"10ms\"\n").await;
+    for round in 0..2 {
+        assert!(app.tree.kill("ingest").await, "kill {round}");
+        eventually("ingest restarted", Duration::from_secs(10), || async {
+            let row = app.tree.health.get("ingest")?;
+            (row.restarts == round + 1 && app.tree.health.is_running("ingest")).then_some(())
+        })
+        .await;
+    }
+    assert!(app.tree.kill("ingest").await);
+    let result = app.join(Duration::from_secs(30)).await;
+    let err = result.expect_err("an escalated tree ends the service with an error");
+    assert!(err.to_string().contains("restart intensity"), "{err}");
+}

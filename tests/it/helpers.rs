@@ -1,0 +1,390 @@
+//! Test harness: real services, the real application, one fresh Redis per test.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ops_db_actors::domain::Transaction;
+use ops_db_actors::keys::Keys;
+use ops_db_actors::tree::Tree;
+use ops_db_api::config::Config;
+use ops_db_api::local_redis::{free_port, LocalRedis};
+use ops_db_api::startup::Application;
+use ops_db_api::token;
+use redis::aio::MultiplexedConnection;
+use serde_json::Value;
+use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const REDIS_IMAGE: (&str, &str) = ("opsdb-redis", "test");
+
+/// Retries `check` until it returns `Some` or `deadline` passes.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // one per test, never moved around
+enum Backend {
+    Docker(ContainerAsync<GenericImage>),
+    Local {
+        dir: tempdir::Dir,
+        server: Option<LocalRedis>,
+    },
+}
+
+/// A Redis server of the test's own, on a fixed loopback port so that it can be stopped
+/// and started again under the application's feet.
+pub struct TestRedis {
+    pub port: u16,
+    backend: Mutex<Backend>,
+}
+
+fn backend_is_local() -> bool {
+    std::env::var("OPSDB_TEST_BACKEND").is_ok_and(|b| b == "local")
+}
+
+impl TestRedis {
+    pub async fn start() -> Arc<Self> {
+        let port = free_port().expect("a free port");
+        let backend = if backend_is_local() {
+            let dir = tempdir::Dir::new();
+            let server = LocalRedis::start(&dir.0, port)
+                .await
+                .unwrap_or_else(|e| panic!("OPSDB_TEST_BACKEND=local needs redis-server: {e:#}"));
+            Backend::Local {
+                dir,
+                server: Some(server),
+            }
+        } else {
+            let image = GenericImage::new(REDIS_IMAGE.0, REDIS_IMAGE.1)
+                .with_exposed_port(6379.tcp())
+                .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+                .with_mapped_port(port, 6379.tcp())
+                .with_startup_timeout(Duration::from_secs(60));
+            let container = image.start().await.unwrap_or_else(|e| {
+                panic!(
+                    "cannot start the {}:{} container ({e}). The tests need a running Docker engine and \
+                     the test images: run `scripts/install-deps.sh && scripts/start-docker.sh && \
+                     scripts/build-images.sh` (as root), or use OPSDB_TEST_BACKEND=local with \
+                     redis-server installed (apt-get install redis-server)",
+                    REDIS_IMAGE.0, REDIS_IMAGE.1
+                )
+            });
+            Backend::Docker(container)
+        };
+        let redis = Arc::new(Self {
+            port,
+            backend: Mutex::new(backend),
+        });
+        redis.wait_ready().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn conn(&self) -> MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test redis")
+    }
+
+    async fn wait_ready(&self) {
+        let client = redis::Client::open(self.url()).expect("url");
+        eventually("redis answers PING", Duration::from_secs(30), || {
+            let client = client.clone();
+            async move {
+                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+    }
+
+    /// Kills the server without warning (SIGKILL): only what is fsynced survives.
+    pub async fn kill(&self) {
+        match &mut *self.backend.lock().await {
+            Backend::Docker(c) => c.stop_with_timeout(Some(0)).await.expect("docker kill"),
+            Backend::Local { server, .. } => {
+                if let Some(s) = server.take() {
+                    s.kill().await;
+                }
+            }
+        }
+    }
+
+    /// Starts the killed server again on the same port and data directory.
+    pub async fn restart(&self) {
+        match &mut *self.backend.lock().await {
+            Backend::Docker(c) => c.start().await.expect("docker start"),
+            Backend::Local { dir, server } => {
+                *server = Some(
+                    LocalRedis::start(&dir.0, self.port)
+                        .await
+                        .expect("restart redis-server"),
+                );
+            }
+        }
+        self.wait_ready().await;
+    }
+}
+
+/// A temporary directory removed on drop (the only one this harness needs).
+mod tempdir {
+    use std::path::PathBuf;
+
+    pub struct Dir(pub PathBuf);
+
+    impl Dir {
+        pub fn new() -> Self {
+            let path =
+                std::env::temp_dir().join(format!("opsdb-it-{:016x}", rand::random::<u64>()));
+            std::fs::create_dir_all(&path).expect("temp dir");
+            Self(path)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub struct TestApp {
+    pub http: String,
+    pub tcp: SocketAddr,
+    pub token: String,
+    pub admin_token: String,
+    pub site: String,
+    pub keys: Keys,
+    pub tree: Arc<Tree>,
+    pub redis: Arc<TestRedis>,
+    pub client: reqwest::Client,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    /// The application on a Redis of its own.
+    pub async fn spawn() -> Self {
+        Self::spawn_with("").await
+    }
+
+    /// As [`TestApp::spawn`], with `extra` TOML merged over the test config.
+    pub async fn spawn_with(extra: &str) -> Self {
+        let redis = TestRedis::start().await;
+        Self::spawn_on(redis, extra).await
+    }
+
+    pub async fn spawn_on(redis: Arc<TestRedis>, extra: &str) -> Self {
+        let site = format!("t{:08x}", rand::random::<u32>());
+        let token = token::generate();
+        let admin_token = token::generate();
+        let toml = format!(
+            "[site]\nname = \"{site}\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n\
+             [tcp]\nlisten = \"127.0.0.1:0\"\nmax_line_bytes = 65536\n\
+             [redis]\nurl = \"{url}\"\ntimeout = \"1s\"\n\
+             [auth]\ntokens = [\n\
+               {{ name = \"writer\", sha256 = \"{w}\", scopes = [\"write\"] }},\n\
+               {{ name = \"admin\", sha256 = \"{a}\", scopes = [\"admin\"] }},\n]\n",
+            url = redis.url(),
+            w = token::hash(&token),
+            a = token::hash(&admin_token),
+        );
+        let config = Config::from_toml_layers(&[&toml, extra])
+            .unwrap_or_else(|e| panic!("test config: {e}\n{toml}\n{extra}"));
+        let app = Application::build(config)
+            .await
+            .expect("application builds");
+        let http = format!("http://{}", app.http_addr());
+        let tcp = app.tcp_addr();
+        let tree = app.tree();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        Self {
+            http,
+            tcp,
+            token,
+            admin_token,
+            keys: Keys::new(&site),
+            site,
+            tree,
+            redis,
+            client: reqwest::Client::new(),
+            stop,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.http)
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> Reply {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        Reply::from(request.send().await.expect("request sent")).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(reqwest::Method::POST, path, Some(body), None)
+            .await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        self.send(reqwest::Method::PUT, path, Some(body), None)
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        Reply::from(
+            self.client
+                .get(self.url(path))
+                .send()
+                .await
+                .expect("request sent"),
+        )
+        .await
+    }
+
+    /// The buffered transactions, in stream order.
+    pub async fn buffered(&self) -> Vec<Transaction> {
+        let mut conn = self.redis.conn().await;
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.stream())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("xrange");
+        entries
+            .ids
+            .iter()
+            .map(|e| {
+                let json: String = e.get("tx").expect("tx field");
+                serde_json::from_str(&json).expect("transaction json")
+            })
+            .collect()
+    }
+
+    pub async fn buffered_count(&self) -> u64 {
+        let mut conn = self.redis.conn().await;
+        redis::cmd("XLEN")
+            .arg(self.keys.stream())
+            .query_async(&mut conn)
+            .await
+            .expect("xlen")
+    }
+
+    /// Stops the application; its result (an escalated tree is an error).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("application stops within 30 s")
+            .expect("application task")
+    }
+
+    /// Waits for the application to end on its own (escalation).
+    pub async fn join(self, within: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(within, self.task)
+            .await
+            .expect("application ends on its own")
+            .expect("application task")
+    }
+}
+
+/// An HTTP reply, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    async fn from(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Self {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    /// Asserts a JSON error of this status and code; returns the error object.
+    pub fn assert_error(&self, status: u16, code: &str) -> &Value {
+        assert_eq!(self.status, status, "status of {}", self.text);
+        let error = &self.body["error"];
+        assert_eq!(error["code"], code, "error code of {}", self.text);
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "a message: {}",
+            self.text
+        );
+        error
+    }
+}
+
+/// A valid raw data file payload.
+pub fn file_body(eou: &str) -> Value {
+    serde_json::json!({
+        "name": "scan_0001.fits",
+        "relative_path": "2026/11/24/scan_0001.fits",
+        "executed_obs_unit_id": eou,
+        "size": 1024,
+        "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    })
+}
+
+#[allow(dead_code)]
+pub fn repo_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}

@@ -1,0 +1,112 @@
+//! A repeated Idempotency-Key answers the first response and buffers nothing new.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::TestApp;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_with_the_same_key_gets_the_first_answer() {
+    let app = TestApp::spawn().await;
+    let body = json!({"obs_unit_id": 11});
+    let first = app
+        .send(
+            Method::POST,
+            "/executed_obs_units/start",
+            Some(&body),
+            Some("obs-11-try"),
+        )
+        .await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let again = app
+        .send(
+            Method::POST,
+            "/executed_obs_units/start",
+            Some(&body),
+            Some("obs-11-try"),
+        )
+        .await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.body, first.body, "same ids, same transaction");
+    assert_eq!(app.buffered_count().await, 1);
+
+    // An update keeps its own status code when replayed.
+    let id = first.body["id"].as_str().expect("id").to_owned();
+    let path = format!("/executed_obs_units/{id}/finish");
+    let finish = json!({"status": "completed", "end_time": "2026-11-24T04:00:00Z"});
+    let f1 = app
+        .send(Method::PUT, &path, Some(&finish), Some("finish-11"))
+        .await;
+    let f2 = app
+        .send(Method::PUT, &path, Some(&finish), Some("finish-11"))
+        .await;
+    assert_eq!((f1.status, f2.status), (200, 200));
+    assert_eq!(f1.body, f2.body);
+    assert_eq!(app.buffered_count().await, 2);
+
+    // Without a key, the same body is a new write.
+    let third = app.post("/executed_obs_units/start", &body).await;
+    assert_ne!(third.body["id"], first.body["id"]);
+    assert_eq!(app.buffered_count().await, 3);
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_reused_for_another_request_is_refused() {
+    let app = TestApp::spawn().await;
+    let a = app
+        .send(
+            Method::POST,
+            "/executed_obs_units/start",
+            Some(&json!({"obs_unit_id": 1})),
+            Some("k1"),
+        )
+        .await;
+    assert_eq!(a.status, 201);
+    let b = app
+        .send(
+            Method::POST,
+            "/executed_obs_units/start",
+            Some(&json!({"obs_unit_id": 2})),
+            Some("k1"),
+        )
+        .await;
+    b.assert_error(422, "idempotency_key_reused");
+    assert_eq!(app.buffered_count().await, 1);
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_with_one_key_buffer_once() {
+    let app = TestApp::spawn().await;
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let (client, url, token) = (
+            app.client.clone(),
+            app.url("/executed_obs_units/start"),
+            app.token.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .bearer_auth(token)
+                .header("Idempotency-Key", "race")
+                .json(&json!({"obs_unit_id": 5}))
+                .send()
+                .await
+                .expect("sent");
+            assert_eq!(r.status(), 201);
+            r.json::<serde_json::Value>().await.expect("json")
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.expect("task"));
+    }
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "one answer for all: {answers:?}"
+    );
+    assert_eq!(app.buffered_count().await, 1);
+    app.stop().await.expect("clean stop");
+}

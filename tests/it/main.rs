@@ -1,0 +1,14 @@
+//! The integration tests: one binary, the real application on real Redis.
+//!
+//! Services come from Docker (testcontainers, images built by `scripts/build-images.sh`)
+//! by default, or from this machine's binaries with `OPSDB_TEST_BACKEND=local`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
+
+mod helpers;
+
+mod bad_input;
+mod faults;
+mod health;
+mod idempotency;
+mod ingest;
+mod tcp;
