@@ -85,6 +85,7 @@ pub struct Redis {
 pub struct Buffer {
     pub max_buffered: u64,
     pub max_batch: usize,
+    pub connections: usize,
     #[serde(with = "humantime_serde")]
     pub idempotency_ttl: Duration,
     pub max_bulk_files: usize,
@@ -208,6 +209,7 @@ impl Config {
             ("http.body_limit_bytes", self.http.body_limit_bytes),
             ("tcp.max_line_bytes", self.tcp.max_line_bytes),
             ("buffer.max_batch", self.buffer.max_batch),
+            ("buffer.connections", self.buffer.connections),
             ("buffer.max_bulk_files", self.buffer.max_bulk_files),
             (
                 "supervisor.max_restarts",

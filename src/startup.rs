@@ -59,6 +59,7 @@ impl Application {
                 max_buffered: config.buffer.max_buffered,
                 idempotency_ttl: config.buffer.idempotency_ttl,
                 max_batch: config.buffer.max_batch,
+                connections: config.buffer.connections,
                 redis_timeout: config.redis.timeout,
             },
             ingest_policy: policy(&config),

@@ -249,3 +249,63 @@ async fn exceeding_the_restart_intensity_stops_the_service_with_an_error() {
     let err = result.expect_err("an escalated tree ends the service with an error");
     assert!(err.to_string().contains("restart intensity"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_whose_callers_timed_out_are_not_stored_later() {
+    let app =
+        TestApp::spawn_with("[http]\nrequest_timeout = \"300ms\"\n[redis]\ntimeout = \"10s\"\n")
+            .await;
+    // Block Redis for 1.5 s with a busy script from a connection of our own.
+    let mut blocker = redis::Client::open(app.redis.url())
+        .expect("url")
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+        )
+        .await
+        .expect("connect");
+    let block = tokio::spawn(async move {
+        let script = "local t0 = redis.call('TIME') \
+                      while true do local t = redis.call('TIME') \
+                      if (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 1500000 then return 1 end end";
+        let _: i64 = redis::cmd("EVAL")
+            .arg(script)
+            .arg(0)
+            .query_async(&mut blocker)
+            .await
+            .expect("busy script");
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first write goes out in a pipeline that Redis will only answer after the block;
+    // the next ones queue behind it. All callers time out first.
+    let body = json!({"obs_unit_id": 1});
+    let first = app.post("/executed_obs_units/start", &body);
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        futures::future::join_all((0..10).map(|_| app.post("/executed_obs_units/start", &body)))
+            .await
+    };
+    let (first, queued) = tokio::join!(first, queued);
+    first.assert_error(503, "buffer_unavailable");
+    for r in &queued {
+        r.assert_error(503, "buffer_unavailable");
+    }
+    block.await.expect("block ends");
+    let metrics = &app.tree.buffer_metrics;
+    eventually(
+        "queued writes abandoned",
+        Duration::from_secs(10),
+        || async { (metrics.abandoned.load(Ordering::Relaxed) == 10).then_some(()) },
+    )
+    .await;
+    // Only the write already sent to Redis may have been stored (its caller was told 503,
+    // which allows that; a retry with an Idempotency-Key would get its first answer).
+    assert!(
+        app.buffered_count().await <= 1,
+        "abandoned writes were not stored"
+    );
+    let after = app
+        .post("/executed_obs_units/start", &json!({"obs_unit_id": 3}))
+        .await;
+    assert_eq!(after.status, 201, "the buffer works on after the stall");
+    app.stop().await.expect("clean stop");
+}

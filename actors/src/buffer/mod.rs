@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -58,8 +57,10 @@ pub struct BufferConfig {
     pub keys: Keys,
     pub max_buffered: u64,
     pub idempotency_ttl: Duration,
-    /// Most writes in one pipeline.
+    /// Most writes in one group commit.
     pub max_batch: usize,
+    /// Connections a group commit is spread over (see `flush.rs`).
+    pub connections: usize,
     /// Bound on connecting and on each pipeline round trip.
     pub redis_timeout: Duration,
 }
@@ -71,6 +72,8 @@ pub struct BufferMetrics {
     pub replayed: AtomicU64,
     pub rejected: AtomicU64,
     pub failed: AtomicU64,
+    /// Queued writes not sent because their caller had already timed out.
+    pub abandoned: AtomicU64,
     pub pipelines: AtomicU64,
 }
 
@@ -110,15 +113,15 @@ pub struct BufferState {
     args: BufferArgs,
     client: redis::Client,
     /// `None` until connected, and again after a connection error.
-    conn: Option<MultiplexedConnection>,
+    conns: Option<flush::Connections>,
     pending: VecDeque<WriteRequest>,
     in_flight: bool,
 }
 
 pub enum BufferMsg {
     Write(WriteRequest),
-    /// The in-flight pipeline finished; carries the connection back if it is still good.
-    Flushed(Option<MultiplexedConnection>),
+    /// The in-flight group commit finished; carries the connections back if still good.
+    Flushed(Option<flush::Connections>),
 }
 
 impl Actor for BufferActor {
@@ -134,11 +137,11 @@ impl Actor for BufferActor {
         let client = redis::Client::open(args.config.redis_url.as_str())?;
         // Connect eagerly so the first write does not pay for it, but do not fail when Redis
         // is down: writes then answer 503 until it is back.
-        let conn = flush::connect(&client, &args.config).await.ok();
+        let conns = flush::connect(&client, &args.config).await.ok();
         Ok(BufferState {
             args,
             client,
-            conn,
+            conns,
             pending: VecDeque::new(),
             in_flight: false,
         })
@@ -152,9 +155,9 @@ impl Actor for BufferActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             BufferMsg::Write(request) => state.pending.push_back(request),
-            BufferMsg::Flushed(conn) => {
+            BufferMsg::Flushed(conns) => {
                 state.in_flight = false;
-                state.conn = conn;
+                state.conns = conns;
             }
         }
         maybe_flush(&myself, state);
@@ -164,7 +167,19 @@ impl Actor for BufferActor {
 
 /// Sends everything queued (up to `max_batch`) as one pipeline, unless one is in flight.
 fn maybe_flush(myself: &ActorRef<BufferMsg>, state: &mut BufferState) {
-    if state.in_flight || state.pending.is_empty() {
+    if state.in_flight {
+        return;
+    }
+    // A caller that gave up (its call timed out) was answered 503, "not acknowledged":
+    // storing its write now would make that answer wrong.
+    let before = state.pending.len();
+    state.pending.retain(|w| !w.reply.is_closed());
+    let abandoned = before - state.pending.len();
+    if abandoned > 0 {
+        BufferMetrics::add(&state.args.metrics.abandoned, abandoned);
+        tracing::warn!(abandoned, "dropped queued writes whose callers timed out");
+    }
+    if state.pending.is_empty() {
         return;
     }
     let n = state.pending.len().min(state.args.config.max_batch);
@@ -172,7 +187,7 @@ fn maybe_flush(myself: &ActorRef<BufferMsg>, state: &mut BufferState) {
     state.in_flight = true;
     let job = flush::Flush {
         client: state.client.clone(),
-        conn: state.conn.take(),
+        conns: state.conns.take(),
         config: Arc::clone(&state.args.config),
         metrics: Arc::clone(&state.args.metrics),
     };
@@ -181,7 +196,7 @@ fn maybe_flush(myself: &ActorRef<BufferMsg>, state: &mut BufferState) {
     // It replies to its callers itself, so a write stored before this actor is killed is
     // still acknowledged.
     tokio::spawn(async move {
-        let conn = job.run(batch).await;
-        let _ = myself.cast(BufferMsg::Flushed(conn));
+        let conns = job.run(batch).await;
+        let _ = myself.cast(BufferMsg::Flushed(conns));
     });
 }
