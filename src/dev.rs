@@ -1,5 +1,5 @@
 //! `ops-db-api dev`: the summit in a box. Starts a durable Redis from the machine's
-//! binaries and the service wired to it, prints `READY {json}` once everything answers,
+//! binaries and the service wired to it (logs in `DIR/logs`), prints `READY {json}` once everything answers,
 //! and stops everything it started on Ctrl-C or SIGTERM.
 
 use std::path::PathBuf;
@@ -40,14 +40,11 @@ pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result
         tokens = [{{ name = "dev", sha256 = "{hash}", scopes = ["write", "admin"] }}]
         [faults]
         enabled = true
-        [log]
-        dir = "{logs}"
         "#,
         http = options.http_port,
         tcp = options.tcp_port,
         redis = redis.url(),
         hash = auth_token::hash(&token),
-        logs = dir.join("logs").display(),
     ))?;
     let app = Application::build(config).await?;
     let ready = json!({

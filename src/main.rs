@@ -116,7 +116,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             http_port,
             tcp_port,
         } => {
-            let _guard = telemetry::init("info", None)?;
+            let _guard = telemetry::init("info", Some(&dir.join("logs")))?;
             let options = dev::DevOptions {
                 dir,
                 http_port,

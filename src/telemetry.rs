@@ -1,6 +1,8 @@
-//! Logging: to stderr, and to daily-rolling files when `log.dir` is set. The level comes
-//! from `log.level`; `RUST_LOG`, when set, wins.
+//! Logging: human-readable to stderr, and JSON lines (for log shippers) to daily-rolling
+//! files when `log.dir` is set. The level comes from `log.level`; `RUST_LOG`, when set,
+//! wins. Colours only when stderr is a terminal.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use tracing_appender::non_blocking::WorkerGuard;
@@ -18,6 +20,7 @@ pub fn init(level: &str, dir: Option<&Path>) -> anyhow::Result<Guard> {
             .unwrap_or_else(|_| EnvFilter::new("info"))
     };
     let stderr = fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_filter(filter());
     let (file, guard) = match dir {
@@ -27,7 +30,7 @@ pub fn init(level: &str, dir: Option<&Path>) -> anyhow::Result<Guard> {
             let appender = tracing_appender::rolling::daily(dir, "ops-db-api.log");
             let (writer, guard) = tracing_appender::non_blocking(appender);
             let layer = fmt::layer()
-                .with_ansi(false)
+                .json()
                 .with_writer(writer)
                 .with_filter(filter());
             (Some(layer), Some(guard))
