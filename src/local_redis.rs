@@ -94,6 +94,11 @@ impl LocalRedis {
         )
     }
 
+    /// Kills the server without warning (SIGKILL): only what was fsynced survives.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// Asks Redis to shut down (it flushes its AOF), then waits for it.
     pub async fn stop(mut self) {
         if let Ok(client) = redis::Client::open(self.url()) {
@@ -116,11 +121,4 @@ fn which(name: &str) -> Option<PathBuf> {
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-}
-
-impl LocalRedis {
-    /// Kills the server without warning (SIGKILL): only what was fsynced survives.
-    pub async fn kill(mut self) {
-        let _ = self.child.kill().await;
-    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use ops_db_actors::buffer::{Ack, IngestError};
-use ops_db_actors::domain::{IdempotencyKey, Operation};
+use ops_db_actors::domain::{IdempotencyKey, Operation, OperationKind};
 use ops_db_actors::tree::Tree;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -177,116 +177,68 @@ pub fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| invalid_id(raw))
 }
 
-/// Parses an optional `Idempotency-Key`; `Err(())` stands for a value that is not text.
-pub fn parse_idempotency_key(
-    raw: Option<Result<&str, ()>>,
-) -> Result<Option<IdempotencyKey>, ApiError> {
-    let invalid = |v: ops_db_actors::domain::ValidationError| {
-        ApiError::new(StatusCode::BAD_REQUEST, v.code, v.message).with_field(v.field)
-    };
-    match raw {
-        None => Ok(None),
-        Some(Ok(key)) => IdempotencyKey::parse(key).map(Some).map_err(invalid),
-        // Not text: the same answer as any other key that is not visible ASCII.
-        Some(Err(())) => IdempotencyKey::parse("").map(Some).map_err(invalid),
-    }
+/// Parses an `Idempotency-Key` given as bytes (an HTTP header may hold any).
+pub fn parse_idempotency_key(raw: &[u8]) -> Result<IdempotencyKey, ApiError> {
+    // Not UTF-8 is answered like any other key that is not visible ASCII.
+    IdempotencyKey::parse(std::str::from_utf8(raw).unwrap_or_default())
+        .map_err(|v| ApiError::new(StatusCode::BAD_REQUEST, v.code, v.message).with_field(v.field))
 }
 
-/// The write operations, by the names both facades use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOp {
-    StartExecutedObsUnit,
-    FinishExecutedObsUnit,
-    CreateRawDataFile,
-    BulkCreateRawDataFiles,
-    CreateRawDataPackage,
-    FinalizeRawDataPackage,
-}
-
-impl WriteOp {
-    pub const ALL: [WriteOp; 6] = [
-        Self::StartExecutedObsUnit,
-        Self::FinishExecutedObsUnit,
-        Self::CreateRawDataFile,
-        Self::BulkCreateRawDataFiles,
-        Self::CreateRawDataPackage,
-        Self::FinalizeRawDataPackage,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::StartExecutedObsUnit => "executed_obs_units.start",
-            Self::FinishExecutedObsUnit => "executed_obs_units.finish",
-            Self::CreateRawDataFile => "raw_data_files.create",
-            Self::BulkCreateRawDataFiles => "raw_data_files.bulk",
-            Self::CreateRawDataPackage => "raw_data_package.create",
-            Self::FinalizeRawDataPackage => "raw_data_package.finalize",
+/// Parses the body (and the path id, for updates) of a write into an [`Operation`].
+pub fn parse_operation(
+    kind: OperationKind,
+    id: Option<&str>,
+    body: &[u8],
+) -> Result<Operation, ApiError> {
+    let id = match (kind.needs_id(), id) {
+        (true, Some(raw)) => parse_id(raw)?,
+        (true, None) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing_field",
+                "this operation needs the record's id",
+            )
+            .with_field("id"))
         }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|op| op.name() == name)
-    }
-
-    pub fn needs_id(self) -> bool {
-        matches!(
-            self,
-            Self::FinishExecutedObsUnit | Self::FinalizeRawDataPackage
-        )
-    }
-
-    /// Parses the body (and the path id, for updates) into an [`Operation`].
-    pub fn parse(self, id: Option<&str>, body: &[u8]) -> Result<Operation, ApiError> {
-        let id = match (self.needs_id(), id) {
-            (true, Some(raw)) => Some(parse_id(raw)?),
-            (true, None) => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "missing_field",
-                    "this operation needs the record's id",
-                )
-                .with_field("id"))
-            }
-            (false, _) => None,
-        };
-        // An update with nothing to say (finalize) may come with an empty body.
-        let body =
-            if body.iter().all(u8::is_ascii_whitespace) && self == Self::FinalizeRawDataPackage {
-                b"{}".as_slice()
-            } else {
-                body
-            };
-        let id = id.unwrap_or_default();
-        Ok(match self {
-            Self::StartExecutedObsUnit => Operation::StartExecutedObsUnit(decode(body)?),
-            Self::FinishExecutedObsUnit => Operation::FinishExecutedObsUnit {
-                id,
-                body: decode(body)?,
-            },
-            Self::CreateRawDataFile => Operation::CreateRawDataFile(decode(body)?),
-            Self::BulkCreateRawDataFiles => Operation::BulkCreateRawDataFiles {
-                files: decode(body)?,
-            },
-            Self::CreateRawDataPackage => Operation::CreateRawDataPackage(decode(body)?),
-            Self::FinalizeRawDataPackage => Operation::FinalizeRawDataPackage {
-                id,
-                body: decode(body)?,
-            },
-        })
-    }
+        (false, _) => Uuid::nil(),
+    };
+    // An update with nothing to say (finalize) may come with an empty body.
+    let body = if kind == OperationKind::FinalizeRawDataPackage
+        && body.iter().all(u8::is_ascii_whitespace)
+    {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    Ok(match kind {
+        OperationKind::StartExecutedObsUnit => Operation::StartExecutedObsUnit(decode(body)?),
+        OperationKind::FinishExecutedObsUnit => Operation::FinishExecutedObsUnit {
+            id,
+            body: decode(body)?,
+        },
+        OperationKind::CreateRawDataFile => Operation::CreateRawDataFile(decode(body)?),
+        OperationKind::BulkCreateRawDataFiles => Operation::BulkCreateRawDataFiles {
+            files: decode(body)?,
+        },
+        OperationKind::CreateRawDataPackage => Operation::CreateRawDataPackage(decode(body)?),
+        OperationKind::FinalizeRawDataPackage => Operation::FinalizeRawDataPackage {
+            id,
+            body: decode(body)?,
+        },
+    })
 }
 
 /// Parses and submits one write; the answer's status and body.
 pub async fn write(
     tree: &Tree,
     timeout: Duration,
-    op: WriteOp,
+    kind: OperationKind,
     id: Option<&str>,
     body: &[u8],
-    idempotency_key: Option<Result<&str, ()>>,
+    idempotency_key: Option<&[u8]>,
 ) -> Result<(StatusCode, Ack), ApiError> {
-    let idempotency = parse_idempotency_key(idempotency_key)?;
-    let operation = op.parse(id, body)?;
+    let idempotency = idempotency_key.map(parse_idempotency_key).transpose()?;
+    let operation = parse_operation(kind, id, body)?;
     let ack = tree.ingest(operation, idempotency, timeout).await?;
     let status = if ack.created {
         StatusCode::CREATED
@@ -300,75 +252,94 @@ pub async fn write(
 mod tests {
     use super::*;
 
-    fn err(op: WriteOp, body: &str) -> ApiError {
-        op.parse(None, body.as_bytes()).expect_err("must fail")
-    }
-
     #[test]
     fn decode_errors_are_classified_and_name_fields() {
-        let e = err(WriteOp::StartExecutedObsUnit, "{\"obs_unit_id\": ");
-        assert_eq!(
-            (e.status, e.code),
-            (StatusCode::BAD_REQUEST, "malformed_json")
-        );
-        let e = err(WriteOp::StartExecutedObsUnit, "{}");
-        assert_eq!(
-            (e.code, e.field.as_deref()),
-            ("missing_field", Some("obs_unit_id"))
-        );
-        let e = err(
-            WriteOp::StartExecutedObsUnit,
-            r#"{"obs_unit_id": 1, "colour": "red"}"#,
-        );
-        assert_eq!(
-            (e.code, e.field.as_deref()),
-            ("unknown_field", Some("colour"))
-        );
-        let e = err(WriteOp::StartExecutedObsUnit, r#"{"obs_unit_id": "one"}"#);
-        assert_eq!(
-            (e.code, e.field.as_deref()),
-            ("invalid_field", Some("obs_unit_id"))
-        );
-        let e = err(
-            WriteOp::StartExecutedObsUnit,
-            r#"{"obs_unit_id": 1, "start_time": "yesterday"}"#,
-        );
-        assert_eq!(
-            (e.code, e.field.as_deref()),
-            ("invalid_field", Some("start_time"))
-        );
-        let e = err(WriteOp::BulkCreateRawDataFiles, r#"[{"name": "a"}]"#);
-        assert_eq!(e.code, "missing_field");
-        assert!(
-            e.field.as_deref().is_some_and(|f| f.starts_with("[0]")),
-            "{e:?}"
-        );
-        let e = err(
-            WriteOp::StartExecutedObsUnit,
-            r#"{"obs_unit_id": 1} trailing"#,
-        );
-        assert_eq!(e.code, "malformed_json");
-        assert!(
-            !e.message.contains(" at line "),
-            "positions are stripped: {}",
-            e.message
-        );
+        use OperationKind::{BulkCreateRawDataFiles as Bulk, StartExecutedObsUnit as Start};
+        let cases: [(OperationKind, &str, u16, &str, Option<&str>); 7] = [
+            (Start, r#"{"obs_unit_id": "#, 400, "malformed_json", None),
+            (
+                Start,
+                r#"{"obs_unit_id": 1} trailing"#,
+                400,
+                "malformed_json",
+                None,
+            ),
+            (Start, "{}", 422, "missing_field", Some("obs_unit_id")),
+            (
+                Start,
+                r#"{"obs_unit_id": 1, "colour": "red"}"#,
+                422,
+                "unknown_field",
+                Some("colour"),
+            ),
+            (
+                Start,
+                r#"{"obs_unit_id": "one"}"#,
+                422,
+                "invalid_field",
+                Some("obs_unit_id"),
+            ),
+            (
+                Start,
+                r#"{"obs_unit_id": 1, "start_time": "yesterday"}"#,
+                422,
+                "invalid_field",
+                Some("start_time"),
+            ),
+            (
+                Bulk,
+                r#"[{"name": "a"}]"#,
+                422,
+                "missing_field",
+                Some("[0].relative_path"),
+            ),
+        ];
+        for (kind, body, status, code, field) in cases {
+            let e = parse_operation(kind, None, body.as_bytes()).expect_err(body);
+            assert_eq!(
+                (e.status.as_u16(), e.code, e.field.as_deref()),
+                (status, code, field),
+                "{body}"
+            );
+            assert!(
+                !e.message.contains(" at line "),
+                "positions are stripped: {}",
+                e.message
+            );
+        }
     }
 
     #[test]
     fn updates_need_a_uuid_id() {
-        let e = WriteOp::FinishExecutedObsUnit
-            .parse(Some("42"), br#"{"status":"completed"}"#)
-            .expect_err("bad id");
+        let e = parse_operation(
+            OperationKind::FinishExecutedObsUnit,
+            Some("42"),
+            br#"{"status":"completed"}"#,
+        )
+        .expect_err("bad id");
         assert_eq!((e.code, e.field.as_deref()), ("invalid_id", Some("id")));
-        let ok = WriteOp::FinalizeRawDataPackage.parse(Some(&Uuid::nil().to_string()), b"");
+        let e = parse_operation(
+            OperationKind::FinishExecutedObsUnit,
+            None,
+            br#"{"status":"completed"}"#,
+        )
+        .expect_err("no id");
+        assert_eq!((e.code, e.field.as_deref()), ("missing_field", Some("id")));
+        let ok = parse_operation(
+            OperationKind::FinalizeRawDataPackage,
+            Some(&Uuid::nil().to_string()),
+            b"",
+        );
         assert!(ok.is_ok(), "finalize accepts an empty body");
     }
 
     #[test]
-    fn op_names_round_trip() {
-        for op in WriteOp::ALL {
-            assert_eq!(WriteOp::from_name(op.name()), Some(op));
-        }
+    fn idempotency_keys_that_are_not_text_are_refused() {
+        assert!(parse_idempotency_key(b"job-7").is_ok());
+        let e = parse_idempotency_key(&[0xff, 0xfe]).expect_err("not UTF-8");
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "invalid_idempotency_key")
+        );
     }
 }

@@ -22,7 +22,9 @@ use axum::http::StatusCode;
 
 use crate::config::Scope;
 use crate::http::AppState;
-use crate::ops::{self, ApiError, WriteOp};
+use ops_db_actors::domain::OperationKind;
+
+use crate::ops::{self, ApiError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,8 +170,8 @@ async fn write(state: &AppState, envelope: Envelope) -> Result<Value, ApiError> 
     state
         .tokens
         .check(envelope.token.as_deref(), Scope::Write)?;
-    let op = WriteOp::from_name(&envelope.op).ok_or_else(|| {
-        let known: Vec<_> = WriteOp::ALL.iter().map(|op| op.name()).collect();
+    let kind = OperationKind::from_name(&envelope.op).ok_or_else(|| {
+        let known: Vec<_> = OperationKind::ALL.iter().map(|k| k.name()).collect();
         ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_op",
@@ -178,11 +180,11 @@ async fn write(state: &AppState, envelope: Envelope) -> Result<Value, ApiError> 
         .with_field("op")
     })?;
     let body = envelope.body.as_deref().map_or("", RawValue::get);
-    let key = envelope.idempotency_key.as_deref().map(Ok);
+    let key = envelope.idempotency_key.as_deref().map(str::as_bytes);
     let (status, ack) = ops::write(
         &state.tree,
         state.write_timeout,
-        op,
+        kind,
         envelope.id.as_deref(),
         body.as_bytes(),
         key,

@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::AppState;
-use crate::ops::{self, ApiError, WriteOp};
+use ops_db_actors::domain::OperationKind;
+
+use crate::ops::{self, ApiError};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -33,7 +35,7 @@ fn body_error(rejection: BytesRejection) -> ApiError {
 
 async fn write(
     state: &AppState,
-    op: WriteOp,
+    kind: OperationKind,
     id: Option<Id>,
     headers: &HeaderMap,
     body: Body,
@@ -46,13 +48,11 @@ async fn write(
         Ok(id) => id.map(|Path(id)| id),
         Err(_) => return ops::invalid_id("(undecodable)").into_response(),
     };
-    let key = headers
-        .get(IDEMPOTENCY_KEY)
-        .map(|v| v.to_str().map_err(|_| ()));
+    let key = headers.get(IDEMPOTENCY_KEY).map(|v| v.as_bytes());
     match ops::write(
         &state.tree,
         state.write_timeout,
-        op,
+        kind,
         id.as_deref(),
         &body,
         key,
@@ -69,7 +69,14 @@ pub async fn start_executed_obs_unit(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    write(&s, WriteOp::StartExecutedObsUnit, None, &headers, body).await
+    write(
+        &s,
+        OperationKind::StartExecutedObsUnit,
+        None,
+        &headers,
+        body,
+    )
+    .await
 }
 
 pub async fn finish_executed_obs_unit(
@@ -78,7 +85,14 @@ pub async fn finish_executed_obs_unit(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    write(&s, WriteOp::FinishExecutedObsUnit, Some(id), &headers, body).await
+    write(
+        &s,
+        OperationKind::FinishExecutedObsUnit,
+        Some(id),
+        &headers,
+        body,
+    )
+    .await
 }
 
 pub async fn create_raw_data_file(
@@ -86,7 +100,7 @@ pub async fn create_raw_data_file(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    write(&s, WriteOp::CreateRawDataFile, None, &headers, body).await
+    write(&s, OperationKind::CreateRawDataFile, None, &headers, body).await
 }
 
 pub async fn bulk_create_raw_data_files(
@@ -94,7 +108,14 @@ pub async fn bulk_create_raw_data_files(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    write(&s, WriteOp::BulkCreateRawDataFiles, None, &headers, body).await
+    write(
+        &s,
+        OperationKind::BulkCreateRawDataFiles,
+        None,
+        &headers,
+        body,
+    )
+    .await
 }
 
 pub async fn create_raw_data_package(
@@ -102,7 +123,14 @@ pub async fn create_raw_data_package(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    write(&s, WriteOp::CreateRawDataPackage, None, &headers, body).await
+    write(
+        &s,
+        OperationKind::CreateRawDataPackage,
+        None,
+        &headers,
+        body,
+    )
+    .await
 }
 
 pub async fn finalize_raw_data_package(
@@ -113,7 +141,7 @@ pub async fn finalize_raw_data_package(
 ) -> Response {
     write(
         &s,
-        WriteOp::FinalizeRawDataPackage,
+        OperationKind::FinalizeRawDataPackage,
         Some(id),
         &headers,
         body,

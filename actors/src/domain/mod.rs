@@ -11,7 +11,7 @@ mod validate;
 
 pub use requests::{
     ChecksumAlgorithm, FinalizeRawDataPackage, FinishExecutedObsUnit, FinishStatus, Operation,
-    RawDataFileCreate, RawDataPackageCreate, StartExecutedObsUnit,
+    OperationKind, RawDataFileCreate, RawDataPackageCreate, StartExecutedObsUnit,
 };
 pub use transaction::{Built, Step, Table, Transaction};
 pub use validate::{IdempotencyKey, Limits, ValidationError};

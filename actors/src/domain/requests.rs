@@ -124,16 +124,78 @@ pub enum Operation {
     },
 }
 
-impl Operation {
-    /// The operation's stable name, as stored with its transaction.
-    pub fn name(&self) -> &'static str {
+/// The kinds of write, by the names both facades and the stored transactions use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperationKind {
+    StartExecutedObsUnit,
+    FinishExecutedObsUnit,
+    CreateRawDataFile,
+    BulkCreateRawDataFiles,
+    CreateRawDataPackage,
+    FinalizeRawDataPackage,
+}
+
+impl OperationKind {
+    pub const ALL: [Self; 6] = [
+        Self::StartExecutedObsUnit,
+        Self::FinishExecutedObsUnit,
+        Self::CreateRawDataFile,
+        Self::BulkCreateRawDataFiles,
+        Self::CreateRawDataPackage,
+        Self::FinalizeRawDataPackage,
+    ];
+
+    /// The stable name, as stored with each transaction and used by the TCP facade.
+    pub fn name(self) -> &'static str {
         match self {
-            Self::StartExecutedObsUnit(_) => "executed_obs_units.start",
-            Self::FinishExecutedObsUnit { .. } => "executed_obs_units.finish",
-            Self::CreateRawDataFile(_) => "raw_data_files.create",
-            Self::BulkCreateRawDataFiles { .. } => "raw_data_files.bulk",
-            Self::CreateRawDataPackage(_) => "raw_data_package.create",
-            Self::FinalizeRawDataPackage { .. } => "raw_data_package.finalize",
+            Self::StartExecutedObsUnit => "executed_obs_units.start",
+            Self::FinishExecutedObsUnit => "executed_obs_units.finish",
+            Self::CreateRawDataFile => "raw_data_files.create",
+            Self::BulkCreateRawDataFiles => "raw_data_files.bulk",
+            Self::CreateRawDataPackage => "raw_data_package.create",
+            Self::FinalizeRawDataPackage => "raw_data_package.finalize",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+
+    /// Updates name the record they change.
+    pub fn needs_id(self) -> bool {
+        matches!(
+            self,
+            Self::FinishExecutedObsUnit | Self::FinalizeRawDataPackage
+        )
+    }
+}
+
+impl Operation {
+    pub fn kind(&self) -> OperationKind {
+        match self {
+            Self::StartExecutedObsUnit(_) => OperationKind::StartExecutedObsUnit,
+            Self::FinishExecutedObsUnit { .. } => OperationKind::FinishExecutedObsUnit,
+            Self::CreateRawDataFile(_) => OperationKind::CreateRawDataFile,
+            Self::BulkCreateRawDataFiles { .. } => OperationKind::BulkCreateRawDataFiles,
+            Self::CreateRawDataPackage(_) => OperationKind::CreateRawDataPackage,
+            Self::FinalizeRawDataPackage { .. } => OperationKind::FinalizeRawDataPackage,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_round_trip() {
+        for kind in OperationKind::ALL {
+            assert_eq!(OperationKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(OperationKind::from_name("executed_obs_units.delete"), None);
     }
 }
