@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod config;
 pub mod dev;
+pub mod fault_proxy;
 pub mod http;
 pub mod local_redis;
 pub mod ops;
