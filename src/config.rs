@@ -36,6 +36,7 @@ pub struct Config {
     pub tcp: Tcp,
     pub redis: Redis,
     pub buffer: Buffer,
+    pub forwarder: Forwarder,
     pub auth: Auth,
     pub faults: Faults,
     pub log: Log,
@@ -89,6 +90,25 @@ pub struct Buffer {
     #[serde(with = "humantime_serde")]
     pub idempotency_ttl: Duration,
     pub max_bulk_files: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forwarder {
+    pub primary_url: Option<String>,
+    pub batch_size: usize,
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reset_after: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -201,6 +221,12 @@ impl Config {
             ("buffer.idempotency_ttl", self.buffer.idempotency_ttl),
             ("supervisor.backoff_base", self.supervisor.backoff_base),
             ("supervisor.within", self.supervisor.within),
+            ("forwarder.connect_timeout", self.forwarder.connect_timeout),
+            (
+                "forwarder.statement_timeout",
+                self.forwarder.statement_timeout,
+            ),
+            ("forwarder.backoff_base", self.forwarder.backoff_base),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(invalid(key, "must be longer than zero"));
@@ -211,6 +237,7 @@ impl Config {
             ("buffer.max_batch", self.buffer.max_batch),
             ("buffer.connections", self.buffer.connections),
             ("buffer.max_bulk_files", self.buffer.max_bulk_files),
+            ("forwarder.batch_size", self.forwarder.batch_size),
             (
                 "supervisor.max_restarts",
                 self.supervisor.max_restarts as usize,
@@ -221,6 +248,20 @@ impl Config {
         }
         if self.buffer.max_buffered == 0 {
             return Err(invalid("buffer.max_buffered", "must be at least 1"));
+        }
+        if let Some(url) = &self.forwarder.primary_url {
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                return Err(invalid(
+                    "forwarder.primary_url",
+                    "must start with postgres:// or postgresql://",
+                ));
+            }
+        }
+        if self.forwarder.backoff_cap < self.forwarder.backoff_base {
+            return Err(invalid(
+                "forwarder.backoff_cap",
+                "must not be shorter than forwarder.backoff_base",
+            ));
         }
         if self.supervisor.backoff_cap < self.supervisor.backoff_base {
             return Err(invalid(

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod db;
 pub mod dev;
 pub mod fault_proxy;
 pub mod http;

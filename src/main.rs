@@ -37,6 +37,25 @@ enum Command {
         #[arg(long, default_value_t = 8081)]
         tcp_port: u16,
     },
+    /// Bring the primary's schema up to date (forwarder.primary_url of the config).
+    Migrate {
+        #[arg(long)]
+        config: PathBuf,
+        /// Also insert the planning rows dev and tests use (obs_unit 1 to 10).
+        #[arg(long)]
+        seed: bool,
+    },
+    /// Dead letters: list, retry or drop them through a running service's admin API.
+    Dlq {
+        /// The service's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// A token with the admin scope.
+        #[arg(long, env = "OPSDB_TOKEN", hide_env_values = true)]
+        token: String,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Check a config file and print the effective configuration (tokens hashed as given).
     CheckConfig {
         #[arg(long)]
@@ -52,6 +71,19 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters, oldest first.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Put a dead letter back at the end of the buffer.
+    Retry { id: String },
+    /// Remove a dead letter for good.
+    Drop { id: String },
 }
 
 #[derive(Subcommand)]
@@ -124,6 +156,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             dev::run(options, stop_on_signals()).await
         }
+        Command::Migrate { config, seed } => {
+            let config = Config::load(Some(&config)).map_err(|e| anyhow::anyhow!("config: {e}"))?;
+            let url = config
+                .forwarder
+                .primary_url
+                .ok_or_else(|| anyhow::anyhow!("config: forwarder.primary_url is not set"))?;
+            ops_db_api::db::migrate(&url).await?;
+            if seed {
+                ops_db_api::db::seed(&url).await?;
+            }
+            println!("migrated{}", if seed { " and seeded" } else { "" });
+            Ok(())
+        }
+        Command::Dlq {
+            url,
+            token,
+            command,
+        } => dlq(&url, &token, command).await,
         Command::CheckConfig { config } => {
             let config = Config::load(Some(&config)).map_err(|e| anyhow::anyhow!("config: {e}"))?;
             println!("{}", serde_json::to_string_pretty(&config)?);
@@ -148,4 +198,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             bench::run(command).await
         }
     }
+}
+
+async fn dlq(url: &str, token: &str, command: DlqCommand) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let base = url.trim_end_matches('/');
+    let request = match &command {
+        DlqCommand::List { limit } => http.get(format!("{base}/admin/dlq?limit={limit}")),
+        DlqCommand::Retry { id } => http.post(format!("{base}/admin/dlq/{id}/retry")),
+        DlqCommand::Drop { id } => http.delete(format!("{base}/admin/dlq/{id}")),
+    };
+    let response = request.bearer_auth(token).send().await?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {}",
+            body["error"]["message"].as_str().unwrap_or("no message")
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
 }

@@ -32,6 +32,8 @@ pub struct RedisStatus {
     /// Transactions buffered and not yet forwarded.
     pub buffered: Option<u64>,
     pub dead_letters: Option<u64>,
+    /// Age of the oldest transaction not yet forwarded (from its stream id's time).
+    pub oldest_unforwarded_secs: Option<f64>,
 }
 
 impl RedisProbe {
@@ -58,26 +60,35 @@ impl RedisProbe {
                     },
                     buffered: None,
                     dead_letters: None,
+                    oldest_unforwarded_secs: None,
                 }
             }
         }
     }
 
-    async fn query(&self) -> RedisResult<RedisStatus> {
+    /// A connection for admin work (dead letters): not the ingest path's.
+    pub async fn conn(&self) -> RedisResult<MultiplexedConnection> {
         let mut guard = self.conn.lock().await;
-        let conn = match guard.as_mut() {
-            Some(conn) => conn,
-            None => {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout));
-                guard.insert(
-                    self.client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?,
-                )
-            }
-        };
+        if let Some(conn) = guard.as_ref() {
+            return Ok(conn.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(guard.insert(conn).clone())
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn query(&self) -> RedisResult<RedisStatus> {
+        let mut conn = self.conn().await?;
+        let conn = &mut conn;
         let mut pipe = redis::pipe();
         pipe.ignore_errors()
             .cmd("PING")
@@ -90,7 +101,13 @@ impl RedisProbe {
             .arg("appendonly")
             .cmd("CONFIG")
             .arg("GET")
-            .arg("appendfsync");
+            .arg("appendfsync")
+            .cmd("XRANGE")
+            .arg(self.keys.stream())
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
         let replies: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
         let mut replies = replies.into_iter();
         let mut next = || replies.next().and_then(Result::ok);
@@ -104,6 +121,17 @@ impl RedisProbe {
         };
         let appendonly = config(next());
         let appendfsync = config(next());
+        let oldest = next()
+            .and_then(|v| redis::from_redis_value::<redis::streams::StreamRangeReply>(v).ok())
+            .and_then(|r| r.ids.into_iter().next())
+            .and_then(|e| e.id.split('-').next().and_then(|ms| ms.parse::<i64>().ok()));
+        let oldest_unforwarded_secs = match (buffered, oldest) {
+            (Some(0), _) => Some(0.0),
+            (_, Some(ms)) => {
+                Some(((chrono::Utc::now().timestamp_millis() - ms).max(0)) as f64 / 1000.0)
+            }
+            _ => None,
+        };
         let durable =
             appendonly.as_deref() == Some("yes") && appendfsync.as_deref() == Some("always");
         Ok(RedisStatus {
@@ -115,6 +143,7 @@ impl RedisProbe {
             },
             buffered,
             dead_letters,
+            oldest_unforwarded_secs,
         })
     }
 }

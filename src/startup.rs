@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use ops_db_actors::backoff::Backoff;
 use ops_db_actors::buffer::BufferConfig;
 use ops_db_actors::domain::Limits;
+use ops_db_actors::forwarder::ForwarderConfig;
 use ops_db_actors::keys::Keys;
 use ops_db_actors::supervisor::policy::{Intensity, RestartPolicy};
 use ops_db_actors::tree::{Tree, TreeConfig};
@@ -35,6 +36,28 @@ fn policy(config: &Config) -> RestartPolicy {
         }),
         reset_after: s.reset_after,
     }
+}
+
+/// The forwarder, if a primary is configured: restarted forever, never escalating.
+fn forwarder(config: &Config, keys: &Keys) -> Option<(ForwarderConfig, RestartPolicy)> {
+    let f = &config.forwarder;
+    let primary_url = f.primary_url.clone()?;
+    let forwarder = ForwarderConfig {
+        primary_url,
+        redis_url: config.redis.url.clone(),
+        keys: keys.clone(),
+        batch_size: f.batch_size,
+        linger: f.linger,
+        connect_timeout: f.connect_timeout,
+        statement_timeout: f.statement_timeout,
+        redis_timeout: config.redis.timeout,
+    };
+    let policy = RestartPolicy {
+        backoff: Backoff::new(f.backoff_base, f.backoff_cap),
+        intensity: None,
+        reset_after: f.reset_after,
+    };
+    Some((forwarder, policy))
 }
 
 impl Application {
@@ -64,6 +87,7 @@ impl Application {
             },
             ingest_policy: policy(&config),
             buffer_policy: policy(&config),
+            forwarder: forwarder(&config, &keys),
         })
         .await
         .context("starting the actor tree")?;

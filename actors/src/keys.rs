@@ -50,6 +50,17 @@ impl Keys {
         format!("{}idem:{key}", self.prefix)
     }
 
+    /// Sorted set: forwarded transactions not yet seen replicated, scored by commit LSN
+    /// (see `lsn.rs` for the rounding of scores).
+    pub fn forwarded(&self) -> String {
+        format!("{}forwarded", self.prefix)
+    }
+
+    /// Prefix of the lifecycle hashes (`lifecycle(tx)` = prefix + id), for scripts.
+    pub fn lifecycle_prefix(&self) -> String {
+        format!("{}tx:", self.prefix)
+    }
+
     /// Stream of dead-lettered transactions.
     pub fn dead_letters(&self) -> String {
         format!("{}dlq", self.prefix)
@@ -71,6 +82,7 @@ mod tests {
             k.index(Table::ExecutedObsUnit, "obs_unit_id", "7"),
             k.idempotency("abc"),
             k.dead_letters(),
+            k.forwarded(),
         ] {
             assert!(key.starts_with("opsdb:summit:"), "{key}");
         }

@@ -6,10 +6,13 @@
 
 pub mod backoff;
 pub mod buffer;
+pub mod dlq;
 pub mod domain;
+pub mod forwarder;
 pub mod health;
 pub mod ingest;
 pub mod keys;
+pub mod lsn;
 pub mod slot;
 pub mod supervisor;
 pub mod tree;

@@ -11,6 +11,9 @@ use crate::buffer::{
     Ack, BufferActor, BufferArgs, BufferConfig, BufferMetrics, BufferMsg, IngestError,
 };
 use crate::domain::{IdempotencyKey, Limits, Operation};
+use crate::forwarder::{
+    CrashPoints, ForwarderActor, ForwarderArgs, ForwarderConfig, ForwarderMetrics, ForwarderMsg,
+};
 use crate::health::HealthRegistry;
 use crate::ingest::{IngestActor, IngestArgs, IngestMsg};
 use crate::slot::Slot;
@@ -19,6 +22,7 @@ use crate::supervisor::{Child, ChildSpec, Supervisor, SupervisorArgs, Supervisor
 
 pub const INGEST: &str = "ingest";
 pub const BUFFER: &str = "buffer";
+pub const FORWARDER: &str = "forwarder";
 
 pub struct TreeConfig {
     /// Unique per running instance: prefixes every actor name.
@@ -28,6 +32,8 @@ pub struct TreeConfig {
     pub buffer: BufferConfig,
     pub ingest_policy: RestartPolicy,
     pub buffer_policy: RestartPolicy,
+    /// `None`: no primary configured, nothing is forwarded.
+    pub forwarder: Option<(ForwarderConfig, RestartPolicy)>,
 }
 
 /// A running tree. Dropping it does not stop it: call [`Tree::shutdown`].
@@ -35,6 +41,10 @@ pub struct Tree {
     pub supervisor: ActorRef<SupervisorMsg>,
     pub health: Arc<HealthRegistry>,
     pub buffer_metrics: Arc<BufferMetrics>,
+    pub forwarder_metrics: Arc<ForwarderMetrics>,
+    /// Fault tests arm crash points of the forwarder here.
+    pub crash_points: Arc<CrashPoints>,
+    pub has_forwarder: bool,
     ingest: Slot<IngestMsg>,
     /// Flips to `true` once the supervisor has stopped, by shutdown or escalation.
     stopped: watch::Receiver<bool>,
@@ -47,8 +57,11 @@ impl Tree {
         let keys = config.buffer.keys.clone();
         let buffer_slot = Slot::<BufferMsg>::new();
         let ingest_slot = Slot::<IngestMsg>::new();
+        let forwarder_metrics = Arc::new(ForwarderMetrics::default());
+        let crash_points = Arc::new(CrashPoints::default());
+        let has_forwarder = config.forwarder.is_some();
         // Start order matters: the buffer must run before ingest hands it writes.
-        let children: Vec<Box<dyn ChildSpec>> = vec![
+        let mut children: Vec<Box<dyn ChildSpec>> = vec![
             Box::new(Child {
                 name: BUFFER.into(),
                 actor: BufferActor,
@@ -72,6 +85,19 @@ impl Tree {
                 policy: config.ingest_policy,
             }),
         ];
+        if let Some((forwarder, policy)) = config.forwarder {
+            children.push(Box::new(Child {
+                name: FORWARDER.into(),
+                actor: ForwarderActor,
+                args: ForwarderArgs {
+                    config: Arc::new(forwarder),
+                    metrics: Arc::clone(&forwarder_metrics),
+                    crash: Arc::clone(&crash_points),
+                },
+                slot: Slot::<ForwarderMsg>::new(),
+                policy,
+            }));
+        }
         let (supervisor, join) = Actor::spawn(
             Some(format!("{}/supervisor", config.instance)),
             Supervisor,
@@ -91,6 +117,9 @@ impl Tree {
             supervisor,
             health,
             buffer_metrics,
+            forwarder_metrics,
+            crash_points,
+            has_forwarder,
             ingest: ingest_slot,
             stopped,
         })

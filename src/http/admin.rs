@@ -1,6 +1,6 @@
 //! Admin endpoints (admin scope).
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
@@ -29,5 +29,78 @@ pub async fn kill_actor(
             format!("no running actor named {name:?}"),
         )
         .with_field("name"))
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<usize>,
+}
+
+fn redis_trouble(err: &redis::RedisError) -> ApiError {
+    tracing::warn!(error = %err, "admin: redis failed");
+    ApiError {
+        retry_after: Some(crate::ops::RETRY_AFTER_UNAVAILABLE),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "redis_unavailable",
+            "the buffer's Redis did not answer; retry later",
+        )
+    }
+}
+
+fn no_such_dead_letter(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_such_dead_letter",
+        format!("no dead letter {id:?}"),
+    )
+    .with_field("id")
+}
+
+/// `GET /admin/dlq?limit=N`: the oldest dead letters first.
+pub async fn list_dead_letters(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
+    let mut conn = state.probe.conn().await.map_err(|e| redis_trouble(&e))?;
+    let letters = ops_db_actors::dlq::list(&mut conn, state.probe.keys(), limit)
+        .await
+        .map_err(|e| redis_trouble(&e))?;
+    Ok(Json(json!({ "dead_letters": letters })))
+}
+
+/// `POST /admin/dlq/{id}/retry`: back into the buffer, at the end of the stream.
+pub async fn retry_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mut conn = state.probe.conn().await.map_err(|e| redis_trouble(&e))?;
+    match ops_db_actors::dlq::retry(&mut conn, state.probe.keys(), &id)
+        .await
+        .map_err(|e| redis_trouble(&e))?
+    {
+        Some(stream_id) => Ok(Json(json!({ "retried": id, "stream_id": stream_id }))),
+        None => Err(no_such_dead_letter(&id)),
+    }
+}
+
+/// `DELETE /admin/dlq/{id}`: gone for good (its lifecycle keeps `dead`, with `dropped_at`).
+pub async fn drop_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mut conn = state.probe.conn().await.map_err(|e| redis_trouble(&e))?;
+    if ops_db_actors::dlq::drop(&mut conn, state.probe.keys(), &id)
+        .await
+        .map_err(|e| redis_trouble(&e))?
+    {
+        Ok(Json(json!({ "dropped": id })))
+    } else {
+        Err(no_such_dead_letter(&id))
     }
 }

@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ops_db_actors::health::ActorState;
-use ops_db_actors::tree::{BUFFER, INGEST};
+use ops_db_actors::tree::{BUFFER, FORWARDER, INGEST};
 use serde_json::json;
 
 use super::AppState;
@@ -58,21 +58,52 @@ pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     } else {
         "healthy"
     };
+    let forwarder = forwarder(&state);
+    let database = match forwarder.as_ref().map(|f| f.0) {
+        None => "not_configured",
+        Some("running") => "connected",
+        Some("backing_off") => "unreachable",
+        Some(other) => other,
+    };
     Json(json!({
         "status": status,
         "site": state.config.site.name,
         "mode": state.config.site.mode,
-        "database": "not_configured",
+        "database": database,
         "redis": if redis.reachable { "connected" } else { "disconnected" },
         "redis_durability": redis.durability,
         "transaction_buffer": {
             "size": redis.buffered,
             "failed": redis.dead_letters,
             "limit": state.config.buffer.max_buffered,
+            "oldest_unforwarded_secs": redis.oldest_unforwarded_secs,
         },
-        "background_processor": "not_configured",
+        "background_processor": forwarder.as_ref().map_or("not_configured", |f| f.0),
+        "forwarder": forwarder.map(|f| f.1),
         "actors": actors,
     }))
+}
+
+/// The forwarder's state name and details, if there is one.
+fn forwarder(state: &AppState) -> Option<(&'static str, serde_json::Value)> {
+    let tree = &state.tree;
+    if !tree.has_forwarder {
+        return None;
+    }
+    let row = tree.health.get(FORWARDER)?;
+    let m = &tree.forwarder_metrics;
+    let lsn = m.last_lsn.load(Ordering::Relaxed);
+    let details = json!({
+        "state": state_name(&row.state),
+        "restarts": row.restarts,
+        "last_failure": row.last_failure,
+        "batches": m.batches.load(Ordering::Relaxed),
+        "applied": m.applied.load(Ordering::Relaxed),
+        "skipped": m.skipped.load(Ordering::Relaxed),
+        "dead": m.dead.load(Ordering::Relaxed),
+        "last_commit_lsn": (lsn > 0).then(|| ops_db_actors::lsn::Lsn(lsn).to_string()),
+    });
+    Some((state_name(&row.state), details))
 }
 
 fn state_name(state: &ActorState) -> &'static str {
@@ -121,6 +152,31 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             "Redis pipelines sent by the buffer (group commits).",
             &m.pipelines,
         ),
+        (
+            "opsdb_forwarder_batches_total",
+            "Batches committed on the primary.",
+            &state.tree.forwarder_metrics.batches,
+        ),
+        (
+            "opsdb_forwarder_applied_total",
+            "Transactions applied on the primary.",
+            &state.tree.forwarder_metrics.applied,
+        ),
+        (
+            "opsdb_forwarder_skipped_total",
+            "Transactions found already applied (replays after a crash).",
+            &state.tree.forwarder_metrics.skipped,
+        ),
+        (
+            "opsdb_forwarder_dead_total",
+            "Transactions the primary rejected for good (dead-lettered).",
+            &state.tree.forwarder_metrics.dead,
+        ),
+        (
+            "opsdb_forwarder_round_trips_total",
+            "SQL messages sent to the primary.",
+            &state.tree.forwarder_metrics.round_trips,
+        ),
     ];
     for (name, help, counter) in counters {
         let _ = writeln!(
@@ -149,6 +205,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     }
     let redis = state.probe.status().await;
     let _ = writeln!(out, "# HELP opsdb_redis_up Whether Redis answered.\n# TYPE opsdb_redis_up gauge\nopsdb_redis_up {}", u8::from(redis.reachable));
+    if let Some(age) = redis.oldest_unforwarded_secs {
+        let _ = writeln!(out, "# HELP opsdb_oldest_unforwarded_seconds Age of the oldest transaction not yet forwarded.\n# TYPE opsdb_oldest_unforwarded_seconds gauge\nopsdb_oldest_unforwarded_seconds {age}");
+    }
     if let Some(n) = redis.buffered {
         let _ = writeln!(out, "# HELP opsdb_buffer_transactions Transactions buffered and not yet forwarded.\n# TYPE opsdb_buffer_transactions gauge\nopsdb_buffer_transactions {n}");
     }

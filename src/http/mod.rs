@@ -13,7 +13,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use ops_db_actors::tree::Tree;
 
@@ -78,6 +78,9 @@ pub fn router(state: AppState) -> Router {
         ));
     let admin = Router::new()
         .route("/admin/actors/{name}/kill", post(admin::kill_actor))
+        .route("/admin/dlq", get(admin::list_dead_letters))
+        .route("/admin/dlq/{id}/retry", post(admin::retry_dead_letter))
+        .route("/admin/dlq/{id}", delete(admin::drop_dead_letter))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,

@@ -1,0 +1,242 @@
+//! ForwarderActor: drains the buffer to the primary, in batches, in stream order.
+//!
+//! Guarantees:
+//! - **exactly-once effect**: every transaction is applied in the same database transaction
+//!   as its ledger row; a replay (crash after the commit, before Redis heard of it) finds the
+//!   ledger row and is skipped;
+//! - **nothing lost**: entries are read through a consumer group and leave the stream only
+//!   after the commit, in the same atomic Redis step that records their outcome, so a crash
+//!   at any point leaves them pending, and they are read again (pending first) after the
+//!   restart;
+//! - **order**: one batch at a time, its transactions applied in stream order;
+//! - **let it crash**: any trouble with the primary or Redis (refused, reset, timeout,
+//!   stall) fails the actor; the supervisor restarts it with capped full-jitter backoff,
+//!   forever. Nothing here is on the ingest path.
+
+mod apply;
+mod crash;
+mod read;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Script};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection};
+
+pub use apply::{is_permanent, Outcome, PERMANENT_SQLSTATES};
+pub use crash::{CrashPoint, CrashPoints};
+use read::{Batch, Reader};
+
+use crate::keys::Keys;
+
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
+
+/// The consumer group (and its one consumer) through which the forwarder reads.
+pub const GROUP: &str = "forwarder";
+
+#[derive(Debug, Clone)]
+pub struct ForwarderConfig {
+    pub primary_url: String,
+    pub redis_url: String,
+    pub keys: Keys,
+    /// Most transactions in one batch.
+    pub batch_size: usize,
+    /// How long a short batch waits for more transactions before it goes.
+    pub linger: Duration,
+    pub connect_timeout: Duration,
+    /// Bound on one batch's round trip; a stalled link fails the actor after it.
+    pub statement_timeout: Duration,
+    pub redis_timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct ForwarderMetrics {
+    pub batches: AtomicU64,
+    pub applied: AtomicU64,
+    pub skipped: AtomicU64,
+    pub dead: AtomicU64,
+    /// SQL messages sent to the primary (one per batch by construction).
+    pub round_trips: AtomicU64,
+    /// The last commit LSN read.
+    pub last_lsn: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct ForwarderActor;
+
+#[derive(Clone)]
+pub struct ForwarderArgs {
+    pub config: Arc<ForwarderConfig>,
+    pub metrics: Arc<ForwarderMetrics>,
+    pub crash: Arc<CrashPoints>,
+}
+
+pub struct ForwarderState {
+    args: ForwarderArgs,
+    pg: Option<PgConnection>,
+    reader: Option<Reader>,
+    settle: Option<MultiplexedConnection>,
+}
+
+pub enum ForwarderMsg {
+    /// Forward the next batch (sent to itself after each one).
+    Next,
+}
+
+impl Actor for ForwarderActor {
+    type Msg = ForwarderMsg;
+    type State = ForwarderState;
+    type Arguments = ForwarderArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ForwarderArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Connecting happens in the first `Next`: a primary that is down at boot must
+        // crash-and-back-off like any later outage, not fail the start of the tree.
+        myself.cast(ForwarderMsg::Next)?;
+        Ok(ForwarderState {
+            args,
+            pg: None,
+            reader: None,
+            settle: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ForwarderMsg::Next => {
+                forward_one_batch(state).await?;
+                myself.cast(ForwarderMsg::Next)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, ActorProcessingErr> {
+    let options: PgConnectOptions = config.primary_url.parse()?;
+    let options = options
+        .application_name("ops-db-api forwarder")
+        .log_statements(tracing::log::LevelFilter::Trace);
+    let connect = options.connect();
+    let mut conn = tokio::time::timeout(config.connect_timeout, connect)
+        .await
+        .map_err(|_| format!("primary: no connection within {:?}", config.connect_timeout))??;
+    // The batch is sent as a string literal; that quoting relies on this setting.
+    let scs: String = sqlx::query_scalar("SHOW standard_conforming_strings")
+        .fetch_one(&mut conn)
+        .await?;
+    if scs != "on" {
+        conn.close().await?;
+        return Err("primary: standard_conforming_strings must be on".into());
+    }
+    Ok(conn)
+}
+
+async fn connect_redis(
+    config: &ForwarderConfig,
+    response_timeout: Duration,
+) -> Result<MultiplexedConnection, ActorProcessingErr> {
+    let client = redis::Client::open(config.redis_url.as_str())?;
+    let settings = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.redis_timeout))
+        .set_response_timeout(Some(response_timeout));
+    Ok(client
+        .get_multiplexed_async_connection_with_config(&settings)
+        .await?)
+}
+
+async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ActorProcessingErr> {
+    let config = Arc::clone(&state.args.config);
+    let crash = Arc::clone(&state.args.crash);
+    if state.reader.is_none() {
+        // Its own connections: a blocking read must not hold up the settle step, and
+        // nothing is shared with ingestion.
+        let conn = connect_redis(&config, read::BLOCK + config.redis_timeout).await?;
+        state.reader = Some(Reader::new(conn, &config).await?);
+        state.settle = Some(connect_redis(&config, config.redis_timeout).await?);
+    }
+    let pg = match state.pg.as_mut() {
+        Some(pg) => pg,
+        None => state.pg.insert(connect_primary(&config).await?),
+    };
+    let (Some(reader), Some(settle)) = (state.reader.as_mut(), state.settle.as_mut()) else {
+        return Err("forwarder connections missing".into());
+    };
+    let batch = reader.next_batch(&config).await?;
+    if batch.is_empty() {
+        return Ok(());
+    }
+    crash.check(CrashPoint::BeforeCommit)?;
+    let m = &state.args.metrics;
+    m.round_trips.fetch_add(1, Ordering::Relaxed);
+    let applied = apply::apply(pg, &batch.json, batch.len(), config.statement_timeout).await?;
+    crash.check(CrashPoint::AfterCommit)?;
+    settle_batch(settle, &config, &batch, &applied).await?;
+    crash.check(CrashPoint::AfterAck)?;
+    record(m, &applied);
+    Ok(())
+}
+
+fn record(m: &ForwarderMetrics, applied: &apply::Applied) {
+    m.batches.fetch_add(1, Ordering::Relaxed);
+    m.last_lsn.fetch_max(applied.lsn.0, Ordering::Relaxed);
+    for outcome in &applied.outcomes {
+        let counter = match outcome {
+            Outcome::Applied => &m.applied,
+            Outcome::Skipped => &m.skipped,
+            Outcome::Dead { sqlstate, message } => {
+                tracing::warn!(%sqlstate, %message, "transaction rejected by the primary, dead-lettered");
+                &m.dead
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn settle_batch(
+    conn: &mut MultiplexedConnection,
+    config: &ForwarderConfig,
+    batch: &Batch,
+    applied: &apply::Applied,
+) -> Result<(), ActorProcessingErr> {
+    let keys = &config.keys;
+    let mut invocation = SETTLE.prepare_invoke();
+    invocation
+        .key(keys.stream())
+        .key(keys.dead_letters())
+        .key(keys.forwarded())
+        .arg(GROUP)
+        .arg(applied.lsn.to_string())
+        .arg(applied.lsn.score_ceil().to_string())
+        .arg(chrono::Utc::now().timestamp_millis())
+        .arg(keys.lifecycle_prefix());
+    for (entry, outcome) in batch.entries.iter().zip(&applied.outcomes) {
+        let (name, sqlstate, message) = match outcome {
+            Outcome::Applied => ("applied", "", ""),
+            Outcome::Skipped => ("skipped", "", ""),
+            Outcome::Dead { sqlstate, message } => ("dead", sqlstate.as_str(), message.as_str()),
+        };
+        invocation
+            .arg(&entry.stream_id)
+            .arg(entry.tx_id.to_string())
+            .arg(name)
+            .arg(sqlstate)
+            .arg(message);
+    }
+    tokio::time::timeout(config.redis_timeout, invocation.invoke_async::<i64>(conn))
+        .await
+        .map_err(|_| "redis: settling a committed batch timed out")??;
+    Ok(())
+}

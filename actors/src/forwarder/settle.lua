@@ -1,0 +1,32 @@
+-- Settles one applied batch in Redis, atomically: forwarded transactions get their commit
+-- LSN and join the LSN-scored set; dead ones move to the dead-letter stream with the
+-- database's reason and their delivery count; all are acknowledged and leave the stream.
+--
+-- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] forwarded sorted set
+-- ARGV[1] group, ARGV[2] commit LSN text, ARGV[3] its score, ARGV[4] now (unix ms),
+-- ARGV[5] lifecycle key prefix, then per transaction:
+--   stream id, transaction id, outcome (applied|skipped|dead), sqlstate, message
+local stream, dlq, forwarded = KEYS[1], KEYS[2], KEYS[3]
+local group, lsn, score, now, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+for i = 6, #ARGV, 5 do
+  local sid, tx, outcome, sqlstate, message = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local lifecycle = prefix .. tx
+  if outcome == 'dead' then
+    local entry = redis.call('XRANGE', stream, sid, sid)
+    local pending = redis.call('XPENDING', stream, group, sid, sid, 1)
+    local attempts = 1
+    if pending[1] then attempts = pending[1][4] end
+    local body = ''
+    if entry[1] then body = entry[1][2][2] end
+    redis.call('XADD', dlq, '*', 'tx', body, 'transaction_id', tx, 'sqlstate', sqlstate,
+      'reason', message, 'attempts', attempts, 'stream_id', sid, 'dead_at', now)
+    redis.call('HSET', lifecycle, 'state', 'dead', 'dead_at', now, 'reason', message,
+      'sqlstate', sqlstate, 'attempts', attempts)
+  else
+    redis.call('HSET', lifecycle, 'state', 'forwarded', 'forwarded_at', now, 'commit_lsn', lsn)
+    redis.call('ZADD', forwarded, score, tx)
+  end
+  redis.call('XACK', stream, group, sid)
+  redis.call('XDEL', stream, sid)
+end
+return 1

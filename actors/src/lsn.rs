@@ -1,0 +1,133 @@
+//! PostgreSQL log sequence numbers: `X/Y` text, a 64-bit position in the WAL.
+//!
+//! Redis sorted-set scores are doubles, exact for integers only up to 2^53. Scores are
+//! therefore rounded so that a range query can never mark a transaction replicated too
+//! early: a commit LSN is rounded up ([`Lsn::score_ceil`]), a replay LSN down
+//! ([`Lsn::score_floor`]). Below 2^53 (8 PiB of WAL) both are exact.
+
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an LSN: {0:?}")]
+pub struct ParseLsnError(String);
+
+impl FromStr for Lsn {
+    type Err = ParseLsnError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseLsnError(s.to_owned());
+        let (hi, lo) = s.split_once('/').ok_or_else(err)?;
+        if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
+            return Err(err());
+        }
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
+        Ok(Self((u64::from(hi) << 32) | u64::from(lo)))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl Lsn {
+    /// The smallest double not below this LSN.
+    pub fn score_ceil(self) -> f64 {
+        let d = self.0 as f64;
+        if (d as u64) < self.0 {
+            next_up(d)
+        } else {
+            d
+        }
+    }
+
+    /// The largest double not above this LSN.
+    pub fn score_floor(self) -> f64 {
+        let d = self.0 as f64;
+        // `as u64` saturates at u64::MAX, which is only reached when d rounded up past it.
+        if d >= 18_446_744_073_709_551_615.0 || (d as u64) > self.0 {
+            next_down(d)
+        } else {
+            d
+        }
+    }
+
+    /// Bytes between two positions (0 when `other` is ahead).
+    pub fn bytes_since(self, other: Lsn) -> u64 {
+        self.0.saturating_sub(other.0)
+    }
+}
+
+fn next_up(d: f64) -> f64 {
+    f64::from_bits(d.to_bits() + 1)
+}
+
+fn next_down(d: f64) -> f64 {
+    f64::from_bits(d.to_bits() - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_postgres_text() {
+        for (text, value) in [
+            ("0/0", 0),
+            ("0/16B3748", 0x16B_3748),
+            ("1/0", 1 << 32),
+            ("FFFFFFFF/FFFFFFFF", u64::MAX),
+        ] {
+            let lsn: Lsn = text.parse().expect(text);
+            assert_eq!(lsn.0, value);
+            assert_eq!(lsn.to_string(), text);
+        }
+        assert_eq!(
+            "16/B374D848".parse::<Lsn>().expect("lsn").0,
+            0x16_B374_D848,
+            "above 2^32"
+        );
+        for bad in ["", "0", "/0", "0/", "G/0", "1/2/3", "123456789/0", "-1/0"] {
+            assert!(bad.parse::<Lsn>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ordering_is_numeric_not_textual() {
+        let a: Lsn = "0/FFFFFFFF".parse().expect("a");
+        let b: Lsn = "1/0".parse().expect("b");
+        assert!(a < b);
+        assert_eq!(b.bytes_since(a), 1);
+        assert_eq!(a.bytes_since(b), 0);
+    }
+
+    #[test]
+    fn scores_are_exact_below_2_pow_53() {
+        let lsn = Lsn((1 << 53) - 1);
+        assert_eq!(lsn.score_ceil(), lsn.0 as f64);
+        assert_eq!(lsn.score_floor(), lsn.0 as f64);
+    }
+
+    #[test]
+    fn above_2_pow_53_rounding_never_marks_replicated_early() {
+        // Two LSNs that share one double: a commit just above a replay position must not
+        // look replayed.
+        let replay = Lsn((1 << 60) + 1);
+        let commit = Lsn((1 << 60) + 2);
+        assert!(commit.score_ceil() > replay.score_floor());
+        for v in [(1u64 << 60) + 3, u64::MAX, u64::MAX - 1, (1 << 53) + 1] {
+            let lsn = Lsn(v);
+            assert!(
+                lsn.score_ceil() as u128 >= u128::from(v)
+                    || lsn.score_ceil() >= 1.8446744073709552e19
+            );
+            assert!((lsn.score_floor() as u128) <= u128::from(v));
+        }
+    }
+}
