@@ -8,6 +8,7 @@ pub mod bench;
 pub mod config;
 pub mod dev;
 pub mod http;
+pub mod local_pg;
 pub mod local_redis;
 pub mod ops;
 pub mod redis_probe;
