@@ -7,6 +7,7 @@ PACKAGES=(
   docker.io debootstrap iptables
   redis-server redis-tools
   postgresql-15 postgresql-client-15
+  procps  # kill(1): the local PostgreSQL backend signals its servers with it
   ca-certificates curl
 )
 

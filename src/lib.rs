@@ -10,6 +10,7 @@ pub mod db;
 pub mod dev;
 pub mod fault_proxy;
 pub mod http;
+pub mod local_pg;
 pub mod local_redis;
 pub mod ops;
 pub mod redis_probe;

@@ -58,7 +58,7 @@ pub struct TestRedis {
     backend: Mutex<Backend>,
 }
 
-fn backend_is_local() -> bool {
+pub fn backend_is_local() -> bool {
     std::env::var("OPSDB_TEST_BACKEND").is_ok_and(|b| b == "local")
 }
 
@@ -155,7 +155,7 @@ impl TestRedis {
 }
 
 /// A temporary directory removed on drop (the only one this harness needs).
-mod tempdir {
+pub mod tempdir {
     use std::path::PathBuf;
 
     pub struct Dir(pub PathBuf);

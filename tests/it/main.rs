@@ -1,14 +1,17 @@
-//! The integration tests: one binary, the real application on real Redis.
+//! The integration tests: one binary, the real application on real Redis; a real
+//! PostgreSQL primary and streaming replica for what needs them (`pg`).
 //!
 //! Services come from Docker (testcontainers, images built by `scripts/build-images.sh`)
 //! by default, or from this machine's binaries with `OPSDB_TEST_BACKEND=local`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic: that is how they fail
 
 mod helpers;
+mod pg;
 
 mod bad_input;
 mod faults;
 mod health;
 mod idempotency;
 mod ingest;
+mod pg_smoke;
 mod tcp;

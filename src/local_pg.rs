@@ -1,0 +1,191 @@
+//! PostgreSQL 15 from the machine's binaries: a primary and a streaming replica of it,
+//! each on its own loopback port, with their data in a directory of ours. Used by the
+//! tests' local backend (and available to `dev`).
+//!
+//! Layout of the directory: `primary/` and `replica/` (data directories), `primary.log`,
+//! `replica.log`, `initdb.log`, `basebackup.log`.
+//!
+//! Guarantees:
+//! - Both servers listen on 127.0.0.1 only, over TCP only (no Unix sockets), with trust
+//!   authentication: for tests and development, never for production.
+//! - The primary has a database `opsdb` owned by the role `opsdb` (a superuser with the
+//!   replication attribute); the bootstrap superuser is `postgres`, as in the test image.
+//! - An existing data directory is reused as it is, so state survives runs. The ports may
+//!   change from run to run: the replica is told where its primary is on its command line
+//!   at every start, never only in its data directory.
+//! - The replica streams through the physical slot [`REPLICA_SLOT`]: the primary keeps
+//!   every WAL segment the replica has not received, however long the replica is down.
+//! - [`LocalPostgres::stop`] shuts both servers down fast (clients disconnected, a
+//!   shutdown checkpoint written). Dropping without `stop` is an immediate shutdown: no
+//!   checkpoint, so the next start runs crash recovery, as after a kill; but unlike a
+//!   SIGKILL of the postmaster it leaves no orphaned backend holding the data directory.
+//! - Run as root, every PostgreSQL process runs as the `postgres` user (PostgreSQL refuses
+//!   to run as root) and the data directories are owned by that user.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use sqlx::{Connection as _, PgConnection};
+
+use crate::local_redis::free_port;
+use server::{Server, Shutdown};
+use tools::Tools;
+
+mod server;
+mod tools;
+
+/// The physical replication slot the replica streams through.
+pub const REPLICA_SLOT: &str = "opsdb_replica";
+
+/// A primary and its streaming replica; see the module documentation.
+pub struct LocalPostgres {
+    tools: Tools,
+    primary: Server,
+    replica: Server,
+}
+
+impl LocalPostgres {
+    /// Starts (creating them if `dir` has none) a primary and its replica on free ports.
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let primary_port = free_port()?;
+        // Two calls may (rarely) hand out the same port.
+        let mut replica_port = free_port()?;
+        while replica_port == primary_port {
+            replica_port = free_port()?;
+        }
+        Self::start_on(dir, primary_port, replica_port).await
+    }
+
+    /// As [`LocalPostgres::start`], on the given loopback ports.
+    pub async fn start_on(
+        dir: &Path,
+        primary_port: u16,
+        replica_port: u16,
+    ) -> anyhow::Result<Self> {
+        let tools = Tools::find().await?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = std::path::absolute(dir)?;
+
+        let mut primary = Server::new(&dir, "primary", primary_port, Vec::new());
+        if !primary.has_data() {
+            tools.initdb(&primary.data, &dir.join("initdb.log")).await?;
+        }
+        primary.start(&tools).await?;
+        ensure_role_and_database(primary_port).await?;
+
+        let mut replica = Server::new(
+            &dir,
+            "replica",
+            replica_port,
+            replica_settings(primary_port),
+        );
+        if !replica.has_data() {
+            tools
+                .basebackup(primary_port, &replica.data, &dir.join("basebackup.log"))
+                .await?;
+        }
+        replica.start(&tools).await?;
+        Ok(Self {
+            tools,
+            primary,
+            replica,
+        })
+    }
+
+    pub fn primary_port(&self) -> u16 {
+        self.primary.port
+    }
+
+    pub fn replica_port(&self) -> u16 {
+        self.replica.port
+    }
+
+    /// `postgres://opsdb@127.0.0.1:PORT/opsdb` of the primary.
+    pub fn primary_url(&self) -> String {
+        url(self.primary.port)
+    }
+
+    /// `postgres://opsdb@127.0.0.1:PORT/opsdb` of the replica (read-only).
+    pub fn replica_url(&self) -> String {
+        url(self.replica.port)
+    }
+
+    /// Immediate shutdown of the primary (SIGQUIT): no checkpoint, so the next start runs
+    /// crash recovery; returns once every process of it has exited.
+    pub async fn kill_primary(&mut self) -> anyhow::Result<()> {
+        self.primary.shut_down(Shutdown::Immediate).await
+    }
+
+    /// Starts the primary again, on the same port and data; a running primary is first
+    /// shut down fast. Returns once it accepts connections.
+    pub async fn restart_primary(&mut self) -> anyhow::Result<()> {
+        self.primary.shut_down(Shutdown::Fast).await?;
+        self.primary.start(&self.tools).await
+    }
+
+    /// Fast shutdown of the replica; the primary keeps its WAL in the slot meanwhile.
+    pub async fn stop_replica(&mut self) -> anyhow::Result<()> {
+        self.replica.shut_down(Shutdown::Fast).await
+    }
+
+    /// Starts the stopped replica again (a running one is left alone).
+    pub async fn start_replica(&mut self) -> anyhow::Result<()> {
+        if self.replica.is_running() {
+            return Ok(());
+        }
+        self.replica.start(&self.tools).await
+    }
+
+    /// Fast shutdown of both servers, the primary first: its walsender then hands the
+    /// shutdown checkpoint to the replica, so both stop at the same point.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let primary = self.primary.shut_down(Shutdown::Fast).await;
+        let replica = self.replica.shut_down(Shutdown::Fast).await;
+        primary.and(replica)
+    }
+}
+
+fn url(port: u16) -> String {
+    format!("postgres://opsdb@127.0.0.1:{port}/opsdb")
+}
+
+/// The bootstrap superuser's URL: the only role and database of a fresh cluster.
+fn bootstrap_url(port: u16) -> String {
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+/// Given at every start: they override what `pg_basebackup -R` wrote into
+/// postgresql.auto.conf, which names the primary's port of the first run.
+fn replica_settings(primary_port: u16) -> Vec<String> {
+    vec![
+        format!("primary_conninfo=host=127.0.0.1 port={primary_port} user=opsdb application_name=replica"),
+        format!("primary_slot_name={REPLICA_SLOT}"),
+    ]
+}
+
+/// Idempotent, so it also completes a first run that stopped half-way.
+async fn ensure_role_and_database(port: u16) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(&bootstrap_url(port))
+        .await
+        .context("connecting to the primary as postgres")?;
+    let role: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = 'opsdb'")
+        .fetch_optional(&mut conn)
+        .await?;
+    if role.is_none() {
+        sqlx::query("CREATE ROLE opsdb LOGIN SUPERUSER REPLICATION")
+            .execute(&mut conn)
+            .await
+            .context("creating role opsdb")?;
+    }
+    let db: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = 'opsdb'")
+        .fetch_optional(&mut conn)
+        .await?;
+    if db.is_none() {
+        sqlx::query("CREATE DATABASE opsdb OWNER opsdb")
+            .execute(&mut conn)
+            .await
+            .context("creating database opsdb")?;
+    }
+    conn.close().await?;
+    Ok(())
+}
