@@ -98,6 +98,7 @@ impl Application {
             tokens: Arc::new(Tokens::new(&config.auth.tokens)),
             probe: Arc::new(probe),
             write_timeout: config.http.request_timeout,
+            wan: None,
             config: Arc::new(config),
         };
         Ok(Self { http, tcp, state })
@@ -113,6 +114,12 @@ impl Application {
         self.tcp
             .local_addr()
             .unwrap_or_else(|_| self.state.config.tcp.listen)
+    }
+
+    /// Exposes an emulated WAN (the forwarder's path to the primary) on the admin API.
+    pub fn with_wan(mut self, proxy: crate::fault_proxy::FaultProxy) -> Self {
+        self.state.wan = Some(proxy);
+        self
     }
 
     pub fn tree(&self) -> Arc<Tree> {

@@ -104,3 +104,63 @@ pub async fn drop_dead_letter(
         Err(no_such_dead_letter(&id))
     }
 }
+
+fn wan(state: &AppState) -> Result<&crate::fault_proxy::FaultProxy, ApiError> {
+    state.wan.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_emulated_wan",
+            "this instance runs without an emulated WAN (ops-db-api dev has one)",
+        )
+    })
+}
+
+fn wan_body(proxy: &crate::fault_proxy::FaultProxy) -> Value {
+    json!({ "mode": proxy.mode(), "stats": proxy.stats() })
+}
+
+/// `GET /admin/wan`: the emulated link's mode, delay and traffic.
+pub async fn wan_status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(wan_body(wan(&state)?)))
+}
+
+/// `POST /admin/wan/cut|blackhole|heal`.
+pub async fn wan_action(
+    State(state): State<AppState>,
+    Path(action): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let proxy = wan(&state)?;
+    match action.as_str() {
+        "cut" => proxy.cut(),
+        "blackhole" => proxy.blackhole(),
+        "heal" => proxy.heal(),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_such_action",
+                "the WAN takes cut, blackhole or heal",
+            )
+            .with_field("action"))
+        }
+    }
+    tracing::warn!(%action, "emulated WAN changed");
+    Ok(Json(wan_body(proxy)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelayBody {
+    #[serde(with = "humantime_serde")]
+    one_way: std::time::Duration,
+}
+
+/// `PUT /admin/wan/delay {"one_way": "125ms"}`.
+pub async fn wan_delay(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let proxy = wan(&state)?;
+    let body: DelayBody = crate::ops::decode(&body)?;
+    proxy.set_delay(body.one_way);
+    Ok(Json(wan_body(proxy)))
+}

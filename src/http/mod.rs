@@ -20,6 +20,7 @@ use ops_db_actors::tree::Tree;
 pub use auth::Tokens;
 
 use crate::config::Config;
+use crate::fault_proxy::FaultProxy;
 use crate::ops::ApiError;
 use crate::redis_probe::RedisProbe;
 
@@ -31,6 +32,8 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     pub probe: Arc<RedisProbe>,
     pub write_timeout: Duration,
+    /// The emulated WAN between the forwarder and the primary, when `dev` runs one.
+    pub wan: Option<FaultProxy>,
 }
 
 impl IntoResponse for ApiError {
@@ -81,6 +84,9 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/dlq", get(admin::list_dead_letters))
         .route("/admin/dlq/{id}/retry", post(admin::retry_dead_letter))
         .route("/admin/dlq/{id}", delete(admin::drop_dead_letter))
+        .route("/admin/wan", get(admin::wan_status))
+        .route("/admin/wan/delay", put(admin::wan_delay))
+        .route("/admin/wan/{action}", post(admin::wan_action))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,
