@@ -203,6 +203,11 @@ impl TestApp {
     }
 
     pub async fn spawn_on(redis: Arc<TestRedis>, extra: &str) -> Self {
+        Self::spawn_layers(redis, &[extra]).await
+    }
+
+    /// As [`TestApp::spawn_on`], with several TOML layers merged in order.
+    pub async fn spawn_layers(redis: Arc<TestRedis>, layers: &[&str]) -> Self {
         let site = format!("t{:08x}", rand::random::<u32>());
         let token = token::generate();
         let admin_token = token::generate();
@@ -218,8 +223,8 @@ impl TestApp {
             w = token::hash(&token),
             a = token::hash(&admin_token),
         );
-        let config = Config::from_toml_layers(&[&toml, extra])
-            .unwrap_or_else(|e| panic!("test config: {e}\n{toml}\n{extra}"));
+        let config = Config::from_toml_layers(&[&[toml.as_str()], layers].concat())
+            .unwrap_or_else(|e| panic!("test config: {e}\n{toml}\n{layers:?}"));
         let app = Application::build(config)
             .await
             .expect("application builds");
@@ -275,6 +280,26 @@ impl TestApp {
     pub async fn put(&self, path: &str, body: &Value) -> Reply {
         self.send(reqwest::Method::PUT, path, Some(body), None)
             .await
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str) -> Reply {
+        let request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(&self.admin_token);
+        Reply::from(request.send().await.expect("request sent")).await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        self.admin(reqwest::Method::GET, path).await
+    }
+
+    pub async fn admin_post(&self, path: &str) -> Reply {
+        self.admin(reqwest::Method::POST, path).await
+    }
+
+    pub async fn admin_delete(&self, path: &str) -> Reply {
+        self.admin(reqwest::Method::DELETE, path).await
     }
 
     pub async fn get(&self, path: &str) -> Reply {

@@ -10,6 +10,7 @@ mod pg;
 
 mod bad_input;
 mod faults;
+mod forward;
 mod health;
 mod idempotency;
 mod ingest;
