@@ -1,14 +1,21 @@
-//! `ops-db-api dev`: the summit in a box. Starts a durable Redis from the machine's
-//! binaries and the service wired to it (logs in `DIR/logs`), prints `READY {json}` once everything answers,
-//! and stops everything it started on Ctrl-C or SIGTERM.
+//! `ops-db-api dev`: the summit in a box, from this machine's binaries: a durable Redis
+//! (AOF, `appendfsync always`), a PostgreSQL primary with a streaming replica (migrated,
+//! seeded), an emulated WAN (fault proxy) between the forwarder and the primary, and the
+//! service wired to them, with fault drills enabled. Prints `READY {json}` once everything
+//! answers; stops everything it started on Ctrl-C or SIGTERM. State lives in `DIR` (Redis
+//! AOF, database files, logs) and is reused by the next run.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::fault_proxy::FaultProxy;
+use crate::local_pg::LocalPostgres;
 use crate::local_redis::{free_port, LocalRedis};
 use crate::startup::Application;
 use crate::token as auth_token;
@@ -17,6 +24,8 @@ pub struct DevOptions {
     pub dir: PathBuf,
     pub http_port: u16,
     pub tcp_port: u16,
+    /// One-way delay of the emulated WAN (half its round trip).
+    pub wan_delay: Duration,
 }
 
 pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result<()> {
@@ -24,6 +33,19 @@ pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result
         .with_context(|| format!("creating {}", options.dir.display()))?;
     let dir = options.dir.canonicalize()?;
     let redis = LocalRedis::start(&dir.join("redis"), free_port()?).await?;
+    let pg = LocalPostgres::start(&dir.join("pg")).await?;
+    crate::db::migrate(&pg.primary_url()).await?;
+    crate::db::seed(&pg.primary_url()).await?;
+    let primary: SocketAddr = ([127, 0, 0, 1], pg.primary_port()).into();
+    let wan = FaultProxy::start(([127, 0, 0, 1], 0).into(), primary)
+        .await
+        .context("starting the emulated WAN")?;
+    wan.set_delay(options.wan_delay);
+    // The forwarder reaches the primary only through the emulated WAN.
+    let forwarder_url = pg.primary_url().replace(
+        &format!(":{}/", pg.primary_port()),
+        &format!(":{}/", wan.addr().port()),
+    );
     let token = auth_token::generate();
     let config = Config::from_toml_str(&format!(
         r#"
@@ -36,6 +58,8 @@ pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result
         listen = "127.0.0.1:{tcp}"
         [redis]
         url = "{redis}"
+        [forwarder]
+        primary_url = "{forwarder_url}"
         [auth]
         tokens = [{{ name = "dev", sha256 = "{hash}", scopes = ["write", "admin"] }}]
         [faults]
@@ -46,16 +70,24 @@ pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result
         redis = redis.url(),
         hash = auth_token::hash(&token),
     ))?;
-    let app = Application::build(config).await?;
+    let app = Application::build(config).await?.with_wan(wan.clone());
     let ready = json!({
         "http": format!("http://{}", app.http_addr()),
         "tcp": app.tcp_addr().to_string(),
         "redis_url": redis.url(),
+        "primary_url": pg.primary_url(),
+        "replica_url": pg.replica_url(),
+        "wan": wan.addr().to_string(),
+        "wan_delay": humantime::format_duration(options.wan_delay).to_string(),
         "token": token,
         "dir": dir,
     });
     println!("READY {ready}");
     let result = app.run_until_stopped(stop).await;
+    wan.stop().await;
+    if let Err(err) = pg.stop().await {
+        tracing::warn!(error = %err, "stopping PostgreSQL");
+    }
     redis.stop().await;
     result
 }

@@ -36,6 +36,10 @@ enum Command {
         http_port: u16,
         #[arg(long, default_value_t = 8081)]
         tcp_port: u16,
+        /// One-way delay of the emulated WAN to the primary (e.g. 125ms for a 250 ms RTT);
+        /// cut and heal it with the admin API (/admin/wan).
+        #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+        wan_delay: std::time::Duration,
     },
     /// Bring the primary's schema up to date (forwarder.primary_url of the config).
     Migrate {
@@ -147,12 +151,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             dir,
             http_port,
             tcp_port,
+            wan_delay,
         } => {
             let _guard = telemetry::init("info", Some(&dir.join("logs")))?;
             let options = dev::DevOptions {
                 dir,
                 http_port,
                 tcp_port,
+                wan_delay,
             };
             dev::run(options, stop_on_signals()).await
         }
