@@ -34,6 +34,18 @@ pub enum BenchCommand {
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
     },
+    /// Catch-up: transactions buffered during an outage, forwarded through an emulated WAN.
+    Catchup {
+        #[arg(long, default_value_t = 100_000)]
+        transactions: usize,
+        /// Round-trip times of the emulated link, one measurement each.
+        #[arg(long, value_delimiter = ',', default_value = "250ms,0ms", value_parser = humantime::parse_duration)]
+        rtt: Vec<Duration>,
+        #[arg(long, default_value_t = 2000)]
+        batch_size: usize,
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+    },
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -43,10 +55,16 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             duration,
             dir,
         } => ingest(&clients, duration, &dir).await,
+        BenchCommand::Catchup {
+            transactions,
+            rtt,
+            batch_size,
+            dir,
+        } => crate::bench_catchup::run(transactions, &rtt, batch_size, &dir).await,
     }
 }
 
-struct Outcome {
+pub(crate) struct Outcome {
     clients: usize,
     ok: u64,
     errors: u64,
@@ -62,40 +80,59 @@ async fn ingest(
     let dir = dir.join(format!("redis-{}", std::process::id()));
     let redis = LocalRedis::start(&dir, free_port()?).await?;
     let secret = token::generate();
-    let config = Config::from_toml_str(&format!(
-        "[site]\nname = \"bench\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
-         [redis]\nurl = \"{}\"\n[auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\"] }}]\n",
-        redis.url(),
-        token::hash(&secret)
-    ))?;
-    let app = Application::build(config).await?;
-    let url = format!("http://{}/raw_data_files/", app.http_addr());
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
-
     println!(
         "ops-db-api bench ingest: POST /raw_data_files/, Redis appendonly yes, appendfsync always"
     );
-    println!("| clients | acknowledged writes/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for &c in clients {
-        let _warm = load(&url, &secret, c, Duration::from_secs(1)).await?;
-        let o = load(&url, &secret, c, duration).await?;
-        let ms = |q: f64| o.latency_us.value_at_quantile(q) as f64 / 1000.0;
-        println!(
-            "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
-            o.clients,
-            o.ok as f64 / o.elapsed.as_secs_f64(),
-            ms(0.5),
-            ms(0.9),
-            ms(0.99),
-            ms(0.999),
-            o.latency_us.max() as f64 / 1000.0,
-            o.errors
-        );
+    println!("| forwarder | clients | acknowledged writes/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // The same load twice in one run: without a forwarder, and with one crash-looping
+    // against a primary that refuses connections (restarting every few milliseconds).
+    let refused = free_port()?;
+    let phases = [
+        ("none", String::new()),
+        (
+            "crash-looping",
+            format!(
+                "[forwarder]\nprimary_url = \"postgres://opsdb@127.0.0.1:{refused}/opsdb\"\n\
+                 backoff_base = \"1ms\"\nbackoff_cap = \"20ms\"\n"
+            ),
+        ),
+    ];
+    for (phase, forwarder) in phases {
+        let config = Config::from_toml_str(&format!(
+            "[site]\nname = \"bench\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
+             [redis]\nurl = \"{}\"\n[buffer]\nmax_buffered = 100000000\n{forwarder}\
+             [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\"] }}]\n",
+            redis.url(),
+            token::hash(&secret)
+        ))?;
+        let app = Application::build(config).await?;
+        let tree = app.tree();
+        let url = format!("http://{}/raw_data_files/", app.http_addr());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+        for &c in clients {
+            let _warm = load(&url, &secret, c, Duration::from_secs(1)).await?;
+            let o = load(&url, &secret, c, duration).await?;
+            let ms = |q: f64| o.latency_us.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "| {phase} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+                o.clients,
+                o.ok as f64 / o.elapsed.as_secs_f64(),
+                ms(0.5),
+                ms(0.9),
+                ms(0.99),
+                ms(0.999),
+                o.latency_us.max() as f64 / 1000.0,
+                o.errors
+            );
+        }
+        if let Some(row) = tree.health.get(ops_db_actors::tree::FORWARDER) {
+            println!("(forwarder restarts during the phase: {})", row.restarts);
+        }
+        stop.cancel();
+        server.await.context("server task")??;
     }
-    stop.cancel();
-    server.await.context("server task")??;
 
     println!();
     println!("redis-benchmark LPUSH on the same Redis (the physical limit of one durable write):");

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_catchup;
 pub mod config;
 pub mod db;
 pub mod dev;

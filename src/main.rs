@@ -200,7 +200,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { command } => {
-            let _guard = telemetry::init("warn", None)?;
+            let _guard = telemetry::init("error", None)?;
             bench::run(command).await
         }
     }

@@ -1,0 +1,224 @@
+//! `ops-db-api bench catchup`: after an outage, how fast the buffer drains to the primary
+//! through an emulated WAN, against the naive per-row commit over the same link.
+//!
+//! For each RTT: a fresh Redis, primary and replica; the service without a primary buffers
+//! `transactions` file registrations (one transaction each, after the executed obs unit
+//! they reference); then the service restarts with the forwarder, behind a fault proxy
+//! with RTT/2 delay each way, and the time until the stream is empty is measured, then how
+//! long the replica takes to replay the last commit.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::json;
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::fault_proxy::FaultProxy;
+use crate::local_pg::LocalPostgres;
+use crate::local_redis::{free_port, LocalRedis};
+use crate::startup::Application;
+use crate::token;
+
+pub async fn run(
+    transactions: usize,
+    rtts: &[Duration],
+    batch_size: usize,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    println!(
+        "ops-db-api bench catchup: {transactions} buffered transactions, batch_size {batch_size}"
+    );
+    println!("| RTT | drained in s | transactions/s | batches | round trips per batch | replica replayed the last commit after (s) | per-row commits/s over the same link | 100k per-row would take |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &rtt in rtts {
+        let base = dir.join(format!(
+            "catchup-{}-{}",
+            std::process::id(),
+            rtt.as_millis()
+        ));
+        let result = one(transactions, rtt, batch_size, &base).await;
+        let _ = std::fs::remove_dir_all(&base);
+        result?;
+    }
+    Ok(())
+}
+
+fn config(
+    redis: &str,
+    secret: &str,
+    primary: Option<&str>,
+    batch_size: usize,
+) -> anyhow::Result<Config> {
+    let forwarder = primary.map_or(String::new(), |url| {
+        format!(
+            "[forwarder]\nprimary_url = \"{url}\"\nbatch_size = {batch_size}\nlinger = \"0ms\"\n"
+        )
+    });
+    Ok(Config::from_toml_str(&format!(
+        "[site]\nname = \"bench\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
+         [redis]\nurl = \"{redis}\"\n[buffer]\nmax_buffered = 10000000\n{forwarder}\
+         [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\"] }}]\n",
+        token::hash(secret)
+    ))?)
+}
+
+async fn one(
+    transactions: usize,
+    rtt: Duration,
+    batch_size: usize,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let redis = LocalRedis::start(&dir.join("redis"), free_port()?).await?;
+    let pg = LocalPostgres::start(&dir.join("pg")).await?;
+    crate::db::migrate(&pg.primary_url()).await?;
+    crate::db::seed(&pg.primary_url()).await?;
+    let secret = token::generate();
+
+    // 1. The outage: the service buffers without a primary.
+    let app = Application::build(config(&redis.url(), &secret, None, batch_size)?).await?;
+    let base = format!("http://{}", app.http_addr());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let http = reqwest::Client::new();
+    let started: serde_json::Value = http
+        .post(format!("{base}/executed_obs_units/start"))
+        .bearer_auth(&secret)
+        .json(&json!({"obs_unit_id": 1}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let eou = started["id"]
+        .as_str()
+        .context("start answered no id")?
+        .to_owned();
+    fill(&base, &secret, &eou, transactions - 1).await?;
+    stop.cancel();
+    server.await??;
+
+    // 2. The link is back: forward through the emulated WAN.
+    let primary: SocketAddr = ([127, 0, 0, 1], pg.primary_port()).into();
+    let wan = FaultProxy::start(([127, 0, 0, 1], 0).into(), primary).await?;
+    wan.set_delay(rtt / 2);
+    let url = pg.primary_url().replace(
+        &format!(":{}/", pg.primary_port()),
+        &format!(":{}/", wan.addr().port()),
+    );
+    let t0 = Instant::now();
+    let app = Application::build(config(&redis.url(), &secret, Some(&url), batch_size)?).await?;
+    let tree = app.tree();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let client = redis::Client::open(redis.url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let stream = ops_db_actors::keys::Keys::new("bench").stream();
+    loop {
+        let left: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await?;
+        if left == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(600),
+            "not drained after 10 minutes ({left} left)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained = t0.elapsed();
+    let m = &tree.forwarder_metrics;
+    let (batches, trips) = (
+        m.batches.load(Ordering::Relaxed),
+        m.round_trips.load(Ordering::Relaxed),
+    );
+    let last = ops_db_actors::lsn::Lsn(m.last_lsn.load(Ordering::Relaxed)).to_string();
+    let mut replica = PgConnection::connect(&pg.replica_url()).await?;
+    let t1 = Instant::now();
+    loop {
+        let caught_up: bool = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+            .bind(&last)
+            .fetch_one(&mut replica)
+            .await?;
+        if caught_up {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let replayed = t1.elapsed();
+    stop.cancel();
+    server.await??;
+
+    // 3. The naive baseline over the same link: one autocommit INSERT per row.
+    let per_row = per_row_commits(&url, &eou, Duration::from_secs(5)).await?;
+    println!(
+        "| {} ms | {:.1} | {:.0} | {batches} | {:.2} | {:.3} | {:.1} | {} |",
+        rtt.as_millis(),
+        drained.as_secs_f64(),
+        transactions as f64 / drained.as_secs_f64(),
+        trips as f64 / batches.max(1) as f64,
+        replayed.as_secs_f64(),
+        per_row,
+        humantime::format_duration(Duration::from_secs((100_000.0 / per_row) as u64)),
+    );
+    wan.stop().await;
+    pg.stop().await?;
+    redis.stop().await;
+    Ok(())
+}
+
+/// Buffers `n` file registrations with 64 concurrent clients.
+async fn fill(base: &str, secret: &str, eou: &str, n: usize) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (http, next, url, secret, eou) = (
+            http.clone(),
+            next.clone(),
+            format!("{base}/raw_data_files/"),
+            secret.to_owned(),
+            eou.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let body = json!({"name": "f.fits", "relative_path": "2026/f.fits", "executed_obs_unit_id": eou,
+                                  "size": 1, "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"});
+                let r = http.post(&url).bearer_auth(&secret).json(&body).send().await?;
+                anyhow::ensure!(r.status() == reqwest::StatusCode::CREATED, "buffering failed: {}", r.status());
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// Rows per second when each row is its own committed statement over `url`.
+async fn per_row_commits(url: &str, eou: &str, duration: Duration) -> anyhow::Result<f64> {
+    let mut conn = PgConnection::connect(url).await?;
+    let eou: uuid::Uuid = eou.parse()?;
+    let t0 = Instant::now();
+    let mut rows = 0u64;
+    while t0.elapsed() < duration {
+        sqlx::query(
+            "INSERT INTO raw_data_file (id, name, relative_path, executed_obs_unit_id, size, checksum, checksum_algorithm, created_at) \
+             VALUES ($1, 'naive.fits', 'naive.fits', $2, 1, 'x', 'sha256', now())",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(eou)
+        .execute(&mut conn)
+        .await?;
+        rows += 1;
+    }
+    Ok(rows as f64 / t0.elapsed().as_secs_f64())
+}
