@@ -126,9 +126,12 @@ impl Actor for ForwarderActor {
 
 async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, ActorProcessingErr> {
     let options: PgConnectOptions = config.primary_url.parse()?;
+    // A batch's SQL carries the whole batch (megabytes); a slow one over the WAN is normal
+    // and must not be logged as a warning with its text.
     let options = options
         .application_name("ops-db-api forwarder")
-        .log_statements(tracing::log::LevelFilter::Trace);
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Debug, config.statement_timeout);
     let connect = options.connect();
     let mut conn = tokio::time::timeout(config.connect_timeout, connect)
         .await
