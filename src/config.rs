@@ -37,6 +37,7 @@ pub struct Config {
     pub redis: Redis,
     pub buffer: Buffer,
     pub forwarder: Forwarder,
+    pub replica: Replica,
     pub auth: Auth,
     pub faults: Faults,
     pub log: Log,
@@ -111,6 +112,22 @@ pub struct Forwarder {
     pub reset_after: Duration,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replica {
+    pub url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
@@ -161,6 +178,15 @@ pub struct Supervisor {
 }
 
 impl Config {
+    /// Where reads come from: the replica, or on the main site the primary itself.
+    pub fn read_url(&self) -> Option<&str> {
+        match (&self.replica.url, self.site.mode) {
+            (Some(url), _) => Some(url),
+            (None, SiteMode::Main) => self.forwarder.primary_url.as_deref(),
+            (None, SiteMode::Secondary) => None,
+        }
+    }
+
     /// Loads defaults, then `file` (if any), then `OPSDB__SECTION__KEY` variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULTS));
@@ -227,6 +253,10 @@ impl Config {
                 self.forwarder.statement_timeout,
             ),
             ("forwarder.backoff_base", self.forwarder.backoff_base),
+            ("replica.poll_interval", self.replica.poll_interval),
+            ("replica.connect_timeout", self.replica.connect_timeout),
+            ("replica.backoff_base", self.replica.backoff_base),
+            ("replica.retention", self.replica.retention),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(invalid(key, "must be longer than zero"));
@@ -256,6 +286,20 @@ impl Config {
                     "must start with postgres:// or postgresql://",
                 ));
             }
+        }
+        if let Some(url) = &self.replica.url {
+            if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                return Err(invalid(
+                    "replica.url",
+                    "must start with postgres:// or postgresql://",
+                ));
+            }
+        }
+        if self.replica.backoff_cap < self.replica.backoff_base {
+            return Err(invalid(
+                "replica.backoff_cap",
+                "must not be shorter than replica.backoff_base",
+            ));
         }
         if self.forwarder.backoff_cap < self.forwarder.backoff_base {
             return Err(invalid(

@@ -14,6 +14,7 @@ pub mod http;
 pub mod local_pg;
 pub mod local_redis;
 pub mod ops;
+pub mod reads;
 pub mod redis_probe;
 pub mod startup;
 pub mod tcp;

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use ops_db_actors::backoff::Backoff;
@@ -11,12 +12,13 @@ use ops_db_actors::buffer::BufferConfig;
 use ops_db_actors::domain::Limits;
 use ops_db_actors::forwarder::ForwarderConfig;
 use ops_db_actors::keys::Keys;
+use ops_db_actors::replica::ReplicaConfig;
 use ops_db_actors::supervisor::policy::{Intensity, RestartPolicy};
 use ops_db_actors::tree::{Tree, TreeConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, SiteMode};
 use crate::http::{self, AppState, Tokens};
 use crate::redis_probe::RedisProbe;
 
@@ -51,6 +53,7 @@ fn forwarder(config: &Config, keys: &Keys) -> Option<(ForwarderConfig, RestartPo
         connect_timeout: f.connect_timeout,
         statement_timeout: f.statement_timeout,
         redis_timeout: config.redis.timeout,
+        retention: config.replica.retention,
     };
     let policy = RestartPolicy {
         backoff: Backoff::new(f.backoff_base, f.backoff_cap),
@@ -58,6 +61,27 @@ fn forwarder(config: &Config, keys: &Keys) -> Option<(ForwarderConfig, RestartPo
         reset_after: f.reset_after,
     };
     Some((forwarder, policy))
+}
+
+/// The replica tracker, if there is a read source: restarted forever, never escalating.
+fn replica(config: &Config, keys: &Keys) -> Option<(ReplicaConfig, RestartPolicy)> {
+    let r = &config.replica;
+    let tracker = ReplicaConfig {
+        replica_url: config.read_url()?.to_owned(),
+        is_primary: config.site.mode == SiteMode::Main && r.url.is_none(),
+        redis_url: config.redis.url.clone(),
+        keys: keys.clone(),
+        poll_interval: r.poll_interval,
+        connect_timeout: r.connect_timeout,
+        redis_timeout: config.redis.timeout,
+        retention: r.retention,
+    };
+    let policy = RestartPolicy {
+        backoff: Backoff::new(r.backoff_base, r.backoff_cap),
+        intensity: None,
+        reset_after: Duration::from_secs(60),
+    };
+    Some((tracker, policy))
 }
 
 impl Application {
@@ -88,15 +112,19 @@ impl Application {
             ingest_policy: policy(&config),
             buffer_policy: policy(&config),
             forwarder: forwarder(&config, &keys),
+            replica: replica(&config, &keys),
         })
         .await
         .context("starting the actor tree")?;
+        let reads =
+            crate::reads::Reads::new(config.read_url(), keys.clone()).context("replica.url")?;
         let probe =
             RedisProbe::new(&config.redis.url, keys, config.redis.timeout).context("redis.url")?;
         let state = AppState {
             tree: Arc::new(tree),
             tokens: Arc::new(Tokens::new(&config.auth.tokens)),
             probe: Arc::new(probe),
+            reads: Arc::new(reads),
             write_timeout: config.http.request_timeout,
             wan: None,
             config: Arc::new(config),

@@ -38,6 +38,7 @@ static RETRY: LazyLock<Script> = LazyLock::new(|| {
         local lifecycle = ARGV[2] .. f['transaction_id']
         redis.call('HSET', lifecycle, 'state', 'buffered', 'stream_id', sid)
         redis.call('HINCRBY', lifecycle, 'dlq_retries', 1)
+        redis.call('PERSIST', lifecycle)
         return sid",
     )
 });

@@ -13,6 +13,7 @@ pub mod health;
 pub mod ingest;
 pub mod keys;
 pub mod lsn;
+pub mod replica;
 pub mod slot;
 pub mod supervisor;
 pub mod tree;

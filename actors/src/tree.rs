@@ -16,6 +16,7 @@ use crate::forwarder::{
 };
 use crate::health::HealthRegistry;
 use crate::ingest::{IngestActor, IngestArgs, IngestMsg};
+use crate::replica::{ReplicaArgs, ReplicaConfig, ReplicaLagActor, ReplicaMetrics, ReplicaMsg};
 use crate::slot::Slot;
 use crate::supervisor::policy::RestartPolicy;
 use crate::supervisor::{Child, ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
@@ -23,6 +24,7 @@ use crate::supervisor::{Child, ChildSpec, Supervisor, SupervisorArgs, Supervisor
 pub const INGEST: &str = "ingest";
 pub const BUFFER: &str = "buffer";
 pub const FORWARDER: &str = "forwarder";
+pub const REPLICA: &str = "replica";
 
 pub struct TreeConfig {
     /// Unique per running instance: prefixes every actor name.
@@ -34,6 +36,8 @@ pub struct TreeConfig {
     pub buffer_policy: RestartPolicy,
     /// `None`: no primary configured, nothing is forwarded.
     pub forwarder: Option<(ForwarderConfig, RestartPolicy)>,
+    /// `None`: no read source configured, nothing tracks visibility.
+    pub replica: Option<(ReplicaConfig, RestartPolicy)>,
 }
 
 /// A running tree. Dropping it does not stop it: call [`Tree::shutdown`].
@@ -45,6 +49,8 @@ pub struct Tree {
     /// Fault tests arm crash points of the forwarder here.
     pub crash_points: Arc<CrashPoints>,
     pub has_forwarder: bool,
+    pub replica_metrics: Arc<ReplicaMetrics>,
+    pub has_replica: bool,
     ingest: Slot<IngestMsg>,
     /// Flips to `true` once the supervisor has stopped, by shutdown or escalation.
     stopped: watch::Receiver<bool>,
@@ -60,6 +66,8 @@ impl Tree {
         let forwarder_metrics = Arc::new(ForwarderMetrics::default());
         let crash_points = Arc::new(CrashPoints::default());
         let has_forwarder = config.forwarder.is_some();
+        let replica_metrics = Arc::new(ReplicaMetrics::default());
+        let has_replica = config.replica.is_some();
         // Start order matters: the buffer must run before ingest hands it writes.
         let mut children: Vec<Box<dyn ChildSpec>> = vec![
             Box::new(Child {
@@ -98,6 +106,18 @@ impl Tree {
                 policy,
             }));
         }
+        if let Some((replica, policy)) = config.replica {
+            children.push(Box::new(Child {
+                name: REPLICA.into(),
+                actor: ReplicaLagActor,
+                args: ReplicaArgs {
+                    config: Arc::new(replica),
+                    metrics: Arc::clone(&replica_metrics),
+                },
+                slot: Slot::<ReplicaMsg>::new(),
+                policy,
+            }));
+        }
         let (supervisor, join) = Actor::spawn(
             Some(format!("{}/supervisor", config.instance)),
             Supervisor,
@@ -120,6 +140,8 @@ impl Tree {
             forwarder_metrics,
             crash_points,
             has_forwarder,
+            replica_metrics,
+            has_replica,
             ingest: ingest_slot,
             stopped,
         })

@@ -35,6 +35,13 @@ impl Tokens {
         self.by_hash.get(&digest)
     }
 
+    /// Any valid token (reads).
+    pub fn check_any(&self, presented: Option<&str>) -> Result<&Token, ApiError> {
+        presented
+            .and_then(|t| self.lookup(t))
+            .ok_or_else(ApiError::unauthorized)
+    }
+
     /// Checks a raw `Authorization` value (or a bare token) for `scope`.
     pub fn check(&self, presented: Option<&str>, scope: Scope) -> Result<&Token, ApiError> {
         let token = presented
@@ -82,4 +89,13 @@ pub async fn require_admin(
     next: Next,
 ) -> Result<Response, ApiError> {
     require(&state, Scope::Admin, request, next).await
+}
+
+pub async fn require_any(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    state.tokens.check_any(bearer(&request))?;
+    Ok(next.run(request).await)
 }

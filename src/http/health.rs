@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ops_db_actors::health::ActorState;
-use ops_db_actors::tree::{BUFFER, FORWARDER, INGEST};
+use ops_db_actors::tree::{BUFFER, FORWARDER, INGEST, REPLICA};
 use serde_json::json;
 
 use super::AppState;
@@ -80,7 +80,28 @@ pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         },
         "background_processor": forwarder.as_ref().map_or("not_configured", |f| f.0),
         "forwarder": forwarder.map(|f| f.1),
+        "replica": replica(&state),
         "actors": actors,
+    }))
+}
+
+/// The replica tracker's state and the replica's lag, if there is a read source.
+fn replica(state: &AppState) -> Option<serde_json::Value> {
+    let tree = &state.tree;
+    if !tree.has_replica {
+        return None;
+    }
+    let row = tree.health.get(REPLICA)?;
+    let m = &tree.replica_metrics;
+    let replay = m.replay_lsn.load(Ordering::Relaxed);
+    Some(json!({
+        "state": state_name(&row.state),
+        "restarts": row.restarts,
+        "last_failure": row.last_failure,
+        "replay_lsn": (replay > 0).then(|| ops_db_actors::lsn::Lsn(replay).to_string()),
+        "lag_bytes": m.lag_bytes.load(Ordering::Relaxed),
+        "lag_seconds": m.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        "marked_replicated": m.marked.load(Ordering::Relaxed),
     }))
 }
 
@@ -205,6 +226,12 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     }
     let redis = state.probe.status().await;
     let _ = writeln!(out, "# HELP opsdb_redis_up Whether Redis answered.\n# TYPE opsdb_redis_up gauge\nopsdb_redis_up {}", u8::from(redis.reachable));
+    if state.tree.has_replica {
+        let m = &state.tree.replica_metrics;
+        let _ = writeln!(out, "# HELP opsdb_replica_lag_bytes WAL bytes between the newest forwarded commit and the replica's replay position.\n# TYPE opsdb_replica_lag_bytes gauge\nopsdb_replica_lag_bytes {}", m.lag_bytes.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP opsdb_replica_lag_seconds Age of the oldest forwarded transaction not yet seen replicated.\n# TYPE opsdb_replica_lag_seconds gauge\nopsdb_replica_lag_seconds {}", m.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+        let _ = writeln!(out, "# HELP opsdb_replicated_total Transactions seen replicated.\n# TYPE opsdb_replicated_total counter\nopsdb_replicated_total {}", m.marked.load(Ordering::Relaxed));
+    }
     if let Some(age) = redis.oldest_unforwarded_secs {
         let _ = writeln!(out, "# HELP opsdb_oldest_unforwarded_seconds Age of the oldest transaction not yet forwarded.\n# TYPE opsdb_oldest_unforwarded_seconds gauge\nopsdb_oldest_unforwarded_seconds {age}");
     }

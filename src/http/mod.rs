@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod health;
+mod reads;
 mod writes;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub tokens: Arc<Tokens>,
     pub probe: Arc<RedisProbe>,
+    pub reads: Arc<crate::reads::Reads>,
     pub write_timeout: Duration,
     /// The emulated WAN between the forwarder and the primary, when `dev` runs one.
     pub wan: Option<FaultProxy>,
@@ -79,6 +81,17 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_write,
         ));
+    let reads = Router::new()
+        .route("/transactions/{id}", get(reads::transaction))
+        .route("/executed_obs_units", get(reads::executed_obs_units))
+        .route("/executed_obs_units/", get(reads::executed_obs_units))
+        .route("/executed_obs_units/{id}", get(reads::executed_obs_unit))
+        .route("/raw_data_files/{id}", get(reads::raw_data_file))
+        .route("/raw_data_package/{id}", get(reads::raw_data_package))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_any,
+        ));
     let admin = Router::new()
         .route("/admin/actors/{name}/kill", post(admin::kill_actor))
         .route("/admin/dlq", get(admin::list_dead_letters))
@@ -99,6 +112,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics));
     Router::new()
         .merge(writes)
+        .merge(reads)
         .merge(admin)
         .merge(open)
         .fallback(not_found)

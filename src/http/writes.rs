@@ -1,11 +1,15 @@
 //! The write endpoints. Each is the same three steps: parse, ingest, answer.
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use std::time::Duration;
+
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde_json::json;
+use uuid::Uuid;
 
 use super::AppState;
 use ops_db_actors::domain::OperationKind;
@@ -16,6 +20,77 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 type Body = Result<Bytes, BytesRejection>;
 type Id = Result<Path<String>, PathRejection>;
+type Wait = Result<Query<WaitQuery>, QueryRejection>;
+
+/// The longest a write may ask to wait for its transaction.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitFor {
+    Forwarded,
+    Replicated,
+}
+
+/// `?wait=forwarded|replicated&timeout=5s`: answer once the transaction got there, or
+/// `202` with its state when the timeout expires first.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    wait: Option<WaitFor>,
+    timeout: Option<String>,
+}
+
+fn parse_wait(query: Wait) -> Result<Option<(WaitFor, Duration)>, ApiError> {
+    let invalid = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m);
+    let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
+    let timeout = match &query.timeout {
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| invalid(format!("timeout: {e}")).with_field("timeout"))?,
+        None => Duration::from_secs(5),
+    };
+    if timeout > MAX_WAIT {
+        return Err(invalid(format!(
+            "timeout: at most {}",
+            humantime::format_duration(MAX_WAIT)
+        ))
+        .with_field("timeout"));
+    }
+    Ok(query.wait.map(|w| (w, timeout)))
+}
+
+/// Polls the transaction's lifecycle until it reaches `target` (or is dead) or `timeout`.
+async fn wait_for(
+    state: &AppState,
+    tx: Uuid,
+    target: WaitFor,
+    timeout: Duration,
+) -> Result<(bool, String), ApiError> {
+    let mut conn = state.probe.conn().await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "redis_unavailable",
+            "the local buffer did not answer",
+        )
+    })?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let current = state
+            .reads
+            .state(&mut conn, tx)
+            .await?
+            .unwrap_or_else(|| "replicated".into());
+        let reached = match (target, current.as_str()) {
+            (_, "replicated") | (WaitFor::Forwarded, "forwarded") => true,
+            (_, "dead") => return Ok((true, current)),
+            _ => false,
+        };
+        if reached || tokio::time::Instant::now() >= deadline {
+            return Ok((reached, current));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -37,19 +112,32 @@ async fn write(
     state: &AppState,
     kind: OperationKind,
     id: Option<Id>,
+    wait: Wait,
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return body_error(rejection).into_response(),
-    };
-    let id = match id.transpose() {
-        Ok(id) => id.map(|Path(id)| id),
-        Err(_) => return ops::invalid_id("(undecodable)").into_response(),
-    };
+    match write_and_wait(state, kind, id, wait, headers, body).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn write_and_wait(
+    state: &AppState,
+    kind: OperationKind,
+    id: Option<Id>,
+    wait: Wait,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
+    let id = id
+        .transpose()
+        .map_err(|_| ops::invalid_id("(undecodable)"))?
+        .map(|Path(id)| id);
+    let wait = parse_wait(wait)?;
     let key = headers.get(IDEMPOTENCY_KEY).map(|v| v.as_bytes());
-    match ops::write(
+    let (status, ack) = ops::write(
         &state.tree,
         state.write_timeout,
         kind,
@@ -57,15 +145,31 @@ async fn write(
         &body,
         key,
     )
-    .await
-    {
-        Ok((status, ack)) => (status, Json(ack.body)).into_response(),
-        Err(err) => err.into_response(),
-    }
+    .await?;
+    let mut answer = ack.body;
+    let Some((target, timeout)) = wait else {
+        return Ok((status, Json(answer)).into_response());
+    };
+    let tx = answer["transaction_id"]
+        .as_str()
+        .and_then(|t| Uuid::parse_str(t).ok());
+    let Some(tx) = tx else {
+        return Ok((status, Json(answer)).into_response());
+    };
+    // The write is durable already; waiting only reports how far it got.
+    let (reached, current) = wait_for(state, tx, target, timeout).await?;
+    answer["status"] = json!(current);
+    let status = if reached {
+        status
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(answer)).into_response())
 }
 
 pub async fn start_executed_obs_unit(
     State(s): State<AppState>,
+    wait: Wait,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -73,6 +177,7 @@ pub async fn start_executed_obs_unit(
         &s,
         OperationKind::StartExecutedObsUnit,
         None,
+        wait,
         &headers,
         body,
     )
@@ -82,6 +187,7 @@ pub async fn start_executed_obs_unit(
 pub async fn finish_executed_obs_unit(
     State(s): State<AppState>,
     id: Id,
+    wait: Wait,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -89,6 +195,7 @@ pub async fn finish_executed_obs_unit(
         &s,
         OperationKind::FinishExecutedObsUnit,
         Some(id),
+        wait,
         &headers,
         body,
     )
@@ -97,14 +204,24 @@ pub async fn finish_executed_obs_unit(
 
 pub async fn create_raw_data_file(
     State(s): State<AppState>,
+    wait: Wait,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    write(&s, OperationKind::CreateRawDataFile, None, &headers, body).await
+    write(
+        &s,
+        OperationKind::CreateRawDataFile,
+        None,
+        wait,
+        &headers,
+        body,
+    )
+    .await
 }
 
 pub async fn bulk_create_raw_data_files(
     State(s): State<AppState>,
+    wait: Wait,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -112,6 +229,7 @@ pub async fn bulk_create_raw_data_files(
         &s,
         OperationKind::BulkCreateRawDataFiles,
         None,
+        wait,
         &headers,
         body,
     )
@@ -120,6 +238,7 @@ pub async fn bulk_create_raw_data_files(
 
 pub async fn create_raw_data_package(
     State(s): State<AppState>,
+    wait: Wait,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -127,6 +246,7 @@ pub async fn create_raw_data_package(
         &s,
         OperationKind::CreateRawDataPackage,
         None,
+        wait,
         &headers,
         body,
     )
@@ -136,6 +256,7 @@ pub async fn create_raw_data_package(
 pub async fn finalize_raw_data_package(
     State(s): State<AppState>,
     id: Id,
+    wait: Wait,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -143,6 +264,7 @@ pub async fn finalize_raw_data_package(
         &s,
         OperationKind::FinalizeRawDataPackage,
         Some(id),
+        wait,
         &headers,
         body,
     )

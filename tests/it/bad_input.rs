@@ -250,7 +250,7 @@ async fn every_bad_input_is_a_json_error_and_buffers_nothing() {
         Case {
             name: "unknown path",
             method: Method::POST,
-            path: "/executed_obs_units/begin".into(),
+            path: "/observations/begin".into(),
             body: None,
             status: 404,
             code: "not_found",

@@ -302,6 +302,11 @@ impl TestApp {
         self.admin(reqwest::Method::DELETE, path).await
     }
 
+    /// A GET with the write token (reads take any valid token).
+    pub async fn get_auth(&self, path: &str) -> Reply {
+        self.send(reqwest::Method::GET, path, None, None).await
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         Reply::from(
             self.client

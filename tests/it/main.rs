@@ -15,4 +15,6 @@ mod health;
 mod idempotency;
 mod ingest;
 mod pg_smoke;
+mod reads;
+mod site;
 mod tcp;

@@ -6,7 +6,8 @@
 -- ARGV[3] transaction id               ARGV[4] operation name
 -- ARGV[5] request fingerprint          ARGV[6] stored response (JSON)
 -- ARGV[7] idempotency TTL (seconds)    ARGV[8] now (unix ms)
--- ARGV[9] overlay: JSON list of {k = record key, f = [col, json, ...], i = [index keys]}
+-- ARGV[9] overlay: JSON list of {k = record key, id = record id, u = 1 for an update,
+--         f = [col, json, ...], i = [index keys]}
 --
 -- Returns {'ok', stream_id} | {'dup', first response} | {'conflict', ''} | {'full', length}
 local stream, lifecycle, idem = KEYS[1], KEYS[2], KEYS[3]
@@ -36,6 +37,10 @@ for _, rec in ipairs(overlay) do
     redis.call('HSET', rec.k, '_partial', '1')
   end
   redis.call('HSET', rec.k, '_tx', ARGV[3], unpack(rec.f))
+  if #rec.i > 0 then
+    -- Kept with the record so that whoever removes it can remove its index entries.
+    redis.call('HSET', rec.k, '_idx', cjson.encode(rec.i))
+  end
   for _, index in ipairs(rec.i) do
     redis.call('SADD', index, rec.id)
   end

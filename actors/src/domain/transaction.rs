@@ -93,6 +93,12 @@ pub struct Built {
     pub response: Value,
 }
 
+/// A timestamp truncated to microseconds, PostgreSQL's precision.
+pub fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    t.trunc_subsecs(6)
+}
+
 fn object(value: Value) -> Map<String, Value> {
     match value {
         Value::Object(m) => m,
@@ -118,7 +124,7 @@ fn file_row(f: &RawDataFileCreate, id: Uuid, now: DateTime<Utc>) -> Step {
             "checksum": f.checksum.to_ascii_lowercase(),
             "checksum_algorithm": f.checksum_algorithm.as_str(),
             "file_type": f.file_type,
-            "created_at": f.created_at.unwrap_or(now),
+            "created_at": f.created_at.map_or(now, micros),
             "meta": meta(&f.meta),
         })),
     }
@@ -128,6 +134,9 @@ impl Operation {
     /// Builds the transaction of a validated operation. `new_id` yields fresh time-ordered
     /// ids (a parameter so tests can pin them).
     pub fn build(&self, site: &str, now: DateTime<Utc>, mut new_id: impl FnMut() -> Uuid) -> Built {
+        // PostgreSQL keeps microseconds: truncating here makes the overlay's after-image and
+        // the replica's row of the same record identical.
+        let now = micros(now);
         let tx_id = new_id();
         let (steps, created, mut response) = match self {
             Self::StartExecutedObsUnit(r) => {
@@ -139,7 +148,7 @@ impl Operation {
                         "id": id,
                         "obs_unit_id": r.obs_unit_id,
                         "status": "running",
-                        "start_time": r.start_time.unwrap_or(now),
+                        "start_time": r.start_time.map_or(now, micros),
                         "end_time": null,
                         "instrument_module": r.instrument_module,
                         "meta": meta(&r.meta),
@@ -150,7 +159,7 @@ impl Operation {
             Self::FinishExecutedObsUnit { id, body } => {
                 let mut set = object(json!({
                     "status": body.status.as_str(),
-                    "end_time": body.end_time.unwrap_or(now),
+                    "end_time": body.end_time.map_or(now, micros),
                 }));
                 if let Some(m) = &body.meta {
                     set.insert("meta".into(), Value::Object(m.clone()));
@@ -262,7 +271,13 @@ mod tests {
         let step = &built.tx.steps[0];
         assert_eq!(step.id(), Uuid::from_u128(2));
         assert_eq!(step.columns()["status"], "running");
-        assert_eq!(step.columns()["start_time"], json!(now));
+        assert_eq!(
+            step.columns()["start_time"],
+            json!(micros(now)),
+            "truncated to PostgreSQL's microseconds"
+        );
+        let nanos = micros(now).timestamp_subsec_nanos();
+        assert_eq!(nanos % 1000, 0);
         assert_eq!(
             built.response,
             json!({"id": Uuid::from_u128(2), "transaction_id": Uuid::from_u128(1), "status": "buffered"})

@@ -51,6 +51,8 @@ pub struct ForwarderConfig {
     /// Bound on one batch's round trip; a stalled link fails the actor after it.
     pub statement_timeout: Duration,
     pub redis_timeout: Duration,
+    /// How long a finished (dead) transaction's lifecycle stays queryable in Redis.
+    pub retention: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -224,7 +226,8 @@ async fn settle_batch(
         .arg(applied.lsn.to_string())
         .arg(applied.lsn.score_ceil().to_string())
         .arg(chrono::Utc::now().timestamp_millis())
-        .arg(keys.lifecycle_prefix());
+        .arg(keys.lifecycle_prefix())
+        .arg(config.retention.as_secs().max(1));
     for (entry, outcome) in batch.entries.iter().zip(&applied.outcomes) {
         let (name, sqlstate, message) = match outcome {
             Outcome::Applied => ("applied", "", ""),

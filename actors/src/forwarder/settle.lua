@@ -4,11 +4,33 @@
 --
 -- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] forwarded sorted set
 -- ARGV[1] group, ARGV[2] commit LSN text, ARGV[3] its score, ARGV[4] now (unix ms),
--- ARGV[5] lifecycle key prefix, then per transaction:
+-- ARGV[5] lifecycle key prefix, ARGV[6] lifecycle retention (seconds), then per transaction:
 --   stream id, transaction id, outcome (applied|skipped|dead), sqlstate, message
+--
+-- A dead transaction will never be replicated: the overlay records whose latest writer it
+-- was are removed now (what reads then show is the replica's row, if any).
 local stream, dlq, forwarded = KEYS[1], KEYS[2], KEYS[3]
 local group, lsn, score, now, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-for i = 6, #ARGV, 5 do
+local retention = tonumber(ARGV[6])
+
+local function release_overlay(lifecycle, tx)
+  local records = redis.call('HGET', lifecycle, 'records')
+  if not records then return end
+  for _, key in ipairs(cjson.decode(records)) do
+    if redis.call('HGET', key, '_tx') == tx then
+      local indexes = redis.call('HGET', key, '_idx')
+      if indexes then
+        local id = string.match(key, '[^:]+$')
+        for _, index in ipairs(cjson.decode(indexes)) do
+          redis.call('SREM', index, id)
+        end
+      end
+      redis.call('DEL', key)
+    end
+  end
+end
+
+for i = 7, #ARGV, 5 do
   local sid, tx, outcome, sqlstate, message = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local lifecycle = prefix .. tx
   if outcome == 'dead' then
@@ -22,6 +44,8 @@ for i = 6, #ARGV, 5 do
       'reason', message, 'attempts', attempts, 'stream_id', sid, 'dead_at', now)
     redis.call('HSET', lifecycle, 'state', 'dead', 'dead_at', now, 'reason', message,
       'sqlstate', sqlstate, 'attempts', attempts)
+    redis.call('EXPIRE', lifecycle, retention)
+    release_overlay(lifecycle, tx)
   else
     redis.call('HSET', lifecycle, 'state', 'forwarded', 'forwarded_at', now, 'commit_lsn', lsn)
     redis.call('ZADD', forwarded, score, tx)

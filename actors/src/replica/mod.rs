@@ -1,0 +1,219 @@
+//! ReplicaLagActor: knows, by LSN, when each forwarded transaction is visible locally.
+//!
+//! Every `poll_interval` it reads the local replica's replay position
+//! (`pg_last_wal_replay_lsn()`; on the main site, where the "replica" is the primary
+//! itself, `pg_current_wal_lsn()`), moves every forwarded transaction whose commit LSN is at
+//! or below it to `replicated` in one sorted-set range query, and removes the overlay
+//! records whose latest writer it was. It also reports the replica's lag.
+//!
+//! A replica that is down or not a streaming standby fails the actor; the supervisor
+//! restarts it with backoff. Ingest and forwarding are not touched: lifecycles simply stay
+//! `forwarded` until the replica catches up.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Script};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::ConnectOptions;
+
+use crate::keys::Keys;
+use crate::lsn::Lsn;
+
+static REPLICATED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("replicated.lua")));
+
+/// Most transactions marked per call: bounds one script's run time (Redis runs scripts
+/// alone); a longer backlog is worked off over consecutive polls.
+const MARK_LIMIT: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub replica_url: String,
+    /// `true` on the main site: the read source is the primary, visibility follows commit.
+    pub is_primary: bool,
+    pub redis_url: String,
+    pub keys: Keys,
+    pub poll_interval: Duration,
+    pub connect_timeout: Duration,
+    pub redis_timeout: Duration,
+    /// How long a replicated transaction's lifecycle stays in Redis.
+    pub retention: Duration,
+}
+
+/// What `/health` and `/metrics` report; written by the actor only.
+#[derive(Debug, Default)]
+pub struct ReplicaMetrics {
+    /// The last replay position read (0 before the first).
+    pub replay_lsn: AtomicU64,
+    /// Bytes of WAL between the newest forwarded commit still waiting and the replay
+    /// position (0 when nothing waits).
+    pub lag_bytes: AtomicU64,
+    /// Milliseconds since the oldest transaction still waiting was forwarded (0 when
+    /// nothing waits).
+    pub lag_ms: AtomicI64,
+    pub marked: AtomicU64,
+    pub polls: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct ReplicaLagActor;
+
+#[derive(Clone)]
+pub struct ReplicaArgs {
+    pub config: Arc<ReplicaConfig>,
+    pub metrics: Arc<ReplicaMetrics>,
+}
+
+pub struct ReplicaState {
+    args: ReplicaArgs,
+    pg: Option<PgConnection>,
+    redis: Option<MultiplexedConnection>,
+}
+
+pub enum ReplicaMsg {
+    Poll,
+}
+
+impl Actor for ReplicaLagActor {
+    type Msg = ReplicaMsg;
+    type State = ReplicaState;
+    type Arguments = ReplicaArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ReplicaArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Connections are made in the first poll: a replica down at boot is an ordinary
+        // crash-and-back-off, not a failure to start the tree.
+        myself.send_interval(args.config.poll_interval, || ReplicaMsg::Poll);
+        Ok(ReplicaState {
+            args,
+            pg: None,
+            redis: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ReplicaMsg::Poll => poll(state).await,
+        }
+    }
+}
+
+async fn connect(
+    config: &ReplicaConfig,
+) -> Result<(PgConnection, MultiplexedConnection), ActorProcessingErr> {
+    let options: PgConnectOptions = config.replica_url.parse()?;
+    let options = options
+        .application_name("ops-db-api replica tracker")
+        .log_statements(tracing::log::LevelFilter::Trace);
+    let pg = tokio::time::timeout(config.connect_timeout, options.connect())
+        .await
+        .map_err(|_| format!("replica: no connection within {:?}", config.connect_timeout))??;
+    let client = redis::Client::open(config.redis_url.as_str())?;
+    let settings = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.redis_timeout))
+        .set_response_timeout(Some(config.redis_timeout));
+    let redis = client
+        .get_multiplexed_async_connection_with_config(&settings)
+        .await?;
+    Ok((pg, redis))
+}
+
+/// The replica's replay position (the primary's WAL position on the main site).
+async fn replay_position(
+    pg: &mut PgConnection,
+    config: &ReplicaConfig,
+) -> Result<Lsn, ActorProcessingErr> {
+    let sql = if config.is_primary {
+        "SELECT pg_current_wal_lsn()::text"
+    } else {
+        "SELECT pg_last_wal_replay_lsn()::text"
+    };
+    let query = sqlx::query_scalar::<_, Option<String>>(sql).fetch_one(pg);
+    let lsn = tokio::time::timeout(config.connect_timeout, query)
+        .await
+        .map_err(|_| "replica: no answer")??
+        .ok_or("replica: not a standby (pg_last_wal_replay_lsn() is NULL); set site.mode = \"main\" to read from a primary")?;
+    Ok(lsn.parse()?)
+}
+
+async fn poll(state: &mut ReplicaState) -> Result<(), ActorProcessingErr> {
+    let config = Arc::clone(&state.args.config);
+    let m = Arc::clone(&state.args.metrics);
+    if state.pg.is_none() || state.redis.is_none() {
+        let (pg, redis) = connect(&config).await?;
+        state.pg = Some(pg);
+        state.redis = Some(redis);
+    }
+    let (Some(pg), Some(redis)) = (state.pg.as_mut(), state.redis.as_mut()) else {
+        return Err("replica tracker connections missing".into());
+    };
+    let replay = replay_position(pg, &config).await?;
+    m.replay_lsn.store(replay.0, Ordering::Relaxed);
+    m.polls.fetch_add(1, Ordering::Relaxed);
+    let now = chrono::Utc::now().timestamp_millis();
+    let marked: usize = tokio::time::timeout(
+        config.redis_timeout,
+        REPLICATED
+            .key(config.keys.forwarded())
+            .arg(replay.score_floor())
+            .arg(now)
+            .arg(config.keys.lifecycle_prefix())
+            .arg(config.retention.as_secs().max(1))
+            .arg(MARK_LIMIT)
+            .invoke_async(redis),
+    )
+    .await
+    .map_err(|_| "redis: marking replicated transactions timed out")??;
+    m.marked.fetch_add(marked as u64, Ordering::Relaxed);
+    lag(redis, &config, replay, now, &m).await
+}
+
+/// Lag in bytes (newest waiting commit vs replay position) and in time (oldest waiting).
+async fn lag(
+    redis: &mut MultiplexedConnection,
+    config: &ReplicaConfig,
+    replay: Lsn,
+    now: i64,
+    m: &ReplicaMetrics,
+) -> Result<(), ActorProcessingErr> {
+    let (newest, oldest): (Vec<(String, f64)>, Vec<String>) = redis::pipe()
+        .cmd("ZRANGE")
+        .arg(config.keys.forwarded())
+        .arg(-1)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .cmd("ZRANGE")
+        .arg(config.keys.forwarded())
+        .arg(0)
+        .arg(0)
+        .query_async(redis)
+        .await?;
+    let bytes = newest
+        .first()
+        .map_or(0, |(_, score)| (*score as u64).saturating_sub(replay.0));
+    m.lag_bytes.store(bytes, Ordering::Relaxed);
+    let since = match oldest.first() {
+        Some(tx) => {
+            let at: Option<i64> = redis::cmd("HGET")
+                .arg(config.keys.lifecycle(tx.parse()?))
+                .arg("forwarded_at")
+                .query_async(redis)
+                .await?;
+            at.map_or(0, |at| (now - at).max(0))
+        }
+        None => 0,
+    };
+    m.lag_ms.store(since, Ordering::Relaxed);
+    Ok(())
+}

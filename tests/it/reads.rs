@@ -1,0 +1,375 @@
+//! Read-your-writes at the summit: replica rows merged with the overlay, the lifecycle of
+//! each transaction by LSN, waiting for a state, and the main site.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+use crate::helpers::{eventually, file_body, Reply, TestApp};
+use crate::site::{Site, FAST_RESTARTS};
+
+fn id(v: &Value) -> Uuid {
+    v.as_str()
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .unwrap_or_else(|| panic!("not a uuid: {v}"))
+}
+
+/// The record without its sync field, to compare what the overlay and the replica say.
+fn without_sync(mut record: Value) -> Value {
+    if let Some(map) = record.as_object_mut() {
+        map.remove("sync");
+        for nested in ["raw_data_files", "raw_data_packages"] {
+            if let Some(Value::Array(items)) = map.get_mut(nested) {
+                for item in items {
+                    if let Some(m) = item.as_object_mut() {
+                        m.remove("sync");
+                    }
+                }
+            }
+        }
+    }
+    record
+}
+
+async fn state_of(app: &TestApp, tx: Uuid) -> String {
+    let r = app.get_auth(&format!("/transactions/{tx}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["state"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn until_state(app: &TestApp, tx: Uuid, wanted: &str) {
+    eventually(
+        &format!("transaction {tx} {wanted}"),
+        Duration::from_secs(20),
+        || async { (state_of(app, tx).await == wanted).then_some(()) },
+    )
+    .await;
+}
+
+/// Starts an executed obs unit with a package of two files, then finishes it.
+async fn observation(app: &TestApp, obs_unit: i64) -> (Uuid, Uuid, Vec<Uuid>, Uuid) {
+    let start = app
+        .post(
+            "/executed_obs_units/start",
+            &json!({"obs_unit_id": obs_unit}),
+        )
+        .await;
+    assert_eq!(start.status, 201, "{}", start.text);
+    let eou = id(&start.body["id"]);
+    let pkg = app
+        .post(
+            "/raw_data_package/",
+            &json!({"name": "pkg", "executed_obs_unit_id": eou}),
+        )
+        .await;
+    let pkg_id = id(&pkg.body["id"]);
+    let mut files = Vec::new();
+    for i in 0..2 {
+        let mut f = file_body(&eou.to_string());
+        f["name"] = json!(format!("f{i}.fits"));
+        f["raw_data_package_id"] = json!(pkg_id);
+        files.push(id(&app.post("/raw_data_files/", &f).await.body["id"]));
+    }
+    let finish = app
+        .put(
+            &format!("/executed_obs_units/{eou}/finish"),
+            &json!({"status": "completed"}),
+        )
+        .await;
+    assert_eq!(finish.status, 200, "{}", finish.text);
+    (eou, pkg_id, files, id(&finish.body["transaction_id"]))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_read_back_at_once_and_read_the_same_from_the_replica_after_replication() {
+    let site = Site::start(true, "").await;
+    let app = &site.app;
+    let wan = site.wan.as_ref().expect("wan");
+    // The link is down: everything is only in the overlay.
+    wan.cut();
+    let (eou, pkg, files, finish_tx) = observation(app, 1).await;
+
+    let before = app.get_auth(&format!("/executed_obs_units/{eou}")).await;
+    assert_eq!(before.status, 200, "{}", before.text);
+    assert_eq!(
+        before.body["status"], "completed",
+        "a start then a finish reads back finished"
+    );
+    assert_eq!(before.body["obs_unit_id"], 1);
+    assert_eq!(before.body["sync"]["state"], "buffered");
+    assert_eq!(
+        id(&before.body["sync"]["transaction_id"]),
+        finish_tx,
+        "the newest writer"
+    );
+    assert_eq!(
+        before.body["raw_data_files"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(
+        before.body["raw_data_packages"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let list = app.get_auth("/executed_obs_units?obs_unit_id=1").await;
+    assert_eq!(list.body.as_array().map(Vec::len), Some(1), "{}", list.text);
+    let by_old_path = app.get_auth("/executed_obs_units/1").await;
+    assert_eq!(
+        by_old_path.body, list.body,
+        "the original's integer path lists by obs unit"
+    );
+    let package = app.get_auth(&format!("/raw_data_package/{pkg}")).await;
+    assert_eq!(
+        package.body["raw_data_files"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let file = app.get_auth(&format!("/raw_data_files/{}", files[0])).await;
+    assert_eq!(file.body["raw_data_package_id"], json!(pkg));
+
+    // The link heals: forwarded, replayed by the replica, marked replicated, overlay gone.
+    wan.heal();
+    until_state(app, finish_tx, "replicated").await;
+    let mut redis = app.redis.conn().await;
+    let overlay_left: bool = redis
+        .exists(
+            app.keys
+                .record(ops_db_actors::domain::Table::ExecutedObsUnit, eou),
+        )
+        .await
+        .expect("exists");
+    assert!(
+        !overlay_left,
+        "the overlay record is released after replication"
+    );
+    let index: Vec<String> = redis
+        .smembers(app.keys.index(
+            ops_db_actors::domain::Table::ExecutedObsUnit,
+            "obs_unit_id",
+            "1",
+        ))
+        .await
+        .expect("smembers");
+    assert!(index.is_empty(), "and its index entries");
+    let after = app.get_auth(&format!("/executed_obs_units/{eou}")).await;
+    assert_eq!(after.body["sync"]["state"], "replicated", "{}", after.text);
+    assert_eq!(
+        without_sync(after.body.clone()),
+        without_sync(before.body.clone()),
+        "the replica answers the same record"
+    );
+
+    let life = app.get_auth(&format!("/transactions/{finish_tx}")).await;
+    for field in ["buffered_at", "forwarded_at", "replicated_at", "commit_lsn"] {
+        assert!(life.body[field].is_string(), "{field} in {}", life.text);
+    }
+    let health = app.get("/health").await;
+    assert_eq!(
+        health.body["replica"]["state"], "running",
+        "{}",
+        health.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_replica_keeps_transactions_forwarded_and_reads_merged_until_it_resumes() {
+    let site = Site::start(false, "").await;
+    let app = &site.app;
+    let mut replica = PgConnection::connect(&site.pg.replica_url())
+        .await
+        .expect("replica");
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&mut replica)
+        .await
+        .expect("pause");
+    let (eou, _, _, tx) = observation(app, 2).await;
+    until_state(app, tx, "forwarded").await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // ten polls: it must stay forwarded
+    assert_eq!(state_of(app, tx).await, "forwarded");
+    let read = app.get_auth(&format!("/executed_obs_units/{eou}")).await;
+    assert_eq!(
+        read.body["status"], "completed",
+        "reads still merged: {}",
+        read.text
+    );
+    assert_eq!(read.body["sync"]["state"], "forwarded");
+    assert!(read.body["sync"]["lsn"].is_string());
+    let lag = app.get("/health").await.body["replica"]["lag_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(lag > 0, "the lag is reported while paused");
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&mut replica)
+        .await
+        .expect("resume");
+    until_state(app, tx, "replicated").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_replica_backs_off_without_touching_ingest_and_catches_up_after_restart() {
+    let site = Site::start(false, "").await;
+    let app = &site.app;
+    site.pg.stop_replica().await;
+    let (eou, _, _, tx) = observation(app, 3).await;
+    until_state(app, tx, "forwarded").await;
+    eventually(
+        "the replica tracker backs off",
+        Duration::from_secs(20),
+        || async {
+            let row = app.tree.health.get("replica")?;
+            (row.restarts >= 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(state_of(app, tx).await, "forwarded");
+    let read = app.get_auth(&format!("/executed_obs_units/{eou}")).await;
+    assert_eq!(
+        read.status, 200,
+        "a record in the overlay reads without the replica: {}",
+        read.text
+    );
+    assert_eq!(read.body["status"], "completed");
+    assert_eq!(
+        read.body["raw_data_files"].as_array().map(Vec::len),
+        Some(2),
+        "its files from the overlay"
+    );
+    assert_eq!(
+        read.headers
+            .get("x-opsdb-replica")
+            .and_then(|v| v.to_str().ok()),
+        Some("unavailable"),
+        "the answer says the replica did not contribute"
+    );
+    let more = app
+        .post("/executed_obs_units/start", &json!({"obs_unit_id": 3}))
+        .await;
+    assert_eq!(more.status, 201, "ingest goes on");
+    site.pg.start_replica().await;
+    until_state(app, tx, "replicated").await;
+    until_state(app, id(&more.body["transaction_id"]), "replicated").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_can_wait_for_forwarded_or_replicated() {
+    let site = Site::start(true, "").await;
+    let app = &site.app;
+    let wan = site.wan.as_ref().expect("wan");
+    wan.cut();
+    let waited = app
+        .post(
+            "/executed_obs_units/start?wait=forwarded&timeout=300ms",
+            &json!({"obs_unit_id": 4}),
+        )
+        .await;
+    assert_eq!(
+        waited.status, 202,
+        "timed out: the current state, {}",
+        waited.text
+    );
+    assert_eq!(waited.body["status"], "buffered");
+    let bad = app
+        .post(
+            "/executed_obs_units/start?wait=soon",
+            &json!({"obs_unit_id": 4}),
+        )
+        .await;
+    bad.assert_error(400, "invalid_query");
+    assert_eq!(app.buffered_count().await, 1, "a bad wait stores nothing");
+    wan.heal();
+    let done = app
+        .post(
+            "/executed_obs_units/start?wait=replicated&timeout=20s",
+            &json!({"obs_unit_id": 4}),
+        )
+        .await;
+    assert_eq!(done.status, 201, "{}", done.text);
+    assert_eq!(done.body["status"], "replicated");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycles_expire_from_redis_and_are_then_answered_from_the_ledger() {
+    let pg = Site::primary_with_replica().await;
+    let extra = format!(
+        "[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\n{FAST_RESTARTS}[replica]\nurl = \"{}\"\npoll_interval = \"50ms\"\nretention = \"1s\"\n",
+        pg.primary_url(),
+        pg.replica_url()
+    );
+    let site = Site::start_with(pg, None, &[&extra]).await;
+    let app = &site.app;
+    let r = app
+        .post("/executed_obs_units/start", &json!({"obs_unit_id": 5}))
+        .await;
+    let tx = id(&r.body["transaction_id"]);
+    let dead = app
+        .post("/executed_obs_units/start", &json!({"obs_unit_id": 4242}))
+        .await;
+    let dead_tx = id(&dead.body["transaction_id"]);
+    until_state(app, tx, "replicated").await;
+    let life = app.get_auth(&format!("/transactions/{dead_tx}")).await;
+    assert_eq!(life.body["state"], "dead", "{}", life.text);
+    assert_eq!(life.body["sqlstate"], "23503");
+    assert!(life.body["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("foreign key"));
+    eventually(
+        "the lifecycle expires from Redis",
+        Duration::from_secs(10),
+        || async {
+            let r = app.get_auth(&format!("/transactions/{tx}")).await;
+            (r.body["source"] == "ledger").then_some(r)
+        },
+    )
+    .await;
+    let from_ledger = app.get_auth(&format!("/transactions/{tx}")).await;
+    assert_eq!(from_ledger.body["state"], "replicated");
+    assert_eq!(from_ledger.body["op"], "executed_obs_units.start");
+    let unknown = app
+        .get_auth(&format!("/transactions/{}", Uuid::now_v7()))
+        .await;
+    unknown.assert_error(404, "no_such_transaction");
+    app.get_auth("/transactions/not-a-uuid")
+        .await
+        .assert_error(422, "invalid_id");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_main_site_reads_from_the_primary_and_sees_its_writes_replicated_at_once() {
+    let pg = Site::primary_with_replica().await;
+    let extra = format!("[site]\nmode = \"main\"\n[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\n{FAST_RESTARTS}[replica]\npoll_interval = \"50ms\"\n", pg.primary_url());
+    let site = Site::start_with(pg, None, &[&extra]).await;
+    let app = &site.app;
+    let r = app
+        .post(
+            "/executed_obs_units/start?wait=replicated&timeout=10s",
+            &json!({"obs_unit_id": 6}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["status"], "replicated");
+    let eou = id(&r.body["id"]);
+    let read = app.get_auth(&format!("/executed_obs_units/{eou}")).await;
+    assert_eq!(read.body["sync"]["state"], "replicated", "{}", read.text);
+    assert_eq!(app.get("/health").await.body["mode"], "main");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_need_a_token_and_name_bad_ids() {
+    let site = Site::start(false, "").await;
+    let app = &site.app;
+    let r: Reply = app
+        .get(&format!("/raw_data_files/{}", Uuid::now_v7()))
+        .await;
+    r.assert_error(401, "unauthorized");
+    app.get_auth(&format!("/raw_data_files/{}", Uuid::now_v7()))
+        .await
+        .assert_error(404, "not_found");
+    app.get_auth("/raw_data_package/xyz")
+        .await
+        .assert_error(422, "invalid_id");
+    app.get_auth("/executed_obs_units?obs_unit_id=abc")
+        .await
+        .assert_error(422, "invalid_query");
+}

@@ -1,0 +1,102 @@
+//! A whole site for tests: the application on its own Redis, a primary with its streaming
+//! replica, and optionally the emulated WAN between the forwarder and the primary.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ops_db_api::fault_proxy::FaultProxy;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+use crate::helpers::{eventually, TestApp, TestRedis};
+use crate::pg::TestPg;
+
+/// The application, a primary with its replica, and (optionally) the emulated WAN between
+/// the forwarder and the primary.
+pub struct Site {
+    pub app: TestApp,
+    pub pg: Arc<TestPg>,
+    pub wan: Option<FaultProxy>,
+}
+
+pub const FAST_RESTARTS: &str = "backoff_base = \"20ms\"\nbackoff_cap = \"200ms\"\n";
+
+impl Site {
+    pub async fn start(with_wan: bool, forwarder: &str) -> Self {
+        let pg = TestPg::start().await;
+        ops_db_api::db::migrate(&pg.primary_url())
+            .await
+            .expect("migrate");
+        ops_db_api::db::seed(&pg.primary_url()).await.expect("seed");
+        let (wan, primary_url) = if with_wan {
+            let upstream: SocketAddr = format!("127.0.0.1:{}", pg.primary_port())
+                .parse()
+                .expect("addr");
+            let proxy = FaultProxy::start("127.0.0.1:0".parse().expect("addr"), upstream)
+                .await
+                .expect("proxy");
+            let url = pg.primary_url().replace(
+                &format!(":{}/", pg.primary_port()),
+                &format!(":{}/", proxy.addr().port()),
+            );
+            (Some(proxy), url)
+        } else {
+            (None, pg.primary_url())
+        };
+        let base = format!(
+            "[forwarder]\nprimary_url = \"{primary_url}\"\nlinger = \"5ms\"\nconnect_timeout = \"2s\"\n{FAST_RESTARTS}\
+             [replica]\nurl = \"{}\"\npoll_interval = \"50ms\"\nconnect_timeout = \"2s\"\n{FAST_RESTARTS}",
+            pg.replica_url()
+        );
+        let overrides = format!("[forwarder]\n{forwarder}");
+        Self::start_with(pg, wan, &[&base, &overrides]).await
+    }
+
+    /// The same with the application's config given as layers.
+    pub async fn start_with(pg: Arc<TestPg>, wan: Option<FaultProxy>, layers: &[&str]) -> Self {
+        let app = TestApp::spawn_layers(TestRedis::start().await, layers).await;
+        Self { app, pg, wan }
+    }
+
+    /// A migrated and seeded primary with its streaming replica.
+    pub async fn primary_with_replica() -> Arc<TestPg> {
+        let pg = TestPg::start().await;
+        ops_db_api::db::migrate(&pg.primary_url())
+            .await
+            .expect("migrate");
+        ops_db_api::db::seed(&pg.primary_url()).await.expect("seed");
+        pg
+    }
+
+    pub async fn primary(&self) -> PgConnection {
+        PgConnection::connect(&self.pg.primary_url())
+            .await
+            .expect("connect to primary")
+    }
+
+    /// Waits until the buffer is empty: everything forwarded or dead-lettered.
+    pub async fn drained(&self, within: Duration) {
+        eventually("the buffer drains", within, || async {
+            (self.app.buffered_count().await == 0).then_some(())
+        })
+        .await;
+    }
+
+    pub async fn ledger(&self) -> Vec<Uuid> {
+        sqlx::query_scalar("SELECT transaction_id FROM applied_transaction")
+            .fetch_all(&mut self.primary().await)
+            .await
+            .expect("ledger")
+    }
+
+    pub async fn dead_letters(&self) -> Vec<Value> {
+        let r = self.app.admin_get("/admin/dlq").await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body["dead_letters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
