@@ -34,6 +34,20 @@ pub enum BenchCommand {
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
     },
+    /// Visibility detection, merged-read latency and memory as the buffer grows.
+    Reads {
+        /// Buffer sizes to measure reads at (cumulative).
+        #[arg(long, value_delimiter = ',', default_value = "0,10000,1000000")]
+        buffered: Vec<usize>,
+        /// Reads per measurement (visibility samples: at most 500).
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+        /// The replica tracker's poll interval.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        poll: Duration,
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+    },
     /// Catch-up: transactions buffered during an outage, forwarded through an emulated WAN.
     Catchup {
         #[arg(long, default_value_t = 100_000)]
@@ -61,6 +75,12 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             batch_size,
             dir,
         } => crate::bench_catchup::run(transactions, &rtt, batch_size, &dir).await,
+        BenchCommand::Reads {
+            buffered,
+            samples,
+            poll,
+            dir,
+        } => crate::bench_reads::run(&buffered, samples, poll, &dir).await,
     }
 }
 

@@ -173,7 +173,7 @@ async fn one(
 }
 
 /// Buffers `n` file registrations with 64 concurrent clients.
-async fn fill(base: &str, secret: &str, eou: &str, n: usize) -> anyhow::Result<()> {
+pub(crate) async fn fill(base: &str, secret: &str, eou: &str, n: usize) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;

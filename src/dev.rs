@@ -1,6 +1,6 @@
 //! `ops-db-api dev`: the summit in a box, from this machine's binaries: a durable Redis
 //! (AOF, `appendfsync always`), a PostgreSQL primary with a streaming replica (migrated,
-//! seeded), an emulated WAN (fault proxy) between the forwarder and the primary, and the
+//! seeded; reads come from the replica), an emulated WAN (fault proxy) between the forwarder and the primary, and the
 //! service wired to them, with fault drills enabled. Prints `READY {json}` once everything
 //! answers; stops everything it started on Ctrl-C or SIGTERM. State lives in `DIR` (Redis
 //! AOF, database files, logs) and is reused by the next run.
@@ -60,6 +60,8 @@ pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result
         url = "{redis}"
         [forwarder]
         primary_url = "{forwarder_url}"
+        [replica]
+        url = "{replica_url}"
         [auth]
         tokens = [{{ name = "dev", sha256 = "{hash}", scopes = ["write", "admin"] }}]
         [faults]
@@ -68,6 +70,7 @@ pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result
         http = options.http_port,
         tcp = options.tcp_port,
         redis = redis.url(),
+        replica_url = pg.replica_url(),
         hash = auth_token::hash(&token),
     ))?;
     let app = Application::build(config).await?.with_wan(wan.clone());

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod bench_catchup;
+pub mod bench_reads;
 pub mod config;
 pub mod db;
 pub mod dev;

@@ -1,0 +1,244 @@
+//! `ops-db-api bench reads`: how soon a replayed transaction is seen `replicated`, how
+//! merged reads behave as the buffer grows, and the service's memory with a large buffer.
+//!
+//! Visibility: the service forwards to a local primary whose local replica is polled every
+//! `poll`; an observer polls the replica every millisecond for the transaction's commit LSN
+//! and the lifecycle every millisecond for `replicated`: the delay between the two.
+//! Reads: the service (no forwarder, so everything stays buffered) reads an executed obs unit
+//! with two files from the overlay, at each buffer size; RSS is this process's (the service
+//! and the load generator together).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::local_pg::LocalPostgres;
+use crate::local_redis::{free_port, LocalRedis};
+use crate::startup::Application;
+use crate::token;
+
+pub async fn run(
+    buffered: &[usize],
+    samples: usize,
+    poll: Duration,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let base = dir.join(format!("reads-{}", std::process::id()));
+    let result = measure(buffered, samples, poll, &base).await;
+    let _ = std::fs::remove_dir_all(&base);
+    result
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn measure(
+    buffered: &[usize],
+    samples: usize,
+    poll: Duration,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let redis = LocalRedis::start(&dir.join("redis"), free_port()?).await?;
+    let pg = LocalPostgres::start(&dir.join("pg")).await?;
+    crate::db::migrate(&pg.primary_url()).await?;
+    crate::db::seed(&pg.primary_url()).await?;
+    let secret = token::generate();
+    let config = |site: &str, forwarder: bool| {
+        let forwarder = if forwarder {
+            format!(
+                "[forwarder]\nprimary_url = \"{}\"\nlinger = \"0ms\"\n",
+                pg.primary_url()
+            )
+        } else {
+            String::new()
+        };
+        Config::from_toml_str(&format!(
+            "[site]\nname = \"{site}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
+             [redis]\nurl = \"{}\"\n[buffer]\nmax_buffered = 100000000\n{forwarder}\
+             [replica]\nurl = \"{}\"\npoll_interval = \"{}\"\n\
+             [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\"] }}]\n",
+            redis.url(),
+            pg.replica_url(),
+            humantime::format_duration(poll),
+            token::hash(&secret)
+        ))
+    };
+
+    // 1. Visibility detection.
+    let app = Application::build(config("visibility", true)?).await?;
+    let base = format!("http://{}", app.http_addr());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let http = reqwest::Client::new();
+    let mut replica = PgConnection::connect(&pg.replica_url()).await?;
+    let client = redis::Client::open(redis.url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let keys = ops_db_actors::keys::Keys::new("visibility");
+    let mut delays = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for _ in 0..samples.min(500) {
+        // Start each sample at a random phase of the poll, or every sample lands at the
+        // same distance from the next tick.
+        let phase = rand::random::<u64>() % (poll.as_millis() as u64).max(1);
+        tokio::time::sleep(Duration::from_millis(phase)).await;
+        let r: serde_json::Value = http
+            .post(format!(
+                "{base}/executed_obs_units/start?wait=forwarded&timeout=10s"
+            ))
+            .bearer_auth(&secret)
+            .json(&json!({"obs_unit_id": 1}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let tx: uuid::Uuid = r["transaction_id"]
+            .as_str()
+            .context("no transaction id")?
+            .parse()?;
+        let lsn: Option<String> = redis::cmd("HGET")
+            .arg(keys.lifecycle(tx))
+            .arg("commit_lsn")
+            .query_async(&mut conn)
+            .await?;
+        let Some(lsn) = lsn else { continue }; // already replicated before we looked: no sample
+        loop {
+            let replayed: bool =
+                sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+                    .bind(&lsn)
+                    .fetch_one(&mut replica)
+                    .await?;
+            if replayed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let replayed_at = Instant::now();
+        loop {
+            let state: Option<String> = redis::cmd("HGET")
+                .arg(keys.lifecycle(tx))
+                .arg("state")
+                .query_async(&mut conn)
+                .await?;
+            if state.as_deref() == Some("replicated") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        delays.saturating_record(replayed_at.elapsed().as_micros() as u64);
+    }
+    stop.cancel();
+    server.await??;
+    println!("ops-db-api bench reads");
+    println!();
+    println!("Visibility detection (replica replayed the commit -> lifecycle `replicated`), poll interval {}:", humantime::format_duration(poll));
+    println!("| samples | p50 ms | p99 ms | max ms | target: poll + 20 ms |");
+    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {:.1} | {:.1} | {:.1} | {} |",
+        delays.len(),
+        ms(&delays, 0.5),
+        ms(&delays, 0.99),
+        delays.max() as f64 / 1000.0,
+        humantime::format_duration(poll + Duration::from_millis(20))
+    );
+
+    // 2. Merged reads and memory as the buffer grows (no forwarder: everything stays).
+    let app = Application::build(config("reads", false)?).await?;
+    let base = format!("http://{}", app.http_addr());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let start: serde_json::Value = http
+        .post(format!("{base}/executed_obs_units/start"))
+        .bearer_auth(&secret)
+        .json(&json!({"obs_unit_id": 2}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let eou = start["id"].as_str().context("no id")?.to_owned();
+    let mut file_id = String::new();
+    for _ in 0..2 {
+        let f: serde_json::Value = http
+            .post(format!("{base}/raw_data_files/"))
+            .bearer_auth(&secret)
+            .json(&json!({"name": "a.fits", "relative_path": "a.fits", "executed_obs_unit_id": eou, "size": 1,
+                          "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        file_id = f["id"].as_str().context("no id")?.to_owned();
+    }
+    println!();
+    println!("Merged reads from the overlay ({samples} sequential GETs each) and process RSS, by buffer size:");
+    println!("| buffered | GET /executed_obs_units/{{id}} p50 ms | p99 ms | GET /raw_data_files/{{id}} p50 ms | p99 ms | RSS MB |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let filler = uuid::Uuid::now_v7().to_string();
+    let mut have = 3usize;
+    for &n in buffered {
+        if n > have {
+            crate::bench_catchup::fill(&base, &secret, &filler, n - have).await?;
+            have = n;
+        }
+        let detail = read_latency(
+            &http,
+            &format!("{base}/executed_obs_units/{eou}"),
+            &secret,
+            samples,
+        )
+        .await?;
+        let file = read_latency(
+            &http,
+            &format!("{base}/raw_data_files/{file_id}"),
+            &secret,
+            samples,
+        )
+        .await?;
+        println!(
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |",
+            n.max(3),
+            ms(&detail, 0.5),
+            ms(&detail, 0.99),
+            ms(&file, 0.5),
+            ms(&file, 0.99),
+            rss_mb()
+        );
+    }
+    stop.cancel();
+    server.await??;
+    pg.stop().await?;
+    redis.stop().await;
+    Ok(())
+}
+
+async fn read_latency(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    samples: usize,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for _ in 0..samples {
+        let t = Instant::now();
+        let r = http.get(url).bearer_auth(secret).send().await?;
+        anyhow::ensure!(r.status().is_success(), "read failed: {}", r.status());
+        let _ = r.bytes().await?;
+        h.saturating_record(t.elapsed().as_micros() as u64);
+    }
+    Ok(h)
+}
