@@ -19,8 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::fault_proxy::FaultProxy;
-use crate::local_pg::LocalPostgres;
-use crate::local_redis::{free_port, LocalRedis};
 use crate::startup::Application;
 use crate::token;
 
@@ -73,10 +71,7 @@ async fn one(
     batch_size: usize,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    let redis = LocalRedis::start(&dir.join("redis"), free_port()?).await?;
-    let pg = LocalPostgres::start(&dir.join("pg")).await?;
-    crate::db::migrate(&pg.primary_url()).await?;
-    crate::db::seed(&pg.primary_url()).await?;
+    let (redis, pg) = crate::db::local_services(dir).await?;
     let secret = token::generate();
 
     // 1. The outage: the service buffers without a primary.

@@ -18,8 +18,6 @@ use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::local_pg::LocalPostgres;
-use crate::local_redis::{free_port, LocalRedis};
 use crate::startup::Application;
 use crate::token;
 
@@ -54,10 +52,7 @@ async fn measure(
     poll: Duration,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    let redis = LocalRedis::start(&dir.join("redis"), free_port()?).await?;
-    let pg = LocalPostgres::start(&dir.join("pg")).await?;
-    crate::db::migrate(&pg.primary_url()).await?;
-    crate::db::seed(&pg.primary_url()).await?;
+    let (redis, pg) = crate::db::local_services(dir).await?;
     let secret = token::generate();
     let config = |site: &str, forwarder: bool| {
         let forwarder = if forwarder {

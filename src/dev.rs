@@ -15,8 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::fault_proxy::FaultProxy;
-use crate::local_pg::LocalPostgres;
-use crate::local_redis::{free_port, LocalRedis};
 use crate::startup::Application;
 use crate::token as auth_token;
 
@@ -32,10 +30,7 @@ pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result
     std::fs::create_dir_all(&options.dir)
         .with_context(|| format!("creating {}", options.dir.display()))?;
     let dir = options.dir.canonicalize()?;
-    let redis = LocalRedis::start(&dir.join("redis"), free_port()?).await?;
-    let pg = LocalPostgres::start(&dir.join("pg")).await?;
-    crate::db::migrate(&pg.primary_url()).await?;
-    crate::db::seed(&pg.primary_url()).await?;
+    let (redis, pg) = crate::db::local_services(&dir).await?;
     let primary: SocketAddr = ([127, 0, 0, 1], pg.primary_port()).into();
     let wan = FaultProxy::start(([127, 0, 0, 1], 0).into(), primary)
         .await

@@ -140,6 +140,8 @@ pub async fn actors(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
         "actors": state.tree.health.snapshot(),
         "escalation": state.tree.health.escalation(),
+        // What the replica tracker measures, beside its row (null without a read source).
+        "replica": replica(&state),
     }))
 }
 
