@@ -222,7 +222,7 @@ impl Reads {
         if let Some(pool) = &self.pool {
             // `column` comes from our own fixed list (Table::indexed_columns), never from a caller.
             let sql = format!(
-                "SELECT to_jsonb(t) FROM {} t WHERE {column} = $1 ORDER BY id LIMIT 1000",
+                "SELECT to_jsonb(t) FROM {} t WHERE {column} = $1 ORDER BY id",
                 table.name()
             );
             let query = sqlx::query_scalar::<_, Json<Value>>(&sql);
