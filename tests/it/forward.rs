@@ -365,6 +365,15 @@ async fn poison_in_the_middle_of_a_batch_is_dead_lettered_and_the_rest_applied()
         .await
         .expect("hget");
     assert_eq!(state.as_deref(), Some("dead"));
+    // Dead writers release their overlay: the record never existed anywhere.
+    let overlay_left: bool = redis
+        .exists(app.keys.record(ops_db_actors::domain::Table::ExecutedObsUnit, poisoned))
+        .await
+        .expect("exists");
+    assert!(!overlay_left, "a dead transaction's overlay is released");
+    app.get_auth(&format!("/executed_obs_units/{poisoned}"))
+        .await
+        .assert_error(404, "not_found");
     assert_eq!(
         app.get("/health").await.body["transaction_buffer"]["failed"],
         2

@@ -33,7 +33,7 @@ use read::{Batch, Reader};
 
 use crate::keys::Keys;
 
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| overlay_script!("forwarder/settle.lua"));
 
 /// The consumer group (and its one consumer) through which the forwarder reads.
 pub const GROUP: &str = "forwarder";

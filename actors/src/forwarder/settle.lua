@@ -8,27 +8,11 @@
 --   stream id, transaction id, outcome (applied|skipped|dead), sqlstate, message
 --
 -- A dead transaction will never be replicated: the overlay records whose latest writer it
--- was are removed now (what reads then show is the replica's row, if any).
+-- was are removed now (what reads then show is the replica's row, if any), by
+-- release_overlay from overlay_release.lua.
 local stream, dlq, forwarded = KEYS[1], KEYS[2], KEYS[3]
 local group, lsn, score, now, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local retention = tonumber(ARGV[6])
-
-local function release_overlay(lifecycle, tx)
-  local records = redis.call('HGET', lifecycle, 'records')
-  if not records then return end
-  for _, key in ipairs(cjson.decode(records)) do
-    if redis.call('HGET', key, '_tx') == tx then
-      local indexes = redis.call('HGET', key, '_idx')
-      if indexes then
-        local id = string.match(key, '[^:]+$')
-        for _, index in ipairs(cjson.decode(indexes)) do
-          redis.call('SREM', index, id)
-        end
-      end
-      redis.call('DEL', key)
-    end
-  end
-end
 
 for i = 7, #ARGV, 5 do
   local sid, tx, outcome, sqlstate, message = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]

@@ -23,7 +23,7 @@ use sqlx::ConnectOptions;
 use crate::keys::Keys;
 use crate::lsn::Lsn;
 
-static REPLICATED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("replicated.lua")));
+static REPLICATED: LazyLock<Script> = LazyLock::new(|| overlay_script!("replica/replicated.lua"));
 
 /// Most transactions marked per call: bounds one script's run time (Redis runs scripts
 /// alone); a longer backlog is worked off over consecutive polls.
