@@ -203,8 +203,7 @@ impl Reads {
             }
             _ => None,
         };
-        let mut merged = self.merge(redis, replica, overlay).await?;
-        Ok(merged.pop())
+        Ok(self.merge(redis, vec![(replica, overlay)]).await?.pop())
     }
 
     /// The records of `table` whose `column` is `key`, merged, ordered by id (time order),
@@ -263,52 +262,77 @@ impl Reads {
                 by_id.entry(id).or_default().1 = overlay;
             }
         }
-        let mut records = Vec::with_capacity(by_id.len());
-        for (_, (replica, overlay)) in by_id {
-            records.extend(self.merge(redis, replica, overlay).await?);
-        }
+        let records = self.merge(redis, by_id.into_values().collect()).await?;
         Ok((records, replica_answered))
     }
 
     /// Overlay over replica row, with the sync field; empty if there is no record.
+    /// Overlays over replica rows, each with its sync field; records neither side has are
+    /// left out. The writers' lifecycles are read in one pipeline, whatever the count.
     async fn merge(
         &self,
         redis: &mut MultiplexedConnection,
-        replica: Option<Value>,
-        overlay: HashMap<String, String>,
+        rows: Vec<(Option<Value>, HashMap<String, String>)>,
     ) -> Result<Vec<Value>, ApiError> {
-        let writer = overlay.get("_tx").and_then(|t| Uuid::parse_str(t).ok());
-        let partial = overlay.contains_key("_partial");
-        let mut record = match (replica, overlay.is_empty()) {
-            (None, true) => return Ok(vec![]),
-            // An update buffered for a record the replica does not have (yet): nothing to show.
-            (None, false) if partial => return Ok(vec![]),
-            (Some(Value::Object(row)), _) if overlay.is_empty() || partial => row,
-            _ => Map::new(),
-        };
-        for (column, value) in &overlay {
-            if !column.starts_with('_') {
-                record.insert(
-                    column.clone(),
-                    serde_json::from_str(value).unwrap_or(Value::Null),
-                );
-            }
-        }
-        let sync = match writer {
-            Some(tx) => {
-                let (state, lsn): (Option<String>, Option<String>) = redis::cmd("HMGET")
-                    .arg(self.keys.lifecycle(tx))
+        let merged: Vec<(Map<String, Value>, Option<Uuid>)> = rows
+            .into_iter()
+            .filter_map(|(replica, overlay)| merge_one(replica, &overlay))
+            .collect();
+        let writers: Vec<Uuid> = merged.iter().filter_map(|(_, w)| *w).collect();
+        let mut states: HashMap<Uuid, (Option<String>, Option<String>)> = HashMap::new();
+        if !writers.is_empty() {
+            let mut pipe = redis::pipe();
+            for tx in &writers {
+                pipe.cmd("HMGET")
+                    .arg(self.keys.lifecycle(*tx))
                     .arg("state")
-                    .arg("commit_lsn")
-                    .query_async(redis)
-                    .await
-                    .map_err(|e| redis_unavailable(&e))?;
-                json!({ "state": state.unwrap_or_else(|| "buffered".into()), "transaction_id": tx, "lsn": lsn })
+                    .arg("commit_lsn");
             }
-            None => json!({ "state": "replicated", "transaction_id": null, "lsn": null }),
-        };
-        let mut record = normalise(record);
-        record.insert("sync".into(), sync);
-        Ok(vec![Value::Object(record)])
+            let replies: Vec<(Option<String>, Option<String>)> = pipe
+                .query_async(redis)
+                .await
+                .map_err(|e| redis_unavailable(&e))?;
+            states.extend(writers.into_iter().zip(replies));
+        }
+        Ok(merged
+            .into_iter()
+            .map(|(record, writer)| {
+                let sync = match writer {
+                    Some(tx) => {
+                        let (state, lsn) = states.get(&tx).cloned().unwrap_or_default();
+                        json!({ "state": state.unwrap_or_else(|| "buffered".into()), "transaction_id": tx, "lsn": lsn })
+                    }
+                    None => json!({ "state": "replicated", "transaction_id": null, "lsn": null }),
+                };
+                let mut record = normalise(record);
+                record.insert("sync".into(), sync);
+                Value::Object(record)
+            })
+            .collect())
     }
+}
+
+/// One record: the overlay over the replica's row, and its latest writer if buffered.
+fn merge_one(
+    replica: Option<Value>,
+    overlay: &HashMap<String, String>,
+) -> Option<(Map<String, Value>, Option<Uuid>)> {
+    let writer = overlay.get("_tx").and_then(|t| Uuid::parse_str(t).ok());
+    let partial = overlay.contains_key("_partial");
+    let mut record = match (replica, overlay.is_empty()) {
+        (None, true) => return None,
+        // An update buffered for a record the replica does not have (yet): nothing to show.
+        (None, false) if partial => return None,
+        (Some(Value::Object(row)), _) if overlay.is_empty() || partial => row,
+        _ => Map::new(),
+    };
+    for (column, value) in overlay {
+        if !column.starts_with('_') {
+            record.insert(
+                column.clone(),
+                serde_json::from_str(value).unwrap_or(Value::Null),
+            );
+        }
+    }
+    Some((record, writer))
 }

@@ -367,7 +367,10 @@ async fn poison_in_the_middle_of_a_batch_is_dead_lettered_and_the_rest_applied()
     assert_eq!(state.as_deref(), Some("dead"));
     // Dead writers release their overlay: the record never existed anywhere.
     let overlay_left: bool = redis
-        .exists(app.keys.record(ops_db_actors::domain::Table::ExecutedObsUnit, poisoned))
+        .exists(
+            app.keys
+                .record(ops_db_actors::domain::Table::ExecutedObsUnit, poisoned),
+        )
         .await
         .expect("exists");
     assert!(!overlay_left, "a dead transaction's overlay is released");
