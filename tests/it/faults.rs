@@ -173,7 +173,13 @@ async fn redis_killed_mid_load_refuses_writes_and_keeps_every_acknowledged_one()
     let fault = async {
         // Let writes flow, kill Redis (SIGKILL: only fsynced data survives), wait until a
         // writer has seen the refusals, then bring it back on the same data.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let metrics = &app.tree.buffer_metrics;
+        eventually(
+            "writes acknowledged before the kill",
+            Duration::from_secs(10),
+            || async { (metrics.acknowledged.load(Ordering::Relaxed) >= 100).then_some(()) },
+        )
+        .await;
         app.redis.kill().await;
         eventually("writers see 503s", Duration::from_secs(10), || async {
             (tally.unavailable.load(Ordering::Relaxed) >= 8).then_some(())
@@ -274,6 +280,8 @@ async fn writes_whose_callers_timed_out_are_not_stored_later() {
             .await
             .expect("busy script");
     });
+    // Not observable from outside (Redis blocks every other client while a script runs):
+    // give the script time to start before the writes.
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The first write goes out in a pipeline that Redis will only answer after the block;
     // the next ones queue behind it. All callers time out first.

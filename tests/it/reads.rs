@@ -185,7 +185,13 @@ async fn a_paused_replica_keeps_transactions_forwarded_and_reads_merged_until_it
         .expect("pause");
     let (eou, _, _, tx) = observation(app, 2).await;
     until_state(app, tx, "forwarded").await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // ten polls: it must stay forwarded
+    // Five more polls of the paused replica: the transaction must stay forwarded.
+    let polls = &app.tree.replica_metrics.polls;
+    let seen = polls.load(std::sync::atomic::Ordering::Relaxed);
+    eventually("five more polls", Duration::from_secs(10), || async {
+        (polls.load(std::sync::atomic::Ordering::Relaxed) >= seen + 5).then_some(())
+    })
+    .await;
     assert_eq!(state_of(app, tx).await, "forwarded");
     let read = app.get_auth(&format!("/executed_obs_units/{eou}")).await;
     assert_eq!(
