@@ -4,9 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ops_db_api::config::Config;
-use ops_db_api::startup::Application;
-use ops_db_api::{bench, dev, telemetry, token};
+#[cfg(feature = "dev")]
+use ops_db_devkit::{bench, dev};
+use ops_db_service::config::Config;
+use ops_db_service::startup::Application;
+use ops_db_service::{db, telemetry, token};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -28,6 +30,7 @@ enum Command {
         config: PathBuf,
     },
     /// Summit in a box: a durable Redis and the service wired to it, on this machine.
+    #[cfg(feature = "dev")]
     Dev {
         /// Where Redis keeps its AOF and the service its logs.
         #[arg(long, default_value = ".dev")]
@@ -71,6 +74,7 @@ enum Command {
         command: TokenCommand,
     },
     /// Benchmarks.
+    #[cfg(feature = "dev")]
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
@@ -147,6 +151,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let app = Application::build(config).await?;
             app.run_until_stopped(stop_on_signals()).await
         }
+        #[cfg(feature = "dev")]
         Command::Dev {
             dir,
             http_port,
@@ -168,9 +173,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .forwarder
                 .primary_url
                 .ok_or_else(|| anyhow::anyhow!("config: forwarder.primary_url is not set"))?;
-            ops_db_api::db::migrate(&url).await?;
+            db::migrate(&url).await?;
             if seed {
-                ops_db_api::db::seed(&url).await?;
+                db::seed(&url).await?;
             }
             println!("migrated{}", if seed { " and seeded" } else { "" });
             Ok(())
@@ -199,6 +204,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        #[cfg(feature = "dev")]
         Command::Bench { command } => {
             let _guard = telemetry::init("error", None)?;
             bench::run(command).await

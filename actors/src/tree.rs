@@ -11,8 +11,10 @@ use crate::buffer::{
     Ack, BufferActor, BufferArgs, BufferConfig, BufferMetrics, BufferMsg, IngestError,
 };
 use crate::domain::{IdempotencyKey, Limits, Operation};
+#[cfg(feature = "fault-injection")]
+use crate::forwarder::CrashPoints;
 use crate::forwarder::{
-    CrashPoints, ForwarderActor, ForwarderArgs, ForwarderConfig, ForwarderMetrics, ForwarderMsg,
+    ForwarderActor, ForwarderArgs, ForwarderConfig, ForwarderMetrics, ForwarderMsg,
 };
 use crate::health::HealthRegistry;
 use crate::ingest::{IngestActor, IngestArgs, IngestMsg};
@@ -46,7 +48,8 @@ pub struct Tree {
     pub health: Arc<HealthRegistry>,
     pub buffer_metrics: Arc<BufferMetrics>,
     pub forwarder_metrics: Arc<ForwarderMetrics>,
-    /// Fault tests arm crash points of the forwarder here.
+    /// Fault tests arm crash points of the forwarder here (`fault-injection` feature).
+    #[cfg(feature = "fault-injection")]
     pub crash_points: Arc<CrashPoints>,
     pub has_forwarder: bool,
     pub replica_metrics: Arc<ReplicaMetrics>,
@@ -64,6 +67,7 @@ impl Tree {
         let buffer_slot = Slot::<BufferMsg>::new();
         let ingest_slot = Slot::<IngestMsg>::new();
         let forwarder_metrics = Arc::new(ForwarderMetrics::default());
+        #[cfg(feature = "fault-injection")]
         let crash_points = Arc::new(CrashPoints::default());
         let has_forwarder = config.forwarder.is_some();
         let replica_metrics = Arc::new(ReplicaMetrics::default());
@@ -100,6 +104,7 @@ impl Tree {
                 args: ForwarderArgs {
                     config: Arc::new(forwarder),
                     metrics: Arc::clone(&forwarder_metrics),
+                    #[cfg(feature = "fault-injection")]
                     crash: Arc::clone(&crash_points),
                 },
                 slot: Slot::<ForwarderMsg>::new(),
@@ -138,6 +143,7 @@ impl Tree {
             health,
             buffer_metrics,
             forwarder_metrics,
+            #[cfg(feature = "fault-injection")]
             crash_points,
             has_forwarder,
             replica_metrics,

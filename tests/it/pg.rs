@@ -14,8 +14,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ops_db_api::local_pg::{LocalPostgres, REPLICA_SLOT};
-use ops_db_api::local_redis::free_port;
+use ops_db_devkit::local_pg::{LocalPostgres, REPLICA_SLOT};
+use ops_db_devkit::ports::free_port;
 use sqlx::{Connection as _, PgConnection};
 use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ops_db_api::fault_proxy::FaultProxy;
+use ops_db_devkit::fault_proxy::FaultProxy;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
@@ -26,10 +26,10 @@ pub const FAST_RESTARTS: &str = "backoff_base = \"20ms\"\nbackoff_cap = \"200ms\
 impl Site {
     pub async fn start(with_wan: bool, forwarder: &str) -> Self {
         let pg = TestPg::start().await;
-        ops_db_api::db::migrate(&pg.primary_url())
+        ops_db_service::db::migrate(&pg.primary_url())
             .await
             .expect("migrate");
-        ops_db_api::db::seed(&pg.primary_url()).await.expect("seed");
+        ops_db_service::db::seed(&pg.primary_url()).await.expect("seed");
         let (wan, primary_url) = if with_wan {
             let upstream: SocketAddr = format!("127.0.0.1:{}", pg.primary_port())
                 .parse()
@@ -63,10 +63,10 @@ impl Site {
     /// A migrated and seeded primary with its streaming replica.
     pub async fn primary_with_replica() -> Arc<TestPg> {
         let pg = TestPg::start().await;
-        ops_db_api::db::migrate(&pg.primary_url())
+        ops_db_service::db::migrate(&pg.primary_url())
             .await
             .expect("migrate");
-        ops_db_api::db::seed(&pg.primary_url()).await.expect("seed");
+        ops_db_service::db::seed(&pg.primary_url()).await.expect("seed");
         pg
     }
 

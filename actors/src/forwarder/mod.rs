@@ -14,6 +14,7 @@
 //!   forever. Nothing here is on the ingest path.
 
 mod apply;
+#[cfg(feature = "fault-injection")]
 mod crash;
 mod read;
 
@@ -28,6 +29,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
 pub use apply::{is_permanent, Outcome, PERMANENT_SQLSTATES};
+#[cfg(feature = "fault-injection")]
 pub use crash::{CrashPoint, CrashPoints};
 use read::{Batch, Reader};
 
@@ -74,6 +76,8 @@ pub struct ForwarderActor;
 pub struct ForwarderArgs {
     pub config: Arc<ForwarderConfig>,
     pub metrics: Arc<ForwarderMetrics>,
+    /// Armed by fault tests; exists only with the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
     pub crash: Arc<CrashPoints>,
 }
 
@@ -164,6 +168,7 @@ async fn connect_redis(
 
 async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ActorProcessingErr> {
     let config = Arc::clone(&state.args.config);
+    #[cfg(feature = "fault-injection")]
     let crash = Arc::clone(&state.args.crash);
     if state.reader.is_none() {
         // Its own connections: a blocking read must not hold up the settle step, and
@@ -183,12 +188,15 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ActorProces
     if batch.is_empty() {
         return Ok(());
     }
+    #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::BeforeCommit)?;
     let m = &state.args.metrics;
     m.round_trips.fetch_add(1, Ordering::Relaxed);
     let applied = apply::apply(pg, &batch.json, batch.len(), config.statement_timeout).await?;
+    #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterCommit)?;
     settle_batch(settle, &config, &batch, &applied).await?;
+    #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterAck)?;
     record(m, &applied);
     Ok(())

@@ -17,10 +17,10 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use ops_db_service::config::Config;
 use crate::fault_proxy::FaultProxy;
-use crate::startup::Application;
-use crate::token;
+use ops_db_service::startup::Application;
+use ops_db_service::token;
 
 pub async fn run(
     transactions: usize,
@@ -71,7 +71,7 @@ async fn one(
     batch_size: usize,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    let (redis, pg) = crate::db::local_services(dir).await?;
+    let (redis, pg) = crate::services::local_services(dir).await?;
     let secret = token::generate();
 
     // 1. The outage: the service buffers without a primary.

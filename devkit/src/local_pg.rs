@@ -27,7 +27,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection};
 
-use crate::local_redis::free_port;
+use crate::ports::free_port;
 use server::{Server, Shutdown};
 use tools::Tools;
 

@@ -17,9 +17,9 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::startup::Application;
-use crate::token;
+use ops_db_service::config::Config;
+use ops_db_service::startup::Application;
+use ops_db_service::token;
 
 pub async fn run(
     buffered: &[usize],
@@ -52,7 +52,7 @@ async fn measure(
     poll: Duration,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    let (redis, pg) = crate::db::local_services(dir).await?;
+    let (redis, pg) = crate::services::local_services(dir).await?;
     let secret = token::generate();
     let config = |site: &str, forwarder: bool| {
         let forwarder = if forwarder {
@@ -187,7 +187,7 @@ async fn measure(
     let mut have = 3usize;
     for &n in buffered {
         if n > have {
-            crate::bench_catchup::fill(&base, &secret, &filler, n - have).await?;
+            crate::bench::catchup::fill(&base, &secret, &filler, n - have).await?;
             have = n;
         }
         let detail = read_latency(

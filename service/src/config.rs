@@ -11,7 +11,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-const DEFAULTS: &str = include_str!("../config/default.toml");
+const DEFAULTS: &str = include_str!("../../config/default.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -363,7 +363,7 @@ mod tests {
     fn the_shipped_site_files_load() {
         // In a Jail: Config::load reads the environment, which other tests change.
         Jail::expect_with(|_| {
-            for file in ["config/summit.toml", "config/cologne.toml"] {
+            for file in ["../config/summit.toml", "../config/cologne.toml"] {
                 let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
                 let config = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{file}: {e}"));
                 assert!(!config.site.name.is_empty());

@@ -1,88 +1,21 @@
 //! `ops-db-api bench ingest`: HTTP ingest throughput and latency against a durable Redis
 //! (`appendfsync always`) started for the run, with `redis-benchmark` LPUSH figures from
 //! the same Redis in the same run as the physical limit.
-//!
-//! The load generator runs in this process, on the same cores as the service: figures are
-//! for comparing runs on one machine, not absolute.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::Subcommand;
 use hdrhistogram::Histogram;
+use ops_db_service::config::Config;
+use ops_db_service::startup::Application;
+use ops_db_service::token;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::local_redis::{free_port, LocalRedis};
-use crate::startup::Application;
-use crate::token;
-
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// HTTP ingest at several client concurrencies.
-    Ingest {
-        /// Concurrent clients, one measurement each.
-        #[arg(long, value_delimiter = ',', default_value = "1,64")]
-        clients: Vec<usize>,
-        /// Measured time per concurrency (after a 1 s warm-up).
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        /// Where the benchmark's Redis keeps its AOF.
-        #[arg(long, default_value = "target/bench")]
-        dir: PathBuf,
-    },
-    /// Visibility detection, merged-read latency and memory as the buffer grows.
-    Reads {
-        /// Buffer sizes to measure reads at (cumulative).
-        #[arg(long, value_delimiter = ',', default_value = "0,10000,1000000")]
-        buffered: Vec<usize>,
-        /// Reads per measurement (visibility samples: at most 500).
-        #[arg(long, default_value_t = 1000)]
-        samples: usize,
-        /// The replica tracker's poll interval.
-        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
-        poll: Duration,
-        #[arg(long, default_value = "target/bench")]
-        dir: PathBuf,
-    },
-    /// Catch-up: transactions buffered during an outage, forwarded through an emulated WAN.
-    Catchup {
-        #[arg(long, default_value_t = 100_000)]
-        transactions: usize,
-        /// Round-trip times of the emulated link, one measurement each.
-        #[arg(long, value_delimiter = ',', default_value = "250ms,0ms", value_parser = humantime::parse_duration)]
-        rtt: Vec<Duration>,
-        #[arg(long, default_value_t = 2000)]
-        batch_size: usize,
-        #[arg(long, default_value = "target/bench")]
-        dir: PathBuf,
-    },
-}
-
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::Ingest {
-            clients,
-            duration,
-            dir,
-        } => ingest(&clients, duration, &dir).await,
-        BenchCommand::Catchup {
-            transactions,
-            rtt,
-            batch_size,
-            dir,
-        } => crate::bench_catchup::run(transactions, &rtt, batch_size, &dir).await,
-        BenchCommand::Reads {
-            buffered,
-            samples,
-            poll,
-            dir,
-        } => crate::bench_reads::run(&buffered, samples, poll, &dir).await,
-    }
-}
+use crate::local_redis::LocalRedis;
+use crate::ports::free_port;
 
 pub(crate) struct Outcome {
     clients: usize,
@@ -92,11 +25,7 @@ pub(crate) struct Outcome {
     latency_us: Histogram<u64>,
 }
 
-async fn ingest(
-    clients: &[usize],
-    duration: Duration,
-    dir: &std::path::Path,
-) -> anyhow::Result<()> {
+pub async fn run(clients: &[usize], duration: Duration, dir: &Path) -> anyhow::Result<()> {
     let dir = dir.join(format!("redis-{}", std::process::id()));
     let redis = LocalRedis::start(&dir, free_port()?).await?;
     let secret = token::generate();

@@ -21,7 +21,6 @@ use ops_db_actors::tree::Tree;
 pub use auth::Tokens;
 
 use crate::config::Config;
-use crate::fault_proxy::FaultProxy;
 use crate::ops::ApiError;
 use crate::redis_probe::RedisProbe;
 
@@ -34,8 +33,6 @@ pub struct AppState {
     pub probe: Arc<RedisProbe>,
     pub reads: Arc<crate::reads::Reads>,
     pub write_timeout: Duration,
-    /// The emulated WAN between the forwarder and the primary, when `dev` runs one.
-    pub wan: Option<FaultProxy>,
 }
 
 impl IntoResponse for ApiError {
@@ -55,7 +52,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP API. `admin_extensions`: routes added by whoever starts the application
+/// (`dev` mounts its emulated WAN's there), served behind the admin scope.
+pub fn router(state: AppState, admin_extensions: Option<Router>) -> Router {
     let writes = Router::new()
         .route(
             "/executed_obs_units/start",
@@ -97,9 +96,6 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/dlq", get(admin::list_dead_letters))
         .route("/admin/dlq/{id}/retry", post(admin::retry_dead_letter))
         .route("/admin/dlq/{id}", delete(admin::drop_dead_letter))
-        .route("/admin/wan", get(admin::wan_status))
-        .route("/admin/wan/delay", put(admin::wan_delay))
-        .route("/admin/wan/{action}", post(admin::wan_action))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,
@@ -110,15 +106,21 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/health/actors", get(health::actors))
         .route("/metrics", get(health::metrics));
-    Router::new()
+    let mut api = Router::new()
         .merge(writes)
         .merge(reads)
         .merge(admin)
         .merge(open)
-        .fallback(not_found)
+        .with_state(state.clone());
+    if let Some(extensions) = admin_extensions {
+        api = api.merge(extensions.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        )));
+    }
+    api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.http.body_limit_bytes))
-        .with_state(state)
 }
 
 async fn not_found() -> ApiError {

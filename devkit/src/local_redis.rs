@@ -15,14 +15,6 @@ pub struct LocalRedis {
     pub dir: PathBuf,
 }
 
-/// A free loopback port (the OS picks it; a race with another process is possible but
-/// harmless: redis-server then fails to bind and we say so).
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 impl LocalRedis {
     pub async fn start(dir: &Path, port: u16) -> anyhow::Result<Self> {
         let binary = which("redis-server").context(

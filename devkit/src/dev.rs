@@ -13,10 +13,10 @@ use anyhow::Context as _;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use ops_db_service::config::Config;
 use crate::fault_proxy::FaultProxy;
-use crate::startup::Application;
-use crate::token as auth_token;
+use ops_db_service::startup::Application;
+use ops_db_service::token as auth_token;
 
 pub struct DevOptions {
     pub dir: PathBuf,
@@ -30,7 +30,7 @@ pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result
     std::fs::create_dir_all(&options.dir)
         .with_context(|| format!("creating {}", options.dir.display()))?;
     let dir = options.dir.canonicalize()?;
-    let (redis, pg) = crate::db::local_services(&dir).await?;
+    let (redis, pg) = crate::services::local_services(&dir).await?;
     let primary: SocketAddr = ([127, 0, 0, 1], pg.primary_port()).into();
     let wan = FaultProxy::start(([127, 0, 0, 1], 0).into(), primary)
         .await
@@ -68,7 +68,7 @@ pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result
         replica_url = pg.replica_url(),
         hash = auth_token::hash(&token),
     ))?;
-    let app = Application::build(config).await?.with_wan(wan.clone());
+    let app = Application::build(config).await?.with_admin_routes(crate::wan::routes(wan.clone()));
     let ready = json!({
         "http": format!("http://{}", app.http_addr()),
         "tcp": app.tcp_addr().to_string(),

@@ -26,6 +26,8 @@ pub struct Application {
     http: TcpListener,
     tcp: TcpListener,
     state: AppState,
+    /// Routes mounted by whoever starts the application, behind the admin scope.
+    admin_routes: Option<axum::Router>,
 }
 
 fn policy(config: &Config) -> RestartPolicy {
@@ -126,10 +128,14 @@ impl Application {
             probe: Arc::new(probe),
             reads: Arc::new(reads),
             write_timeout: config.http.request_timeout,
-            wan: None,
             config: Arc::new(config),
         };
-        Ok(Self { http, tcp, state })
+        Ok(Self {
+            http,
+            tcp,
+            state,
+            admin_routes: None,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -144,9 +150,13 @@ impl Application {
             .unwrap_or_else(|_| self.state.config.tcp.listen)
     }
 
-    /// Exposes an emulated WAN (the forwarder's path to the primary) on the admin API.
-    pub fn with_wan(mut self, proxy: crate::fault_proxy::FaultProxy) -> Self {
-        self.state.wan = Some(proxy);
+    /// Mounts `routes` on the HTTP API behind the admin scope: the extension point through
+    /// which `dev` adds its emulated WAN's controls. Routes already mounted stay.
+    pub fn with_admin_routes(mut self, routes: axum::Router) -> Self {
+        self.admin_routes = Some(match self.admin_routes.take() {
+            Some(mounted) => mounted.merge(routes),
+            None => routes,
+        });
         self
     }
 
@@ -158,7 +168,12 @@ impl Application {
     /// lets in-flight requests finish, and stops the tree. An escalation is an error, so
     /// the process exits non-zero and its service manager restarts it.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
-        let Self { http, tcp, state } = self;
+        let Self {
+            http,
+            tcp,
+            state,
+            admin_routes,
+        } = self;
         let tree = Arc::clone(&state.tree);
         let watcher = {
             let (tree, stop) = (Arc::clone(&tree), stop.clone());
@@ -169,7 +184,7 @@ impl Application {
         };
         let tcp_server = tokio::spawn(crate::tcp::serve(tcp, state.clone(), stop.clone()));
         tracing::info!(http = %http.local_addr()?, "serving");
-        let served = axum::serve(http, http::router(state))
+        let served = axum::serve(http, http::router(state, admin_routes))
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .await;
         let _ = tcp_server.await;

@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use sqlx::postgres::PgConnection;
 use sqlx::Connection;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Brings the schema at `url` up to date. Safe to run again.
 pub async fn migrate(url: &str) -> anyhow::Result<()> {
@@ -30,21 +30,4 @@ pub async fn seed(url: &str) -> anyhow::Result<()> {
         .context("seeding obs_unit")?;
     conn.close().await?;
     Ok(())
-}
-
-/// A durable Redis and a migrated, seeded primary with its streaming replica, from this
-/// machine's binaries, under `dir`: what `dev` and the benchmarks run on.
-pub async fn local_services(
-    dir: &std::path::Path,
-) -> anyhow::Result<(
-    crate::local_redis::LocalRedis,
-    crate::local_pg::LocalPostgres,
-)> {
-    let redis =
-        crate::local_redis::LocalRedis::start(&dir.join("redis"), crate::local_redis::free_port()?)
-            .await?;
-    let pg = crate::local_pg::LocalPostgres::start(&dir.join("pg")).await?;
-    migrate(&pg.primary_url()).await?;
-    seed(&pg.primary_url()).await?;
-    Ok((redis, pg))
 }

@@ -1,0 +1,19 @@
+//! The local services `dev` and the benchmarks run on.
+
+use std::path::Path;
+
+use ops_db_service::db;
+
+use crate::local_pg::LocalPostgres;
+use crate::local_redis::LocalRedis;
+use crate::ports::free_port;
+
+/// A durable Redis and a migrated, seeded primary with its streaming replica, from this
+/// machine's binaries, under `dir`.
+pub async fn local_services(dir: &Path) -> anyhow::Result<(LocalRedis, LocalPostgres)> {
+    let redis = LocalRedis::start(&dir.join("redis"), free_port()?).await?;
+    let pg = LocalPostgres::start(&dir.join("pg")).await?;
+    db::migrate(&pg.primary_url()).await?;
+    db::seed(&pg.primary_url()).await?;
+    Ok((redis, pg))
+}

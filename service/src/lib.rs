@@ -1,0 +1,16 @@
+//! The ops-db-api service: what faces the outside. Configuration, telemetry, the HTTP and
+//! TCP facades and startup. The actors live in `ops-db-actors` (`actors/`); what exists
+//! only for `dev`, the benchmarks and the tests lives in `ops-db-devkit` (`devkit/`), which
+//! this crate does not depend on.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod ops;
+pub mod reads;
+pub mod redis_probe;
+pub mod startup;
+pub mod tcp;
+pub mod telemetry;
+pub mod token;
