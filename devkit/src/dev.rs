@@ -13,8 +13,8 @@ use anyhow::Context as _;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use ops_db_service::config::Config;
 use crate::fault_proxy::FaultProxy;
+use ops_db_service::config::Config;
 use ops_db_service::startup::Application;
 use ops_db_service::token as auth_token;
 
@@ -68,7 +68,9 @@ pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result
         replica_url = pg.replica_url(),
         hash = auth_token::hash(&token),
     ))?;
-    let app = Application::build(config).await?.with_admin_routes(crate::wan::routes(wan.clone()));
+    let app = Application::build(config)
+        .await?
+        .with_admin_routes(crate::wan::routes(wan.clone()));
     let ready = json!({
         "http": format!("http://{}", app.http_addr()),
         "tcp": app.tcp_addr().to_string(),

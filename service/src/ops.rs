@@ -58,6 +58,34 @@ impl ApiError {
         )
     }
 
+    /// 503 with `Retry-After`: the local Redis did not answer. `what` is logged for the
+    /// operator, never shown to the caller.
+    pub fn redis_unavailable(what: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %what, "redis did not answer");
+        Self {
+            retry_after: Some(RETRY_AFTER_UNAVAILABLE),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "redis_unavailable",
+                "the local buffer did not answer; retry later",
+            )
+        }
+    }
+
+    /// 503 with `Retry-After`: the read source (the local replica) did not answer. `what`
+    /// is logged for the operator, never shown to the caller.
+    pub fn replica_unavailable(what: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %what, "replica did not answer");
+        Self {
+            retry_after: Some(RETRY_AFTER_UNAVAILABLE),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replica_unavailable",
+                "the local replica did not answer; retry later",
+            )
+        }
+    }
+
     pub fn forbidden() -> Self {
         Self::new(
             StatusCode::FORBIDDEN,

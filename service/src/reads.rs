@@ -45,30 +45,6 @@ pub struct Reads {
     keys: Keys,
 }
 
-fn replica_unavailable(err: &sqlx::Error) -> ApiError {
-    tracing::warn!(error = %err, "replica query failed");
-    ApiError {
-        retry_after: Some(1),
-        ..ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "replica_unavailable",
-            "the local replica did not answer; retry later",
-        )
-    }
-}
-
-fn redis_unavailable(err: &redis::RedisError) -> ApiError {
-    tracing::warn!(error = %err, "redis query failed");
-    ApiError {
-        retry_after: Some(1),
-        ..ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "redis_unavailable",
-            "the local buffer did not answer; retry later",
-        )
-    }
-}
-
 fn iso_ms(ms: &str) -> Value {
     ms.parse::<i64>()
         .ok()
@@ -117,7 +93,7 @@ impl Reads {
             .arg(self.keys.lifecycle(id))
             .query_async(redis)
             .await
-            .map_err(|e| redis_unavailable(&e))?;
+            .map_err(|e| ApiError::redis_unavailable(&e))?;
         if !life.is_empty() {
             let text = |k: &str| life.get(k).map_or(Value::Null, |v| json!(v));
             let time = |k: &str| life.get(k).map_or(Value::Null, |v| iso_ms(v));
@@ -153,7 +129,7 @@ impl Reads {
         .bind(id)
         .fetch_optional(pool)
         .await
-        .map_err(|e| replica_unavailable(&e))?;
+        .map_err(|e| ApiError::replica_unavailable(&e))?;
         let (op, _stream_id, applied_at) = row.ok_or_else(not_found)?;
         Ok(json!({
             "transaction_id": id,
@@ -175,7 +151,7 @@ impl Reads {
             .arg("state")
             .query_async(redis)
             .await
-            .map_err(|e| redis_unavailable(&e))
+            .map_err(|e| ApiError::redis_unavailable(&e))
     }
 
     /// One record, merged; `None` if neither side has it.
@@ -189,7 +165,7 @@ impl Reads {
             .arg(self.keys.record(table, id))
             .query_async(redis)
             .await
-            .map_err(|e| redis_unavailable(&e))?;
+            .map_err(|e| ApiError::redis_unavailable(&e))?;
         let complete_overlay = !overlay.is_empty() && !overlay.contains_key("_partial");
         let replica = match &self.pool {
             Some(pool) if !complete_overlay => {
@@ -198,7 +174,7 @@ impl Reads {
                     .bind(id)
                     .fetch_optional(pool)
                     .await
-                    .map_err(|e| replica_unavailable(&e))?;
+                    .map_err(|e| ApiError::replica_unavailable(&e))?;
                 row.map(|Json(v)| v)
             }
             _ => None,
@@ -247,7 +223,7 @@ impl Reads {
             .arg(self.keys.index(table, column, &key.index_value()))
             .query_async(redis)
             .await
-            .map_err(|e| redis_unavailable(&e))?;
+            .map_err(|e| ApiError::redis_unavailable(&e))?;
         if !ids.is_empty() {
             let mut pipe = redis::pipe();
             for id in &ids {
@@ -257,7 +233,7 @@ impl Reads {
             let overlays: Vec<HashMap<String, String>> = pipe
                 .query_async(redis)
                 .await
-                .map_err(|e| redis_unavailable(&e))?;
+                .map_err(|e| ApiError::redis_unavailable(&e))?;
             for (id, overlay) in ids.into_iter().zip(overlays) {
                 by_id.entry(id).or_default().1 = overlay;
             }
@@ -291,7 +267,7 @@ impl Reads {
             let replies: Vec<(Option<String>, Option<String>)> = pipe
                 .query_async(redis)
                 .await
-                .map_err(|e| redis_unavailable(&e))?;
+                .map_err(|e| ApiError::redis_unavailable(&e))?;
             states.extend(writers.into_iter().zip(replies));
         }
         Ok(merged

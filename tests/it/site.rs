@@ -29,7 +29,9 @@ impl Site {
         ops_db_service::db::migrate(&pg.primary_url())
             .await
             .expect("migrate");
-        ops_db_service::db::seed(&pg.primary_url()).await.expect("seed");
+        ops_db_service::db::seed(&pg.primary_url())
+            .await
+            .expect("seed");
         let (wan, primary_url) = if with_wan {
             let upstream: SocketAddr = format!("127.0.0.1:{}", pg.primary_port())
                 .parse()
@@ -66,7 +68,9 @@ impl Site {
         ops_db_service::db::migrate(&pg.primary_url())
             .await
             .expect("migrate");
-        ops_db_service::db::seed(&pg.primary_url()).await.expect("seed");
+        ops_db_service::db::seed(&pg.primary_url())
+            .await
+            .expect("seed");
         pg
     }
 

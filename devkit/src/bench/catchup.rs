@@ -17,8 +17,8 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-use ops_db_service::config::Config;
 use crate::fault_proxy::FaultProxy;
+use ops_db_service::config::Config;
 use ops_db_service::startup::Application;
 use ops_db_service::token;
 

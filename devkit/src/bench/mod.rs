@@ -76,4 +76,3 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         } => reads::run(&buffered, samples, poll, &dir).await,
     }
 }
-

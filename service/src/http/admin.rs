@@ -38,18 +38,6 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-fn redis_trouble(err: &redis::RedisError) -> ApiError {
-    tracing::warn!(error = %err, "admin: redis failed");
-    ApiError {
-        retry_after: Some(crate::ops::RETRY_AFTER_UNAVAILABLE),
-        ..ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "redis_unavailable",
-            "the buffer's Redis did not answer; retry later",
-        )
-    }
-}
-
 fn no_such_dead_letter(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -67,10 +55,14 @@ pub async fn list_dead_letters(
     let Query(query) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
-    let mut conn = state.probe.conn().await.map_err(|e| redis_trouble(&e))?;
+    let mut conn = state
+        .probe
+        .conn()
+        .await
+        .map_err(|e| ApiError::redis_unavailable(&e))?;
     let letters = ops_db_actors::dlq::list(&mut conn, state.probe.keys(), limit)
         .await
-        .map_err(|e| redis_trouble(&e))?;
+        .map_err(|e| ApiError::redis_unavailable(&e))?;
     Ok(Json(json!({ "dead_letters": letters })))
 }
 
@@ -79,10 +71,14 @@ pub async fn retry_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut conn = state.probe.conn().await.map_err(|e| redis_trouble(&e))?;
+    let mut conn = state
+        .probe
+        .conn()
+        .await
+        .map_err(|e| ApiError::redis_unavailable(&e))?;
     match ops_db_actors::dlq::retry(&mut conn, state.probe.keys(), &id)
         .await
-        .map_err(|e| redis_trouble(&e))?
+        .map_err(|e| ApiError::redis_unavailable(&e))?
     {
         Some(stream_id) => Ok(Json(json!({ "retried": id, "stream_id": stream_id }))),
         None => Err(no_such_dead_letter(&id)),
@@ -94,10 +90,14 @@ pub async fn drop_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut conn = state.probe.conn().await.map_err(|e| redis_trouble(&e))?;
+    let mut conn = state
+        .probe
+        .conn()
+        .await
+        .map_err(|e| ApiError::redis_unavailable(&e))?;
     if ops_db_actors::dlq::drop(&mut conn, state.probe.keys(), &id)
         .await
-        .map_err(|e| redis_trouble(&e))?
+        .map_err(|e| ApiError::redis_unavailable(&e))?
     {
         Ok(Json(json!({ "dropped": id })))
     } else {

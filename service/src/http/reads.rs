@@ -16,17 +16,11 @@ use crate::ops::{self, ApiError};
 use crate::reads::Key;
 
 async fn redis(state: &AppState) -> Result<MultiplexedConnection, ApiError> {
-    state.probe.conn().await.map_err(|e| {
-        tracing::warn!(error = %e, "redis unreachable for a read");
-        ApiError {
-            retry_after: Some(1),
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "redis_unavailable",
-                "the local buffer did not answer; retry later",
-            )
-        }
-    })
+    state
+        .probe
+        .conn()
+        .await
+        .map_err(|e| ApiError::redis_unavailable(&e))
 }
 
 /// Set when the replica did not answer and lists come from the overlay alone.

@@ -66,13 +66,11 @@ async fn wait_for(
     target: WaitFor,
     timeout: Duration,
 ) -> Result<(bool, String), ApiError> {
-    let mut conn = state.probe.conn().await.map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "redis_unavailable",
-            "the local buffer did not answer",
-        )
-    })?;
+    let mut conn = state
+        .probe
+        .conn()
+        .await
+        .map_err(|e| ApiError::redis_unavailable(&e))?;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let current = state
