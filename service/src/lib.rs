@@ -7,6 +7,7 @@
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod operations;
 pub mod ops;
 pub mod reads;
 pub mod redis_probe;

@@ -212,7 +212,8 @@ pub fn parse_idempotency_key(raw: &[u8]) -> Result<IdempotencyKey, ApiError> {
         .map_err(|v| ApiError::new(StatusCode::BAD_REQUEST, v.code, v.message).with_field(v.field))
 }
 
-/// Parses the body (and the path id, for updates) of a write into an [`Operation`].
+/// Parses the body (and the path id, for updates) of a write into an [`Operation`], by
+/// the operation's row of [`crate::operations::OPERATIONS`].
 pub fn parse_operation(
     kind: OperationKind,
     id: Option<&str>,
@@ -230,30 +231,7 @@ pub fn parse_operation(
         }
         (false, _) => Uuid::nil(),
     };
-    // An update with nothing to say (finalize) may come with an empty body.
-    let body = if kind == OperationKind::FinalizeRawDataPackage
-        && body.iter().all(u8::is_ascii_whitespace)
-    {
-        b"{}".as_slice()
-    } else {
-        body
-    };
-    Ok(match kind {
-        OperationKind::StartExecutedObsUnit => Operation::StartExecutedObsUnit(decode(body)?),
-        OperationKind::FinishExecutedObsUnit => Operation::FinishExecutedObsUnit {
-            id,
-            body: decode(body)?,
-        },
-        OperationKind::CreateRawDataFile => Operation::CreateRawDataFile(decode(body)?),
-        OperationKind::BulkCreateRawDataFiles => Operation::BulkCreateRawDataFiles {
-            files: decode(body)?,
-        },
-        OperationKind::CreateRawDataPackage => Operation::CreateRawDataPackage(decode(body)?),
-        OperationKind::FinalizeRawDataPackage => Operation::FinalizeRawDataPackage {
-            id,
-            body: decode(body)?,
-        },
-    })
+    crate::operations::spec(kind).parse(id, body)
 }
 
 /// Parses and submits one write; the answer's status and body.

@@ -22,7 +22,7 @@ use axum::http::StatusCode;
 
 use crate::config::Scope;
 use crate::http::AppState;
-use ops_db_actors::domain::OperationKind;
+use crate::operations::{self, OperationSpec, OPERATIONS};
 
 use crate::ops::{self, ApiError};
 
@@ -170,8 +170,8 @@ async fn write(state: &AppState, envelope: Envelope) -> Result<Value, ApiError> 
     state
         .tokens
         .check(envelope.token.as_deref(), Scope::Write)?;
-    let kind = OperationKind::from_name(&envelope.op).ok_or_else(|| {
-        let known: Vec<_> = OperationKind::ALL.iter().map(|k| k.name()).collect();
+    let spec = operations::by_name(&envelope.op).ok_or_else(|| {
+        let known: Vec<_> = OPERATIONS.iter().map(OperationSpec::name).collect();
         ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_op",
@@ -184,7 +184,7 @@ async fn write(state: &AppState, envelope: Envelope) -> Result<Value, ApiError> 
     let (status, ack) = ops::write(
         &state.tree,
         state.write_timeout,
-        kind,
+        spec.kind,
         envelope.id.as_deref(),
         body.as_bytes(),
         key,

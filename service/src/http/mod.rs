@@ -14,13 +14,14 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ops_db_actors::tree::Tree;
 
 pub use auth::Tokens;
 
 use crate::config::Config;
+use crate::operations::OPERATIONS;
 use crate::ops::ApiError;
 use crate::redis_probe::RedisProbe;
 
@@ -55,27 +56,12 @@ impl IntoResponse for ApiError {
 /// The whole HTTP API. `admin_extensions`: routes added by whoever starts the application
 /// (`dev` mounts its emulated WAN's there), served behind the admin scope.
 pub fn router(state: AppState, admin_extensions: Option<Router>) -> Router {
-    let writes = Router::new()
-        .route(
-            "/executed_obs_units/start",
-            post(writes::start_executed_obs_unit),
-        )
-        .route(
-            "/executed_obs_units/{id}/finish",
-            put(writes::finish_executed_obs_unit),
-        )
-        .route("/raw_data_files/", post(writes::create_raw_data_file))
-        .route("/raw_data_files", post(writes::create_raw_data_file))
-        .route(
-            "/raw_data_files/bulk",
-            post(writes::bulk_create_raw_data_files),
-        )
-        .route("/raw_data_package/", post(writes::create_raw_data_package))
-        .route("/raw_data_package", post(writes::create_raw_data_package))
-        .route(
-            "/raw_data_package/{id}/finalize",
-            put(writes::finalize_raw_data_package),
-        )
+    let writes = OPERATIONS
+        .iter()
+        .flat_map(|spec| spec.paths.iter().map(move |path| (*path, spec)))
+        .fold(Router::new(), |router, (path, spec)| {
+            router.route(path, writes::route(spec))
+        })
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_write,

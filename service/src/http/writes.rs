@@ -1,4 +1,5 @@
-//! The write endpoints. Each is the same three steps: parse, ingest, answer.
+//! The write endpoints: one handler for every row of the operations table
+//! ([`crate::operations::OPERATIONS`]): parse, ingest, answer (and maybe wait).
 
 use axum::body::Bytes;
 use std::time::Duration;
@@ -11,8 +12,11 @@ use axum::Json;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::AppState;
+use axum::routing::{on, MethodRouter};
 use ops_db_actors::domain::OperationKind;
+
+use super::AppState;
+use crate::operations::OperationSpec;
 
 use crate::ops::{self, ApiError};
 
@@ -106,15 +110,35 @@ fn body_error(rejection: BytesRejection) -> ApiError {
     }
 }
 
+/// The write handler of `spec`'s route: one for every operation of the table.
+pub fn route(spec: &'static OperationSpec) -> MethodRouter<AppState> {
+    let filter = spec.method.filter();
+    if spec.kind.needs_id() {
+        on(
+            filter,
+            move |State(s): State<AppState>, id: Id, wait: Wait, headers: HeaderMap, body: Body| async move {
+                write(&s, spec, Some(id), wait, &headers, body).await
+            },
+        )
+    } else {
+        on(
+            filter,
+            move |State(s): State<AppState>, wait: Wait, headers: HeaderMap, body: Body| async move {
+                write(&s, spec, None, wait, &headers, body).await
+            },
+        )
+    }
+}
+
 async fn write(
     state: &AppState,
-    kind: OperationKind,
+    spec: &'static OperationSpec,
     id: Option<Id>,
     wait: Wait,
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    match write_and_wait(state, kind, id, wait, headers, body).await {
+    match write_and_wait(state, spec.kind, id, wait, headers, body).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
@@ -163,108 +187,4 @@ async fn write_and_wait(
         StatusCode::ACCEPTED
     };
     Ok((status, Json(answer)).into_response())
-}
-
-pub async fn start_executed_obs_unit(
-    State(s): State<AppState>,
-    wait: Wait,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    write(
-        &s,
-        OperationKind::StartExecutedObsUnit,
-        None,
-        wait,
-        &headers,
-        body,
-    )
-    .await
-}
-
-pub async fn finish_executed_obs_unit(
-    State(s): State<AppState>,
-    id: Id,
-    wait: Wait,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    write(
-        &s,
-        OperationKind::FinishExecutedObsUnit,
-        Some(id),
-        wait,
-        &headers,
-        body,
-    )
-    .await
-}
-
-pub async fn create_raw_data_file(
-    State(s): State<AppState>,
-    wait: Wait,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    write(
-        &s,
-        OperationKind::CreateRawDataFile,
-        None,
-        wait,
-        &headers,
-        body,
-    )
-    .await
-}
-
-pub async fn bulk_create_raw_data_files(
-    State(s): State<AppState>,
-    wait: Wait,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    write(
-        &s,
-        OperationKind::BulkCreateRawDataFiles,
-        None,
-        wait,
-        &headers,
-        body,
-    )
-    .await
-}
-
-pub async fn create_raw_data_package(
-    State(s): State<AppState>,
-    wait: Wait,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    write(
-        &s,
-        OperationKind::CreateRawDataPackage,
-        None,
-        wait,
-        &headers,
-        body,
-    )
-    .await
-}
-
-pub async fn finalize_raw_data_package(
-    State(s): State<AppState>,
-    id: Id,
-    wait: Wait,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    write(
-        &s,
-        OperationKind::FinalizeRawDataPackage,
-        Some(id),
-        wait,
-        &headers,
-        body,
-    )
-    .await
 }
