@@ -4,16 +4,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use ops_db_actors::backoff::Backoff;
 use ops_db_actors::buffer::BufferConfig;
 use ops_db_actors::domain::Limits;
 use ops_db_actors::forwarder::ForwarderConfig;
 use ops_db_actors::keys::Keys;
 use ops_db_actors::replica::ReplicaConfig;
-use ops_db_actors::supervisor::policy::{Intensity, RestartPolicy};
+use ops_db_actors::supervisor::policy::RestartPolicy;
 use ops_db_actors::tree::{Tree, TreeConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,18 +26,6 @@ pub struct Application {
     state: AppState,
     /// Routes mounted by whoever starts the application, behind the admin scope.
     admin_routes: Option<axum::Router>,
-}
-
-fn policy(config: &Config) -> RestartPolicy {
-    let s = &config.supervisor;
-    RestartPolicy {
-        backoff: Backoff::new(s.backoff_base, s.backoff_cap),
-        intensity: Some(Intensity {
-            max_restarts: s.max_restarts,
-            within: s.within,
-        }),
-        reset_after: s.reset_after,
-    }
 }
 
 /// The forwarder, if a primary is configured: restarted forever, never escalating.
@@ -57,12 +43,7 @@ fn forwarder(config: &Config, keys: &Keys) -> Option<(ForwarderConfig, RestartPo
         redis_timeout: config.redis.timeout,
         retention: config.replica.retention,
     };
-    let policy = RestartPolicy {
-        backoff: Backoff::new(f.backoff_base, f.backoff_cap),
-        intensity: None,
-        reset_after: f.reset_after,
-    };
-    Some((forwarder, policy))
+    Some((forwarder, f.restart.policy()))
 }
 
 /// The replica tracker, if there is a read source: restarted forever, never escalating.
@@ -78,12 +59,7 @@ fn replica(config: &Config, keys: &Keys) -> Option<(ReplicaConfig, RestartPolicy
         redis_timeout: config.redis.timeout,
         retention: r.retention,
     };
-    let policy = RestartPolicy {
-        backoff: Backoff::new(r.backoff_base, r.backoff_cap),
-        intensity: None,
-        reset_after: Duration::from_secs(60),
-    };
-    Some((tracker, policy))
+    Some((tracker, r.restart.policy()))
 }
 
 impl Application {
@@ -111,8 +87,8 @@ impl Application {
                 connections: config.buffer.connections,
                 redis_timeout: config.redis.timeout,
             },
-            ingest_policy: policy(&config),
-            buffer_policy: policy(&config),
+            ingest_policy: config.supervisor.policy(),
+            buffer_policy: config.supervisor.policy(),
             forwarder: forwarder(&config, &keys),
             replica: replica(&config, &keys),
         })

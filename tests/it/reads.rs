@@ -298,7 +298,7 @@ async fn a_write_can_wait_for_forwarded_or_replicated() {
 async fn lifecycles_expire_from_redis_and_are_then_answered_from_the_ledger() {
     let pg = Site::primary_with_replica().await;
     let extra = format!(
-        "[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\n{FAST_RESTARTS}[replica]\nurl = \"{}\"\npoll_interval = \"50ms\"\nretention = \"1s\"\n",
+        "[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\n[forwarder.restart]\n{FAST_RESTARTS}[replica]\nurl = \"{}\"\npoll_interval = \"50ms\"\nretention = \"1s\"\n",
         pg.primary_url(),
         pg.replica_url()
     );
@@ -344,7 +344,7 @@ async fn lifecycles_expire_from_redis_and_are_then_answered_from_the_ledger() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_main_site_reads_from_the_primary_and_sees_its_writes_replicated_at_once() {
     let pg = Site::primary_with_replica().await;
-    let extra = format!("[site]\nmode = \"main\"\n[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\n{FAST_RESTARTS}[replica]\npoll_interval = \"50ms\"\n", pg.primary_url());
+    let extra = format!("[site]\nmode = \"main\"\n[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\n[forwarder.restart]\n{FAST_RESTARTS}[replica]\npoll_interval = \"50ms\"\n", pg.primary_url());
     let site = Site::start_with(pg, None, &[&extra]).await;
     let app = &site.app;
     let r = app

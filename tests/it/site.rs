@@ -21,7 +21,9 @@ pub struct Site {
     pub wan: Option<FaultProxy>,
 }
 
-pub const FAST_RESTARTS: &str = "backoff_base = \"20ms\"\nbackoff_cap = \"200ms\"\n";
+/// A restart policy section body for the forwarder and the replica tracker in tests.
+pub const FAST_RESTARTS: &str =
+    "backoff_base = \"20ms\"\nbackoff_cap = \"200ms\"\nreset_after = \"60s\"\n";
 
 impl Site {
     pub async fn start(with_wan: bool, forwarder: &str) -> Self {
@@ -48,8 +50,10 @@ impl Site {
             (None, pg.primary_url())
         };
         let base = format!(
-            "[forwarder]\nprimary_url = \"{primary_url}\"\nlinger = \"5ms\"\nconnect_timeout = \"2s\"\n{FAST_RESTARTS}\
-             [replica]\nurl = \"{}\"\npoll_interval = \"50ms\"\nconnect_timeout = \"2s\"\n{FAST_RESTARTS}",
+            "[forwarder]\nprimary_url = \"{primary_url}\"\nlinger = \"5ms\"\nconnect_timeout = \"2s\"\n\
+             [forwarder.restart]\n{FAST_RESTARTS}\
+             [replica]\nurl = \"{}\"\npoll_interval = \"50ms\"\nconnect_timeout = \"2s\"\n\
+             [replica.restart]\n{FAST_RESTARTS}",
             pg.replica_url()
         );
         let overrides = format!("[forwarder]\n{forwarder}");

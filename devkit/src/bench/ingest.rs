@@ -43,7 +43,7 @@ pub async fn run(clients: &[usize], duration: Duration, dir: &Path) -> anyhow::R
             "crash-looping",
             format!(
                 "[forwarder]\nprimary_url = \"postgres://opsdb@127.0.0.1:{refused}/opsdb\"\n\
-                 backoff_base = \"1ms\"\nbackoff_cap = \"20ms\"\n"
+                 [forwarder.restart]\nbackoff_base = \"1ms\"\nbackoff_cap = \"20ms\"\n"
             ),
         ),
     ];

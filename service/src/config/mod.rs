@@ -1,0 +1,266 @@
+//! Configuration: `config/default.toml` (compiled in), then the site's file, then
+//! `OPSDB__SECTION__KEY` environment variables. Validated before anything binds.
+//!
+//! This is the only module that reads the environment (besides `RUST_LOG` in telemetry).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use ops_db_actors::backoff::Backoff;
+use ops_db_actors::supervisor::policy::{Intensity, RestartPolicy as SupervisorPolicy};
+use serde::{Deserialize, Serialize};
+
+mod validate;
+
+const DEFAULTS: &str = include_str!("../../../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(String),
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub site: Site,
+    pub http: Http,
+    pub tcp: Tcp,
+    pub redis: Redis,
+    pub buffer: Buffer,
+    pub forwarder: Forwarder,
+    pub replica: Replica,
+    pub auth: Auth,
+    pub faults: Faults,
+    pub log: Log,
+    /// Restart policy of the ingest-side actors (buffer, ingest): with an intensity limit.
+    pub supervisor: RestartPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SiteMode {
+    Secondary,
+    Main,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    pub name: String,
+    pub mode: SiteMode,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    pub listen: SocketAddr,
+    pub body_limit_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tcp {
+    pub listen: SocketAddr,
+    pub max_line_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    pub url: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Buffer {
+    pub max_buffered: u64,
+    pub max_batch: usize,
+    pub connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    pub max_bulk_files: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forwarder {
+    pub primary_url: Option<String>,
+    pub batch_size: usize,
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Restarted forever: no intensity limit (a days-long outage must not stop the service).
+    pub restart: RestartPolicy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replica {
+    pub url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Restarted forever: no intensity limit.
+    pub restart: RestartPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Write,
+    Admin,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Token {
+    pub name: String,
+    /// Hex SHA-256 of the bearer token; the token itself is never stored.
+    pub sha256: String,
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    pub tokens: Vec<Token>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    pub level: String,
+    pub dir: Option<PathBuf>,
+}
+
+/// How a supervised actor is restarted: `[supervisor]` (the ingest-side actors),
+/// `[forwarder.restart]` and `[replica.restart]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartPolicy {
+    /// Capped full-jitter exponential backoff before each restart.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+    /// Uptime after which the backoff starts again from `backoff_base`.
+    #[serde(with = "humantime_serde")]
+    pub reset_after: Duration,
+    /// Restart intensity: more than `max_restarts` within `within` stops the process with
+    /// a non-zero exit. Both or neither; neither means restarted forever.
+    pub max_restarts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub within: Option<Duration>,
+}
+
+impl RestartPolicy {
+    /// The supervisor's policy (validated: see `validate.rs`).
+    pub fn policy(&self) -> SupervisorPolicy {
+        SupervisorPolicy {
+            backoff: Backoff::new(self.backoff_base, self.backoff_cap),
+            intensity: self
+                .max_restarts
+                .zip(self.within)
+                .map(|(max_restarts, within)| Intensity {
+                    max_restarts,
+                    within,
+                }),
+            reset_after: self.reset_after,
+        }
+    }
+}
+
+impl Config {
+    /// Where reads come from: the replica, or on the main site the primary itself.
+    pub fn read_url(&self) -> Option<&str> {
+        match (&self.replica.url, self.site.mode) {
+            (Some(url), _) => Some(url),
+            (None, SiteMode::Main) => self.forwarder.primary_url.as_deref(),
+            (None, SiteMode::Secondary) => None,
+        }
+    }
+
+    /// Loads defaults, then `file` (if any), then `OPSDB__SECTION__KEY` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} not found",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Self::extract(figment.merge(Env::prefixed("OPSDB__").split("__")))
+    }
+
+    /// Defaults overridden by `toml` only (no environment): for `dev` and tests.
+    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_toml_layers(&[toml])
+    }
+
+    /// Defaults overridden by each layer in turn (no environment).
+    pub fn from_toml_layers(layers: &[&str]) -> Result<Self, ConfigError> {
+        let figment = layers
+            .iter()
+            .fold(Figment::from(Toml::string(DEFAULTS)), |f, layer| {
+                f.merge(Toml::string(layer))
+            });
+        Self::extract(figment)
+    }
+
+    fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(one_line(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// figment's errors can span lines; the operator gets one.
+fn one_line(err: figment::Error) -> String {
+    err.into_iter()
+        // figment names keys with their profile ("default.http.listen"); operators know
+        // them without it.
+        .map(|e| {
+            e.to_string()
+                .replace('\n', " ")
+                .replace("key \"default.", "key \"")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests;

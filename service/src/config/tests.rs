@@ -1,0 +1,110 @@
+use super::*;
+use figment::Jail;
+
+const SITE: &str = "[site]\nname = \"summit\"\n";
+
+fn load_err(toml: &str) -> String {
+    Config::from_toml_str(toml)
+        .expect_err("must fail")
+        .to_string()
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment's Jail API
+fn the_shipped_site_files_load() {
+    // In a Jail: Config::load reads the environment, which other tests change.
+    Jail::expect_with(|_| {
+        for file in ["../config/summit.toml", "../config/cologne.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let config = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(!config.site.name.is_empty());
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn a_missing_site_name_is_named() {
+    let err = load_err("");
+    assert!(
+        err.contains("missing field `name`") && err.contains("site"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_key_is_named() {
+    let err = load_err(&format!("{SITE}[http]\nlisten_addr = \"127.0.0.1:1\"\n"));
+    assert!(err.contains("listen_addr") && err.contains("http"), "{err}");
+}
+
+#[test]
+fn a_bad_duration_is_named() {
+    let err = load_err(&format!("{SITE}[redis]\ntimeout = \"5 parsecs\"\n"));
+    assert!(
+        err.contains("redis.timeout") || err.contains("timeout"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'));
+}
+
+#[test]
+fn semantic_errors_name_their_key() {
+    let err = load_err(&format!("{SITE}[buffer]\nmax_batch = 0\n"));
+    assert_eq!(err, "buffer.max_batch: must be at least 1");
+    let err = load_err("[site]\nname = \"has space\"\n");
+    assert!(err.starts_with("site.name:"), "{err}");
+    let err = load_err(&format!(
+        "{SITE}[auth]\ntokens = [{{ name = \"x\", sha256 = \"abc\", scopes = [\"write\"] }}]\n"
+    ));
+    assert!(err.starts_with("auth.tokens:"), "{err}");
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment's Jail API
+fn environment_overrides_the_file() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "site.toml",
+            &format!("{SITE}[http]\nlisten = \"127.0.0.1:1111\"\n"),
+        )?;
+        jail.set_env("OPSDB__HTTP__LISTEN", "127.0.0.1:2222");
+        jail.set_env("OPSDB__REDIS__TIMEOUT", "250ms");
+        jail.set_env("OPSDB__BUFFER__MAX_BATCH", "7");
+        let config = Config::load(Some(Path::new("site.toml"))).map_err(|e| e.to_string())?;
+        assert_eq!(config.http.listen.port(), 2222);
+        assert_eq!(config.redis.timeout, Duration::from_millis(250));
+        assert_eq!(config.buffer.max_batch, 7);
+        jail.set_env("OPSDB__BUFFER__NOPE", "1");
+        let err = Config::load(Some(Path::new("site.toml"))).expect_err("unknown env key");
+        assert!(err.to_string().contains("nope"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn restart_policies_share_one_type_and_its_rules() {
+    let config = Config::from_toml_str(SITE).expect("defaults");
+    assert!(config.supervisor.policy().intensity.is_some());
+    assert!(config.forwarder.restart.policy().intensity.is_none());
+    assert!(config.replica.restart.policy().intensity.is_none());
+    let err = load_err(&format!(
+        "{SITE}[forwarder.restart]\nmax_restarts = 5\nwithin = \"1m\"\n"
+    ));
+    assert!(
+        err.starts_with("forwarder.restart: takes no max_restarts"),
+        "{err}"
+    );
+    let err = load_err(&format!(
+        "{SITE}[replica.restart]\nbackoff_base = \"2s\"\nbackoff_cap = \"1s\"\n"
+    ));
+    assert_eq!(
+        err,
+        "replica.restart: backoff_cap must not be shorter than backoff_base"
+    );
+    let err = load_err(&format!("{SITE}[supervisor]\nmax_restarts = 0\n"));
+    assert!(err.starts_with("supervisor: max_restarts"), "{err}");
+    // The old flat keys are refused by name, not ignored.
+    let err = load_err(&format!("{SITE}[forwarder]\nbackoff_base = \"1s\"\n"));
+    assert!(err.contains("backoff_base"), "{err}");
+}

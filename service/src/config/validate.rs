@@ -1,0 +1,150 @@
+//! What the types cannot say: names, URL schemes, non-zero durations and counts, restart
+//! policies, token hashes. Each error names its key, and the first one found is reported.
+
+use std::time::Duration;
+
+use super::{invalid, Config, ConfigError, RestartPolicy};
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_site()?;
+        self.validate_urls()?;
+        self.validate_durations()?;
+        self.validate_counts()?;
+        self.supervisor
+            .validate("supervisor", Escalation::Required)?;
+        self.forwarder
+            .restart
+            .validate("forwarder.restart", Escalation::Never)?;
+        self.replica
+            .restart
+            .validate("replica.restart", Escalation::Never)?;
+        self.validate_tokens()
+    }
+
+    fn validate_site(&self) -> Result<(), ConfigError> {
+        let name = &self.site.name;
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(allowed) {
+            return Err(invalid(
+                "site.name",
+                "must be 1 to 64 letters, digits, '-' or '_'",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_urls(&self) -> Result<(), ConfigError> {
+        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("unix://") {
+            return Err(invalid("redis.url", "must start with redis:// or unix://"));
+        }
+        let postgres = [
+            ("forwarder.primary_url", &self.forwarder.primary_url),
+            ("replica.url", &self.replica.url),
+        ];
+        for (key, url) in postgres {
+            if let Some(url) = url {
+                if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                    return Err(invalid(key, "must start with postgres:// or postgresql://"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_durations(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("http.request_timeout", self.http.request_timeout),
+            ("redis.timeout", self.redis.timeout),
+            ("buffer.idempotency_ttl", self.buffer.idempotency_ttl),
+            ("forwarder.connect_timeout", self.forwarder.connect_timeout),
+            (
+                "forwarder.statement_timeout",
+                self.forwarder.statement_timeout,
+            ),
+            ("replica.poll_interval", self.replica.poll_interval),
+            ("replica.connect_timeout", self.replica.connect_timeout),
+            ("replica.retention", self.replica.retention),
+        ];
+        match positive.iter().find(|(_, d)| d.is_zero()) {
+            Some((key, _)) => Err(invalid(key, "must be longer than zero")),
+            None => Ok(()),
+        }
+    }
+
+    fn validate_counts(&self) -> Result<(), ConfigError> {
+        let counts = [
+            ("http.body_limit_bytes", self.http.body_limit_bytes as u64),
+            ("tcp.max_line_bytes", self.tcp.max_line_bytes as u64),
+            ("buffer.max_buffered", self.buffer.max_buffered),
+            ("buffer.max_batch", self.buffer.max_batch as u64),
+            ("buffer.connections", self.buffer.connections as u64),
+            ("buffer.max_bulk_files", self.buffer.max_bulk_files as u64),
+            ("forwarder.batch_size", self.forwarder.batch_size as u64),
+        ];
+        match counts.iter().find(|(_, n)| *n == 0) {
+            Some((key, _)) => Err(invalid(key, "must be at least 1")),
+            None => Ok(()),
+        }
+    }
+
+    fn validate_tokens(&self) -> Result<(), ConfigError> {
+        for token in &self.auth.tokens {
+            if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    "auth.tokens",
+                    format!("token {:?}: sha256 must be 64 hex digits", token.name),
+                ));
+            }
+            if token.scopes.is_empty() {
+                return Err(invalid(
+                    "auth.tokens",
+                    format!("token {:?}: needs at least one scope", token.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a policy must, or must not, stop the process after too many restarts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Escalation {
+    /// The ingest-side actors: a crash loop there is a bug; let the service manager see it.
+    Required,
+    /// The forwarder and the replica tracker: they crash on every outage of what they talk
+    /// to, which may last days.
+    Never,
+}
+
+impl RestartPolicy {
+    pub(super) fn validate(
+        &self,
+        key: &'static str,
+        escalation: Escalation,
+    ) -> Result<(), ConfigError> {
+        if self.backoff_base.is_zero() {
+            return Err(invalid(key, "backoff_base must be longer than zero"));
+        }
+        if self.backoff_cap < self.backoff_base {
+            return Err(invalid(
+                key,
+                "backoff_cap must not be shorter than backoff_base",
+            ));
+        }
+        match (escalation, self.max_restarts, self.within) {
+            (Escalation::Required, Some(n), Some(within)) if n > 0 && within > Duration::ZERO => {
+                Ok(())
+            }
+            (Escalation::Required, ..) => Err(invalid(
+                key,
+                "max_restarts (at least 1) and within (longer than zero) must both be set",
+            )),
+            (Escalation::Never, None, None) => Ok(()),
+            (Escalation::Never, ..) => Err(invalid(
+                key,
+                "takes no max_restarts or within: this actor is restarted forever, it never stops the service",
+            )),
+        }
+    }
+}
