@@ -130,6 +130,81 @@ fn file_row(f: &RawDataFileCreate, id: Uuid, now: DateTime<Utc>) -> Step {
     }
 }
 
+fn start_row(r: &StartExecutedObsUnit, id: Uuid, now: DateTime<Utc>) -> Step {
+    Step::Insert {
+        table: Table::ExecutedObsUnit,
+        id,
+        values: object(json!({
+            "id": id,
+            "obs_unit_id": r.obs_unit_id,
+            "status": "running",
+            "start_time": r.start_time.map_or(now, micros),
+            "end_time": null,
+            "instrument_module": r.instrument_module,
+            "meta": meta(&r.meta),
+        })),
+    }
+}
+
+fn finish_update(id: Uuid, body: &FinishExecutedObsUnit, now: DateTime<Utc>) -> Step {
+    let mut set = object(json!({
+        "status": body.status.as_str(),
+        "end_time": body.end_time.map_or(now, micros),
+    }));
+    if let Some(m) = &body.meta {
+        set.insert("meta".into(), Value::Object(m.clone()));
+    }
+    Step::Update {
+        table: Table::ExecutedObsUnit,
+        id,
+        set,
+    }
+}
+
+fn package_row(p: &RawDataPackageCreate, id: Uuid, now: DateTime<Utc>) -> Step {
+    Step::Insert {
+        table: Table::RawDataPackage,
+        id,
+        values: object(json!({
+            "id": id,
+            "name": p.name,
+            "executed_obs_unit_id": p.executed_obs_unit_id,
+            "relative_path": p.relative_path,
+            "status": "building",
+            "size": null,
+            "checksum": null,
+            "checksum_algorithm": null,
+            "file_count": null,
+            "created_at": now,
+            "finalized_at": null,
+            "meta": meta(&p.meta),
+        })),
+    }
+}
+
+fn finalize_update(id: Uuid, body: &FinalizeRawDataPackage, now: DateTime<Utc>) -> Step {
+    let mut set = object(json!({ "status": "complete", "finalized_at": now }));
+    if let Some(size) = body.size {
+        set.insert("size".into(), size.into());
+    }
+    if let Some(c) = &body.checksum {
+        set.insert("checksum".into(), c.to_ascii_lowercase().into());
+        let algorithm = body.checksum_algorithm.unwrap_or_default();
+        set.insert("checksum_algorithm".into(), algorithm.as_str().into());
+    }
+    if let Some(n) = body.file_count {
+        set.insert("file_count".into(), n.into());
+    }
+    if let Some(m) = &body.meta {
+        set.insert("meta".into(), Value::Object(m.clone()));
+    }
+    Step::Update {
+        table: Table::RawDataPackage,
+        id,
+        set,
+    }
+}
+
 impl Operation {
     /// Builds the transaction of a validated operation. `new_id` yields fresh time-ordered
     /// ids (a parameter so tests can pin them).
@@ -138,93 +213,11 @@ impl Operation {
         // the replica's row of the same record identical.
         let now = micros(now);
         let tx_id = new_id();
-        let (steps, created, mut response) = match self {
-            Self::StartExecutedObsUnit(r) => {
-                let id = new_id();
-                let step = Step::Insert {
-                    table: Table::ExecutedObsUnit,
-                    id,
-                    values: object(json!({
-                        "id": id,
-                        "obs_unit_id": r.obs_unit_id,
-                        "status": "running",
-                        "start_time": r.start_time.map_or(now, micros),
-                        "end_time": null,
-                        "instrument_module": r.instrument_module,
-                        "meta": meta(&r.meta),
-                    })),
-                };
-                (vec![step], true, json!({ "id": id }))
-            }
-            Self::FinishExecutedObsUnit { id, body } => {
-                let mut set = object(json!({
-                    "status": body.status.as_str(),
-                    "end_time": body.end_time.map_or(now, micros),
-                }));
-                if let Some(m) = &body.meta {
-                    set.insert("meta".into(), Value::Object(m.clone()));
-                }
-                let step = Step::Update {
-                    table: Table::ExecutedObsUnit,
-                    id: *id,
-                    set,
-                };
-                (vec![step], false, json!({ "id": id }))
-            }
-            Self::CreateRawDataFile(f) => {
-                let id = new_id();
-                (vec![file_row(f, id, now)], true, json!({ "id": id }))
-            }
-            Self::BulkCreateRawDataFiles { files } => {
-                let steps: Vec<Step> = files.iter().map(|f| file_row(f, new_id(), now)).collect();
-                let ids: Vec<Uuid> = steps.iter().map(Step::id).collect();
-                (steps, true, json!({ "ids": ids, "count": ids.len() }))
-            }
-            Self::CreateRawDataPackage(p) => {
-                let id = new_id();
-                let step = Step::Insert {
-                    table: Table::RawDataPackage,
-                    id,
-                    values: object(json!({
-                        "id": id,
-                        "name": p.name,
-                        "executed_obs_unit_id": p.executed_obs_unit_id,
-                        "relative_path": p.relative_path,
-                        "status": "building",
-                        "size": null,
-                        "checksum": null,
-                        "checksum_algorithm": null,
-                        "file_count": null,
-                        "created_at": now,
-                        "finalized_at": null,
-                        "meta": meta(&p.meta),
-                    })),
-                };
-                (vec![step], true, json!({ "id": id }))
-            }
-            Self::FinalizeRawDataPackage { id, body } => {
-                let mut set = object(json!({ "status": "complete", "finalized_at": now }));
-                if let Some(size) = body.size {
-                    set.insert("size".into(), size.into());
-                }
-                if let Some(c) = &body.checksum {
-                    set.insert("checksum".into(), c.to_ascii_lowercase().into());
-                    let algorithm = body.checksum_algorithm.unwrap_or_default();
-                    set.insert("checksum_algorithm".into(), algorithm.as_str().into());
-                }
-                if let Some(n) = body.file_count {
-                    set.insert("file_count".into(), n.into());
-                }
-                if let Some(m) = &body.meta {
-                    set.insert("meta".into(), Value::Object(m.clone()));
-                }
-                let step = Step::Update {
-                    table: Table::RawDataPackage,
-                    id: *id,
-                    set,
-                };
-                (vec![step], false, json!({ "id": id }))
-            }
+        let steps = self.steps(now, &mut new_id);
+        let ids: Vec<Uuid> = steps.iter().map(Step::id).collect();
+        let mut response = match self {
+            Self::BulkCreateRawDataFiles { .. } => json!({ "ids": ids, "count": ids.len() }),
+            _ => json!({ "id": ids.first() }),
         };
         response["transaction_id"] = json!(tx_id);
         response["status"] = json!("buffered");
@@ -236,8 +229,22 @@ impl Operation {
                 created_at: now,
                 steps,
             },
-            created,
+            created: !self.kind().needs_id(),
             response,
+        }
+    }
+
+    /// The rows the operation writes, in request order; creates draw their ids here.
+    fn steps(&self, now: DateTime<Utc>, new_id: &mut impl FnMut() -> Uuid) -> Vec<Step> {
+        match self {
+            Self::StartExecutedObsUnit(r) => vec![start_row(r, new_id(), now)],
+            Self::FinishExecutedObsUnit { id, body } => vec![finish_update(*id, body, now)],
+            Self::CreateRawDataFile(f) => vec![file_row(f, new_id(), now)],
+            Self::BulkCreateRawDataFiles { files } => {
+                files.iter().map(|f| file_row(f, new_id(), now)).collect()
+            }
+            Self::CreateRawDataPackage(p) => vec![package_row(p, new_id(), now)],
+            Self::FinalizeRawDataPackage { id, body } => vec![finalize_update(*id, body, now)],
         }
     }
 }
