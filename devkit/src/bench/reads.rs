@@ -21,6 +21,9 @@ use ops_db_service::config::Config;
 use ops_db_service::startup::Application;
 use ops_db_service::token;
 
+use crate::local_pg::LocalPostgres;
+use crate::local_redis::LocalRedis;
+
 pub async fn run(
     buffered: &[usize],
     samples: usize,
@@ -46,6 +49,52 @@ fn rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The service's config for one part of the benchmark.
+struct Setup<'a> {
+    redis: &'a LocalRedis,
+    pg: &'a LocalPostgres,
+    secret: String,
+    poll: Duration,
+}
+
+impl Setup<'_> {
+    fn config(&self, site: &str, forwarder: bool) -> anyhow::Result<Config> {
+        let forwarder = if forwarder {
+            format!(
+                "[forwarder]\nprimary_url = \"{}\"\nlinger = \"0ms\"\n",
+                self.pg.primary_url()
+            )
+        } else {
+            String::new()
+        };
+        Ok(Config::from_toml_str(&format!(
+            "[site]\nname = \"{site}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
+             [redis]\nurl = \"{}\"\n[buffer]\nmax_buffered = 100000000\n{forwarder}\
+             [replica]\nurl = \"{}\"\npoll_interval = \"{}\"\n\
+             [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\"] }}]\n",
+            self.redis.url(),
+            self.pg.replica_url(),
+            humantime::format_duration(self.poll),
+            token::hash(&self.secret)
+        ))?)
+    }
+
+    /// Starts the service; its base URL and what stops it.
+    async fn serve(
+        &self,
+        site: &str,
+        forwarder: bool,
+    ) -> anyhow::Result<(String, CancellationToken, Server)> {
+        let app = Application::build(self.config(site, forwarder)?).await?;
+        let base = format!("http://{}", app.http_addr());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+        Ok((base, stop, server))
+    }
+}
+
+type Server = tokio::task::JoinHandle<anyhow::Result<()>>;
+
 async fn measure(
     buffered: &[usize],
     samples: usize,
@@ -53,92 +102,49 @@ async fn measure(
     dir: &Path,
 ) -> anyhow::Result<()> {
     let (redis, pg) = crate::services::local_services(dir).await?;
-    let secret = token::generate();
-    let config = |site: &str, forwarder: bool| {
-        let forwarder = if forwarder {
-            format!(
-                "[forwarder]\nprimary_url = \"{}\"\nlinger = \"0ms\"\n",
-                pg.primary_url()
-            )
-        } else {
-            String::new()
-        };
-        Config::from_toml_str(&format!(
-            "[site]\nname = \"{site}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
-             [redis]\nurl = \"{}\"\n[buffer]\nmax_buffered = 100000000\n{forwarder}\
-             [replica]\nurl = \"{}\"\npoll_interval = \"{}\"\n\
-             [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\"] }}]\n",
-            redis.url(),
-            pg.replica_url(),
-            humantime::format_duration(poll),
-            token::hash(&secret)
-        ))
+    let setup = Setup {
+        redis: &redis,
+        pg: &pg,
+        secret: token::generate(),
+        poll,
     };
+    println!("ops-db-api bench reads");
+    visibility(&setup, samples).await?;
+    merged_reads(&setup, buffered, samples).await?;
+    pg.stop().await?;
+    redis.stop().await;
+    Ok(())
+}
 
-    // 1. Visibility detection.
-    let app = Application::build(config("visibility", true)?).await?;
-    let base = format!("http://{}", app.http_addr());
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+/// 1. Visibility detection: replica replayed the commit -> lifecycle `replicated`.
+async fn visibility(setup: &Setup<'_>, samples: usize) -> anyhow::Result<()> {
+    let (base, stop, server) = setup.serve("visibility", true).await?;
     let http = reqwest::Client::new();
-    let mut replica = PgConnection::connect(&pg.replica_url()).await?;
-    let client = redis::Client::open(redis.url())?;
+    let mut replica = PgConnection::connect(&setup.pg.replica_url()).await?;
+    let client = redis::Client::open(setup.redis.url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let keys = ops_db_actors::keys::Keys::new("visibility");
+    let poll = setup.poll;
     let mut delays = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for _ in 0..samples.min(500) {
         // Start each sample at a random phase of the poll, or every sample lands at the
         // same distance from the next tick.
         let phase = rand::random::<u64>() % (poll.as_millis() as u64).max(1);
         tokio::time::sleep(Duration::from_millis(phase)).await;
-        let r: serde_json::Value = http
-            .post(format!(
-                "{base}/executed_obs_units/start?wait=forwarded&timeout=10s"
-            ))
-            .bearer_auth(&secret)
-            .json(&json!({"obs_unit_id": 1}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let tx: uuid::Uuid = r["transaction_id"]
-            .as_str()
-            .context("no transaction id")?
-            .parse()?;
+        let tx = write_and_wait_forwarded(&http, &base, &setup.secret).await?;
         let lsn: Option<String> = redis::cmd("HGET")
             .arg(keys.lifecycle(tx))
             .arg("commit_lsn")
             .query_async(&mut conn)
             .await?;
         let Some(lsn) = lsn else { continue }; // already replicated before we looked: no sample
-        loop {
-            let replayed: bool =
-                sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
-                    .bind(&lsn)
-                    .fetch_one(&mut replica)
-                    .await?;
-            if replayed {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_replayed(&mut replica, &lsn).await?;
         let replayed_at = Instant::now();
-        loop {
-            let state: Option<String> = redis::cmd("HGET")
-                .arg(keys.lifecycle(tx))
-                .arg("state")
-                .query_async(&mut conn)
-                .await?;
-            if state.as_deref() == Some("replicated") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_marked_replicated(&mut conn, &keys, tx).await?;
         delays.saturating_record(replayed_at.elapsed().as_micros() as u64);
     }
     stop.cancel();
     server.await??;
-    println!("ops-db-api bench reads");
     println!();
     println!("Visibility detection (replica replayed the commit -> lifecycle `replicated`), poll interval {}:", humantime::format_duration(poll));
     println!("| samples | p50 ms | p99 ms | max ms | target: poll + 20 ms |");
@@ -151,34 +157,70 @@ async fn measure(
         delays.max() as f64 / 1000.0,
         humantime::format_duration(poll + Duration::from_millis(20))
     );
+    Ok(())
+}
 
-    // 2. Merged reads and memory as the buffer grows (no forwarder: everything stays).
-    let app = Application::build(config("reads", false)?).await?;
-    let base = format!("http://{}", app.http_addr());
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
-    let start: serde_json::Value = http
-        .post(format!("{base}/executed_obs_units/start"))
-        .bearer_auth(&secret)
-        .json(&json!({"obs_unit_id": 2}))
+/// One write, acknowledged once forwarded; its transaction id.
+async fn write_and_wait_forwarded(
+    http: &reqwest::Client,
+    base: &str,
+    secret: &str,
+) -> anyhow::Result<uuid::Uuid> {
+    let r: serde_json::Value = http
+        .post(format!(
+            "{base}/executed_obs_units/start?wait=forwarded&timeout=10s"
+        ))
+        .bearer_auth(secret)
+        .json(&json!({"obs_unit_id": 1}))
         .send()
         .await?
         .json()
         .await?;
-    let eou = start["id"].as_str().context("no id")?.to_owned();
-    let mut file_id = String::new();
-    for _ in 0..2 {
-        let f: serde_json::Value = http
-            .post(format!("{base}/raw_data_files/"))
-            .bearer_auth(&secret)
-            .json(&json!({"name": "a.fits", "relative_path": "a.fits", "executed_obs_unit_id": eou, "size": 1,
-                          "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}))
-            .send()
-            .await?
-            .json()
+    Ok(r["transaction_id"]
+        .as_str()
+        .context("no transaction id")?
+        .parse()?)
+}
+
+/// Polls the replica every millisecond until it has replayed `lsn`.
+async fn wait_replayed(replica: &mut PgConnection, lsn: &str) -> anyhow::Result<()> {
+    loop {
+        let replayed: bool = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+            .bind(lsn)
+            .fetch_one(&mut *replica)
             .await?;
-        file_id = f["id"].as_str().context("no id")?.to_owned();
+        if replayed {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// Polls the lifecycle every millisecond until the service marked it `replicated`.
+async fn wait_marked_replicated(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &ops_db_actors::keys::Keys,
+    tx: uuid::Uuid,
+) -> anyhow::Result<()> {
+    loop {
+        let state: Option<String> = redis::cmd("HGET")
+            .arg(keys.lifecycle(tx))
+            .arg("state")
+            .query_async(conn)
+            .await?;
+        if state.as_deref() == Some("replicated") {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// 2. Merged reads and memory as the buffer grows (no forwarder: everything stays).
+async fn merged_reads(setup: &Setup<'_>, buffered: &[usize], samples: usize) -> anyhow::Result<()> {
+    let (base, stop, server) = setup.serve("reads", false).await?;
+    let http = reqwest::Client::new();
+    let secret = &setup.secret;
+    let (eou, file_id) = seed_unit_with_two_files(&http, &base, secret).await?;
     println!();
     println!("Merged reads from the overlay ({samples} sequential GETs each) and process RSS, by buffer size:");
     println!("| buffered | GET /executed_obs_units/{{id}} p50 ms | p99 ms | GET /raw_data_files/{{id}} p50 ms | p99 ms | RSS MB |");
@@ -187,23 +229,13 @@ async fn measure(
     let mut have = 3usize;
     for &n in buffered {
         if n > have {
-            crate::bench::catchup::fill(&base, &secret, &filler, n - have).await?;
+            crate::bench::catchup::fill(&base, secret, &filler, n - have).await?;
             have = n;
         }
-        let detail = read_latency(
-            &http,
-            &format!("{base}/executed_obs_units/{eou}"),
-            &secret,
-            samples,
-        )
-        .await?;
-        let file = read_latency(
-            &http,
-            &format!("{base}/raw_data_files/{file_id}"),
-            &secret,
-            samples,
-        )
-        .await?;
+        let detail_url = format!("{base}/executed_obs_units/{eou}");
+        let detail = read_latency(&http, &detail_url, secret, samples).await?;
+        let file_url = format!("{base}/raw_data_files/{file_id}");
+        let file = read_latency(&http, &file_url, secret, samples).await?;
         println!(
             "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |",
             n.max(3),
@@ -216,9 +248,38 @@ async fn measure(
     }
     stop.cancel();
     server.await??;
-    pg.stop().await?;
-    redis.stop().await;
     Ok(())
+}
+
+/// An executed obs unit with two files; the unit's id and the second file's.
+async fn seed_unit_with_two_files(
+    http: &reqwest::Client,
+    base: &str,
+    secret: &str,
+) -> anyhow::Result<(String, String)> {
+    let start: serde_json::Value = http
+        .post(format!("{base}/executed_obs_units/start"))
+        .bearer_auth(secret)
+        .json(&json!({"obs_unit_id": 2}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let eou = start["id"].as_str().context("no id")?.to_owned();
+    let mut file_id = String::new();
+    for _ in 0..2 {
+        let f: serde_json::Value = http
+            .post(format!("{base}/raw_data_files/"))
+            .bearer_auth(secret)
+            .json(&json!({"name": "a.fits", "relative_path": "a.fits", "executed_obs_unit_id": eou, "size": 1,
+                          "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        file_id = f["id"].as_str().context("no id")?.to_owned();
+    }
+    Ok((eou, file_id))
 }
 
 async fn read_latency(
