@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Script};
@@ -57,16 +59,54 @@ pub struct ForwarderConfig {
     pub retention: Duration,
 }
 
+/// Counters for `/metrics` (see [`ForwarderMetrics::register`]); `/health` reads them too.
 #[derive(Debug, Default)]
 pub struct ForwarderMetrics {
-    pub batches: AtomicU64,
-    pub applied: AtomicU64,
-    pub skipped: AtomicU64,
-    pub dead: AtomicU64,
+    pub batches: Counter,
+    pub applied: Counter,
+    pub skipped: Counter,
+    pub dead: Counter,
     /// SQL messages sent to the primary (one per batch by construction).
-    pub round_trips: AtomicU64,
-    /// The last commit LSN read.
+    pub round_trips: Counter,
+    /// The last commit LSN read. Not exported: a WAL position is shown in `/health`, not
+    /// graphed.
     pub last_lsn: AtomicU64,
+}
+
+impl ForwarderMetrics {
+    /// Registers the counters (the encoder appends `_total` to their names).
+    pub fn register(&self, registry: &mut Registry) {
+        let counters = [
+            (
+                "opsdb_forwarder_batches",
+                "Batches committed on the primary",
+                &self.batches,
+            ),
+            (
+                "opsdb_forwarder_applied",
+                "Transactions applied on the primary",
+                &self.applied,
+            ),
+            (
+                "opsdb_forwarder_skipped",
+                "Transactions found already applied (replays after a crash)",
+                &self.skipped,
+            ),
+            (
+                "opsdb_forwarder_dead",
+                "Transactions the primary rejected for good (dead-lettered)",
+                &self.dead,
+            ),
+            (
+                "opsdb_forwarder_round_trips",
+                "SQL messages sent to the primary",
+                &self.round_trips,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -191,7 +231,7 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ActorProces
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::BeforeCommit)?;
     let m = &state.args.metrics;
-    m.round_trips.fetch_add(1, Ordering::Relaxed);
+    m.round_trips.inc();
     let applied = apply::apply(pg, &batch.json, batch.len(), config.statement_timeout).await?;
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterCommit)?;
@@ -203,7 +243,7 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ActorProces
 }
 
 fn record(m: &ForwarderMetrics, applied: &apply::Applied) {
-    m.batches.fetch_add(1, Ordering::Relaxed);
+    m.batches.inc();
     m.last_lsn.fetch_max(applied.lsn.0, Ordering::Relaxed);
     for outcome in &applied.outcomes {
         let counter = match outcome {
@@ -214,7 +254,7 @@ fn record(m: &ForwarderMetrics, applied: &apply::Applied) {
                 &m.dead
             }
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
     }
 }
 

@@ -10,10 +10,13 @@
 //! restarts it with backoff. Ingest and forwarding are not touched: lifecycles simply stay
 //! `forwarded` until the replica catches up.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Script};
@@ -43,19 +46,44 @@ pub struct ReplicaConfig {
     pub retention: Duration,
 }
 
-/// What `/health` and `/metrics` report; written by the actor only.
+/// What `/health` and `/metrics` report (see [`ReplicaMetrics::register`]); written by the
+/// actor only.
 #[derive(Debug, Default)]
 pub struct ReplicaMetrics {
-    /// The last replay position read (0 before the first).
+    /// The last replay position read (0 before the first). Not exported: a WAL position is
+    /// shown in `/health`, not graphed.
     pub replay_lsn: AtomicU64,
     /// Bytes of WAL between the newest forwarded commit still waiting and the replay
     /// position (0 when nothing waits).
-    pub lag_bytes: AtomicU64,
-    /// Milliseconds since the oldest transaction still waiting was forwarded (0 when
-    /// nothing waits).
-    pub lag_ms: AtomicI64,
-    pub marked: AtomicU64,
+    pub lag_bytes: Gauge<u64, AtomicU64>,
+    /// Seconds (to the millisecond) since the oldest transaction still waiting was
+    /// forwarded (0 when nothing waits).
+    pub lag_seconds: Gauge<f64, AtomicU64>,
+    pub marked: Counter,
+    /// Polls made. Not exported: tests wait on it.
     pub polls: AtomicU64,
+}
+
+impl ReplicaMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register_with_unit(
+            "opsdb_replica_lag",
+            "WAL bytes between the newest forwarded commit and the replica's replay position",
+            Unit::Bytes,
+            self.lag_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "opsdb_replica_lag",
+            "Age of the oldest forwarded transaction not yet seen replicated",
+            Unit::Seconds,
+            self.lag_seconds.clone(),
+        );
+        registry.register(
+            "opsdb_replicated",
+            "Transactions seen replicated",
+            self.marked.clone(),
+        );
+    }
 }
 
 #[derive(Clone)]
@@ -175,7 +203,7 @@ async fn poll(state: &mut ReplicaState) -> Result<(), ActorProcessingErr> {
     )
     .await
     .map_err(|_| "redis: marking replicated transactions timed out")??;
-    m.marked.fetch_add(marked as u64, Ordering::Relaxed);
+    m.marked.inc_by(marked as u64);
     lag(redis, &config, replay, now, &m).await
 }
 
@@ -202,7 +230,7 @@ async fn lag(
     let bytes = newest
         .first()
         .map_or(0, |(_, score)| (*score as u64).saturating_sub(replay.0));
-    m.lag_bytes.store(bytes, Ordering::Relaxed);
+    m.lag_bytes.set(bytes);
     let since = match oldest.first() {
         Some(tx) => {
             let at: Option<i64> = redis::cmd("HGET")
@@ -214,6 +242,6 @@ async fn lag(
         }
         None => 0,
     };
-    m.lag_ms.store(since, Ordering::Relaxed);
+    m.lag_seconds.set(since as f64 / 1000.0);
     Ok(())
 }
