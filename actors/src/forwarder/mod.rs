@@ -16,6 +16,7 @@
 mod apply;
 #[cfg(feature = "fault-injection")]
 mod crash;
+mod error;
 mod read;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +34,7 @@ use sqlx::{ConnectOptions, Connection};
 pub use apply::{is_permanent, Outcome, PERMANENT_SQLSTATES};
 #[cfg(feature = "fault-injection")]
 pub use crash::{CrashPoint, CrashPoints};
+pub use error::ForwardError;
 use read::{Batch, Reader};
 
 use crate::keys::Keys;
@@ -162,6 +164,7 @@ impl Actor for ForwarderActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             ForwarderMsg::Next => {
+                // Any error fails the actor, on purpose: see `ForwardError`.
                 forward_one_batch(state).await?;
                 myself.cast(ForwarderMsg::Next)?;
             }
@@ -170,7 +173,7 @@ impl Actor for ForwarderActor {
     }
 }
 
-async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, ActorProcessingErr> {
+async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, ForwardError> {
     let options: PgConnectOptions = config.primary_url.parse()?;
     // A batch's SQL carries the whole batch (megabytes); a slow one over the WAN is normal
     // and must not be logged as a warning with its text.
@@ -181,14 +184,14 @@ async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, Actor
     let connect = options.connect();
     let mut conn = tokio::time::timeout(config.connect_timeout, connect)
         .await
-        .map_err(|_| format!("primary: no connection within {:?}", config.connect_timeout))??;
+        .map_err(|_| ForwardError::ConnectTimeout(config.connect_timeout))??;
     // The batch is sent as a string literal; that quoting relies on this setting.
     let scs: String = sqlx::query_scalar("SHOW standard_conforming_strings")
         .fetch_one(&mut conn)
         .await?;
     if scs != "on" {
         conn.close().await?;
-        return Err("primary: standard_conforming_strings must be on".into());
+        return Err(ForwardError::NonStandardStrings);
     }
     Ok(conn)
 }
@@ -196,7 +199,7 @@ async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, Actor
 async fn connect_redis(
     config: &ForwarderConfig,
     response_timeout: Duration,
-) -> Result<MultiplexedConnection, ActorProcessingErr> {
+) -> Result<MultiplexedConnection, ForwardError> {
     let client = redis::Client::open(config.redis_url.as_str())?;
     let settings = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.redis_timeout))
@@ -206,23 +209,24 @@ async fn connect_redis(
         .await?)
 }
 
-async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ActorProcessingErr> {
+async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardError> {
     let config = Arc::clone(&state.args.config);
     #[cfg(feature = "fault-injection")]
     let crash = Arc::clone(&state.args.crash);
-    if state.reader.is_none() {
-        // Its own connections: a blocking read must not hold up the settle step, and
-        // nothing is shared with ingestion.
-        let conn = connect_redis(&config, read::BLOCK + config.redis_timeout).await?;
-        state.reader = Some(Reader::new(conn, &config).await?);
-        state.settle = Some(connect_redis(&config, config.redis_timeout).await?);
-    }
+    let (reader, settle) = match (&mut state.reader, &mut state.settle) {
+        (Some(reader), Some(settle)) => (reader, settle),
+        (reader, settle) => {
+            // Its own connections: a blocking read must not hold up the settle step, and
+            // nothing is shared with ingestion.
+            let conn = connect_redis(&config, read::BLOCK + config.redis_timeout).await?;
+            let new_reader = Reader::new(conn, &config).await?;
+            let new_settle = connect_redis(&config, config.redis_timeout).await?;
+            (reader.insert(new_reader), settle.insert(new_settle))
+        }
+    };
     let pg = match state.pg.as_mut() {
         Some(pg) => pg,
         None => state.pg.insert(connect_primary(&config).await?),
-    };
-    let (Some(reader), Some(settle)) = (state.reader.as_mut(), state.settle.as_mut()) else {
-        return Err("forwarder connections missing".into());
     };
     let batch = reader.next_batch(&config).await?;
     if batch.is_empty() {
@@ -263,7 +267,7 @@ async fn settle_batch(
     config: &ForwarderConfig,
     batch: &Batch,
     applied: &apply::Applied,
-) -> Result<(), ActorProcessingErr> {
+) -> Result<(), ForwardError> {
     let keys = &config.keys;
     let mut invocation = SETTLE.prepare_invoke();
     invocation
@@ -291,6 +295,6 @@ async fn settle_batch(
     }
     tokio::time::timeout(config.redis_timeout, invocation.invoke_async::<i64>(conn))
         .await
-        .map_err(|_| "redis: settling a committed batch timed out")??;
+        .map_err(|_| ForwardError::RedisTimeout("settling a committed batch"))??;
     Ok(())
 }

@@ -10,6 +10,8 @@
 //! restarts it with backoff. Ingest and forwarding are not touched: lifecycles simply stay
 //! `forwarded` until the replica catches up.
 
+mod error;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -22,6 +24,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Script};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::ConnectOptions;
+
+pub use error::ReplicaError;
 
 use crate::keys::Keys;
 use crate::lsn::Lsn;
@@ -132,21 +136,22 @@ impl Actor for ReplicaLagActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ReplicaMsg::Poll => poll(state).await,
+            // An error fails the actor, on purpose: see `ReplicaError`.
+            ReplicaMsg::Poll => poll(state).await.map_err(ActorProcessingErr::from),
         }
     }
 }
 
 async fn connect(
     config: &ReplicaConfig,
-) -> Result<(PgConnection, MultiplexedConnection), ActorProcessingErr> {
+) -> Result<(PgConnection, MultiplexedConnection), ReplicaError> {
     let options: PgConnectOptions = config.replica_url.parse()?;
     let options = options
         .application_name("ops-db-api replica tracker")
         .log_statements(tracing::log::LevelFilter::Trace);
     let pg = tokio::time::timeout(config.connect_timeout, options.connect())
         .await
-        .map_err(|_| format!("replica: no connection within {:?}", config.connect_timeout))??;
+        .map_err(|_| ReplicaError::ConnectTimeout(config.connect_timeout))??;
     let client = redis::Client::open(config.redis_url.as_str())?;
     let settings = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.redis_timeout))
@@ -161,7 +166,7 @@ async fn connect(
 async fn replay_position(
     pg: &mut PgConnection,
     config: &ReplicaConfig,
-) -> Result<Lsn, ActorProcessingErr> {
+) -> Result<Lsn, ReplicaError> {
     let sql = if config.is_primary {
         "SELECT pg_current_wal_lsn()::text"
     } else {
@@ -170,21 +175,20 @@ async fn replay_position(
     let query = sqlx::query_scalar::<_, Option<String>>(sql).fetch_one(pg);
     let lsn = tokio::time::timeout(config.connect_timeout, query)
         .await
-        .map_err(|_| "replica: no answer")??
-        .ok_or("replica: not a standby (pg_last_wal_replay_lsn() is NULL); set site.mode = \"main\" to read from a primary")?;
+        .map_err(|_| ReplicaError::QueryTimeout(config.connect_timeout))??
+        .ok_or(ReplicaError::NotAStandby)?;
     Ok(lsn.parse()?)
 }
 
-async fn poll(state: &mut ReplicaState) -> Result<(), ActorProcessingErr> {
+async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
     let config = Arc::clone(&state.args.config);
     let m = Arc::clone(&state.args.metrics);
-    if state.pg.is_none() || state.redis.is_none() {
-        let (pg, redis) = connect(&config).await?;
-        state.pg = Some(pg);
-        state.redis = Some(redis);
-    }
-    let (Some(pg), Some(redis)) = (state.pg.as_mut(), state.redis.as_mut()) else {
-        return Err("replica tracker connections missing".into());
+    let (pg, redis) = match (&mut state.pg, &mut state.redis) {
+        (Some(pg), Some(redis)) => (pg, redis),
+        (pg, redis) => {
+            let (new_pg, new_redis) = connect(&config).await?;
+            (pg.insert(new_pg), redis.insert(new_redis))
+        }
     };
     let replay = replay_position(pg, &config).await?;
     m.replay_lsn.store(replay.0, Ordering::Relaxed);
@@ -202,7 +206,7 @@ async fn poll(state: &mut ReplicaState) -> Result<(), ActorProcessingErr> {
             .invoke_async(redis),
     )
     .await
-    .map_err(|_| "redis: marking replicated transactions timed out")??;
+    .map_err(|_| ReplicaError::RedisTimeout("marking replicated transactions"))??;
     m.marked.inc_by(marked as u64);
     lag(redis, &config, replay, now, &m).await
 }
@@ -214,7 +218,7 @@ async fn lag(
     replay: Lsn,
     now: i64,
     m: &ReplicaMetrics,
-) -> Result<(), ActorProcessingErr> {
+) -> Result<(), ReplicaError> {
     let (newest, oldest): (Vec<(String, f64)>, Vec<String>) = redis::pipe()
         .cmd("ZRANGE")
         .arg(config.keys.forwarded())
@@ -233,8 +237,14 @@ async fn lag(
     m.lag_bytes.set(bytes);
     let since = match oldest.first() {
         Some(tx) => {
+            let id = tx
+                .parse()
+                .map_err(|source| ReplicaError::BadTransactionId {
+                    id: tx.clone(),
+                    source,
+                })?;
             let at: Option<i64> = redis::cmd("HGET")
-                .arg(config.keys.lifecycle(tx.parse()?))
+                .arg(config.keys.lifecycle(id))
                 .arg("forwarded_at")
                 .query_async(redis)
                 .await?;
