@@ -4,9 +4,15 @@
 //! clock (for humans); uptime is measured on the monotonic clock.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -154,5 +160,71 @@ impl HealthRegistry {
 
     pub fn get(&self, name: &str) -> Option<ActorHealth> {
         self.snapshot().into_iter().find(|a| a.name == name)
+    }
+
+    /// Registers `opsdb_actor_restarts_total{actor}` and `opsdb_actor_up{actor}`, read from
+    /// this registry at each scrape.
+    pub fn register(self: &Arc<Self>, registry: &mut Registry) {
+        registry.register_collector(Box::new(ActorMetrics(Arc::clone(self))));
+    }
+}
+
+/// The registry's rows as metrics. Read at scrape time rather than mirrored into metric
+/// values, so `/metrics` and `/health/actors` cannot disagree.
+#[derive(Debug)]
+struct ActorMetrics(Arc<HealthRegistry>);
+
+impl Collector for ActorMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let actors = self.0.snapshot();
+        let mut restarts = encoder.encode_descriptor(
+            "opsdb_actor_restarts",
+            "Restarts of each supervised actor.",
+            None,
+            MetricType::Counter,
+        )?;
+        for a in &actors {
+            let labels = [("actor", a.name.as_str())];
+            ConstCounter::new(a.restarts).encode(restarts.encode_family(&labels)?)?;
+        }
+        let mut up = encoder.encode_descriptor(
+            "opsdb_actor_up",
+            "Whether each supervised actor is running.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for a in &actors {
+            let labels = [("actor", a.name.as_str())];
+            let running = i64::from(a.state == ActorState::Running);
+            ConstGauge::new(running).encode(up.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actor_metrics_follow_the_registry() {
+        let health = Arc::new(HealthRegistry::new());
+        let mut registry = Registry::default();
+        health.register(&mut registry);
+        health.starting("buffer");
+        health.running("buffer");
+        health.starting("ingest");
+        health.failed("ingest", "boom".into(), Utc::now());
+        health.restarted("ingest");
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        for line in [
+            r#"opsdb_actor_restarts_total{actor="buffer"} 0"#,
+            r#"opsdb_actor_restarts_total{actor="ingest"} 1"#,
+            r#"opsdb_actor_up{actor="buffer"} 1"#,
+            r#"opsdb_actor_up{actor="ingest"} 0"#,
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+        }
     }
 }

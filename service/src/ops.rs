@@ -1,7 +1,7 @@
 //! What both facades share: parsing a request into an [`Operation`], calling the tree, and
 //! turning every outcome into a status code and a JSON body.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use ops_db_actors::buffer::{Ack, IngestError};
@@ -234,8 +234,26 @@ pub fn parse_operation(
     crate::operations::spec(kind).parse(id, body)
 }
 
-/// Parses and submits one write; the answer's status and body.
+/// Parses and submits one write; the answer's status and body. Both facades come through
+/// here, so this is where the ingest latency (`opsdb_ingest_duration_seconds`) is recorded.
 pub async fn write(
+    tree: &Tree,
+    timeout: Duration,
+    kind: OperationKind,
+    id: Option<&str>,
+    body: &[u8],
+    idempotency_key: Option<&[u8]>,
+) -> Result<(StatusCode, Ack), ApiError> {
+    let started = Instant::now();
+    let answer = submit(tree, timeout, kind, id, body, idempotency_key).await;
+    let status = answer.as_ref().map_or_else(|e| e.status, |(s, _)| *s);
+    tree.ingest_metrics
+        .observe(kind.name(), status.as_u16(), started.elapsed());
+    answer
+}
+
+/// The write itself, timed by [`write`].
+async fn submit(
     tree: &Tree,
     timeout: Duration,
     kind: OperationKind,

@@ -1,9 +1,15 @@
 //! Health's view of Redis, over its own connection: a slow or broken health check never
 //! shares a connection or a queue with ingestion.
 
+use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
 use ops_db_actors::keys::Keys;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult, Value};
 use serde::Serialize;
@@ -14,6 +20,8 @@ pub struct RedisProbe {
     conn: Mutex<Option<MultiplexedConnection>>,
     keys: Keys,
     timeout: Duration,
+    /// The last status read, which `/metrics` exports.
+    last: LastStatus,
 }
 
 /// Whether acknowledged writes survive a Redis crash or power loss.
@@ -43,10 +51,25 @@ impl RedisProbe {
             conn: Mutex::new(None),
             keys,
             timeout,
+            last: LastStatus::default(),
         })
     }
 
+    /// Registers `opsdb_redis_up`, `opsdb_buffer_transactions` and
+    /// `opsdb_oldest_unforwarded_seconds`: the last [`RedisProbe::status`] read, so a scrape
+    /// reads the status first.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(self.last.clone()));
+    }
+
+    /// Reads Redis' status now (and keeps it for `/metrics`).
     pub async fn status(&self) -> RedisStatus {
+        let status = self.read_status().await;
+        *self.last.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
+        status
+    }
+
+    async fn read_status(&self) -> RedisStatus {
         match tokio::time::timeout(self.timeout, self.query()).await {
             Ok(Ok(status)) => status,
             _ => {
@@ -145,5 +168,91 @@ impl RedisProbe {
             dead_letters,
             oldest_unforwarded_secs,
         })
+    }
+}
+
+/// The last status read, as metrics. A value Redis did not give (it was down) is left out
+/// rather than repeated from an earlier read: its metric has a `# TYPE` line and no sample.
+#[derive(Debug, Default, Clone)]
+struct LastStatus(Arc<SyncMutex<Option<RedisStatus>>>);
+
+impl Collector for LastStatus {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let last = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let last = last.as_ref();
+        let up = last.is_some_and(|s| s.reachable);
+        let metric = encoder.encode_descriptor(
+            "opsdb_redis_up",
+            "Whether Redis answered.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(up)).encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "opsdb_buffer_transactions",
+            "Transactions buffered and not yet forwarded.",
+            None,
+            MetricType::Gauge,
+        )?;
+        if let Some(n) = last.and_then(|s| s.buffered) {
+            ConstGauge::new(n).encode(metric)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "opsdb_oldest_unforwarded",
+            "Age of the oldest transaction not yet forwarded.",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        if let Some(age) = last.and_then(|s| s.oldest_unforwarded_secs) {
+            ConstGauge::new(age).encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(last: Option<RedisStatus>) -> String {
+        let metrics = LastStatus::default();
+        *metrics.0.lock().unwrap() = last;
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(metrics));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn values_redis_did_not_give_are_left_out_not_repeated() {
+        let up = scrape(Some(RedisStatus {
+            reachable: true,
+            durability: Durability {
+                appendonly: Some("yes".into()),
+                appendfsync: Some("always".into()),
+                durable: true,
+            },
+            buffered: Some(3),
+            dead_letters: Some(0),
+            oldest_unforwarded_secs: Some(1.5),
+        }));
+        for line in [
+            "opsdb_redis_up 1",
+            "opsdb_buffer_transactions 3",
+            "opsdb_oldest_unforwarded_seconds 1.5",
+        ] {
+            assert!(up.lines().any(|l| l == line), "{line} in\n{up}");
+        }
+        // Before the first read, or while Redis is down: down, and no stale values.
+        let down = scrape(None);
+        assert!(down.lines().any(|l| l == "opsdb_redis_up 0"), "{down}");
+        for name in [
+            "opsdb_buffer_transactions",
+            "opsdb_oldest_unforwarded_seconds",
+        ] {
+            assert!(down.contains(&format!("# TYPE {name} gauge")), "{down}");
+            assert!(!down.contains(&format!("\n{name} ")), "{down}");
+        }
     }
 }

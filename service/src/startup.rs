@@ -13,6 +13,7 @@ use ops_db_actors::keys::Keys;
 use ops_db_actors::replica::ReplicaConfig;
 use ops_db_actors::supervisor::policy::RestartPolicy;
 use ops_db_actors::tree::{Tree, TreeConfig};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -98,12 +99,17 @@ impl Application {
             crate::reads::Reads::new(config.read_url(), keys.clone()).context("replica.url")?;
         let probe =
             RedisProbe::new(&config.redis.url, keys, config.redis.timeout).context("redis.url")?;
+        // One registry: each part registers the metrics it owns.
+        let mut metrics = Registry::default();
+        tree.register_metrics(&mut metrics);
+        probe.register(&mut metrics);
         let state = AppState {
             tree: Arc::new(tree),
             tokens: Arc::new(Tokens::new(&config.auth.tokens)),
             probe: Arc::new(probe),
             reads: Arc::new(reads),
             write_timeout: config.http.request_timeout,
+            metrics: Arc::new(metrics),
             config: Arc::new(config),
         };
         Ok(Self {

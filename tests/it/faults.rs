@@ -177,7 +177,7 @@ async fn redis_killed_mid_load_refuses_writes_and_keeps_every_acknowledged_one()
         eventually(
             "writes acknowledged before the kill",
             Duration::from_secs(10),
-            || async { (metrics.acknowledged.load(Ordering::Relaxed) >= 100).then_some(()) },
+            || async { (metrics.acknowledged.get() >= 100).then_some(()) },
         )
         .await;
         app.redis.kill().await;
@@ -302,7 +302,7 @@ async fn writes_whose_callers_timed_out_are_not_stored_later() {
     eventually(
         "queued writes abandoned",
         Duration::from_secs(10),
-        || async { (metrics.abandoned.load(Ordering::Relaxed) == 10).then_some(()) },
+        || async { (metrics.abandoned.get() == 10).then_some(()) },
     )
     .await;
     // Only the write already sent to Redis may have been stored (its caller was told 503,

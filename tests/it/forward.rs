@@ -4,7 +4,6 @@
 //! in order; transactions the primary rejects for good are dead-lettered, and nothing else.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ops_db_actors::forwarder::CrashPoint;
@@ -183,10 +182,7 @@ async fn every_write_reaches_the_primary_once_in_order_with_its_commit_lsn() {
             .expect("replica count");
     assert_eq!(on_replica, 1);
     let m = &app.tree.forwarder_metrics;
-    let (batches, trips) = (
-        m.batches.load(Ordering::Relaxed),
-        m.round_trips.load(Ordering::Relaxed),
-    );
+    let (batches, trips) = (m.batches.get(), m.round_trips.get());
     assert_eq!(batches, trips, "one round trip per batch");
     let health = app.get("/health").await;
     assert_eq!(health.body["database"], "connected", "{}", health.text);
@@ -215,7 +211,7 @@ async fn crash_at(point: CrashPoint) {
         .expect("a failure")
         .reason
         .contains("injected crash"));
-    let skipped = app.tree.forwarder_metrics.skipped.load(Ordering::Relaxed);
+    let skipped = app.tree.forwarder_metrics.skipped.get();
     if point == CrashPoint::AfterCommit {
         assert!(
             skipped > 0,
@@ -254,11 +250,8 @@ async fn a_network_cut_during_a_batch_loses_and_duplicates_nothing() {
     // Cut while batches are on the wire, twice.
     for _ in 0..2 {
         eventually("a batch in flight", Duration::from_secs(10), || async {
-            (app.tree
-                .forwarder_metrics
-                .round_trips
-                .load(Ordering::Relaxed)
-                > app.tree.forwarder_metrics.batches.load(Ordering::Relaxed))
+            (app.tree.forwarder_metrics.round_trips.get()
+                > app.tree.forwarder_metrics.batches.get())
             .then_some(())
         })
         .await;

@@ -219,11 +219,7 @@ async fn concurrent_writers_are_all_acknowledged_and_stored_once() {
         stored, acked,
         "every acknowledged write stored exactly once"
     );
-    let pipelines = app
-        .tree
-        .buffer_metrics
-        .pipelines
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let pipelines = app.tree.buffer_metrics.pipelines.get();
     assert!(
         pipelines < 800,
         "concurrent writes shared pipelines ({pipelines} for 800 writes)"

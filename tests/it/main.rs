@@ -14,6 +14,7 @@ mod forward;
 mod health;
 mod idempotency;
 mod ingest;
+mod metrics;
 mod pg_smoke;
 mod reads;
 mod site;

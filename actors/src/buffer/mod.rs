@@ -15,10 +15,11 @@
 mod flush;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -65,21 +66,60 @@ pub struct BufferConfig {
     pub redis_timeout: Duration,
 }
 
-/// Counters for `/metrics`.
+/// Counters for `/metrics` (see [`BufferMetrics::register`]); `/health` reads them too.
 #[derive(Debug, Default)]
 pub struct BufferMetrics {
-    pub acknowledged: AtomicU64,
-    pub replayed: AtomicU64,
-    pub rejected: AtomicU64,
-    pub failed: AtomicU64,
+    pub acknowledged: Counter,
+    pub replayed: Counter,
+    pub rejected: Counter,
+    pub failed: Counter,
     /// Queued writes not sent because their caller had already timed out.
-    pub abandoned: AtomicU64,
-    pub pipelines: AtomicU64,
+    pub abandoned: Counter,
+    pub pipelines: Counter,
 }
 
 impl BufferMetrics {
-    fn add(counter: &AtomicU64, n: usize) {
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+    fn add(counter: &Counter, n: usize) {
+        counter.inc_by(n as u64);
+    }
+
+    /// Registers the counters (the encoder appends `_total` to their names).
+    pub fn register(&self, registry: &mut Registry) {
+        let counters = [
+            (
+                "opsdb_writes_acknowledged",
+                "Writes made durable and acknowledged",
+                &self.acknowledged,
+            ),
+            (
+                "opsdb_writes_replayed",
+                "Repeated idempotency keys answered with the first response",
+                &self.replayed,
+            ),
+            (
+                "opsdb_writes_rejected",
+                "Writes refused: buffer full or idempotency key reused",
+                &self.rejected,
+            ),
+            (
+                "opsdb_writes_failed",
+                "Writes not acknowledged because Redis failed or was unreachable",
+                &self.failed,
+            ),
+            (
+                "opsdb_writes_abandoned",
+                "Queued writes dropped unsent because their caller had already timed out",
+                &self.abandoned,
+            ),
+            (
+                "opsdb_buffer_pipelines",
+                "Redis pipelines sent by the buffer (group commits)",
+                &self.pipelines,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
     }
 }
 

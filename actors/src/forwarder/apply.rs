@@ -7,6 +7,7 @@ use futures::TryStreamExt;
 use sqlx::postgres::PgConnection;
 use sqlx::{Either, Row};
 
+use super::ForwardError;
 use crate::lsn::Lsn;
 
 /// The one place that decides which database errors mean "this transaction can never
@@ -41,16 +42,6 @@ pub struct Applied {
     pub lsn: Lsn,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("primary did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("primary: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("primary answered unexpectedly: {0}")]
-    Protocol(String),
-}
-
 /// Quotes `text` as an SQL string literal (standard_conforming_strings is on, which the
 /// forwarder checks at connect).
 fn literal(text: &str) -> String {
@@ -62,7 +53,7 @@ pub async fn apply(
     batch_json: &str,
     expected: usize,
     timeout: Duration,
-) -> Result<Applied, ApplyError> {
+) -> Result<Applied, ForwardError> {
     let permanent: Vec<String> = PERMANENT_SQLSTATES.iter().map(|s| literal(s)).collect();
     let sql = format!(
         "BEGIN; \
@@ -82,7 +73,7 @@ pub async fn apply(
                 let text: String = row.try_get(0)?;
                 lsn = Some(
                     text.parse::<Lsn>()
-                        .map_err(|e| ApplyError::Protocol(e.to_string()))?,
+                        .map_err(|e| ForwardError::Protocol(e.to_string()))?,
                 );
                 continue;
             }
@@ -94,12 +85,12 @@ pub async fn apply(
                     sqlstate: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
                     message: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
                 },
-                other => return Err(ApplyError::Protocol(format!("outcome {other:?}"))),
+                other => return Err(ForwardError::Protocol(format!("outcome {other:?}"))),
             });
         }
-        let lsn = lsn.ok_or_else(|| ApplyError::Protocol("no LSN after commit".into()))?;
+        let lsn = lsn.ok_or_else(|| ForwardError::Protocol("no LSN after commit".into()))?;
         if outcomes.len() != expected {
-            return Err(ApplyError::Protocol(format!(
+            return Err(ForwardError::Protocol(format!(
                 "{} outcomes for {expected} transactions",
                 outcomes.len()
             )));
@@ -108,7 +99,7 @@ pub async fn apply(
     };
     tokio::time::timeout(timeout, run)
         .await
-        .map_err(|_| ApplyError::Timeout(timeout))?
+        .map_err(|_| ForwardError::StatementTimeout(timeout))?
 }
 
 #[cfg(test)]

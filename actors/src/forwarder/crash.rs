@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use ractor::ActorProcessingErr;
+use super::ForwardError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
@@ -29,12 +29,12 @@ impl CrashPoints {
     }
 
     /// Fails once if `point` is armed.
-    pub fn check(&self, point: CrashPoint) -> Result<(), ActorProcessingErr> {
+    pub fn check(&self, point: CrashPoint) -> Result<(), ForwardError> {
         let mut armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
         match armed.iter().position(|p| *p == point) {
             Some(i) => {
                 armed.remove(i);
-                Err(format!("injected crash at {point:?}").into())
+                Err(ForwardError::InjectedCrash(point))
             }
             None => Ok(()),
         }

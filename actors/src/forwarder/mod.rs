@@ -16,12 +16,15 @@
 mod apply;
 #[cfg(feature = "fault-injection")]
 mod crash;
+mod error;
 mod read;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Script};
@@ -31,6 +34,7 @@ use sqlx::{ConnectOptions, Connection};
 pub use apply::{is_permanent, Outcome, PERMANENT_SQLSTATES};
 #[cfg(feature = "fault-injection")]
 pub use crash::{CrashPoint, CrashPoints};
+pub use error::ForwardError;
 use read::{Batch, Reader};
 
 use crate::keys::Keys;
@@ -57,16 +61,54 @@ pub struct ForwarderConfig {
     pub retention: Duration,
 }
 
+/// Counters for `/metrics` (see [`ForwarderMetrics::register`]); `/health` reads them too.
 #[derive(Debug, Default)]
 pub struct ForwarderMetrics {
-    pub batches: AtomicU64,
-    pub applied: AtomicU64,
-    pub skipped: AtomicU64,
-    pub dead: AtomicU64,
+    pub batches: Counter,
+    pub applied: Counter,
+    pub skipped: Counter,
+    pub dead: Counter,
     /// SQL messages sent to the primary (one per batch by construction).
-    pub round_trips: AtomicU64,
-    /// The last commit LSN read.
+    pub round_trips: Counter,
+    /// The last commit LSN read. Not exported: a WAL position is shown in `/health`, not
+    /// graphed.
     pub last_lsn: AtomicU64,
+}
+
+impl ForwarderMetrics {
+    /// Registers the counters (the encoder appends `_total` to their names).
+    pub fn register(&self, registry: &mut Registry) {
+        let counters = [
+            (
+                "opsdb_forwarder_batches",
+                "Batches committed on the primary",
+                &self.batches,
+            ),
+            (
+                "opsdb_forwarder_applied",
+                "Transactions applied on the primary",
+                &self.applied,
+            ),
+            (
+                "opsdb_forwarder_skipped",
+                "Transactions found already applied (replays after a crash)",
+                &self.skipped,
+            ),
+            (
+                "opsdb_forwarder_dead",
+                "Transactions the primary rejected for good (dead-lettered)",
+                &self.dead,
+            ),
+            (
+                "opsdb_forwarder_round_trips",
+                "SQL messages sent to the primary",
+                &self.round_trips,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -122,6 +164,7 @@ impl Actor for ForwarderActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             ForwarderMsg::Next => {
+                // Any error fails the actor, on purpose: see `ForwardError`.
                 forward_one_batch(state).await?;
                 myself.cast(ForwarderMsg::Next)?;
             }
@@ -130,7 +173,7 @@ impl Actor for ForwarderActor {
     }
 }
 
-async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, ActorProcessingErr> {
+async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, ForwardError> {
     let options: PgConnectOptions = config.primary_url.parse()?;
     // A batch's SQL carries the whole batch (megabytes); a slow one over the WAN is normal
     // and must not be logged as a warning with its text.
@@ -141,14 +184,14 @@ async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, Actor
     let connect = options.connect();
     let mut conn = tokio::time::timeout(config.connect_timeout, connect)
         .await
-        .map_err(|_| format!("primary: no connection within {:?}", config.connect_timeout))??;
+        .map_err(|_| ForwardError::ConnectTimeout(config.connect_timeout))??;
     // The batch is sent as a string literal; that quoting relies on this setting.
     let scs: String = sqlx::query_scalar("SHOW standard_conforming_strings")
         .fetch_one(&mut conn)
         .await?;
     if scs != "on" {
         conn.close().await?;
-        return Err("primary: standard_conforming_strings must be on".into());
+        return Err(ForwardError::NonStandardStrings);
     }
     Ok(conn)
 }
@@ -156,7 +199,7 @@ async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, Actor
 async fn connect_redis(
     config: &ForwarderConfig,
     response_timeout: Duration,
-) -> Result<MultiplexedConnection, ActorProcessingErr> {
+) -> Result<MultiplexedConnection, ForwardError> {
     let client = redis::Client::open(config.redis_url.as_str())?;
     let settings = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.redis_timeout))
@@ -166,23 +209,24 @@ async fn connect_redis(
         .await?)
 }
 
-async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ActorProcessingErr> {
+async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardError> {
     let config = Arc::clone(&state.args.config);
     #[cfg(feature = "fault-injection")]
     let crash = Arc::clone(&state.args.crash);
-    if state.reader.is_none() {
-        // Its own connections: a blocking read must not hold up the settle step, and
-        // nothing is shared with ingestion.
-        let conn = connect_redis(&config, read::BLOCK + config.redis_timeout).await?;
-        state.reader = Some(Reader::new(conn, &config).await?);
-        state.settle = Some(connect_redis(&config, config.redis_timeout).await?);
-    }
+    let (reader, settle) = match (&mut state.reader, &mut state.settle) {
+        (Some(reader), Some(settle)) => (reader, settle),
+        (reader, settle) => {
+            // Its own connections: a blocking read must not hold up the settle step, and
+            // nothing is shared with ingestion.
+            let conn = connect_redis(&config, read::BLOCK + config.redis_timeout).await?;
+            let new_reader = Reader::new(conn, &config).await?;
+            let new_settle = connect_redis(&config, config.redis_timeout).await?;
+            (reader.insert(new_reader), settle.insert(new_settle))
+        }
+    };
     let pg = match state.pg.as_mut() {
         Some(pg) => pg,
         None => state.pg.insert(connect_primary(&config).await?),
-    };
-    let (Some(reader), Some(settle)) = (state.reader.as_mut(), state.settle.as_mut()) else {
-        return Err("forwarder connections missing".into());
     };
     let batch = reader.next_batch(&config).await?;
     if batch.is_empty() {
@@ -191,7 +235,7 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ActorProces
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::BeforeCommit)?;
     let m = &state.args.metrics;
-    m.round_trips.fetch_add(1, Ordering::Relaxed);
+    m.round_trips.inc();
     let applied = apply::apply(pg, &batch.json, batch.len(), config.statement_timeout).await?;
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterCommit)?;
@@ -203,7 +247,7 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ActorProces
 }
 
 fn record(m: &ForwarderMetrics, applied: &apply::Applied) {
-    m.batches.fetch_add(1, Ordering::Relaxed);
+    m.batches.inc();
     m.last_lsn.fetch_max(applied.lsn.0, Ordering::Relaxed);
     for outcome in &applied.outcomes {
         let counter = match outcome {
@@ -214,7 +258,7 @@ fn record(m: &ForwarderMetrics, applied: &apply::Applied) {
                 &m.dead
             }
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
     }
 }
 
@@ -223,7 +267,7 @@ async fn settle_batch(
     config: &ForwarderConfig,
     batch: &Batch,
     applied: &apply::Applied,
-) -> Result<(), ActorProcessingErr> {
+) -> Result<(), ForwardError> {
     let keys = &config.keys;
     let mut invocation = SETTLE.prepare_invoke();
     invocation
@@ -251,6 +295,6 @@ async fn settle_batch(
     }
     tokio::time::timeout(config.redis_timeout, invocation.invoke_async::<i64>(conn))
         .await
-        .map_err(|_| "redis: settling a committed batch timed out")??;
+        .map_err(|_| ForwardError::RedisTimeout("settling a committed batch"))??;
     Ok(())
 }

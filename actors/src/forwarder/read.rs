@@ -3,12 +3,11 @@
 
 use std::time::Duration;
 
-use ractor::ActorProcessingErr;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
 use uuid::Uuid;
 
-use super::{ForwarderConfig, GROUP};
+use super::{ForwardError, ForwarderConfig, GROUP};
 
 /// Longest a read waits for a first new entry before the actor takes its next message.
 pub const BLOCK: Duration = Duration::from_millis(500);
@@ -50,7 +49,7 @@ impl Reader {
     pub async fn new(
         mut conn: MultiplexedConnection,
         config: &ForwarderConfig,
-    ) -> Result<Self, ActorProcessingErr> {
+    ) -> Result<Self, ForwardError> {
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(config.keys.stream())
@@ -75,7 +74,7 @@ impl Reader {
         config: &ForwarderConfig,
         count: usize,
         block: Option<Duration>,
-    ) -> Result<StreamReadReply, ActorProcessingErr> {
+    ) -> Result<StreamReadReply, ForwardError> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
@@ -117,10 +116,7 @@ impl Reader {
     }
 
     /// The next batch, in stream order; empty when nothing arrived within [`BLOCK`].
-    pub async fn next_batch(
-        &mut self,
-        config: &ForwarderConfig,
-    ) -> Result<Batch, ActorProcessingErr> {
+    pub async fn next_batch(&mut self, config: &ForwarderConfig) -> Result<Batch, ForwardError> {
         let mut batch = Batch::default();
         if self.pending {
             add(
@@ -146,15 +142,19 @@ impl Reader {
     }
 }
 
-fn add(batch: &mut Batch, reply: StreamReadReply) -> Result<(), ActorProcessingErr> {
+fn add(batch: &mut Batch, reply: StreamReadReply) -> Result<(), ForwardError> {
     for key in reply.keys {
         for entry in key.ids {
             let tx: String = entry
                 .get("tx")
-                .ok_or_else(|| format!("stream entry {} has no tx field", entry.id))?;
-            let id: TxId = serde_json::from_str(&tx)?;
+                .ok_or_else(|| ForwardError::EntryWithoutTx(entry.id.clone()))?;
+            let id: TxId =
+                serde_json::from_str(&tx).map_err(|source| ForwardError::EntryNotTransaction {
+                    id: entry.id.clone(),
+                    source,
+                })?;
             if !tx.starts_with('{') || tx.len() < 2 {
-                return Err(format!("stream entry {} is not a JSON object", entry.id).into());
+                return Err(ForwardError::EntryNotObject(entry.id));
             }
             // Splice the stream id into the transaction object: `{"stream_id":"…",` + rest.
             batch

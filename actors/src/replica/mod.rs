@@ -10,15 +10,22 @@
 //! restarts it with backoff. Ingest and forwarding are not touched: lifecycles simply stay
 //! `forwarded` until the replica catches up.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+mod error;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Script};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::ConnectOptions;
+
+pub use error::ReplicaError;
 
 use crate::keys::Keys;
 use crate::lsn::Lsn;
@@ -43,19 +50,44 @@ pub struct ReplicaConfig {
     pub retention: Duration,
 }
 
-/// What `/health` and `/metrics` report; written by the actor only.
+/// What `/health` and `/metrics` report (see [`ReplicaMetrics::register`]); written by the
+/// actor only.
 #[derive(Debug, Default)]
 pub struct ReplicaMetrics {
-    /// The last replay position read (0 before the first).
+    /// The last replay position read (0 before the first). Not exported: a WAL position is
+    /// shown in `/health`, not graphed.
     pub replay_lsn: AtomicU64,
     /// Bytes of WAL between the newest forwarded commit still waiting and the replay
     /// position (0 when nothing waits).
-    pub lag_bytes: AtomicU64,
-    /// Milliseconds since the oldest transaction still waiting was forwarded (0 when
-    /// nothing waits).
-    pub lag_ms: AtomicI64,
-    pub marked: AtomicU64,
+    pub lag_bytes: Gauge<u64, AtomicU64>,
+    /// Seconds (to the millisecond) since the oldest transaction still waiting was
+    /// forwarded (0 when nothing waits).
+    pub lag_seconds: Gauge<f64, AtomicU64>,
+    pub marked: Counter,
+    /// Polls made. Not exported: tests wait on it.
     pub polls: AtomicU64,
+}
+
+impl ReplicaMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register_with_unit(
+            "opsdb_replica_lag",
+            "WAL bytes between the newest forwarded commit and the replica's replay position",
+            Unit::Bytes,
+            self.lag_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "opsdb_replica_lag",
+            "Age of the oldest forwarded transaction not yet seen replicated",
+            Unit::Seconds,
+            self.lag_seconds.clone(),
+        );
+        registry.register(
+            "opsdb_replicated",
+            "Transactions seen replicated",
+            self.marked.clone(),
+        );
+    }
 }
 
 #[derive(Clone)]
@@ -104,21 +136,22 @@ impl Actor for ReplicaLagActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ReplicaMsg::Poll => poll(state).await,
+            // An error fails the actor, on purpose: see `ReplicaError`.
+            ReplicaMsg::Poll => poll(state).await.map_err(ActorProcessingErr::from),
         }
     }
 }
 
 async fn connect(
     config: &ReplicaConfig,
-) -> Result<(PgConnection, MultiplexedConnection), ActorProcessingErr> {
+) -> Result<(PgConnection, MultiplexedConnection), ReplicaError> {
     let options: PgConnectOptions = config.replica_url.parse()?;
     let options = options
         .application_name("ops-db-api replica tracker")
         .log_statements(tracing::log::LevelFilter::Trace);
     let pg = tokio::time::timeout(config.connect_timeout, options.connect())
         .await
-        .map_err(|_| format!("replica: no connection within {:?}", config.connect_timeout))??;
+        .map_err(|_| ReplicaError::ConnectTimeout(config.connect_timeout))??;
     let client = redis::Client::open(config.redis_url.as_str())?;
     let settings = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.redis_timeout))
@@ -133,7 +166,7 @@ async fn connect(
 async fn replay_position(
     pg: &mut PgConnection,
     config: &ReplicaConfig,
-) -> Result<Lsn, ActorProcessingErr> {
+) -> Result<Lsn, ReplicaError> {
     let sql = if config.is_primary {
         "SELECT pg_current_wal_lsn()::text"
     } else {
@@ -142,21 +175,20 @@ async fn replay_position(
     let query = sqlx::query_scalar::<_, Option<String>>(sql).fetch_one(pg);
     let lsn = tokio::time::timeout(config.connect_timeout, query)
         .await
-        .map_err(|_| "replica: no answer")??
-        .ok_or("replica: not a standby (pg_last_wal_replay_lsn() is NULL); set site.mode = \"main\" to read from a primary")?;
+        .map_err(|_| ReplicaError::QueryTimeout(config.connect_timeout))??
+        .ok_or(ReplicaError::NotAStandby)?;
     Ok(lsn.parse()?)
 }
 
-async fn poll(state: &mut ReplicaState) -> Result<(), ActorProcessingErr> {
+async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
     let config = Arc::clone(&state.args.config);
     let m = Arc::clone(&state.args.metrics);
-    if state.pg.is_none() || state.redis.is_none() {
-        let (pg, redis) = connect(&config).await?;
-        state.pg = Some(pg);
-        state.redis = Some(redis);
-    }
-    let (Some(pg), Some(redis)) = (state.pg.as_mut(), state.redis.as_mut()) else {
-        return Err("replica tracker connections missing".into());
+    let (pg, redis) = match (&mut state.pg, &mut state.redis) {
+        (Some(pg), Some(redis)) => (pg, redis),
+        (pg, redis) => {
+            let (new_pg, new_redis) = connect(&config).await?;
+            (pg.insert(new_pg), redis.insert(new_redis))
+        }
     };
     let replay = replay_position(pg, &config).await?;
     m.replay_lsn.store(replay.0, Ordering::Relaxed);
@@ -174,8 +206,8 @@ async fn poll(state: &mut ReplicaState) -> Result<(), ActorProcessingErr> {
             .invoke_async(redis),
     )
     .await
-    .map_err(|_| "redis: marking replicated transactions timed out")??;
-    m.marked.fetch_add(marked as u64, Ordering::Relaxed);
+    .map_err(|_| ReplicaError::RedisTimeout("marking replicated transactions"))??;
+    m.marked.inc_by(marked as u64);
     lag(redis, &config, replay, now, &m).await
 }
 
@@ -186,7 +218,7 @@ async fn lag(
     replay: Lsn,
     now: i64,
     m: &ReplicaMetrics,
-) -> Result<(), ActorProcessingErr> {
+) -> Result<(), ReplicaError> {
     let (newest, oldest): (Vec<(String, f64)>, Vec<String>) = redis::pipe()
         .cmd("ZRANGE")
         .arg(config.keys.forwarded())
@@ -202,11 +234,17 @@ async fn lag(
     let bytes = newest
         .first()
         .map_or(0, |(_, score)| (*score as u64).saturating_sub(replay.0));
-    m.lag_bytes.store(bytes, Ordering::Relaxed);
+    m.lag_bytes.set(bytes);
     let since = match oldest.first() {
         Some(tx) => {
+            let id = tx
+                .parse()
+                .map_err(|source| ReplicaError::BadTransactionId {
+                    id: tx.clone(),
+                    source,
+                })?;
             let at: Option<i64> = redis::cmd("HGET")
-                .arg(config.keys.lifecycle(tx.parse()?))
+                .arg(config.keys.lifecycle(id))
                 .arg("forwarded_at")
                 .query_async(redis)
                 .await?;
@@ -214,6 +252,6 @@ async fn lag(
         }
         None => 0,
     };
-    m.lag_ms.store(since, Ordering::Relaxed);
+    m.lag_seconds.set(since as f64 / 1000.0);
     Ok(())
 }

@@ -128,10 +128,7 @@ async fn one(
     }
     let drained = t0.elapsed();
     let m = &tree.forwarder_metrics;
-    let (batches, trips) = (
-        m.batches.load(Ordering::Relaxed),
-        m.round_trips.load(Ordering::Relaxed),
-    );
+    let (batches, trips) = (m.batches.get(), m.round_trips.get());
     let last = ops_db_actors::lsn::Lsn(m.last_lsn.load(Ordering::Relaxed)).to_string();
     let mut replica = PgConnection::connect(&pg.replica_url()).await?;
     let t1 = Instant::now();

@@ -34,6 +34,8 @@ pub struct AppState {
     pub probe: Arc<RedisProbe>,
     pub reads: Arc<crate::reads::Reads>,
     pub write_timeout: Duration,
+    /// Every metric, registered once at startup; `/metrics` encodes it.
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 impl IntoResponse for ApiError {
