@@ -9,7 +9,7 @@ use redis::streams::StreamRangeReply;
 use redis::{RedisResult, Script};
 use serde::Serialize;
 
-use crate::keys::Keys;
+use crate::overlay::Keys;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeadLetter {

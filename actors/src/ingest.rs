@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::buffer::{Ack, BufferMsg, IngestError, PreparedWrite, WriteRequest};
 use crate::domain::{Built, IdempotencyKey, Limits, Operation};
-use crate::keys::Keys;
+use crate::overlay::Keys;
 use crate::slot::Slot;
 
 #[derive(Clone)]

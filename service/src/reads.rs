@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use ops_db_actors::domain::Table;
-use ops_db_actors::keys::Keys;
+use ops_db_actors::overlay::Keys;
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Map, Value};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -192,7 +192,8 @@ impl Reads {
         column: &str,
         key: Key,
     ) -> Result<(Vec<Value>, bool), ApiError> {
-        let mut by_id: BTreeMap<String, (Option<Value>, HashMap<String, String>)> = BTreeMap::new();
+        // Uuid order is the order of their text (lowercase hex), so `id` order as before.
+        let mut by_id: BTreeMap<Uuid, (Option<Value>, HashMap<String, String>)> = BTreeMap::new();
         let mut replica_answered = true;
         if let Some(pool) = &self.pool {
             // `column` comes from our own fixed list (Table::indexed_columns), never from a caller.
@@ -208,8 +209,8 @@ impl Reads {
             match query.fetch_all(pool).await {
                 Ok(rows) => {
                     for Json(row) in rows {
-                        if let Some(id) = row["id"].as_str() {
-                            by_id.insert(id.to_owned(), (Some(row.clone()), HashMap::new()));
+                        if let Some(id) = row["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) {
+                            by_id.insert(id, (Some(row.clone()), HashMap::new()));
                         }
                     }
                 }
@@ -224,11 +225,15 @@ impl Reads {
             .query_async(redis)
             .await
             .map_err(|e| ApiError::redis_unavailable(&e))?;
+        // Index sets hold the ids buffer.lua wrote, all UUIDs; anything else has no record.
+        let ids: Vec<Uuid> = ids
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect();
         if !ids.is_empty() {
             let mut pipe = redis::pipe();
             for id in &ids {
-                pipe.cmd("HGETALL")
-                    .arg(format!("{}rec:{}:{id}", self.keys.prefix(), table.name()));
+                pipe.cmd("HGETALL").arg(self.keys.record(table, *id));
             }
             let overlays: Vec<HashMap<String, String>> = pipe
                 .query_async(redis)

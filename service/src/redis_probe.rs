@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ops_db_actors::keys::Keys;
+use ops_db_actors::overlay::Keys;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult, Value};
 use serde::Serialize;

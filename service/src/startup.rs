@@ -11,7 +11,7 @@ use ops_db_actors::backoff::Backoff;
 use ops_db_actors::buffer::BufferConfig;
 use ops_db_actors::domain::Limits;
 use ops_db_actors::forwarder::ForwarderConfig;
-use ops_db_actors::keys::Keys;
+use ops_db_actors::overlay::Keys;
 use ops_db_actors::replica::ReplicaConfig;
 use ops_db_actors::supervisor::policy::{Intensity, RestartPolicy};
 use ops_db_actors::tree::{Tree, TreeConfig};

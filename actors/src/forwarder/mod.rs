@@ -33,7 +33,7 @@ pub use apply::{is_permanent, Outcome, PERMANENT_SQLSTATES};
 pub use crash::{CrashPoint, CrashPoints};
 use read::{Batch, Reader};
 
-use crate::keys::Keys;
+use crate::overlay::Keys;
 
 static SETTLE: LazyLock<Script> = LazyLock::new(|| overlay_script!("forwarder/settle.lua"));
 

@@ -20,8 +20,8 @@ use redis::{AsyncConnectionConfig, Script};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::ConnectOptions;
 
-use crate::keys::Keys;
 use crate::lsn::Lsn;
+use crate::overlay::Keys;
 
 static REPLICATED: LazyLock<Script> = LazyLock::new(|| overlay_script!("replica/replicated.lua"));
 

@@ -84,7 +84,7 @@ async fn measure(
     let mut replica = PgConnection::connect(&pg.replica_url()).await?;
     let client = redis::Client::open(redis.url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let keys = ops_db_actors::keys::Keys::new("visibility");
+    let keys = ops_db_actors::overlay::Keys::new("visibility");
     let mut delays = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for _ in 0..samples.min(500) {
         // Start each sample at a random phase of the poll, or every sample lands at the
