@@ -19,12 +19,12 @@ mod crash;
 mod read;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Script};
+use redis::AsyncConnectionConfig;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
@@ -33,9 +33,8 @@ pub use apply::{is_permanent, Outcome, PERMANENT_SQLSTATES};
 pub use crash::{CrashPoint, CrashPoints};
 use read::{Batch, Reader};
 
+use crate::overlay::scripts::SETTLE;
 use crate::overlay::Keys;
-
-static SETTLE: LazyLock<Script> = LazyLock::new(|| overlay_script!("forwarder/settle.lua"));
 
 /// The consumer group (and its one consumer) through which the forwarder reads.
 pub const GROUP: &str = "forwarder";

@@ -6,5 +6,6 @@
 //!   scripts receive theirs from here (in `KEYS`, or as a prefix in `ARGV`).
 
 mod keys;
+pub(crate) mod scripts;
 
 pub use keys::Keys;

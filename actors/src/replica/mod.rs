@@ -11,19 +11,18 @@
 //! `forwarded` until the replica catches up.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Script};
+use redis::AsyncConnectionConfig;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::ConnectOptions;
 
 use crate::lsn::Lsn;
+use crate::overlay::scripts::REPLICATED;
 use crate::overlay::Keys;
-
-static REPLICATED: LazyLock<Script> = LazyLock::new(|| overlay_script!("replica/replicated.lua"));
 
 /// Most transactions marked per call: bounds one script's run time (Redis runs scripts
 /// alone); a longer backlog is worked off over consecutive polls.

@@ -9,6 +9,9 @@
 -- ARGV[9] overlay: JSON list of {k = record key, id = record id, u = 1 for an update,
 --         f = [col, json, ...], i = [index keys]}
 --
+-- Keys not in KEYS: the overlay record hashes (`k`) and index sets (`i`) arrive whole,
+-- built by `Keys`, inside ARGV[9]; none is derived here.
+--
 -- Returns {'ok', stream_id} | {'dup', first response} | {'conflict', ''} | {'full', length}
 local stream, lifecycle, idem = KEYS[1], KEYS[2], KEYS[3]
 
