@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use ops_db_actors::domain::Table;
-use ops_db_actors::overlay::Keys;
+use ops_db_actors::overlay::{Keys, TxState};
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Map, Value};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -95,11 +95,16 @@ impl Reads {
             .await
             .map_err(|e| ApiError::redis_unavailable(&e))?;
         if !life.is_empty() {
+            let state: Option<TxState> = life
+                .get("state")
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(|e| ApiError::redis_unavailable(&e))?;
             let text = |k: &str| life.get(k).map_or(Value::Null, |v| json!(v));
             let time = |k: &str| life.get(k).map_or(Value::Null, |v| iso_ms(v));
             return Ok(json!({
                 "transaction_id": id,
-                "state": text("state"),
+                "state": state,
                 "op": text("op"),
                 "buffered_at": time("buffered_at"),
                 "forwarded_at": time("forwarded_at"),
@@ -133,7 +138,7 @@ impl Reads {
         let (op, _stream_id, applied_at) = row.ok_or_else(not_found)?;
         Ok(json!({
             "transaction_id": id,
-            "state": "replicated",
+            "state": TxState::Replicated,
             "op": op,
             "applied_at": applied_at.to_rfc3339_opts(SecondsFormat::Millis, true),
             "source": "ledger",
@@ -145,7 +150,7 @@ impl Reads {
         &self,
         redis: &mut MultiplexedConnection,
         id: Uuid,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<TxState>, ApiError> {
         redis::cmd("HGET")
             .arg(self.keys.lifecycle(id))
             .arg("state")
@@ -260,7 +265,7 @@ impl Reads {
             .filter_map(|(replica, overlay)| merge_one(replica, &overlay))
             .collect();
         let writers: Vec<Uuid> = merged.iter().filter_map(|(_, w)| *w).collect();
-        let mut states: HashMap<Uuid, (Option<String>, Option<String>)> = HashMap::new();
+        let mut states: HashMap<Uuid, (Option<TxState>, Option<String>)> = HashMap::new();
         if !writers.is_empty() {
             let mut pipe = redis::pipe();
             for tx in &writers {
@@ -269,7 +274,7 @@ impl Reads {
                     .arg("state")
                     .arg("commit_lsn");
             }
-            let replies: Vec<(Option<String>, Option<String>)> = pipe
+            let replies: Vec<(Option<TxState>, Option<String>)> = pipe
                 .query_async(redis)
                 .await
                 .map_err(|e| ApiError::redis_unavailable(&e))?;
@@ -281,9 +286,9 @@ impl Reads {
                 let sync = match writer {
                     Some(tx) => {
                         let (state, lsn) = states.get(&tx).cloned().unwrap_or_default();
-                        json!({ "state": state.unwrap_or_else(|| "buffered".into()), "transaction_id": tx, "lsn": lsn })
+                        json!({ "state": state.unwrap_or(TxState::Buffered), "transaction_id": tx, "lsn": lsn })
                     }
-                    None => json!({ "state": "replicated", "transaction_id": null, "lsn": null }),
+                    None => json!({ "state": TxState::Replicated, "transaction_id": null, "lsn": null }),
                 };
                 let mut record = normalise(record);
                 record.insert("sync".into(), sync);

@@ -17,6 +17,7 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
+use ops_db_actors::overlay::{Keys, TxState};
 use ops_db_service::config::Config;
 use ops_db_service::startup::Application;
 use ops_db_service::token;
@@ -84,7 +85,7 @@ async fn measure(
     let mut replica = PgConnection::connect(&pg.replica_url()).await?;
     let client = redis::Client::open(redis.url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let keys = ops_db_actors::overlay::Keys::new("visibility");
+    let keys = Keys::new("visibility");
     let mut delays = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for _ in 0..samples.min(500) {
         // Start each sample at a random phase of the poll, or every sample lands at the
@@ -124,12 +125,12 @@ async fn measure(
         }
         let replayed_at = Instant::now();
         loop {
-            let state: Option<String> = redis::cmd("HGET")
+            let state: Option<TxState> = redis::cmd("HGET")
                 .arg(keys.lifecycle(tx))
                 .arg("state")
                 .query_async(&mut conn)
                 .await?;
-            if state.as_deref() == Some("replicated") {
+            if state == Some(TxState::Replicated) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

@@ -71,6 +71,27 @@ mod tests {
         }
     }
 
+    /// The scripts write lifecycle states as text; Rust reads them as `TxState`.
+    #[test]
+    fn every_state_a_script_writes_is_a_tx_state() {
+        const FIELD: &str = "'state', '";
+        let mut seen = Vec::new();
+        for (name, source) in ALL {
+            for (at, _) in source.match_indices(FIELD) {
+                let rest = &source[at + FIELD.len()..];
+                let state = rest.split('\'').next().unwrap_or_default();
+                let parsed: crate::overlay::TxState =
+                    state.parse().unwrap_or_else(|e| panic!("{name}: {e}"));
+                seen.push(parsed);
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            5,
+            "buffered, forwarded, dead, replicated, buffered"
+        );
+    }
+
     #[test]
     fn release_overlay_is_defined_where_it_is_called() {
         for source in [SETTLE_LUA, REPLICATED_LUA] {
