@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use ops_db_actors::domain::Table;
-use ops_db_actors::overlay::{Keys, TxState};
+use ops_db_actors::overlay::{index_value, Keys, OverlayRecord, TxState};
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Map, Value};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -33,8 +33,8 @@ pub enum Key {
 impl Key {
     fn index_value(self) -> String {
         match self {
-            Key::Int(n) => n.to_string(),
-            Key::Uuid(id) => id.to_string(),
+            Key::Int(n) => index_value(&n.into()),
+            Key::Uuid(id) => index_value(&id.to_string().into()),
         }
     }
 }
@@ -171,7 +171,8 @@ impl Reads {
             .query_async(redis)
             .await
             .map_err(|e| ApiError::redis_unavailable(&e))?;
-        let complete_overlay = !overlay.is_empty() && !overlay.contains_key("_partial");
+        let overlay = OverlayRecord::parse(overlay);
+        let complete_overlay = overlay.as_ref().is_some_and(|o| !o.partial);
         let replica = match &self.pool {
             Some(pool) if !complete_overlay => {
                 let sql = format!("SELECT to_jsonb(t) FROM {} t WHERE id = $1", table.name());
@@ -198,7 +199,7 @@ impl Reads {
         key: Key,
     ) -> Result<(Vec<Value>, bool), ApiError> {
         // Uuid order is the order of their text (lowercase hex), so `id` order as before.
-        let mut by_id: BTreeMap<Uuid, (Option<Value>, HashMap<String, String>)> = BTreeMap::new();
+        let mut by_id: BTreeMap<Uuid, (Option<Value>, Option<OverlayRecord>)> = BTreeMap::new();
         let mut replica_answered = true;
         if let Some(pool) = &self.pool {
             // `column` comes from our own fixed list (Table::indexed_columns), never from a caller.
@@ -215,7 +216,7 @@ impl Reads {
                 Ok(rows) => {
                     for Json(row) in rows {
                         if let Some(id) = row["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) {
-                            by_id.insert(id, (Some(row.clone()), HashMap::new()));
+                            by_id.insert(id, (Some(row.clone()), None));
                         }
                     }
                 }
@@ -245,7 +246,7 @@ impl Reads {
                 .await
                 .map_err(|e| ApiError::redis_unavailable(&e))?;
             for (id, overlay) in ids.into_iter().zip(overlays) {
-                by_id.entry(id).or_default().1 = overlay;
+                by_id.entry(id).or_default().1 = OverlayRecord::parse(overlay);
             }
         }
         let records = self.merge(redis, by_id.into_values().collect()).await?;
@@ -258,11 +259,11 @@ impl Reads {
     async fn merge(
         &self,
         redis: &mut MultiplexedConnection,
-        rows: Vec<(Option<Value>, HashMap<String, String>)>,
+        rows: Vec<(Option<Value>, Option<OverlayRecord>)>,
     ) -> Result<Vec<Value>, ApiError> {
         let merged: Vec<(Map<String, Value>, Option<Uuid>)> = rows
             .into_iter()
-            .filter_map(|(replica, overlay)| merge_one(replica, &overlay))
+            .filter_map(|(replica, overlay)| merge_one(replica, overlay))
             .collect();
         let writers: Vec<Uuid> = merged.iter().filter_map(|(_, w)| *w).collect();
         let mut states: HashMap<Uuid, (Option<TxState>, Option<String>)> = HashMap::new();
@@ -301,24 +302,21 @@ impl Reads {
 /// One record: the overlay over the replica's row, and its latest writer if buffered.
 fn merge_one(
     replica: Option<Value>,
-    overlay: &HashMap<String, String>,
+    overlay: Option<OverlayRecord>,
 ) -> Option<(Map<String, Value>, Option<Uuid>)> {
-    let writer = overlay.get("_tx").and_then(|t| Uuid::parse_str(t).ok());
-    let partial = overlay.contains_key("_partial");
-    let mut record = match (replica, overlay.is_empty()) {
-        (None, true) => return None,
+    let Some(overlay) = overlay else {
+        return match replica {
+            Some(Value::Object(row)) => Some((row, None)),
+            Some(_) => Some((Map::new(), None)),
+            None => None,
+        };
+    };
+    let mut record = match replica {
         // An update buffered for a record the replica does not have (yet): nothing to show.
-        (None, false) if partial => return None,
-        (Some(Value::Object(row)), _) if overlay.is_empty() || partial => row,
+        None if overlay.partial => return None,
+        Some(Value::Object(row)) if overlay.partial => row,
         _ => Map::new(),
     };
-    for (column, value) in overlay {
-        if !column.starts_with('_') {
-            record.insert(
-                column.clone(),
-                serde_json::from_str(value).unwrap_or(Value::Null),
-            );
-        }
-    }
-    Some((record, writer))
+    record.extend(overlay.columns);
+    Some((record, overlay.writer))
 }
