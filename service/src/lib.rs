@@ -8,7 +8,6 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod ops;
-pub mod reads;
 pub mod redis_probe;
 pub mod startup;
 pub mod tcp;

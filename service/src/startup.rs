@@ -11,7 +11,7 @@ use ops_db_actors::backoff::Backoff;
 use ops_db_actors::buffer::BufferConfig;
 use ops_db_actors::domain::Limits;
 use ops_db_actors::forwarder::ForwarderConfig;
-use ops_db_actors::overlay::Keys;
+use ops_db_actors::overlay::{Keys, Reads};
 use ops_db_actors::replica::ReplicaConfig;
 use ops_db_actors::supervisor::policy::{Intensity, RestartPolicy};
 use ops_db_actors::tree::{Tree, TreeConfig};
@@ -118,8 +118,7 @@ impl Application {
         })
         .await
         .context("starting the actor tree")?;
-        let reads =
-            crate::reads::Reads::new(config.read_url(), keys.clone()).context("replica.url")?;
+        let reads = Reads::new(config.read_url(), keys.clone()).context("replica.url")?;
         let probe =
             RedisProbe::new(&config.redis.url, keys, config.redis.timeout).context("redis.url")?;
         let state = AppState {

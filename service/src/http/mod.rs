@@ -16,6 +16,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
+use ops_db_actors::overlay::Reads;
 use ops_db_actors::tree::Tree;
 
 pub use auth::Tokens;
@@ -31,7 +32,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub tokens: Arc<Tokens>,
     pub probe: Arc<RedisProbe>,
-    pub reads: Arc<crate::reads::Reads>,
+    pub reads: Arc<Reads>,
     pub write_timeout: Duration,
 }
 
