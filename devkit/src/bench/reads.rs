@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
+use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -76,66 +77,62 @@ async fn measure(
         ))
     };
 
-    // 1. Visibility detection.
-    let app = Application::build(config("visibility", true)?).await?;
+    let http = reqwest::Client::new();
+    let observer = Observer {
+        replica_url: pg.replica_url(),
+        redis_url: redis.url(),
+        keys: Keys::new("visibility"),
+    };
+    visibility(
+        config("visibility", true)?,
+        &http,
+        &secret,
+        &observer,
+        samples,
+        poll,
+    )
+    .await?;
+    merged_reads(config("reads", false)?, &http, &secret, buffered, samples).await?;
+    pg.stop().await?;
+    redis.stop().await;
+    Ok(())
+}
+
+/// Where the visibility samples look besides the service: the replica and the service's
+/// Redis.
+struct Observer {
+    replica_url: String,
+    redis_url: String,
+    keys: Keys,
+}
+
+/// 1. Visibility detection.
+async fn visibility(
+    config: Config,
+    http: &reqwest::Client,
+    secret: &str,
+    observer: &Observer,
+    samples: usize,
+    poll: Duration,
+) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
     let base = format!("http://{}", app.http_addr());
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(stop.clone()));
-    let http = reqwest::Client::new();
-    let mut replica = PgConnection::connect(&pg.replica_url()).await?;
-    let client = redis::Client::open(redis.url())?;
+    let mut replica = PgConnection::connect(&observer.replica_url).await?;
+    let client = redis::Client::open(observer.redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let keys = Keys::new("visibility");
     let mut delays = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for _ in 0..samples.min(500) {
         // Start each sample at a random phase of the poll, or every sample lands at the
         // same distance from the next tick.
         let phase = rand::random::<u64>() % (poll.as_millis() as u64).max(1);
         tokio::time::sleep(Duration::from_millis(phase)).await;
-        let r: serde_json::Value = http
-            .post(format!(
-                "{base}/executed_obs_units/start?wait=forwarded&timeout=10s"
-            ))
-            .bearer_auth(&secret)
-            .json(&json!({"obs_unit_id": 1}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let tx: uuid::Uuid = r["transaction_id"]
-            .as_str()
-            .context("no transaction id")?
-            .parse()?;
-        let lsn: Option<String> = redis::cmd("HGET")
-            .arg(keys.lifecycle(tx))
-            .arg("commit_lsn")
-            .query_async(&mut conn)
-            .await?;
-        let Some(lsn) = lsn else { continue }; // already replicated before we looked: no sample
-        loop {
-            let replayed: bool =
-                sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
-                    .bind(&lsn)
-                    .fetch_one(&mut replica)
-                    .await?;
-            if replayed {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        let tx = forwarded_write(http, &base, secret).await?;
+        let delay = detection_delay(&mut replica, &mut conn, &observer.keys, tx).await?;
+        if let Some(delay) = delay {
+            delays.saturating_record(delay.as_micros() as u64);
         }
-        let replayed_at = Instant::now();
-        loop {
-            let state: Option<TxState> = redis::cmd("HGET")
-                .arg(keys.lifecycle(tx))
-                .arg("state")
-                .query_async(&mut conn)
-                .await?;
-            if state == Some(TxState::Replicated) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        delays.saturating_record(replayed_at.elapsed().as_micros() as u64);
     }
     stop.cancel();
     server.await??;
@@ -152,34 +149,82 @@ async fn measure(
         delays.max() as f64 / 1000.0,
         humantime::format_duration(poll + Duration::from_millis(20))
     );
+    Ok(())
+}
 
-    // 2. Merged reads and memory as the buffer grows (no forwarder: everything stays).
-    let app = Application::build(config("reads", false)?).await?;
-    let base = format!("http://{}", app.http_addr());
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
-    let start: serde_json::Value = http
-        .post(format!("{base}/executed_obs_units/start"))
-        .bearer_auth(&secret)
-        .json(&json!({"obs_unit_id": 2}))
+/// One write, answered once forwarded; its transaction id.
+async fn forwarded_write(
+    http: &reqwest::Client,
+    base: &str,
+    secret: &str,
+) -> anyhow::Result<uuid::Uuid> {
+    let r: serde_json::Value = http
+        .post(format!(
+            "{base}/executed_obs_units/start?wait=forwarded&timeout=10s"
+        ))
+        .bearer_auth(secret)
+        .json(&json!({"obs_unit_id": 1}))
         .send()
         .await?
         .json()
         .await?;
-    let eou = start["id"].as_str().context("no id")?.to_owned();
-    let mut file_id = String::new();
-    for _ in 0..2 {
-        let f: serde_json::Value = http
-            .post(format!("{base}/raw_data_files/"))
-            .bearer_auth(&secret)
-            .json(&json!({"name": "a.fits", "relative_path": "a.fits", "executed_obs_unit_id": eou, "size": 1,
-                          "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}))
-            .send()
-            .await?
-            .json()
+    Ok(r["transaction_id"]
+        .as_str()
+        .context("no transaction id")?
+        .parse()?)
+}
+
+/// From the replica replaying `tx`'s commit to its lifecycle reading `replicated`; `None`
+/// when it was replicated before we looked (no sample).
+async fn detection_delay(
+    replica: &mut PgConnection,
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    tx: uuid::Uuid,
+) -> anyhow::Result<Option<Duration>> {
+    let lsn: Option<String> = redis::cmd("HGET")
+        .arg(keys.lifecycle(tx))
+        .arg("commit_lsn")
+        .query_async(conn)
+        .await?;
+    let Some(lsn) = lsn else { return Ok(None) };
+    loop {
+        let replayed: bool = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+            .bind(&lsn)
+            .fetch_one(&mut *replica)
             .await?;
-        file_id = f["id"].as_str().context("no id")?.to_owned();
+        if replayed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    let replayed_at = Instant::now();
+    loop {
+        let state: Option<TxState> = redis::cmd("HGET")
+            .arg(keys.lifecycle(tx))
+            .arg("state")
+            .query_async(conn)
+            .await?;
+        if state == Some(TxState::Replicated) {
+            return Ok(Some(replayed_at.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// 2. Merged reads and memory as the buffer grows (no forwarder: everything stays).
+async fn merged_reads(
+    config: Config,
+    http: &reqwest::Client,
+    secret: &str,
+    buffered: &[usize],
+    samples: usize,
+) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    let base = format!("http://{}", app.http_addr());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let (eou, file_id) = observation(http, &base, secret).await?;
     println!();
     println!("Merged reads from the overlay ({samples} sequential GETs each) and process RSS, by buffer size:");
     println!("| buffered | GET /executed_obs_units/{{id}} p50 ms | p99 ms | GET /raw_data_files/{{id}} p50 ms | p99 ms | RSS MB |");
@@ -188,20 +233,20 @@ async fn measure(
     let mut have = 3usize;
     for &n in buffered {
         if n > have {
-            crate::bench::catchup::fill(&base, &secret, &filler, n - have).await?;
+            crate::bench::catchup::fill(&base, secret, &filler, n - have).await?;
             have = n;
         }
         let detail = read_latency(
-            &http,
+            http,
             &format!("{base}/executed_obs_units/{eou}"),
-            &secret,
+            secret,
             samples,
         )
         .await?;
         let file = read_latency(
-            &http,
+            http,
             &format!("{base}/raw_data_files/{file_id}"),
-            &secret,
+            secret,
             samples,
         )
         .await?;
@@ -217,9 +262,38 @@ async fn measure(
     }
     stop.cancel();
     server.await??;
-    pg.stop().await?;
-    redis.stop().await;
     Ok(())
+}
+
+/// An executed obs unit with two files; its id and the second file's.
+async fn observation(
+    http: &reqwest::Client,
+    base: &str,
+    secret: &str,
+) -> anyhow::Result<(String, String)> {
+    let start: serde_json::Value = http
+        .post(format!("{base}/executed_obs_units/start"))
+        .bearer_auth(secret)
+        .json(&json!({"obs_unit_id": 2}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let eou = start["id"].as_str().context("no id")?.to_owned();
+    let mut file_id = String::new();
+    for _ in 0..2 {
+        let f: serde_json::Value = http
+            .post(format!("{base}/raw_data_files/"))
+            .bearer_auth(secret)
+            .json(&json!({"name": "a.fits", "relative_path": "a.fits", "executed_obs_unit_id": eou, "size": 1,
+                          "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        file_id = f["id"].as_str().context("no id")?.to_owned();
+    }
+    Ok((eou, file_id))
 }
 
 async fn read_latency(
