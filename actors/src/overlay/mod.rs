@@ -26,5 +26,5 @@ mod state;
 
 pub use keys::Keys;
 pub use reads::{IndexValue, ReadError, Reads};
-pub use record::{index_value, OverlayRecord, OverlayWrite};
+pub use record::{OverlayRecord, OverlayWrite};
 pub use state::{TxState, UnknownState};

@@ -27,7 +27,8 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::merge::{self, WriterState};
-use super::{index_value, Keys, OverlayRecord, TxState, UnknownState};
+use super::record::index_value;
+use super::{Keys, OverlayRecord, TxState, UnknownState};
 use crate::domain::Table;
 
 /// Why a read has no answer.
@@ -36,7 +37,7 @@ pub enum ReadError {
     /// Redis did not answer, or answered what cannot be read (an unknown lifecycle state).
     #[error("redis failed: {0}")]
     Redis(#[from] redis::RedisError),
-    /// The read source did not answer (or its URL is unusable).
+    /// The read source did not answer.
     #[error("read source failed: {0}")]
     Source(#[from] sqlx::Error),
     #[error("no {} {id}", table.name())]
@@ -78,8 +79,9 @@ pub struct Reads {
 }
 
 impl Reads {
-    /// Connects lazily: a read source down at boot fails reads, not the start.
-    pub fn new(read_url: Option<&str>, keys: Keys) -> Result<Self, ReadError> {
+    /// Connects lazily: a read source down at boot fails reads, not the start; only an
+    /// unusable URL is an error here.
+    pub fn new(read_url: Option<&str>, keys: Keys) -> Result<Self, sqlx::Error> {
         let pool = read_url
             .map(|url| {
                 PgPoolOptions::new()

@@ -65,7 +65,7 @@ impl OverlayWrite {
 
 /// How a column value names its index set: strings (UUIDs) as they are, anything else
 /// (integers) as its JSON text.
-pub fn index_value(value: &Value) -> String {
+pub(crate) fn index_value(value: &Value) -> String {
     value
         .as_str()
         .map_or_else(|| value.to_string(), str::to_owned)
