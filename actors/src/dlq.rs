@@ -2,14 +2,14 @@
 //! Operators list them, retry them (back into the buffer's stream, at its end) or drop them.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
 
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamRangeReply;
-use redis::{RedisResult, Script};
+use redis::RedisResult;
 use serde::Serialize;
 
-use crate::keys::Keys;
+use crate::overlay::scripts::{DLQ_DROP, DLQ_RETRY};
+use crate::overlay::Keys;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeadLetter {
@@ -24,39 +24,6 @@ pub struct DeadLetter {
     pub dead_at_ms: i64,
     pub transaction: Option<serde_json::Value>,
 }
-
-static RETRY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        -- KEYS[1] dead letters, KEYS[2] stream; ARGV[1] dead-letter id, ARGV[2] lifecycle prefix
-        local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1]
-        if not entry then return false end
-        local f = {}
-        for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
-        local sid = redis.call('XADD', KEYS[2], '*', 'tx', f['tx'])
-        redis.call('XDEL', KEYS[1], ARGV[1])
-        local lifecycle = ARGV[2] .. f['transaction_id']
-        redis.call('HSET', lifecycle, 'state', 'buffered', 'stream_id', sid)
-        redis.call('HINCRBY', lifecycle, 'dlq_retries', 1)
-        redis.call('PERSIST', lifecycle)
-        return sid",
-    )
-});
-
-static DROP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        -- KEYS[1] dead letters; ARGV[1] dead-letter id, ARGV[2] lifecycle prefix, ARGV[3] now
-        local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1]
-        if not entry then return 0 end
-        for i = 1, #entry[2], 2 do
-          if entry[2][i] == 'transaction_id' then
-            redis.call('HSET', ARGV[2] .. entry[2][i + 1], 'dropped_at', ARGV[3])
-          end
-        end
-        return redis.call('XDEL', KEYS[1], ARGV[1])",
-    )
-});
 
 fn field(map: &HashMap<String, redis::Value>, name: &str) -> String {
     map.get(name)
@@ -107,7 +74,7 @@ pub async fn retry(
     keys: &Keys,
     id: &str,
 ) -> RedisResult<Option<String>> {
-    RETRY
+    DLQ_RETRY
         .key(keys.dead_letters())
         .key(keys.stream())
         .arg(id)
@@ -118,7 +85,7 @@ pub async fn retry(
 
 /// Removes a dead letter for good; `false` if there is no such dead letter.
 pub async fn drop(conn: &mut MultiplexedConnection, keys: &Keys, id: &str) -> RedisResult<bool> {
-    let removed: i64 = DROP
+    let removed: i64 = DLQ_DROP
         .key(keys.dead_letters())
         .arg(id)
         .arg(keys.lifecycle_prefix())

@@ -8,13 +8,12 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::buffer::{Ack, BufferMsg, IngestError, PreparedWrite, WriteRequest};
 use crate::domain::{Built, IdempotencyKey, Limits, Operation};
-use crate::keys::Keys;
+use crate::overlay::{Keys, OverlayWrite};
 use crate::slot::Slot;
 
 #[derive(Clone)]
@@ -100,45 +99,16 @@ pub fn prepare(
         created,
         response,
     } = op.build(&state.site, Utc::now(), Uuid::now_v7);
-    let overlay: Vec<_> = tx
+    let overlay: Vec<OverlayWrite> = tx
         .steps
         .iter()
-        .map(|step| {
-            let table = step.table();
-            let columns = step.columns();
-            let mut fields = Vec::with_capacity(columns.len() * 2);
-            for (column, value) in columns {
-                fields.push(column.clone());
-                fields.push(value.to_string());
-            }
-            let indexes: Vec<String> = table
-                .indexed_columns()
-                .iter()
-                .filter_map(|c| columns.get(*c).filter(|v| !v.is_null()).map(|v| (c, v)))
-                .map(|(c, v)| {
-                    state.keys.index(
-                        table,
-                        c,
-                        v.as_str()
-                            .map_or_else(|| v.to_string(), str::to_owned)
-                            .as_str(),
-                    )
-                })
-                .collect();
-            json!({
-                "k": state.keys.record(table, step.id()),
-                "id": step.id(),
-                "u": u8::from(matches!(step, crate::domain::Step::Update { .. })),
-                "f": fields,
-                "i": indexes,
-            })
-        })
+        .map(|step| OverlayWrite::of_step(&state.keys, step))
         .collect();
     PreparedWrite {
         tx_id: tx.id,
         op: op.name(),
         tx_json: serde_json::to_string(&tx).unwrap_or_default(),
-        overlay_json: serde_json::Value::Array(overlay).to_string(),
+        overlay_json: serde_json::to_string(&overlay).unwrap_or_default(),
         idempotency: idempotency.map(|k| (k.as_str().to_owned(), fingerprint(op))),
         ack: Ack {
             created,

@@ -4,19 +4,6 @@
 //! and configuration and talks to a running [`tree::Tree`].
 #![forbid(unsafe_code)]
 
-/// A Lua script with the shared overlay-release function prepended (`overlay_release.lua`).
-macro_rules! overlay_script {
-    ($file:literal) => {
-        redis::Script::new(concat!(
-            include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/src/overlay_release.lua"
-            )),
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/", $file))
-        ))
-    };
-}
-
 pub mod backoff;
 pub mod buffer;
 pub mod dlq;
@@ -24,8 +11,8 @@ pub mod domain;
 pub mod forwarder;
 pub mod health;
 pub mod ingest;
-pub mod keys;
 pub mod lsn;
+pub mod overlay;
 pub mod replica;
 pub mod slot;
 pub mod supervisor;

@@ -9,7 +9,6 @@ pub mod db;
 pub mod http;
 pub mod operations;
 pub mod ops;
-pub mod reads;
 pub mod redis_probe;
 pub mod startup;
 pub mod tcp;

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
-use ops_db_actors::keys::Keys;
+use ops_db_actors::overlay::Keys;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;

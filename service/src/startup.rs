@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use ops_db_actors::buffer::BufferConfig;
 use ops_db_actors::domain::Limits;
 use ops_db_actors::forwarder::ForwarderConfig;
-use ops_db_actors::keys::Keys;
+use ops_db_actors::overlay::{Keys, Reads};
 use ops_db_actors::replica::ReplicaConfig;
 use ops_db_actors::supervisor::policy::RestartPolicy;
 use ops_db_actors::tree::{Tree, TreeConfig};
@@ -95,8 +95,7 @@ impl Application {
         })
         .await
         .context("starting the actor tree")?;
-        let reads =
-            crate::reads::Reads::new(config.read_url(), keys.clone()).context("replica.url")?;
+        let reads = Reads::new(config.read_url(), keys.clone()).context("replica.url")?;
         let probe =
             RedisProbe::new(&config.redis.url, keys, config.redis.timeout).context("redis.url")?;
         // One registry: each part registers the metrics it owns.

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use ops_db_actors::forwarder::CrashPoint;
+use ops_db_actors::overlay::TxState;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -162,7 +163,10 @@ async fn every_write_reaches_the_primary_once_in_order_with_its_commit_lsn() {
         .hgetall(app.keys.lifecycle(acked[0]))
         .await
         .expect("lifecycle");
-    assert_eq!(life.get("state").map(String::as_str), Some("replicated"));
+    assert_eq!(
+        life.get("state").map(|s| s.parse()),
+        Some(Ok(TxState::Replicated))
+    );
     let lsn: ops_db_actors::lsn::Lsn = life["commit_lsn"].parse().expect("an LSN");
     let current: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
         .fetch_one(&mut db)
@@ -353,11 +357,11 @@ async fn poison_in_the_middle_of_a_batch_is_dead_lettered_and_the_rest_applied()
     assert_eq!(by_tx[&t4]["sqlstate"], "P0002");
     assert!(by_tx[&t4]["attempts"].as_u64().unwrap_or(0) >= 1);
     let mut redis = app.redis.conn().await;
-    let state: Option<String> = redis
+    let state: Option<TxState> = redis
         .hget(app.keys.lifecycle(t2), "state")
         .await
         .expect("hget");
-    assert_eq!(state.as_deref(), Some("dead"));
+    assert_eq!(state, Some(TxState::Dead));
     // Dead writers release their overlay: the record never existed anywhere.
     let overlay_left: bool = redis
         .exists(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ops_db_actors::domain::Transaction;
-use ops_db_actors::keys::Keys;
+use ops_db_actors::overlay::Keys;
 use ops_db_actors::tree::Tree;
 use ops_db_devkit::local_redis::LocalRedis;
 use ops_db_devkit::ports::free_port;

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use ops_db_actors::domain::{Step, Table};
+use ops_db_actors::overlay::TxState;
 use redis::AsyncCommands;
 use serde_json::json;
 use uuid::Uuid;
@@ -114,7 +115,10 @@ async fn every_write_endpoint_round_trips_into_the_stream_in_order() {
         .hgetall(app.keys.lifecycle(start_tx))
         .await
         .expect("lifecycle");
-    assert_eq!(life.get("state").map(String::as_str), Some("buffered"));
+    assert_eq!(
+        life.get("state").map(|s| s.parse()),
+        Some(Ok(TxState::Buffered))
+    );
     assert_eq!(
         life.get("op").map(String::as_str),
         Some("executed_obs_units.start")

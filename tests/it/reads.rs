@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ops_db_actors::overlay::TxState;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -34,13 +35,14 @@ fn without_sync(mut record: Value) -> Value {
     record
 }
 
-async fn state_of(app: &TestApp, tx: Uuid) -> String {
+/// The state `GET /transactions/{id}` answers.
+async fn state_of(app: &TestApp, tx: Uuid) -> TxState {
     let r = app.get_auth(&format!("/transactions/{tx}")).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    r.body["state"].as_str().unwrap_or_default().to_owned()
+    serde_json::from_value(r.body["state"].clone()).expect("a lifecycle state")
 }
 
-async fn until_state(app: &TestApp, tx: Uuid, wanted: &str) {
+async fn until_state(app: &TestApp, tx: Uuid, wanted: TxState) {
     eventually(
         &format!("transaction {tx} {wanted}"),
         Duration::from_secs(20),
@@ -130,7 +132,7 @@ async fn writes_read_back_at_once_and_read_the_same_from_the_replica_after_repli
 
     // The link heals: forwarded, replayed by the replica, marked replicated, overlay gone.
     wan.heal();
-    until_state(app, finish_tx, "replicated").await;
+    until_state(app, finish_tx, TxState::Replicated).await;
     let mut redis = app.redis.conn().await;
     let overlay_left: bool = redis
         .exists(
@@ -184,7 +186,7 @@ async fn a_paused_replica_keeps_transactions_forwarded_and_reads_merged_until_it
         .await
         .expect("pause");
     let (eou, _, _, tx) = observation(app, 2).await;
-    until_state(app, tx, "forwarded").await;
+    until_state(app, tx, TxState::Forwarded).await;
     // Five more polls of the paused replica: the transaction must stay forwarded.
     let polls = &app.tree.replica_metrics.polls;
     let seen = polls.load(std::sync::atomic::Ordering::Relaxed);
@@ -192,7 +194,7 @@ async fn a_paused_replica_keeps_transactions_forwarded_and_reads_merged_until_it
         (polls.load(std::sync::atomic::Ordering::Relaxed) >= seen + 5).then_some(())
     })
     .await;
-    assert_eq!(state_of(app, tx).await, "forwarded");
+    assert_eq!(state_of(app, tx).await, TxState::Forwarded);
     let read = app.get_auth(&format!("/executed_obs_units/{eou}")).await;
     assert_eq!(
         read.body["status"], "completed",
@@ -209,7 +211,7 @@ async fn a_paused_replica_keeps_transactions_forwarded_and_reads_merged_until_it
         .execute(&mut replica)
         .await
         .expect("resume");
-    until_state(app, tx, "replicated").await;
+    until_state(app, tx, TxState::Replicated).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -218,7 +220,7 @@ async fn a_stopped_replica_backs_off_without_touching_ingest_and_catches_up_afte
     let app = &site.app;
     site.pg.stop_replica().await;
     let (eou, _, _, tx) = observation(app, 3).await;
-    until_state(app, tx, "forwarded").await;
+    until_state(app, tx, TxState::Forwarded).await;
     eventually(
         "the replica tracker backs off",
         Duration::from_secs(20),
@@ -228,7 +230,7 @@ async fn a_stopped_replica_backs_off_without_touching_ingest_and_catches_up_afte
         },
     )
     .await;
-    assert_eq!(state_of(app, tx).await, "forwarded");
+    assert_eq!(state_of(app, tx).await, TxState::Forwarded);
     let read = app.get_auth(&format!("/executed_obs_units/{eou}")).await;
     assert_eq!(
         read.status, 200,
@@ -253,8 +255,8 @@ async fn a_stopped_replica_backs_off_without_touching_ingest_and_catches_up_afte
         .await;
     assert_eq!(more.status, 201, "ingest goes on");
     site.pg.start_replica().await;
-    until_state(app, tx, "replicated").await;
-    until_state(app, id(&more.body["transaction_id"]), "replicated").await;
+    until_state(app, tx, TxState::Replicated).await;
+    until_state(app, id(&more.body["transaction_id"]), TxState::Replicated).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -312,7 +314,7 @@ async fn lifecycles_expire_from_redis_and_are_then_answered_from_the_ledger() {
         .post("/executed_obs_units/start", &json!({"obs_unit_id": 4242}))
         .await;
     let dead_tx = id(&dead.body["transaction_id"]);
-    until_state(app, tx, "replicated").await;
+    until_state(app, tx, TxState::Replicated).await;
     let life = app.get_auth(&format!("/transactions/{dead_tx}")).await;
     assert_eq!(life.body["state"], "dead", "{}", life.text);
     assert_eq!(life.body["sqlstate"], "23503");

@@ -8,15 +8,14 @@
 //! acknowledged yet); across batches it is kept, as the next batch starts only after this
 //! one has been answered.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use futures::future::join_all;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError, RedisResult, Script};
+use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 
 use super::{Ack, BufferConfig, BufferMetrics, IngestError, WriteRequest};
-
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("buffer.lua")));
+use crate::overlay::scripts::BUFFER;
 
 /// The connections of one BufferActor incarnation; all of them or none.
 pub(super) type Connections = Vec<MultiplexedConnection>;
@@ -35,11 +34,7 @@ pub(super) async fn connect(
             .await?;
         // EVALSHA needs the script in this server's cache; a new connection may be a new
         // (restarted) server.
-        redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(include_str!("buffer.lua"))
-            .query_async::<String>(&mut conn)
-            .await?;
+        BUFFER.load_async(&mut conn).await?;
         conns.push(conn);
     }
     Ok(conns)
@@ -107,7 +102,7 @@ impl Flush {
                 None => (String::new(), "", String::new()),
             };
             pipe.cmd("EVALSHA")
-                .arg(SCRIPT.get_hash())
+                .arg(BUFFER.get_hash())
                 .arg(3)
                 .arg(keys.stream())
                 .arg(keys.lifecycle(w.tx_id))

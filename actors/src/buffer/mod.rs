@@ -24,7 +24,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::keys::Keys;
+use crate::overlay::Keys;
 
 /// What a durable write answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -20,14 +20,14 @@ mod error;
 mod read;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Script};
+use redis::AsyncConnectionConfig;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
@@ -37,9 +37,8 @@ pub use crash::{CrashPoint, CrashPoints};
 pub use error::ForwardError;
 use read::{Batch, Reader};
 
-use crate::keys::Keys;
-
-static SETTLE: LazyLock<Script> = LazyLock::new(|| overlay_script!("forwarder/settle.lua"));
+use crate::overlay::scripts::SETTLE;
+use crate::overlay::Keys;
 
 /// The consumer group (and its one consumer) through which the forwarder reads.
 pub const GROUP: &str = "forwarder";

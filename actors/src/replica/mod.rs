@@ -13,7 +13,7 @@
 mod error;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -21,16 +21,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Script};
+use redis::AsyncConnectionConfig;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::ConnectOptions;
 
 pub use error::ReplicaError;
 
-use crate::keys::Keys;
 use crate::lsn::Lsn;
-
-static REPLICATED: LazyLock<Script> = LazyLock::new(|| overlay_script!("replica/replicated.lua"));
+use crate::overlay::scripts::REPLICATED;
+use crate::overlay::Keys;
 
 /// Most transactions marked per call: bounds one script's run time (Redis runs scripts
 /// alone); a longer backlog is worked off over consecutive polls.

@@ -111,7 +111,7 @@ async fn one(
     let server = tokio::spawn(app.run_until_stopped(stop.clone()));
     let client = redis::Client::open(redis.url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let stream = ops_db_actors::keys::Keys::new("bench").stream();
+    let stream = ops_db_actors::overlay::Keys::new("bench").stream();
     loop {
         let left: u64 = redis::cmd("XLEN")
             .arg(&stream)

@@ -17,6 +17,7 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
+use ops_db_actors::overlay::{Keys, TxState};
 use ops_db_service::config::Config;
 use ops_db_service::startup::Application;
 use ops_db_service::token;
@@ -123,7 +124,7 @@ async fn visibility(setup: &Setup<'_>, samples: usize) -> anyhow::Result<()> {
     let mut replica = PgConnection::connect(&setup.pg.replica_url()).await?;
     let client = redis::Client::open(setup.redis.url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let keys = ops_db_actors::keys::Keys::new("visibility");
+    let keys = Keys::new("visibility");
     let poll = setup.poll;
     let mut delays = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for _ in 0..samples.min(500) {
@@ -199,16 +200,16 @@ async fn wait_replayed(replica: &mut PgConnection, lsn: &str) -> anyhow::Result<
 /// Polls the lifecycle every millisecond until the service marked it `replicated`.
 async fn wait_marked_replicated(
     conn: &mut redis::aio::MultiplexedConnection,
-    keys: &ops_db_actors::keys::Keys,
+    keys: &Keys,
     tx: uuid::Uuid,
 ) -> anyhow::Result<()> {
     loop {
-        let state: Option<String> = redis::cmd("HGET")
+        let state: Option<TxState> = redis::cmd("HGET")
             .arg(keys.lifecycle(tx))
             .arg("state")
             .query_async(conn)
             .await?;
-        if state.as_deref() == Some("replicated") {
+        if state == Some(TxState::Replicated) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(1)).await;

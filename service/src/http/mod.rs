@@ -16,6 +16,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use ops_db_actors::overlay::Reads;
 use ops_db_actors::tree::Tree;
 
 pub use auth::Tokens;
@@ -32,7 +33,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub tokens: Arc<Tokens>,
     pub probe: Arc<RedisProbe>,
-    pub reads: Arc<crate::reads::Reads>,
+    pub reads: Arc<Reads>,
     pub write_timeout: Duration,
     /// Every metric, registered once at startup; `/metrics` encodes it.
     pub metrics: Arc<prometheus_client::registry::Registry>,

@@ -1,4 +1,6 @@
-//! Read endpoints (any valid token): merged records and transaction lifecycles.
+//! Read endpoints (any valid token): merged records and transaction lifecycles. The reads
+//! themselves are `ops_db_actors::overlay::Reads`; this module maps their answers and
+//! errors to HTTP.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -7,13 +9,31 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ops_db_actors::domain::Table;
+use ops_db_actors::overlay::{IndexValue, ReadError};
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::AppState;
 use crate::ops::{self, ApiError};
-use crate::reads::Key;
+
+/// 503 for what did not answer (the cause is logged, never shown), 404 for what does not
+/// exist. Also used by the `?wait=` loop of the write endpoints.
+impl From<ReadError> for ApiError {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::Redis(e) => ApiError::redis_unavailable(&e),
+            ReadError::Source(e) => ApiError::replica_unavailable(&e),
+            ReadError::NoSuchRecord { table, id } => not_found(noun(table), &id.to_string()),
+            ReadError::NoSuchTransaction(id) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_such_transaction",
+                format!("no transaction {id}"),
+            )
+            .with_field("id"),
+        }
+    }
+}
 
 async fn redis(state: &AppState) -> Result<MultiplexedConnection, ApiError> {
     state
@@ -35,6 +55,15 @@ fn answer(body: Value, replica_answered: bool) -> Response {
             .insert(REPLICA_HEADER, HeaderValue::from_static("unavailable"));
     }
     response
+}
+
+/// What a record is called in its 404.
+fn noun(table: Table) -> &'static str {
+    match table {
+        Table::ExecutedObsUnit => "executed obs unit",
+        Table::RawDataPackage => "raw data package",
+        Table::RawDataFile => "raw data file",
+    }
 }
 
 fn not_found(what: &str, id: &str) -> ApiError {
@@ -70,7 +99,7 @@ async fn executed_obs_unit_detail(
         return Ok((eou, true));
     };
     let reads = &state.reads;
-    let key = Key::Uuid(id);
+    let key = IndexValue::Uuid(id);
     let (packages, a) = reads
         .records_where(conn, Table::RawDataPackage, "executed_obs_unit_id", key)
         .await?;
@@ -96,8 +125,7 @@ pub async fn executed_obs_unit(
     let eou = state
         .reads
         .record(&mut conn, Table::ExecutedObsUnit, id)
-        .await?
-        .ok_or_else(|| not_found("executed obs unit", &id.to_string()))?;
+        .await?;
     let (detail, replica_answered) = executed_obs_unit_detail(&state, &mut conn, eou).await?;
     Ok(answer(detail, replica_answered))
 }
@@ -126,7 +154,7 @@ pub async fn executed_obs_units(
 
 async fn by_obs_unit(state: &AppState, obs_unit_id: i64) -> Result<Response, ApiError> {
     let mut conn = redis(state).await?;
-    let key = Key::Int(obs_unit_id);
+    let key = IndexValue::Int(obs_unit_id);
     let (units, mut replica_answered) = state
         .reads
         .records_where(&mut conn, Table::ExecutedObsUnit, "obs_unit_id", key)
@@ -150,9 +178,7 @@ pub async fn raw_data_file(
         .reads
         .record(&mut conn, Table::RawDataFile, id)
         .await?;
-    Ok(Json(file.ok_or_else(|| {
-        not_found("raw data file", &id.to_string())
-    })?))
+    Ok(Json(file))
 }
 
 /// `GET /raw_data_package/{id}`: with its files.
@@ -165,15 +191,14 @@ pub async fn raw_data_package(
     let mut package = state
         .reads
         .record(&mut conn, Table::RawDataPackage, id)
-        .await?
-        .ok_or_else(|| not_found("raw data package", &id.to_string()))?;
+        .await?;
     let (files, replica_answered) = state
         .reads
         .records_where(
             &mut conn,
             Table::RawDataFile,
             "raw_data_package_id",
-            Key::Uuid(id),
+            IndexValue::Uuid(id),
         )
         .await?;
     package["raw_data_files"] = json!(files);

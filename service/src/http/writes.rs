@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use axum::routing::{on, MethodRouter};
 use ops_db_actors::domain::OperationKind;
+use ops_db_actors::overlay::TxState;
 
 use super::AppState;
 use crate::operations::OperationSpec;
@@ -69,7 +70,7 @@ async fn wait_for(
     tx: Uuid,
     target: WaitFor,
     timeout: Duration,
-) -> Result<(bool, String), ApiError> {
+) -> Result<(bool, TxState), ApiError> {
     let mut conn = state
         .probe
         .conn()
@@ -81,10 +82,10 @@ async fn wait_for(
             .reads
             .state(&mut conn, tx)
             .await?
-            .unwrap_or_else(|| "replicated".into());
-        let reached = match (target, current.as_str()) {
-            (_, "replicated") | (WaitFor::Forwarded, "forwarded") => true,
-            (_, "dead") => return Ok((true, current)),
+            .unwrap_or(TxState::Replicated);
+        let reached = match (target, current) {
+            (_, TxState::Replicated) | (WaitFor::Forwarded, TxState::Forwarded) => true,
+            (_, TxState::Dead) => return Ok((true, current)),
             _ => false,
         };
         if reached || tokio::time::Instant::now() >= deadline {

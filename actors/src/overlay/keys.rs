@@ -1,6 +1,10 @@
 //! The Redis key layout. Every key of a site starts with `opsdb:{site}:`, so several
 //! sites can share one Redis. `docs/ARCHITECTURE.md` documents the same table; keep both
 //! in step.
+//!
+//! This is the only place Rust builds a key: the prefix itself is not handed out, only
+//! whole keys and, for the scripts that derive keys from an id they read in Redis, the
+//! prefix of one kind of key (`lifecycle_prefix`).
 
 use uuid::Uuid;
 
@@ -18,10 +22,6 @@ impl Keys {
         }
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// Stream of buffered transactions, oldest first (field `tx`: the transaction JSON).
     /// An entry leaves the stream once the primary has committed it, so its length is the
     /// number of transactions not yet forwarded.
@@ -35,7 +35,8 @@ impl Keys {
     }
 
     /// Hash: the overlay after-image of one record (columns as JSON values, `_tx` = latest
-    /// writer, `_partial` = "1" when only an update of it is buffered).
+    /// writer, `_partial` = "1" when only an update of it is buffered, `_idx` = its index
+    /// keys). The id is the key's last `:`-separated part; `overlay_release.lua` relies on it.
     pub fn record(&self, table: Table, id: Uuid) -> String {
         format!("{}rec:{}:{id}", self.prefix, table.name())
     }
@@ -56,7 +57,9 @@ impl Keys {
         format!("{}forwarded", self.prefix)
     }
 
-    /// Prefix of the lifecycle hashes (`lifecycle(tx)` = prefix + id), for scripts.
+    /// Prefix of the lifecycle hashes (`lifecycle(tx)` = prefix + id), for the scripts that
+    /// find transaction ids inside Redis (a sorted set, a dead letter) rather than in their
+    /// arguments.
     pub fn lifecycle_prefix(&self) -> String {
         format!("{}tx:", self.prefix)
     }
@@ -90,5 +93,15 @@ mod tests {
             k.record(Table::RawDataFile, id),
             "opsdb:summit:rec:raw_data_file:00000000-0000-0000-0000-000000000000"
         );
+    }
+
+    /// What the scripts derive must be what Rust builds.
+    #[test]
+    fn scripts_derive_the_keys_rust_builds() {
+        let k = Keys::new("summit");
+        let id = Uuid::now_v7();
+        assert_eq!(k.lifecycle(id), format!("{}{id}", k.lifecycle_prefix()));
+        let record = k.record(Table::ExecutedObsUnit, id);
+        assert_eq!(record.rsplit(':').next(), Some(id.to_string().as_str()));
     }
 }

@@ -7,6 +7,10 @@
 -- ARGV[5] lifecycle key prefix, ARGV[6] lifecycle retention (seconds), then per transaction:
 --   stream id, transaction id, outcome (applied|skipped|dead), sqlstate, message
 --
+-- Keys not in KEYS: each transaction's lifecycle hash, derived as ARGV[5] .. transaction
+-- id; for a dead one, release_overlay's (overlay_release.lua: record hashes and index sets
+-- read from Redis).
+--
 -- A dead transaction will never be replicated: the overlay records whose latest writer it
 -- was are removed now (what reads then show is the replica's row, if any), by
 -- release_overlay from overlay_release.lua.

@@ -7,7 +7,10 @@
 -- ARGV[5] request fingerprint          ARGV[6] stored response (JSON)
 -- ARGV[7] idempotency TTL (seconds)    ARGV[8] now (unix ms)
 -- ARGV[9] overlay: JSON list of {k = record key, id = record id, u = 1 for an update,
---         f = [col, json, ...], i = [index keys]}
+--         f = [col, json, ...], i = [index keys]} (`OverlayWrite`, record.rs)
+--
+-- Keys not in KEYS: the overlay record hashes (`k`) and index sets (`i`) arrive whole,
+-- built by `Keys`, inside ARGV[9]; none is derived here.
 --
 -- Returns {'ok', stream_id} | {'dup', first response} | {'conflict', ''} | {'full', length}
 local stream, lifecycle, idem = KEYS[1], KEYS[2], KEYS[3]

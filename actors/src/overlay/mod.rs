@@ -1,0 +1,30 @@
+//! The overlay: what Redis holds for each buffered transaction besides its stream entry
+//! (its lifecycle, the after-images of the rows it wrote and their index entries), and
+//! the one home of its layout, its scripts and the merged reads built on it.
+//!
+//! Guarantees:
+//! - every Redis key of a site is built here ([`Keys`]), and nowhere else in Rust; the Lua
+//!   scripts receive theirs from here (in `KEYS`, or as a prefix in `ARGV`: each script's
+//!   header says which);
+//! - an overlay record is written as an [`OverlayWrite`] and read as an [`OverlayRecord`]:
+//!   the record hash's fields are named in `record.rs` and the scripts only;
+//! - a lifecycle state is a [`TxState`] wherever Rust reads or compares one; the scripts
+//!   write the same lowercase names (a test holds them to it);
+//! - reads merge the read source's rows with the overlay ([`Reads`]): the overlay wins
+//!   until its writer is replicated, then the read source answers the same record.
+//!
+//! Lifecycle of a transaction: `buffered` (`buffer.lua`) → `forwarded` with its commit LSN
+//! (`settle.lua`) → `replicated` (`replicated.lua`, which releases the overlay records it
+//! was the latest writer of), or → `dead` (`settle.lua`, releasing likewise).
+
+mod keys;
+mod merge;
+mod reads;
+mod record;
+pub(crate) mod scripts;
+mod state;
+
+pub use keys::Keys;
+pub use reads::{IndexValue, ReadError, Reads};
+pub use record::{OverlayRecord, OverlayWrite};
+pub use state::{TxState, UnknownState};

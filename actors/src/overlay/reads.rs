@@ -1,0 +1,296 @@
+//! Merged reads at the summit: rows of the read source (the local replica; the primary on
+//! the main site) merged with the overlay of records not yet replicated, and transaction
+//! lifecycles.
+//!
+//! Guarantees:
+//! - the overlay wins (it holds the newest writer's after-image): a complete overlay
+//!   record is answered without asking the read source, a `_partial` one is laid over the
+//!   read source's row (`merge.rs`);
+//! - overlay records are found through record keys and index sets, never key scans;
+//! - every record carries `"sync": {"state", "transaction_id", "lsn"}`: its latest
+//!   writer's lifecycle, or `replicated` for a read-source-only row; the writers of one
+//!   answer are looked up in one pipeline, whatever their count;
+//! - when the read source does not answer, a list comes from the overlay alone and says
+//!   so; a single record the overlay cannot answer alone is [`ReadError::Source`];
+//! - a lifecycle comes from Redis while Redis keeps it, then from the ledger.
+//!
+//! Knows nothing of HTTP: callers map [`ReadError`] to their answers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::aio::MultiplexedConnection;
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::merge::{self, WriterState};
+use super::record::index_value;
+use super::{Keys, OverlayRecord, TxState, UnknownState};
+use crate::domain::Table;
+
+/// Why a read has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Redis did not answer, or answered what cannot be read (an unknown lifecycle state).
+    #[error("redis failed: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The read source did not answer.
+    #[error("read source failed: {0}")]
+    Source(#[from] sqlx::Error),
+    #[error("no {} {id}", table.name())]
+    NoSuchRecord { table: Table, id: Uuid },
+    /// Neither Redis nor the ledger knows the transaction.
+    #[error("no transaction {0}")]
+    NoSuchTransaction(Uuid),
+}
+
+/// What Redis holds but Rust cannot read is a Redis failure like any unreadable reply.
+fn unreadable(err: UnknownState) -> ReadError {
+    ReadError::Redis(redis::ParsingError::from(err.to_string()).into())
+}
+
+/// A column value to look records up by (one of `Table::indexed_columns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexValue {
+    Int(i64),
+    Uuid(Uuid),
+}
+
+impl IndexValue {
+    /// The text naming its index set, as the write side names it.
+    fn text(self) -> String {
+        match self {
+            IndexValue::Int(n) => index_value(&n.into()),
+            IndexValue::Uuid(id) => index_value(&id.to_string().into()),
+        }
+    }
+}
+
+/// A record and what the overlay holds of it (either may be missing).
+type Found = (Option<Value>, Option<OverlayRecord>);
+
+pub struct Reads {
+    /// The read source (replica; the primary on the main site); `None` if not configured.
+    pool: Option<PgPool>,
+    keys: Keys,
+}
+
+impl Reads {
+    /// Connects lazily: a read source down at boot fails reads, not the start; only an
+    /// unusable URL is an error here.
+    pub fn new(read_url: Option<&str>, keys: Keys) -> Result<Self, sqlx::Error> {
+        let pool = read_url
+            .map(|url| {
+                PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(2))
+                    .connect_lazy(url)
+            })
+            .transpose()?;
+        Ok(Self { pool, keys })
+    }
+
+    /// A transaction's lifecycle: from Redis while it is kept there, then from the ledger
+    /// on the read source.
+    pub async fn transaction(
+        &self,
+        redis: &mut MultiplexedConnection,
+        id: Uuid,
+    ) -> Result<Value, ReadError> {
+        let life: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.lifecycle(id))
+            .query_async(redis)
+            .await?;
+        if !life.is_empty() {
+            return merge::lifecycle(id, &life).map_err(unreadable);
+        }
+        let Some(pool) = &self.pool else {
+            return Err(ReadError::NoSuchTransaction(id));
+        };
+        let row: Option<(String, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT op, stream_id, applied_at FROM applied_transaction WHERE transaction_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+        let (op, _stream_id, applied_at) = row.ok_or(ReadError::NoSuchTransaction(id))?;
+        Ok(merge::ledger(id, &op, applied_at))
+    }
+
+    /// A transaction's state, or `None` if Redis no longer knows it.
+    pub async fn state(
+        &self,
+        redis: &mut MultiplexedConnection,
+        id: Uuid,
+    ) -> Result<Option<TxState>, ReadError> {
+        Ok(redis::cmd("HGET")
+            .arg(self.keys.lifecycle(id))
+            .arg("state")
+            .query_async(redis)
+            .await?)
+    }
+
+    /// One record, merged.
+    pub async fn record(
+        &self,
+        redis: &mut MultiplexedConnection,
+        table: Table,
+        id: Uuid,
+    ) -> Result<Value, ReadError> {
+        let overlay: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys.record(table, id))
+            .query_async(redis)
+            .await?;
+        let overlay = OverlayRecord::parse(overlay);
+        let replica = match &self.pool {
+            Some(pool) if overlay.as_ref().is_none_or(|o| o.partial) => {
+                source_row(pool, table, id).await?
+            }
+            _ => None,
+        };
+        self.merge(redis, vec![(replica, overlay)])
+            .await?
+            .pop()
+            .ok_or(ReadError::NoSuchRecord { table, id })
+    }
+
+    /// The records of `table` whose `column` is `value`, merged, ordered by id (time
+    /// order), and whether the read source answered: when it does not, the overlay's
+    /// records alone are returned (the caller says so), rather than nothing.
+    pub async fn records_where(
+        &self,
+        redis: &mut MultiplexedConnection,
+        table: Table,
+        column: &str,
+        value: IndexValue,
+    ) -> Result<(Vec<Value>, bool), ReadError> {
+        // Uuid order is the order of their text (lowercase hex), so `id` order.
+        let mut by_id: BTreeMap<Uuid, Found> = BTreeMap::new();
+        let mut source_answered = true;
+        if let Some(pool) = &self.pool {
+            match source_rows(pool, table, column, value).await {
+                Ok(rows) => by_id.extend(rows.into_iter().map(|(id, row)| (id, (Some(row), None)))),
+                Err(err) => {
+                    tracing::warn!(error = %err, "replica query failed, answering from the overlay alone");
+                    source_answered = false;
+                }
+            }
+        }
+        for (id, overlay) in self.indexed_overlay(redis, table, column, value).await? {
+            by_id.entry(id).or_default().1 = Some(overlay);
+        }
+        let records = self.merge(redis, by_id.into_values().collect()).await?;
+        Ok((records, source_answered))
+    }
+
+    /// The overlay records in the index set of `column` = `value`, in one pipeline.
+    async fn indexed_overlay(
+        &self,
+        redis: &mut MultiplexedConnection,
+        table: Table,
+        column: &str,
+        value: IndexValue,
+    ) -> Result<Vec<(Uuid, OverlayRecord)>, ReadError> {
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.index(table, column, &value.text()))
+            .query_async(redis)
+            .await?;
+        // Index sets hold the ids buffer.lua wrote, all UUIDs; anything else has no record.
+        let ids: Vec<Uuid> = ids
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGETALL").arg(self.keys.record(table, *id));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe.query_async(redis).await?;
+        Ok(ids
+            .into_iter()
+            .zip(hashes)
+            .filter_map(|(id, hash)| Some((id, OverlayRecord::parse(hash)?)))
+            .collect())
+    }
+
+    /// Overlays over read-source rows, each with its sync field; records neither side has
+    /// are left out.
+    async fn merge(
+        &self,
+        redis: &mut MultiplexedConnection,
+        found: Vec<Found>,
+    ) -> Result<Vec<Value>, ReadError> {
+        let merged: Vec<(Map<String, Value>, Option<Uuid>)> = found
+            .into_iter()
+            .filter_map(|(replica, overlay)| merge::merge_one(replica, overlay))
+            .collect();
+        let writers: Vec<Uuid> = merged.iter().filter_map(|(_, w)| *w).collect();
+        let states = self.writer_states(redis, writers).await?;
+        Ok(merged
+            .into_iter()
+            .map(|(record, writer)| merge::answer(record, writer.map(|tx| (tx, states.get(&tx)))))
+            .collect())
+    }
+
+    /// The state and commit LSN of each writer, in one pipeline.
+    async fn writer_states(
+        &self,
+        redis: &mut MultiplexedConnection,
+        writers: Vec<Uuid>,
+    ) -> Result<HashMap<Uuid, WriterState>, ReadError> {
+        if writers.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut pipe = redis::pipe();
+        for tx in &writers {
+            pipe.cmd("HMGET")
+                .arg(self.keys.lifecycle(*tx))
+                .arg("state")
+                .arg("commit_lsn");
+        }
+        let replies: Vec<WriterState> = pipe.query_async(redis).await?;
+        Ok(writers.into_iter().zip(replies).collect())
+    }
+}
+
+/// One row of the read source, as JSON.
+async fn source_row(pool: &PgPool, table: Table, id: Uuid) -> Result<Option<Value>, ReadError> {
+    let sql = format!("SELECT to_jsonb(t) FROM {} t WHERE id = $1", table.name());
+    let row: Option<Json<Value>> = sqlx::query_scalar(&sql)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|Json(v)| v))
+}
+
+/// The read source's rows of `table` whose `column` is `value`, by id.
+async fn source_rows(
+    pool: &PgPool,
+    table: Table,
+    column: &str,
+    value: IndexValue,
+) -> Result<Vec<(Uuid, Value)>, sqlx::Error> {
+    // `column` comes from our own fixed list (Table::indexed_columns), never from a caller.
+    let sql = format!(
+        "SELECT to_jsonb(t) FROM {} t WHERE {column} = $1 ORDER BY id",
+        table.name()
+    );
+    let query = sqlx::query_scalar::<_, Json<Value>>(&sql);
+    let query = match value {
+        IndexValue::Int(n) => query.bind(n),
+        IndexValue::Uuid(id) => query.bind(id),
+    };
+    let rows = query.fetch_all(pool).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|Json(row)| {
+            let id = row["id"].as_str().and_then(|s| Uuid::parse_str(s).ok())?;
+            Some((id, row))
+        })
+        .collect())
+}

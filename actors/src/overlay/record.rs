@@ -1,0 +1,198 @@
+//! One overlay record, as written and as read.
+//!
+//! The record hash (`Keys::record`) holds the after-image of a row not yet replicated:
+//! each written column → the JSON text of its value; `_tx` = the latest writer's
+//! transaction id; `_partial` = `1` when only updates of it are buffered (its insert is
+//! already replicated, so the image is laid over the replica's row); `_idx` = JSON list
+//! of the index sets that hold its id (so whoever releases it can remove those entries).
+//!
+//! Write side: [`OverlayWrite`], what the IngestActor hands `buffer.lua` for each step of
+//! a transaction. Read side: [`OverlayRecord`], the hash parsed for merged reads.
+
+use std::collections::HashMap;
+
+use serde::{Serialize, Serializer};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::Keys;
+use crate::domain::Step;
+
+/// One step's overlay write; a JSON list of them is `buffer.lua`'s ARGV[9]. The short
+/// field names are the script's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OverlayWrite {
+    /// The record hash.
+    #[serde(rename = "k")]
+    pub key: String,
+    /// The member added to the index sets.
+    pub id: Uuid,
+    /// An update (`u = 1`): written over a record the overlay does not hold, it is kept
+    /// `_partial`.
+    #[serde(rename = "u", serialize_with = "as_flag")]
+    pub update: bool,
+    /// Column names and the JSON text of their values, flattened to `[col, json, ...]`
+    /// for one `HSET`.
+    #[serde(rename = "f", serialize_with = "flattened")]
+    pub columns: Vec<(String, String)>,
+    /// The index sets its id joins: one per indexed column with a non-null value.
+    #[serde(rename = "i")]
+    pub indexes: Vec<String>,
+}
+
+impl OverlayWrite {
+    pub fn of_step(keys: &Keys, step: &Step) -> Self {
+        let table = step.table();
+        let written = step.columns();
+        let indexes = table
+            .indexed_columns()
+            .iter()
+            .filter_map(|c| written.get(*c).filter(|v| !v.is_null()).map(|v| (c, v)))
+            .map(|(c, v)| keys.index(table, c, &index_value(v)))
+            .collect();
+        Self {
+            key: keys.record(table, step.id()),
+            id: step.id(),
+            update: matches!(step, Step::Update { .. }),
+            columns: written
+                .iter()
+                .map(|(column, value)| (column.clone(), value.to_string()))
+                .collect(),
+            indexes,
+        }
+    }
+}
+
+/// How a column value names its index set: strings (UUIDs) as they are, anything else
+/// (integers) as its JSON text.
+pub(crate) fn index_value(value: &Value) -> String {
+    value
+        .as_str()
+        .map_or_else(|| value.to_string(), str::to_owned)
+}
+
+fn as_flag<S: Serializer>(update: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u8(u8::from(*update))
+}
+
+fn flattened<S: Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(pairs.iter().flat_map(|(k, v)| [k, v]))
+}
+
+/// A record hash as merged reads see it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OverlayRecord {
+    /// `_tx`: the latest writer (`None` if absent or not a UUID).
+    pub writer: Option<Uuid>,
+    /// `_partial`: the image is only the updated columns, to lay over the replica's row.
+    pub partial: bool,
+    /// `_idx`: the index sets holding its id.
+    pub indexes: Vec<String>,
+    /// Every other field, its JSON text parsed (`null` if unreadable).
+    pub columns: Map<String, Value>,
+}
+
+impl OverlayRecord {
+    /// Parses a record hash as `HGETALL` returns it; `None` for an empty one (no such key:
+    /// the overlay does not hold the record).
+    pub fn parse(hash: HashMap<String, String>) -> Option<Self> {
+        if hash.is_empty() {
+            return None;
+        }
+        let mut record = Self::default();
+        for (field, text) in hash {
+            match field.as_str() {
+                "_tx" => record.writer = Uuid::parse_str(&text).ok(),
+                "_partial" => record.partial = true,
+                "_idx" => record.indexes = serde_json::from_str(&text).unwrap_or_default(),
+                // Fields of ours start with `_`; no column does.
+                f if f.starts_with('_') => {}
+                _ => {
+                    let value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    record.columns.insert(field, value);
+                }
+            }
+        }
+        Some(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::Table;
+
+    fn object(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().expect("an object")
+    }
+
+    #[test]
+    fn a_write_serialises_to_what_buffer_lua_reads() {
+        let keys = Keys::new("s");
+        let (id, eou) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let step = Step::Insert {
+            table: Table::RawDataFile,
+            id,
+            values: object(json!({"id": id, "executed_obs_unit_id": eou,
+                "raw_data_package_id": null, "size": 7})),
+        };
+        let write = serde_json::to_value(OverlayWrite::of_step(&keys, &step)).expect("json");
+        let (q_id, q_eou) = (format!("\"{id}\""), format!("\"{eou}\""));
+        assert_eq!(
+            write,
+            json!({
+                "k": keys.record(Table::RawDataFile, id),
+                "id": id,
+                "u": 0,
+                "f": ["executed_obs_unit_id", q_eou, "id", q_id,
+                      "raw_data_package_id", "null", "size", "7"],
+                "i": [keys.index(Table::RawDataFile, "executed_obs_unit_id", &eou.to_string())],
+            }),
+            "a null indexed column joins no index set"
+        );
+    }
+
+    #[test]
+    fn an_update_is_flagged_and_integers_name_their_index_by_their_text() {
+        let keys = Keys::new("s");
+        let step = Step::Update {
+            table: Table::ExecutedObsUnit,
+            id: Uuid::from_u128(3),
+            set: object(json!({"obs_unit_id": 7})),
+        };
+        let write = OverlayWrite::of_step(&keys, &step);
+        assert!(write.update);
+        assert_eq!(
+            write.indexes,
+            [keys.index(Table::ExecutedObsUnit, "obs_unit_id", "7")]
+        );
+        assert_eq!(serde_json::to_value(&write).expect("json")["u"], json!(1));
+    }
+
+    #[test]
+    fn a_record_hash_parses_into_writer_flags_indexes_and_columns() {
+        let tx = Uuid::from_u128(9);
+        let hash: HashMap<String, String> = [
+            ("_tx", tx.to_string()),
+            ("_partial", "1".into()),
+            ("_idx", r#"["s:idx:a"]"#.into()),
+            ("status", r#""completed""#.into()),
+            ("obs_unit_id", "4".into()),
+            ("broken", "{".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let record = OverlayRecord::parse(hash).expect("a record");
+        assert_eq!(record.writer, Some(tx));
+        assert!(record.partial);
+        assert_eq!(record.indexes, ["s:idx:a"]);
+        assert_eq!(
+            Value::Object(record.columns),
+            json!({"status": "completed", "obs_unit_id": 4, "broken": null})
+        );
+        assert_eq!(OverlayRecord::parse(HashMap::new()), None);
+    }
+}

@@ -1,0 +1,17 @@
+-- Removes a dead letter for good; its lifecycle stays `dead` and gets `dropped_at`.
+--
+-- KEYS[1] dead-letter stream
+-- ARGV[1] dead-letter id, ARGV[2] lifecycle key prefix, ARGV[3] now (unix ms)
+--
+-- Keys not in KEYS: the transaction's lifecycle hash, derived as ARGV[2] .. the
+-- `transaction_id` field read from the dead letter.
+--
+-- Returns the number of dead letters removed (0 or 1).
+local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1]
+if not entry then return 0 end
+for i = 1, #entry[2], 2 do
+  if entry[2][i] == 'transaction_id' then
+    redis.call('HSET', ARGV[2] .. entry[2][i + 1], 'dropped_at', ARGV[3])
+  end
+end
+return redis.call('XDEL', KEYS[1], ARGV[1])

@@ -1,0 +1,104 @@
+//! The Lua scripts that write the overlay, settle transactions and release the overlay,
+//! and the one `redis::Script` of each (its SHA-1 is computed once, at first use).
+//!
+//! Guarantees:
+//! - each script runs atomically in Redis (no other command interleaves), so a write, a
+//!   settlement or a release is seen whole or not at all;
+//! - each script's header says which keys it receives in `KEYS` and which it touches
+//!   without declaring them: keys handed over whole inside `ARGV`, or derived from a key
+//!   prefix in `ARGV` (built by [`Keys`](super::Keys)) and an id it reads in Redis. All of
+//!   them are in the site's prefix; none is found by scanning.
+//!
+//! `overlay_release.lua` defines `release_overlay`, shared by `settle.lua` and
+//! `replicated.lua`: it is prepended to each at compile time, so each is one script.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// `buffer.lua`: stream entry, lifecycle, overlay and idempotency record of one write.
+pub(crate) static BUFFER: LazyLock<Script> = LazyLock::new(|| Script::new(BUFFER_LUA));
+
+/// `settle.lua`: a committed batch's outcome (forwarded or dead), acked off the stream.
+pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
+
+/// `replicated.lua`: transactions the replica has replayed, and the overlay they release.
+pub(crate) static REPLICATED: LazyLock<Script> = LazyLock::new(|| Script::new(REPLICATED_LUA));
+
+/// `dlq_retry.lua`: a dead letter back at the end of the stream.
+pub(crate) static DLQ_RETRY: LazyLock<Script> = LazyLock::new(|| Script::new(DLQ_RETRY_LUA));
+
+/// `dlq_drop.lua`: a dead letter removed for good.
+pub(crate) static DLQ_DROP: LazyLock<Script> = LazyLock::new(|| Script::new(DLQ_DROP_LUA));
+
+const BUFFER_LUA: &str = include_str!("buffer.lua");
+const SETTLE_LUA: &str = concat!(
+    include_str!("overlay_release.lua"),
+    include_str!("settle.lua")
+);
+const REPLICATED_LUA: &str = concat!(
+    include_str!("overlay_release.lua"),
+    include_str!("replicated.lua")
+);
+const DLQ_RETRY_LUA: &str = include_str!("dlq_retry.lua");
+const DLQ_DROP_LUA: &str = include_str!("dlq_drop.lua");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [(&str, &str); 5] = [
+        ("buffer.lua", BUFFER_LUA),
+        ("settle.lua", include_str!("settle.lua")),
+        ("replicated.lua", include_str!("replicated.lua")),
+        ("dlq_retry.lua", DLQ_RETRY_LUA),
+        ("dlq_drop.lua", DLQ_DROP_LUA),
+    ];
+
+    /// The header comment is the script's contract with its Rust caller.
+    #[test]
+    fn every_script_header_names_its_keys() {
+        for (name, source) in ALL {
+            let header: Vec<&str> = source.lines().take_while(|l| l.starts_with("--")).collect();
+            assert!(
+                header.iter().any(|l| l.contains("KEYS[1]")),
+                "{name}: header lists KEYS"
+            );
+            assert!(
+                header.iter().any(|l| l.contains("Keys not in KEYS")),
+                "{name}: header says which keys are not declared"
+            );
+        }
+    }
+
+    /// The scripts write lifecycle states as text; Rust reads them as `TxState`.
+    #[test]
+    fn every_state_a_script_writes_is_a_tx_state() {
+        const FIELD: &str = "'state', '";
+        let mut seen = Vec::new();
+        for (name, source) in ALL {
+            for (at, _) in source.match_indices(FIELD) {
+                let rest = &source[at + FIELD.len()..];
+                let state = rest.split('\'').next().unwrap_or_default();
+                let parsed: crate::overlay::TxState =
+                    state.parse().unwrap_or_else(|e| panic!("{name}: {e}"));
+                seen.push(parsed);
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            5,
+            "buffered, forwarded, dead, replicated, buffered"
+        );
+    }
+
+    #[test]
+    fn release_overlay_is_defined_where_it_is_called() {
+        for source in [SETTLE_LUA, REPLICATED_LUA] {
+            let defined = source.find("local function release_overlay");
+            let called = source.rfind("release_overlay(lifecycle, tx)");
+            assert!(defined.is_some() && defined < called);
+        }
+        assert!(!BUFFER_LUA.contains("release_overlay"));
+    }
+}
