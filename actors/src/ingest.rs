@@ -11,7 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::buffer::{Ack, BufferMsg, IngestError, PreparedWrite, WriteRequest};
+use crate::buffer::{Ack, BufferMsg, Idempotent, IngestError, PreparedWrite, WriteRequest};
 use crate::domain::{Built, IdempotencyKey, Limits, Operation};
 use crate::overlay::{Keys, OverlayWrite};
 use crate::slot::Slot;
@@ -81,19 +81,29 @@ fn write(
         )));
         return;
     };
-    let write = prepare(state, &op, idempotency);
+    let write = match prepare(state, &op, idempotency) {
+        Ok(write) => write,
+        Err(err) => {
+            // Our own types always serialise; if one ever does not, say so loudly.
+            tracing::error!(error = %err, op = op.name(), "write could not be serialised, refused");
+            let _ = reply.send(Err(IngestError::Internal(format!(
+                "serialising the write: {err}"
+            ))));
+            return;
+        }
+    };
     if let Err(err) = buffer.cast(BufferMsg::Write(WriteRequest { write, reply })) {
         // The reply port went down with the message; the caller sees its call fail.
         tracing::warn!(error = %err, "buffer actor gone, write refused");
     }
 }
 
-/// Builds the transaction and serialises everything the buffer script needs.
+/// Builds the transaction and serialises, once, everything the buffer script needs.
 pub fn prepare(
     state: &IngestArgs,
     op: &Operation,
     idempotency: Option<IdempotencyKey>,
-) -> PreparedWrite {
+) -> Result<PreparedWrite, serde_json::Error> {
     let Built {
         tx,
         created,
@@ -104,23 +114,31 @@ pub fn prepare(
         .iter()
         .map(|step| OverlayWrite::of_step(&state.keys, step))
         .collect();
-    PreparedWrite {
+    let ack = Ack {
+        created,
+        body: response,
+        replayed: false,
+    };
+    let idempotency = match idempotency {
+        Some(key) => Some(Idempotent {
+            key: key.as_str().to_owned(),
+            fingerprint: fingerprint(op)?,
+            answer_json: serde_json::to_string(&ack)?,
+        }),
+        None => None,
+    };
+    Ok(PreparedWrite {
         tx_id: tx.id,
         op: op.name(),
-        tx_json: serde_json::to_string(&tx).unwrap_or_default(),
-        overlay_json: serde_json::to_string(&overlay).unwrap_or_default(),
-        idempotency: idempotency.map(|k| (k.as_str().to_owned(), fingerprint(op))),
-        ack: Ack {
-            created,
-            body: response,
-            replayed: false,
-        },
-    }
+        tx_json: serde_json::to_string(&tx)?,
+        overlay_json: serde_json::to_string(&overlay)?,
+        idempotency,
+        ack,
+    })
 }
 
 /// Identifies a request's content, so a reused idempotency key with another body is
 /// refused instead of answered with an unrelated response.
-fn fingerprint(op: &Operation) -> String {
-    let bytes = serde_json::to_vec(op).unwrap_or_default();
-    hex::encode(Sha256::digest(bytes))
+fn fingerprint(op: &Operation) -> Result<String, serde_json::Error> {
+    Ok(hex::encode(Sha256::digest(serde_json::to_vec(op)?)))
 }

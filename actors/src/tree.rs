@@ -115,75 +115,18 @@ pub struct Tree {
 
 impl Tree {
     pub async fn start(config: TreeConfig) -> Result<Self, SpawnErr> {
-        let health = Arc::new(HealthRegistry::new());
-        let buffer_metrics = Arc::new(BufferMetrics::default());
-        let keys = config.buffer.keys.clone();
-        let buffer_slot = Slot::<BufferMsg>::new();
-        let ingest_slot = Slot::<IngestMsg>::new();
-        let forwarder_metrics = Arc::new(ForwarderMetrics::default());
-        #[cfg(feature = "fault-injection")]
-        let crash_points = Arc::new(CrashPoints::default());
-        let has_forwarder = config.forwarder.is_some();
-        let replica_metrics = Arc::new(ReplicaMetrics::default());
-        let has_replica = config.replica.is_some();
-        // Start order matters: the buffer must run before ingest hands it writes.
-        let mut children: Vec<Box<dyn ChildSpec>> = vec![
-            Box::new(Child {
-                name: BUFFER.into(),
-                actor: BufferActor,
-                args: BufferArgs {
-                    config: Arc::new(config.buffer),
-                    metrics: Arc::clone(&buffer_metrics),
-                },
-                slot: buffer_slot.clone(),
-                policy: config.buffer_policy,
-            }),
-            Box::new(Child {
-                name: INGEST.into(),
-                actor: IngestActor,
-                args: IngestArgs {
-                    site: config.site.into(),
-                    keys,
-                    limits: config.limits,
-                    buffer: buffer_slot,
-                },
-                slot: ingest_slot.clone(),
-                policy: config.ingest_policy,
-            }),
-        ];
-        if let Some((forwarder, policy)) = config.forwarder {
-            children.push(Box::new(Child {
-                name: FORWARDER.into(),
-                actor: ForwarderActor,
-                args: ForwarderArgs {
-                    config: Arc::new(forwarder),
-                    metrics: Arc::clone(&forwarder_metrics),
-                    #[cfg(feature = "fault-injection")]
-                    crash: Arc::clone(&crash_points),
-                },
-                slot: Slot::<ForwarderMsg>::new(),
-                policy,
-            }));
-        }
-        if let Some((replica, policy)) = config.replica {
-            children.push(Box::new(Child {
-                name: REPLICA.into(),
-                actor: ReplicaLagActor,
-                args: ReplicaArgs {
-                    config: Arc::new(replica),
-                    metrics: Arc::clone(&replica_metrics),
-                },
-                slot: Slot::<ReplicaMsg>::new(),
-                policy,
-            }));
-        }
+        let shared = Shared::new(config.forwarder.is_some(), config.replica.is_some());
+        let ingest = Slot::<IngestMsg>::new();
+        let instance = config.instance.clone();
+        let children = children(config, &shared, &ingest);
+        let health = Arc::clone(&shared.health);
         let (supervisor, join) = Actor::spawn(
-            Some(format!("{}/supervisor", config.instance)),
+            Some(format!("{instance}/supervisor")),
             Supervisor,
             SupervisorArgs {
-                instance: config.instance,
+                instance,
                 children,
-                health: Arc::clone(&health),
+                health,
             },
         )
         .await?;
@@ -194,16 +137,16 @@ impl Tree {
         });
         Ok(Self {
             supervisor,
-            health,
-            buffer_metrics,
-            forwarder_metrics,
+            health: shared.health,
+            buffer_metrics: shared.buffer_metrics,
+            forwarder_metrics: shared.forwarder_metrics,
             ingest_metrics: Arc::new(IngestMetrics::default()),
             #[cfg(feature = "fault-injection")]
-            crash_points,
-            has_forwarder,
-            replica_metrics,
-            has_replica,
-            ingest: ingest_slot,
+            crash_points: shared.crash_points,
+            has_forwarder: shared.has_forwarder,
+            replica_metrics: shared.replica_metrics,
+            has_replica: shared.has_replica,
+            ingest,
             stopped,
         })
     }
@@ -280,4 +223,93 @@ impl Tree {
             .await;
         self.stopped().await;
     }
+}
+
+/// What the actors write and the facades read: health and metrics, shared by `Arc`.
+struct Shared {
+    health: Arc<HealthRegistry>,
+    buffer_metrics: Arc<BufferMetrics>,
+    forwarder_metrics: Arc<ForwarderMetrics>,
+    replica_metrics: Arc<ReplicaMetrics>,
+    #[cfg(feature = "fault-injection")]
+    crash_points: Arc<CrashPoints>,
+    has_forwarder: bool,
+    has_replica: bool,
+}
+
+impl Shared {
+    fn new(has_forwarder: bool, has_replica: bool) -> Self {
+        Self {
+            health: Arc::new(HealthRegistry::new()),
+            buffer_metrics: Arc::new(BufferMetrics::default()),
+            forwarder_metrics: Arc::new(ForwarderMetrics::default()),
+            replica_metrics: Arc::new(ReplicaMetrics::default()),
+            #[cfg(feature = "fault-injection")]
+            crash_points: Arc::new(CrashPoints::default()),
+            has_forwarder,
+            has_replica,
+        }
+    }
+}
+
+/// The supervisor's children, in start order: the buffer must run before ingest hands it
+/// writes; the forwarder and the replica tracker only if configured.
+fn children(
+    config: TreeConfig,
+    shared: &Shared,
+    ingest: &Slot<IngestMsg>,
+) -> Vec<Box<dyn ChildSpec>> {
+    let buffer = Slot::<BufferMsg>::new();
+    let keys = config.buffer.keys.clone();
+    let mut children: Vec<Box<dyn ChildSpec>> = vec![
+        Box::new(Child {
+            name: BUFFER.into(),
+            actor: BufferActor,
+            args: BufferArgs {
+                config: Arc::new(config.buffer),
+                metrics: Arc::clone(&shared.buffer_metrics),
+            },
+            slot: buffer.clone(),
+            policy: config.buffer_policy,
+        }),
+        Box::new(Child {
+            name: INGEST.into(),
+            actor: IngestActor,
+            args: IngestArgs {
+                site: config.site.into(),
+                keys,
+                limits: config.limits,
+                buffer,
+            },
+            slot: ingest.clone(),
+            policy: config.ingest_policy,
+        }),
+    ];
+    if let Some((forwarder, policy)) = config.forwarder {
+        children.push(Box::new(Child {
+            name: FORWARDER.into(),
+            actor: ForwarderActor,
+            args: ForwarderArgs {
+                config: Arc::new(forwarder),
+                metrics: Arc::clone(&shared.forwarder_metrics),
+                #[cfg(feature = "fault-injection")]
+                crash: Arc::clone(&shared.crash_points),
+            },
+            slot: Slot::<ForwarderMsg>::new(),
+            policy,
+        }));
+    }
+    if let Some((replica, policy)) = config.replica {
+        children.push(Box::new(Child {
+            name: REPLICA.into(),
+            actor: ReplicaLagActor,
+            args: ReplicaArgs {
+                config: Arc::new(replica),
+                metrics: Arc::clone(&shared.replica_metrics),
+            },
+            slot: Slot::<ReplicaMsg>::new(),
+            policy,
+        }));
+    }
+    children
 }

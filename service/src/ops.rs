@@ -126,6 +126,12 @@ impl From<IngestError> for ApiError {
                     )
                 }
             }
+            // Logged where it happened; the caller learns only that it is not its fault.
+            IngestError::Internal(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the service could not prepare this write; nothing was stored",
+            ),
         }
     }
 }
@@ -355,6 +361,18 @@ mod tests {
             b"",
         );
         assert!(ok.is_ok(), "finalize accepts an empty body");
+    }
+
+    #[test]
+    fn ingest_errors_map_to_their_status_codes() {
+        let full = ApiError::from(IngestError::BufferFull(7));
+        assert_eq!((full.status.as_u16(), full.retry_after), (503, Some(30)));
+        let down = ApiError::from(IngestError::Unavailable("redis: refused".into()));
+        assert_eq!((down.status.as_u16(), down.retry_after), (503, Some(1)));
+        assert!(!down.message.contains("refused"), "no Redis text for callers");
+        let bug = ApiError::from(IngestError::Internal("serialising: boom".into()));
+        assert_eq!((bug.status.as_u16(), bug.code), (500, "internal_error"));
+        assert!(!bug.message.contains("boom"));
     }
 
     #[test]

@@ -85,21 +85,55 @@ impl Flush {
 
     /// One pipeline on one connection; `false` if the connection should be dropped.
     async fn pipeline(&self, conn: &mut MultiplexedConnection, batch: Vec<WriteRequest>) -> bool {
+        let pipe = self.script_calls(&batch);
+        let outcome = tokio::time::timeout(
+            self.config.redis_timeout,
+            pipe.query_async::<Vec<RedisResult<(String, String)>>>(conn),
+        )
+        .await;
+        BufferMetrics::add(&self.metrics.pipelines, 1);
+        let failure = match outcome {
+            Ok(Ok(results)) if results.len() == batch.len() => {
+                return self.answer(batch, results);
+            }
+            Ok(Ok(results)) => IngestError::Unavailable(format!(
+                "{} replies to {} writes",
+                results.len(),
+                batch.len()
+            )),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, writes = batch.len(), "redis pipeline failed, writes refused");
+                unavailable(&err)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    writes = batch.len(),
+                    "redis pipeline timed out, writes refused"
+                );
+                IngestError::Unavailable("redis timed out".into())
+            }
+        };
+        self.fail_all(batch, &failure);
+        false
+    }
+
+    /// One `EVALSHA buffer.lua` per write (see the script's header for its arguments).
+    fn script_calls(&self, batch: &[WriteRequest]) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let keys = &self.config.keys;
         let max_buffered = self.config.max_buffered.to_string();
         let ttl = self.config.idempotency_ttl.as_secs().max(1).to_string();
         let now = chrono::Utc::now().timestamp_millis().to_string();
-        for request in &batch {
+        for request in batch {
             let w = &request.write;
-            let (idem_key, fingerprint, stored) = match &w.idempotency {
-                Some((key, fp)) => (
-                    keys.idempotency(key),
-                    fp.as_str(),
-                    serde_json::to_string(&w.ack).unwrap_or_default(),
+            let (idem_key, fingerprint, answer) = match &w.idempotency {
+                Some(i) => (
+                    keys.idempotency(&i.key),
+                    i.fingerprint.as_str(),
+                    i.answer_json.as_str(),
                 ),
-                None => (String::new(), "", String::new()),
+                None => (String::new(), "", ""),
             };
             pipe.cmd("EVALSHA")
                 .arg(BUFFER.get_hash())
@@ -112,42 +146,20 @@ impl Flush {
                 .arg(w.tx_id.to_string())
                 .arg(w.op)
                 .arg(fingerprint)
-                .arg(stored)
+                .arg(answer)
                 .arg(&ttl)
                 .arg(&now)
                 .arg(&w.overlay_json);
         }
-        let outcome = tokio::time::timeout(
-            self.config.redis_timeout,
-            pipe.query_async::<Vec<RedisResult<(String, String)>>>(conn),
-        )
-        .await;
-        BufferMetrics::add(&self.metrics.pipelines, 1);
-        let results = match outcome {
-            Ok(Ok(results)) if results.len() == batch.len() => results,
-            Ok(Ok(results)) => {
-                let err = IngestError::Unavailable(format!(
-                    "{} replies to {} writes",
-                    results.len(),
-                    batch.len()
-                ));
-                self.fail_all(batch, &err);
-                return false;
-            }
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, writes = batch.len(), "redis pipeline failed, writes refused");
-                self.fail_all(batch, &unavailable(&err));
-                return false;
-            }
-            Err(_) => {
-                tracing::warn!(
-                    writes = batch.len(),
-                    "redis pipeline timed out, writes refused"
-                );
-                self.fail_all(batch, &IngestError::Unavailable("redis timed out".into()));
-                return false;
-            }
-        };
+        pipe
+    }
+
+    /// Answers every caller from its script's reply; `false` if the connection should go.
+    fn answer(
+        &self,
+        batch: Vec<WriteRequest>,
+        results: Vec<RedisResult<(String, String)>>,
+    ) -> bool {
         let mut keep_conn = true;
         for (request, result) in batch.into_iter().zip(results) {
             let answer = self.interpret(request.write.ack, result, &mut keep_conn);
@@ -155,6 +167,7 @@ impl Flush {
         }
         keep_conn
     }
+
     fn interpret(
         &self,
         ack: Ack,

@@ -50,6 +50,9 @@ pub enum IngestError {
     /// Nothing was acknowledged; the reason is for logs, not for callers.
     #[error("buffer unavailable: {0}")]
     Unavailable(String),
+    /// A bug: the write could not be prepared (nothing was stored). Never the caller's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 #[derive(Debug, Clone)]
@@ -125,14 +128,24 @@ impl BufferMetrics {
 
 /// A transaction ready to store: already serialised by the IngestActor.
 #[derive(Debug)]
+/// A write ready for the buffer script: everything serialised once, by the IngestActor.
 pub struct PreparedWrite {
     pub tx_id: uuid::Uuid,
     pub op: &'static str,
     pub tx_json: String,
     pub overlay_json: String,
-    /// Idempotency key and the request's fingerprint.
-    pub idempotency: Option<(String, String)>,
+    pub idempotency: Option<Idempotent>,
     pub ack: Ack,
+}
+
+/// What the buffer script stores for a write with an `Idempotency-Key`.
+#[derive(Debug)]
+pub struct Idempotent {
+    pub key: String,
+    /// SHA-256 of the request: the same key with another request is a conflict.
+    pub fingerprint: String,
+    /// The answer (an [`Ack`] as JSON), returned to a retry instead of buffering again.
+    pub answer_json: String,
 }
 
 pub struct WriteRequest {
