@@ -145,12 +145,7 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { config } => {
-            let config = Config::load(Some(&config)).map_err(|e| anyhow::anyhow!("config: {e}"))?;
-            let _guard = telemetry::init(&config.log.level, config.log.dir.as_deref())?;
-            let app = Application::build(config).await?;
-            app.run_until_stopped(stop_on_signals()).await
-        }
+        Command::Serve { config } => serve(&config).await,
         #[cfg(feature = "dev")]
         Command::Dev {
             dir,
@@ -167,41 +162,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             dev::run(options, stop_on_signals()).await
         }
-        Command::Migrate { config, seed } => {
-            let config = Config::load(Some(&config)).map_err(|e| anyhow::anyhow!("config: {e}"))?;
-            let url = config
-                .forwarder
-                .primary_url
-                .ok_or_else(|| anyhow::anyhow!("config: forwarder.primary_url is not set"))?;
-            db::migrate(&url).await?;
-            if seed {
-                db::seed(&url).await?;
-            }
-            println!("migrated{}", if seed { " and seeded" } else { "" });
-            Ok(())
-        }
+        Command::Migrate { config, seed } => migrate(&config, seed).await,
         Command::Dlq {
             url,
             token,
             command,
         } => dlq(&url, &token, command).await,
         Command::CheckConfig { config } => {
-            let config = Config::load(Some(&config)).map_err(|e| anyhow::anyhow!("config: {e}"))?;
+            let config = load(&config)?;
             println!("{}", serde_json::to_string_pretty(&config)?);
             Ok(())
         }
         Command::Token { command } => {
-            match command {
-                TokenCommand::New { name } => {
-                    let secret = token::generate();
-                    println!("token:  {secret}");
-                    println!(
-                        "config: {{ name = \"{name}\", sha256 = \"{}\", scopes = [\"write\"] }}",
-                        token::hash(&secret)
-                    );
-                }
-                TokenCommand::Hash { token: secret } => println!("{}", token::hash(&secret)),
-            }
+            tokens(command);
             Ok(())
         }
         #[cfg(feature = "dev")]
@@ -209,6 +182,44 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let _guard = telemetry::init("error", None)?;
             bench::run(command).await
         }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(Some(path)).map_err(|e| anyhow::anyhow!("config: {e}"))
+}
+
+async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let _guard = telemetry::init(&config.log.level, config.log.dir.as_deref())?;
+    let app = Application::build(config).await?;
+    app.run_until_stopped(stop_on_signals()).await
+}
+
+async fn migrate(path: &std::path::Path, seed: bool) -> anyhow::Result<()> {
+    let url = load(path)?
+        .forwarder
+        .primary_url
+        .ok_or_else(|| anyhow::anyhow!("config: forwarder.primary_url is not set"))?;
+    db::migrate(&url).await?;
+    if seed {
+        db::seed(&url).await?;
+    }
+    println!("migrated{}", if seed { " and seeded" } else { "" });
+    Ok(())
+}
+
+fn tokens(command: TokenCommand) {
+    match command {
+        TokenCommand::New { name } => {
+            let secret = token::generate();
+            println!("token:  {secret}");
+            println!(
+                "config: {{ name = \"{name}\", sha256 = \"{}\", scopes = [\"write\"] }}",
+                token::hash(&secret)
+            );
+        }
+        TokenCommand::Hash { token: secret } => println!("{}", token::hash(&secret)),
     }
 }
 

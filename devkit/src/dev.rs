@@ -42,32 +42,13 @@ pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result
         &format!(":{}/", wan.addr().port()),
     );
     let token = auth_token::generate();
-    let config = Config::from_toml_str(&format!(
-        r#"
-        [site]
-        name = "summit"
-        mode = "secondary"
-        [http]
-        listen = "127.0.0.1:{http}"
-        [tcp]
-        listen = "127.0.0.1:{tcp}"
-        [redis]
-        url = "{redis}"
-        [forwarder]
-        primary_url = "{forwarder_url}"
-        [replica]
-        url = "{replica_url}"
-        [auth]
-        tokens = [{{ name = "dev", sha256 = "{hash}", scopes = ["write", "admin"] }}]
-        [faults]
-        enabled = true
-        "#,
-        http = options.http_port,
-        tcp = options.tcp_port,
-        redis = redis.url(),
-        replica_url = pg.replica_url(),
-        hash = auth_token::hash(&token),
-    ))?;
+    let config = config(
+        &options,
+        &redis.url(),
+        &forwarder_url,
+        &pg.replica_url(),
+        &token,
+    )?;
     let app = Application::build(config)
         .await?
         .with_admin_routes(crate::wan::routes(wan.clone()));
@@ -90,4 +71,40 @@ pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result
     }
     redis.stop().await;
     result
+}
+
+/// The service's config: the local servers, the forwarder through the emulated WAN, one
+/// token with every scope, fault drills enabled.
+fn config(
+    options: &DevOptions,
+    redis_url: &str,
+    forwarder_url: &str,
+    replica_url: &str,
+    token: &str,
+) -> anyhow::Result<Config> {
+    Ok(Config::from_toml_str(&format!(
+        r#"
+        [site]
+        name = "summit"
+        mode = "secondary"
+        [http]
+        listen = "127.0.0.1:{http}"
+        [tcp]
+        listen = "127.0.0.1:{tcp}"
+        [redis]
+        url = "{redis}"
+        [forwarder]
+        primary_url = "{forwarder_url}"
+        [replica]
+        url = "{replica_url}"
+        [auth]
+        tokens = [{{ name = "dev", sha256 = "{hash}", scopes = ["write", "admin"] }}]
+        [faults]
+        enabled = true
+        "#,
+        http = options.http_port,
+        tcp = options.tcp_port,
+        redis = redis_url,
+        hash = auth_token::hash(token),
+    ))?)
 }

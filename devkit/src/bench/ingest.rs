@@ -55,47 +55,62 @@ pub async fn run(clients: &[usize], duration: Duration, dir: &Path) -> anyhow::R
             redis.url(),
             token::hash(&secret)
         ))?;
-        let app = Application::build(config).await?;
-        let tree = app.tree();
-        let url = format!("http://{}/raw_data_files/", app.http_addr());
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(app.run_until_stopped(stop.clone()));
-        for &c in clients {
-            let _warm = load(&url, &secret, c, Duration::from_secs(1)).await?;
-            let o = load(&url, &secret, c, duration).await?;
-            let ms = |q: f64| o.latency_us.value_at_quantile(q) as f64 / 1000.0;
-            println!(
-                "| {phase} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
-                o.clients,
-                o.ok as f64 / o.elapsed.as_secs_f64(),
-                ms(0.5),
-                ms(0.9),
-                ms(0.99),
-                ms(0.999),
-                o.latency_us.max() as f64 / 1000.0,
-                o.errors
-            );
-        }
-        if let Some(row) = tree.health.get(ops_db_actors::tree::FORWARDER) {
-            println!("(forwarder restarts during the phase: {})", row.restarts);
-        }
-        stop.cancel();
-        server.await.context("server task")??;
+        phase_rows(phase, config, &secret, clients, duration).await?;
     }
+    lpush_rows(redis.port, clients).await;
+    redis.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
 
+/// One phase: the service with `config`, loaded at each concurrency; one row each.
+async fn phase_rows(
+    phase: &str,
+    config: Config,
+    secret: &str,
+    clients: &[usize],
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    let tree = app.tree();
+    let url = format!("http://{}/raw_data_files/", app.http_addr());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+    for &c in clients {
+        let _warm = load(&url, secret, c, Duration::from_secs(1)).await?;
+        let o = load(&url, secret, c, duration).await?;
+        let ms = |q: f64| o.latency_us.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "| {phase} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+            o.clients,
+            o.ok as f64 / o.elapsed.as_secs_f64(),
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(0.999),
+            o.latency_us.max() as f64 / 1000.0,
+            o.errors
+        );
+    }
+    if let Some(row) = tree.health.get(ops_db_actors::tree::FORWARDER) {
+        println!("(forwarder restarts during the phase: {})", row.restarts);
+    }
+    stop.cancel();
+    server.await.context("server task")?
+}
+
+/// `redis-benchmark` LPUSH on the same Redis: the physical limit of one durable write.
+async fn lpush_rows(port: u16, clients: &[usize]) {
     println!();
     println!("redis-benchmark LPUSH on the same Redis (the physical limit of one durable write):");
     println!("| clients | LPUSH/s | p50 ms | p99 ms |");
     println!("|---:|---:|---:|---:|");
     for &c in clients {
-        match redis_benchmark(redis.port, c).await {
+        match redis_benchmark(port, c).await {
             Ok((rps, p50, p99)) => println!("| {c} | {rps} | {p50} | {p99} |"),
             Err(err) => println!("| {c} | redis-benchmark failed: {err:#} | | |"),
         }
     }
-    redis.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
 }
 
 /// `clients` tasks, each sending one write after another for `duration`.
@@ -108,51 +123,30 @@ async fn load(
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()?;
-    let body = Arc::new(
-        json!({
-            "name": "scan_0001.fits",
-            "relative_path": "2026/11/24/prime-cam/scan_0001.fits",
-            "executed_obs_unit_id": "0192f7a4-3c1e-7b2a-9f00-000000000001",
-            "size": 1_048_576,
-            "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-            "file_type": "fits",
-        })
-        .to_string(),
-    );
+    let body: Arc<str> = json!({
+        "name": "scan_0001.fits",
+        "relative_path": "2026/11/24/prime-cam/scan_0001.fits",
+        "executed_obs_unit_id": "0192f7a4-3c1e-7b2a-9f00-000000000001",
+        "size": 1_048_576,
+        "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "file_type": "fits",
+    })
+    .to_string()
+    .into();
     let started = Instant::now();
     let deadline = started + duration;
-    let mut tasks = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        let (http, url, body, auth) = (
-            http.clone(),
-            url.to_owned(),
-            Arc::clone(&body),
-            format!("Bearer {secret}"),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let (mut ok, mut errors) = (0u64, 0u64);
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                let sent = http
-                    .post(&url)
-                    .header("authorization", &auth)
-                    .header("content-type", "application/json")
-                    .body(body.as_str().to_owned())
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
-                        let _ = r.bytes().await;
-                        ok += 1;
-                        hist.saturating_record(t.elapsed().as_micros() as u64);
-                    }
-                    _ => errors += 1,
-                }
-            }
-            anyhow::Ok((hist, ok, errors))
-        }));
-    }
+    let auth: Arc<str> = format!("Bearer {secret}").into();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let client = Client {
+                http: http.clone(),
+                url: url.to_owned(),
+                body: Arc::clone(&body),
+                auth: Arc::clone(&auth),
+            };
+            tokio::spawn(client.run_until(deadline))
+        })
+        .collect();
     let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut ok, mut errors) = (0, 0);
     for task in tasks {
@@ -168,6 +162,42 @@ async fn load(
         elapsed: started.elapsed(),
         latency_us,
     })
+}
+
+/// One load-generating client: one write after another.
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    body: Arc<str>,
+    auth: Arc<str>,
+}
+
+impl Client {
+    /// Writes until `deadline`; the latencies of acknowledged writes, and the counts.
+    async fn run_until(self, deadline: Instant) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let (mut ok, mut errors) = (0u64, 0u64);
+        while Instant::now() < deadline {
+            let t = Instant::now();
+            let sent = self
+                .http
+                .post(&self.url)
+                .header("authorization", &*self.auth)
+                .header("content-type", "application/json")
+                .body(self.body.to_string())
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
+                    let _ = r.bytes().await;
+                    ok += 1;
+                    hist.saturating_record(t.elapsed().as_micros() as u64);
+                }
+                _ => errors += 1,
+            }
+        }
+        Ok((hist, ok, errors))
+    }
 }
 
 /// Runs `redis-benchmark -t lpush --csv`; returns (requests/s, p50 ms, p99 ms).
