@@ -11,6 +11,7 @@ mod pg;
 mod bad_input;
 mod faults;
 mod forward;
+mod heal;
 mod health;
 mod idempotency;
 mod ingest;
