@@ -18,5 +18,6 @@ mod ingest;
 mod metrics;
 mod pg_smoke;
 mod reads;
+mod reconnect;
 mod site;
 mod tcp;
