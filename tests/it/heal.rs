@@ -47,9 +47,11 @@ async fn after_a_long_cut_the_backlog_starts_draining_within_1_5_s_of_the_heal()
 
     let healed = Instant::now();
     wan.heal();
-    eventually("the backlog starts draining", DRAIN_STARTS_WITHIN, || async {
-        (app.buffered_count().await < backlog).then_some(())
-    })
+    eventually(
+        "the backlog starts draining",
+        DRAIN_STARTS_WITHIN,
+        || async { (app.buffered_count().await < backlog).then_some(()) },
+    )
     .await;
     println!("draining {:?} after the heal", healed.elapsed());
     site.drained(Duration::from_secs(30)).await;

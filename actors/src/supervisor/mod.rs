@@ -271,7 +271,9 @@ async fn probed(
     generation: u64,
     reachable: bool,
 ) {
-    let Some(index) = waiting(state, &name, generation) else {
+    // After a `Stop`, results of probes still in flight (overlapping ones) are ignored.
+    let Some(index) = waiting(state, &name, generation).filter(|&i| state.children[i].probing)
+    else {
         return;
     };
     match state.children[index].heal.on_probe(reachable) {
