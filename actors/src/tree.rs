@@ -25,7 +25,7 @@ use crate::ingest::{IngestActor, IngestArgs, IngestMsg};
 use crate::replica::{ReplicaArgs, ReplicaConfig, ReplicaLagActor, ReplicaMetrics, ReplicaMsg};
 use crate::slot::Slot;
 use crate::supervisor::policy::RestartPolicy;
-use crate::supervisor::{Child, ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::supervisor::{Child, ChildSpec, Probed, Supervisor, SupervisorArgs, SupervisorMsg};
 
 pub const INGEST: &str = "ingest";
 pub const BUFFER: &str = "buffer";
@@ -286,7 +286,11 @@ fn children(
         }),
     ];
     if let Some((forwarder, policy)) = config.forwarder {
-        children.push(Box::new(Child {
+        // Over a dead WAN a probe times out rather than fails; a connect and one answer take
+        // two round trips, well under 2 s on any link this service is meant for.
+        let timeout = forwarder.connect_timeout.min(Duration::from_secs(2));
+        let probe = crate::forwarder::probe(&forwarder.primary_url, timeout);
+        let child = Child {
             name: FORWARDER.into(),
             actor: ForwarderActor,
             args: ForwarderArgs {
@@ -297,7 +301,11 @@ fn children(
             },
             slot: Slot::<ForwarderMsg>::new(),
             policy,
-        }));
+        };
+        match probe {
+            Some(probe) => children.push(Box::new(Probed { child, probe })),
+            None => children.push(Box::new(child)),
+        }
     }
     if let Some((replica, policy)) = config.replica {
         children.push(Box::new(Child {

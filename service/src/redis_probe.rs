@@ -1,5 +1,9 @@
 //! Health's view of Redis, over its own connection: a slow or broken health check never
 //! shares a connection or a queue with ingestion.
+//!
+//! The same connection serves reads, `?wait=` and the dead-letter endpoints. It is checked
+//! (one `PING`) each time it is handed out and replaced when dead, so that after a Redis
+//! restart the next request, whichever it is, gets a live connection on its first try.
 
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
@@ -17,7 +21,9 @@ use tokio::sync::Mutex;
 
 pub struct RedisProbe {
     client: redis::Client,
-    conn: Mutex<Option<MultiplexedConnection>>,
+    /// The shared connection and its generation: of several requests that found the same
+    /// connection dead, only the first replaces it.
+    conn: Mutex<Option<(u64, MultiplexedConnection)>>,
     keys: Keys,
     timeout: Duration,
     /// The last status read, which `/metrics` exports.
@@ -72,29 +78,47 @@ impl RedisProbe {
     async fn read_status(&self) -> RedisStatus {
         match tokio::time::timeout(self.timeout, self.query()).await {
             Ok(Ok(status)) => status,
-            _ => {
-                *self.conn.lock().await = None;
-                RedisStatus {
-                    reachable: false,
-                    durability: Durability {
-                        appendonly: None,
-                        appendfsync: None,
-                        durable: false,
-                    },
-                    buffered: None,
-                    dead_letters: None,
-                    oldest_unforwarded_secs: None,
-                }
-            }
+            // No reset here: the next `conn` finds the connection dead and replaces it.
+            _ => RedisStatus {
+                reachable: false,
+                durability: Durability {
+                    appendonly: None,
+                    appendfsync: None,
+                    durable: false,
+                },
+                buffered: None,
+                dead_letters: None,
+                oldest_unforwarded_secs: None,
+            },
         }
     }
 
-    /// A connection for admin work (dead letters): not the ingest path's.
+    /// A live connection for reads, `?wait=` and dead letters: not the ingest path's.
     pub async fn conn(&self) -> RedisResult<MultiplexedConnection> {
+        let cached = self.conn.lock().await.clone();
+        let stale = match cached {
+            Some((generation, mut conn)) => {
+                // The lock is not held across the round trip: requests share the check.
+                let ping = redis::cmd("PING");
+                let ping = ping.query_async::<()>(&mut conn);
+                match tokio::time::timeout(self.timeout, ping).await {
+                    Ok(Ok(())) => return Ok(conn),
+                    _ => Some(generation),
+                }
+            }
+            None => None,
+        };
+        self.replace(stale).await
+    }
+
+    /// Connects anew, unless another request already replaced the `stale` generation.
+    async fn replace(&self, stale: Option<u64>) -> RedisResult<MultiplexedConnection> {
         let mut guard = self.conn.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            return Ok(conn.clone());
-        }
+        let generation = match guard.as_ref() {
+            Some((current, conn)) if Some(*current) != stale => return Ok(conn.clone()),
+            Some((current, _)) => current + 1,
+            None => 0,
+        };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
@@ -102,7 +126,8 @@ impl RedisProbe {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        Ok(guard.insert(conn).clone())
+        *guard = Some((generation, conn.clone()));
+        Ok(conn)
     }
 
     pub fn keys(&self) -> &Keys {

@@ -7,6 +7,10 @@
 //! read, and fsynced, N times faster. Order within a batch is free (none of its writes is
 //! acknowledged yet); across batches it is kept, as the next batch starts only after this
 //! one has been answered.
+//!
+//! Reconnects: a failure on any connection drops them all (after a Redis restart every one
+//! of them is dead, and each would otherwise fail one batch of its own). The writes that
+//! failed without having run (see `stale.rs`) are sent once more, at once, on a fresh set.
 
 use std::sync::Arc;
 
@@ -14,6 +18,7 @@ use futures::future::join_all;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 
+use super::stale::{classify, Stale, StaleWrite};
 use super::{Ack, BufferConfig, BufferMetrics, IngestError, WriteRequest};
 use crate::overlay::scripts::BUFFER;
 
@@ -51,22 +56,51 @@ fn unavailable(err: &RedisError) -> IngestError {
     IngestError::Unavailable(err.to_string())
 }
 
+/// What one pipeline left behind.
+#[derive(Default)]
+struct Sent {
+    /// The connection answered everything: keep it.
+    keep: bool,
+    /// Writes that failed without running, not yet answered.
+    stale: Vec<StaleWrite>,
+}
+
 impl Flush {
     /// Runs the group commit and answers every caller; returns the connections if they are
     /// all still good.
     pub async fn run(mut self, batch: Vec<WriteRequest>) -> Option<Connections> {
-        let mut conns = match self.conns.take() {
+        let conns = match self.conns.take() {
             Some(conns) => conns,
-            None => match connect(&self.client, &self.config).await {
+            None => match self.connect().await {
                 Ok(conns) => conns,
                 Err(err) => {
-                    tracing::warn!(error = %err, writes = batch.len(), "redis unreachable, writes refused");
-                    self.fail_all(batch, &unavailable(&err));
+                    self.fail_all(batch, &err);
                     return None;
                 }
             },
         };
-        let per_conn = batch.len().div_ceil(conns.len());
+        let (conns, stale) = self.send(conns, batch).await;
+        if stale.is_empty() {
+            return conns;
+        }
+        self.retry(stale).await
+    }
+
+    async fn connect(&self) -> Result<Connections, IngestError> {
+        connect(&self.client, &self.config).await.map_err(|err| {
+            tracing::warn!(error = %err, "redis unreachable, writes refused");
+            unavailable(&err)
+        })
+    }
+
+    /// Spreads `batch` over `conns`; the connections if all of them are still good, and
+    /// the writes that failed without running.
+    async fn send(
+        &self,
+        mut conns: Connections,
+        batch: Vec<WriteRequest>,
+    ) -> (Option<Connections>, Vec<StaleWrite>) {
+        let per_conn = batch.len().div_ceil(conns.len()).max(1);
         let mut chunks = Vec::with_capacity(conns.len());
         let mut rest = batch.into_iter();
         for _ in 0..conns.len() {
@@ -79,12 +113,89 @@ impl Flush {
             .into_iter()
             .zip(conns.iter_mut())
             .map(|(chunk, conn)| self.pipeline(conn, chunk));
-        let all_good = join_all(sent).await.into_iter().all(|good| good);
-        all_good.then_some(conns)
+        let mut all_good = true;
+        let mut stale = Vec::new();
+        for one in join_all(sent).await {
+            all_good &= one.keep;
+            stale.extend(one.stale);
+        }
+        (all_good.then_some(conns), stale)
     }
 
-    /// One pipeline on one connection; `false` if the connection should be dropped.
-    async fn pipeline(&self, conn: &mut MultiplexedConnection, batch: Vec<WriteRequest>) -> bool {
+    /// Sends the stale writes once more on a fresh set of connections. Writes whose callers
+    /// gave up meanwhile are dropped unsent; a write whose connection broke is resent only
+    /// if it did not run (no lifecycle key).
+    async fn retry(&self, stale: Vec<StaleWrite>) -> Option<Connections> {
+        let (waiting, gone): (Vec<_>, Vec<_>) = stale
+            .into_iter()
+            .partition(|w| !w.request.reply.is_closed());
+        BufferMetrics::add(&self.metrics.abandoned, gone.len());
+        if waiting.is_empty() {
+            return None;
+        }
+        let mut conns = match self.connect().await {
+            Ok(conns) => conns,
+            Err(err) => {
+                self.fail_all(waiting.into_iter().map(|w| w.request).collect(), &err);
+                return None;
+            }
+        };
+        let resend = match self.not_run(&mut conns[0], waiting).await {
+            Ok(resend) => resend,
+            Err(err) => {
+                self.fail_all(err.0, &err.1);
+                return None;
+            }
+        };
+        BufferMetrics::add(&self.metrics.retried, resend.len());
+        tracing::info!(
+            writes = resend.len(),
+            "redis connections replaced, resending writes that did not run"
+        );
+        let (conns, still_stale) = self.send(conns, resend).await;
+        for w in still_stale {
+            self.fail_all(vec![w.request], &unavailable(&w.error));
+        }
+        conns
+    }
+
+    /// The writes among `stale` that certainly did not run; the others are answered 503
+    /// (they may have been stored: not acknowledged, as after a timeout).
+    async fn not_run(
+        &self,
+        conn: &mut MultiplexedConnection,
+        stale: Vec<StaleWrite>,
+    ) -> Result<Vec<WriteRequest>, (Vec<WriteRequest>, IngestError)> {
+        let mut pipe = redis::pipe();
+        for w in &stale {
+            pipe.exists(self.config.keys.lifecycle(w.request.write.tx_id));
+        }
+        let checked = tokio::time::timeout(
+            self.config.redis_timeout,
+            pipe.query_async::<Vec<bool>>(conn),
+        )
+        .await;
+        let exists = match checked {
+            Ok(Ok(exists)) if exists.len() == stale.len() => exists,
+            Ok(Err(err)) => return Err((requests(stale), unavailable(&err))),
+            _ => {
+                let err = IngestError::Unavailable("redis: checking stale writes failed".into());
+                return Err((requests(stale), err));
+            }
+        };
+        let mut resend = Vec::with_capacity(stale.len());
+        for (w, ran) in stale.into_iter().zip(exists) {
+            if ran && w.why == Stale::Dropped {
+                self.fail_all(vec![w.request], &unavailable(&w.error));
+            } else {
+                resend.push(w.request);
+            }
+        }
+        Ok(resend)
+    }
+
+    /// One pipeline on one connection.
+    async fn pipeline(&self, conn: &mut MultiplexedConnection, batch: Vec<WriteRequest>) -> Sent {
         let pipe = self.script_calls(&batch);
         let outcome = tokio::time::timeout(
             self.config.redis_timeout,
@@ -101,10 +212,24 @@ impl Flush {
                 results.len(),
                 batch.len()
             )),
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, writes = batch.len(), "redis pipeline failed, writes refused");
-                unavailable(&err)
-            }
+            Ok(Err(err)) => match classify(&err) {
+                Some(why) => {
+                    tracing::info!(error = %err, writes = batch.len(), "redis connection broken");
+                    let stale = batch
+                        .into_iter()
+                        .map(|request| StaleWrite {
+                            request,
+                            why,
+                            error: err.clone(),
+                        })
+                        .collect();
+                    return Sent { keep: false, stale };
+                }
+                None => {
+                    tracing::warn!(error = %err, writes = batch.len(), "redis pipeline failed, writes refused");
+                    unavailable(&err)
+                }
+            },
             Err(_) => {
                 tracing::warn!(
                     writes = batch.len(),
@@ -114,7 +239,7 @@ impl Flush {
             }
         };
         self.fail_all(batch, &failure);
-        false
+        Sent::default()
     }
 
     /// One `EVALSHA buffer.lua` per write (see the script's header for its arguments).
@@ -154,18 +279,36 @@ impl Flush {
         pipe
     }
 
-    /// Answers every caller from its script's reply; `false` if the connection should go.
+    /// Answers every caller from its script's reply, except the writes that did not run.
     fn answer(
         &self,
         batch: Vec<WriteRequest>,
         results: Vec<RedisResult<(String, String)>>,
-    ) -> bool {
-        let mut keep_conn = true;
+    ) -> Sent {
+        let mut sent = Sent {
+            keep: true,
+            stale: Vec::new(),
+        };
         for (request, result) in batch.into_iter().zip(results) {
-            let answer = self.interpret(request.write.ack, result, &mut keep_conn);
+            let result = match result {
+                Err(error) => match classify(&error) {
+                    Some(why) => {
+                        sent.keep = false;
+                        sent.stale.push(StaleWrite {
+                            request,
+                            why,
+                            error,
+                        });
+                        continue;
+                    }
+                    None => Err(error),
+                },
+                ok => ok,
+            };
+            let answer = self.interpret(request.write.ack, result, &mut sent.keep);
             let _ = request.reply.send(answer);
         }
-        keep_conn
+        sent
     }
 
     fn interpret(
@@ -205,8 +348,8 @@ impl Flush {
             },
             Err(err) => {
                 BufferMetrics::add(&m.failed, 1);
-                // NOSCRIPT (script cache flushed) or a broken connection: reconnecting
-                // reloads the script. The write was not executed either way.
+                // An error the script did not answer: start the next batch on fresh
+                // connections (which reload the script).
                 *keep_conn = false;
                 tracing::warn!(error = %err, "buffer script failed, write refused");
                 Err(unavailable(&err))
@@ -220,4 +363,8 @@ impl Flush {
             let _ = request.reply.send(Err(err.clone()));
         }
     }
+}
+
+fn requests(stale: Vec<StaleWrite>) -> Vec<WriteRequest> {
+    stale.into_iter().map(|w| w.request).collect()
 }

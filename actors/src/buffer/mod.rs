@@ -6,13 +6,17 @@
 //!   with `appendfsync always` that answer comes after the fsync;
 //! - every other outcome (Redis down, timeout, actor killed with the write queued) reaches
 //!   the caller as an error, never as an acknowledgement;
-//! - a repeated idempotency key answers the first response and buffers nothing new.
+//! - a repeated idempotency key answers the first response and buffers nothing new;
+//! - after a Redis restart no write fails for a stale connection: a broken connection
+//!   replaces the whole pool, and a write that certainly did not run is sent once more at
+//!   once (see `stale.rs`); one that may have run (a timeout) is refused, never resent.
 //!
 //! Group commit: while one pipeline is in flight, new writes queue up and go out together
 //! in the next one, so concurrent writers share round trips and fsyncs. Only one pipeline
 //! is in flight at a time, which also keeps the stream in acknowledgement order.
 
 mod flush;
+mod stale;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -78,6 +82,8 @@ pub struct BufferMetrics {
     pub failed: Counter,
     /// Queued writes not sent because their caller had already timed out.
     pub abandoned: Counter,
+    /// Writes sent a second time, on fresh connections, after failing without running.
+    pub retried: Counter,
     pub pipelines: Counter,
 }
 
@@ -113,6 +119,11 @@ impl BufferMetrics {
                 "opsdb_writes_abandoned",
                 "Queued writes dropped unsent because their caller had already timed out",
                 &self.abandoned,
+            ),
+            (
+                "opsdb_writes_retried",
+                "Writes resent on fresh connections after their connection broke before they ran",
+                &self.retried,
             ),
             (
                 "opsdb_buffer_pipelines",

@@ -17,6 +17,7 @@ mod apply;
 #[cfg(feature = "fault-injection")]
 mod crash;
 mod error;
+mod reach;
 mod read;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +36,7 @@ pub use apply::{is_permanent, Outcome, PERMANENT_SQLSTATES};
 #[cfg(feature = "fault-injection")]
 pub use crash::{CrashPoint, CrashPoints};
 pub use error::ForwardError;
+pub use reach::probe;
 use read::{Batch, Reader};
 
 use crate::overlay::scripts::SETTLE;

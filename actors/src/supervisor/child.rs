@@ -3,6 +3,7 @@
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, SpawnErr};
 
+use super::heal::Probe;
 use super::policy::RestartPolicy;
 use crate::slot::Slot;
 
@@ -20,6 +21,43 @@ pub trait ChildSpec: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<ActorCell, SpawnErr>>;
     /// The incarnation died: stop publishing it.
     fn stopped(&self);
+    /// How to see that what this child depends on is back, to cut its backoff short
+    /// (see `heal.rs`). Most children have none.
+    fn probe(&self) -> Option<Probe> {
+        None
+    }
+}
+
+/// A child with a [`Probe`] of its remote dependency.
+pub struct Probed<C> {
+    pub child: C,
+    pub probe: Probe,
+}
+
+impl<C: ChildSpec> ChildSpec for Probed<C> {
+    fn name(&self) -> &str {
+        self.child.name()
+    }
+
+    fn policy(&self) -> RestartPolicy {
+        self.child.policy()
+    }
+
+    fn start(
+        &self,
+        supervisor: ActorCell,
+        instance: &str,
+    ) -> BoxFuture<'_, Result<ActorCell, SpawnErr>> {
+        self.child.start(supervisor, instance)
+    }
+
+    fn stopped(&self) {
+        self.child.stopped();
+    }
+
+    fn probe(&self) -> Option<Probe> {
+        Some(self.probe.clone())
+    }
 }
 
 /// The usual child: an actor value, the arguments of each incarnation, and the slot through

@@ -6,11 +6,14 @@
 //! - a child that fails or is killed is restarted after a full-jitter backoff delay, its
 //!   slot empty in between (callers answer 503 rather than wait);
 //! - a child whose policy has no intensity limit is restarted forever;
+//! - a child with a probe of its remote dependency restarts as soon as the probe sees that
+//!   dependency come back, before its backoff elapses (see `heal.rs`);
 //! - a child that exceeds its intensity limit stops the whole tree, and
 //!   [`HealthRegistry::escalation`] says why, so the process exits non-zero and its service
 //!   manager restarts it.
 
 mod child;
+pub mod heal;
 pub mod policy;
 
 use std::sync::Arc;
@@ -22,7 +25,8 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::time::Instant;
 
-pub use child::{Child, ChildSpec};
+pub use child::{Child, ChildSpec, Probed};
+use heal::{HealWatch, Step};
 use policy::{Decision, RestartTracker};
 
 use crate::health::HealthRegistry;
@@ -50,11 +54,22 @@ struct ChildEntry {
     cell: Option<ActorCell>,
     started: Instant,
     tracker: RestartTracker,
+    /// Counts deaths: a scheduled restart or probe for an earlier death is stale.
+    generation: u64,
+    heal: HealWatch,
+    /// Probing the dependency during this wait (the child has a probe and it has not
+    /// said `Stop`).
+    probing: bool,
 }
 
 pub enum SupervisorMsg {
-    /// A child's backoff has elapsed: start it again.
-    Restart(String),
+    /// A child's backoff has elapsed (or its dependency is back): start it again, if
+    /// the generation is still the child's.
+    Restart(String, u64),
+    /// Time to probe a backing-off child's dependency.
+    Probe(String, u64),
+    /// A probe's result.
+    Probed(String, u64, bool),
     /// Fault drills: kill a child as if it had crashed. Replies `false` for an unknown or
     /// not-running child.
     Kill(String, RpcReplyPort<bool>),
@@ -86,6 +101,9 @@ impl Actor for Supervisor {
                 spec,
                 cell: Some(cell),
                 started: Instant::now(),
+                generation: 0,
+                heal: HealWatch::default(),
+                probing: false,
             });
         }
         Ok(SupervisorState {
@@ -104,7 +122,15 @@ impl Actor for Supervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SupervisorMsg::Restart(name) => restart(&myself, state, &name).await,
+            SupervisorMsg::Restart(name, generation) => {
+                if let Some(index) = waiting(state, &name, generation) {
+                    restart(&myself, state, index).await;
+                }
+            }
+            SupervisorMsg::Probe(name, generation) => probe(&myself, state, name, generation),
+            SupervisorMsg::Probed(name, generation, reachable) => {
+                probed(&myself, state, name, generation, reachable).await;
+            }
             SupervisorMsg::Kill(name, reply) => {
                 let cell = state
                     .children
@@ -169,6 +195,13 @@ fn child_died(
     child.spec.stopped();
     let name = child.spec.name().to_owned();
     let ran_for = child.started.elapsed();
+    child.generation += 1;
+    let generation = child.generation;
+    child
+        .heal
+        .on_failure(ran_for >= child.tracker.policy().reset_after);
+    child.probing = child.spec.probe().is_some();
+    let probing = child.probing;
     match child
         .tracker
         .on_failure(Instant::now(), ran_for, &mut state.rng)
@@ -177,7 +210,10 @@ fn child_died(
             tracing::warn!(actor = %name, %reason, delay_ms = delay.as_millis() as u64, "actor died, restarting after backoff");
             let until = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
             state.health.failed(&name, reason, until);
-            myself.send_after(delay, move || SupervisorMsg::Restart(name));
+            if probing {
+                let _ = myself.cast(SupervisorMsg::Probe(name.clone(), generation));
+            }
+            myself.send_after(delay, move || SupervisorMsg::Restart(name, generation));
             Ok(())
         }
         Decision::Escalate => {
@@ -191,13 +227,69 @@ fn child_died(
     }
 }
 
-async fn restart(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState, name: &str) {
+/// The index of child `name` if it is still waiting for the restart of `generation`.
+fn waiting(state: &SupervisorState, name: &str, generation: u64) -> Option<usize> {
     if state.shutting_down {
-        return;
+        return None;
     }
-    let Some(index) = state.children.iter().position(|c| c.spec.name() == name) else {
+    state
+        .children
+        .iter()
+        .position(|c| c.spec.name() == name)
+        .filter(|&i| {
+            let c = &state.children[i];
+            c.cell.is_none() && c.generation == generation
+        })
+}
+
+/// Starts one probe of a waiting child's dependency, off the supervisor's mailbox (a probe
+/// over a dead link takes its whole timeout), and schedules the next one.
+fn probe(myself: &ActorRef<SupervisorMsg>, state: &SupervisorState, name: String, generation: u64) {
+    let Some(index) = waiting(state, &name, generation) else {
         return;
     };
+    if !state.children[index].probing {
+        return;
+    }
+    let Some(probe) = state.children[index].spec.probe() else {
+        return;
+    };
+    let reply = myself.clone();
+    let check = probe.check;
+    let tick = name.clone();
+    tokio::spawn(async move {
+        let reachable = check().await;
+        let _ = reply.cast(SupervisorMsg::Probed(name, generation, reachable));
+    });
+    myself.send_after(probe.every, move || SupervisorMsg::Probe(tick, generation));
+}
+
+async fn probed(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    name: String,
+    generation: u64,
+    reachable: bool,
+) {
+    // After a `Stop`, results of probes still in flight (overlapping ones) are ignored.
+    let Some(index) = waiting(state, &name, generation).filter(|&i| state.children[i].probing)
+    else {
+        return;
+    };
+    match state.children[index].heal.on_probe(reachable) {
+        Step::RestartNow => {
+            tracing::info!(actor = %name, "dependency reachable again, restarting before the backoff ends");
+            restart(myself, state, index).await;
+        }
+        Step::ProbeAgain => {}
+        // The scheduled restart still happens; only the probes stop.
+        Step::Stop => state.children[index].probing = false,
+    }
+}
+
+async fn restart(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState, index: usize) {
+    let name = state.children[index].spec.name().to_owned();
+    let name = name.as_str();
     state.health.starting(name);
     let started = state.children[index]
         .spec

@@ -1,11 +1,13 @@
 //! `ops-db-api bench catchup`: after an outage, how fast the buffer drains to the primary
 //! through an emulated WAN, against the naive per-row commit over the same link.
 //!
-//! For each RTT: a fresh Redis, primary and replica; the service without a primary buffers
-//! `transactions` file registrations (one transaction each, after the executed obs unit
-//! they reference); then the service restarts with the forwarder, behind a fault proxy
-//! with RTT/2 delay each way, and the time until the stream is empty is measured, then how
-//! long the replica takes to replay the last commit.
+//! For each RTT: a fresh Redis, primary and replica; the service runs throughout, its
+//! forwarder behind a fault proxy with RTT/2 delay each way. The link is cut; the service
+//! buffers `transactions` file registrations (one transaction each, after the executed obs
+//! unit they reference) while the forwarder crash-loops; the cut lasts until the
+//! forwarder's backoff has reached its cap (a long outage). Then the link heals, and the
+//! drain is timed from the heal: how long until the first batch lands, until the stream is
+//! empty, then how long the replica takes to replay the last commit.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -31,8 +33,8 @@ pub async fn run(
     println!(
         "ops-db-api bench catchup: {transactions} buffered transactions, batch_size {batch_size}"
     );
-    println!("| RTT | drained in s | transactions/s | batches | round trips per batch | replica replayed the last commit after (s) | per-row commits/s over the same link | 100k per-row would take |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| RTT | first batch after the heal (s) | drained after the heal (s) | transactions/s from the heal | batches | round trips per batch | replica replayed the last commit after (s) | per-row commits/s over the same link | 100k per-row would take |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &rtt in rtts {
         let base = dir.join(format!(
             "catchup-{}-{}",
@@ -65,6 +67,10 @@ fn config(
     ))?)
 }
 
+/// Forwarder restarts after which its backoff is drawn from the whole range up to the
+/// default 30 s cap (250 ms × 2^7 > 30 s).
+const RESTARTS_AT_CAP: u64 = 8;
+
 async fn one(
     transactions: usize,
     rtt: Duration,
@@ -73,30 +79,6 @@ async fn one(
 ) -> anyhow::Result<()> {
     let (redis, pg) = crate::services::local_services(dir).await?;
     let secret = token::generate();
-
-    // 1. The outage: the service buffers without a primary.
-    let app = Application::build(config(&redis.url(), &secret, None, batch_size)?).await?;
-    let base = format!("http://{}", app.http_addr());
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
-    let http = reqwest::Client::new();
-    let started: serde_json::Value = http
-        .post(format!("{base}/executed_obs_units/start"))
-        .bearer_auth(&secret)
-        .json(&json!({"obs_unit_id": 1}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let eou = started["id"]
-        .as_str()
-        .context("start answered no id")?
-        .to_owned();
-    fill(&base, &secret, &eou, transactions - 1).await?;
-    stop.cancel();
-    server.await??;
-
-    // 2. The link is back: forward through the emulated WAN.
     let primary: SocketAddr = ([127, 0, 0, 1], pg.primary_port()).into();
     let wan = FaultProxy::start(([127, 0, 0, 1], 0).into(), primary).await?;
     wan.set_delay(rtt / 2);
@@ -104,55 +86,51 @@ async fn one(
         &format!(":{}/", pg.primary_port()),
         &format!(":{}/", wan.addr().port()),
     );
-    let t0 = Instant::now();
     let app = Application::build(config(&redis.url(), &secret, Some(&url), batch_size)?).await?;
     let tree = app.tree();
+    let base = format!("http://{}", app.http_addr());
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(stop.clone()));
-    let client = redis::Client::open(redis.url())?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let stream = ops_db_actors::overlay::Keys::new("bench").stream();
-    loop {
-        let left: u64 = redis::cmd("XLEN")
-            .arg(&stream)
-            .query_async(&mut conn)
-            .await?;
-        if left == 0 {
-            break;
-        }
+    let mut backlog = Backlog::open(&redis.url()).await?;
+
+    // 1. The link works: the executed obs unit reaches the primary.
+    let eou = start_obs_unit(&base, &secret).await?;
+    backlog.drained(Instant::now()).await?;
+
+    // 2. The outage: writes are buffered while the forwarder crash-loops into its cap.
+    wan.cut();
+    fill(&base, &secret, &eou, transactions - 1).await?;
+    let outage = Instant::now();
+    while tree.health.get("forwarder").map_or(0, |r| r.restarts) < RESTARTS_AT_CAP {
         anyhow::ensure!(
-            t0.elapsed() < Duration::from_secs(600),
-            "not drained after 10 minutes ({left} left)"
+            outage.elapsed() < Duration::from_secs(300),
+            "the forwarder never backed off to its cap"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let drained = t0.elapsed();
+
+    // 3. The link heals: the clock starts now.
+    let healed = Instant::now();
+    wan.heal();
+    let first = backlog
+        .first_batch(healed, (transactions - 1) as u64)
+        .await?;
+    let drained = backlog.drained(healed).await?;
     let m = &tree.forwarder_metrics;
     let (batches, trips) = (m.batches.get(), m.round_trips.get());
     let last = ops_db_actors::lsn::Lsn(m.last_lsn.load(Ordering::Relaxed)).to_string();
-    let mut replica = PgConnection::connect(&pg.replica_url()).await?;
-    let t1 = Instant::now();
-    loop {
-        let caught_up: bool = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
-            .bind(&last)
-            .fetch_one(&mut replica)
-            .await?;
-        if caught_up {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let replayed = t1.elapsed();
+    let replayed = replica_replayed(&pg.replica_url(), &last).await?;
     stop.cancel();
     server.await??;
 
-    // 3. The naive baseline over the same link: one autocommit INSERT per row.
+    // 4. The naive baseline over the same link: one autocommit INSERT per row.
     let per_row = per_row_commits(&url, &eou, Duration::from_secs(5)).await?;
     println!(
-        "| {} ms | {:.1} | {:.0} | {batches} | {:.2} | {:.3} | {:.1} | {} |",
+        "| {} ms | {:.2} | {:.1} | {:.0} | {batches} | {:.2} | {:.3} | {:.1} | {} |",
         rtt.as_millis(),
+        first.as_secs_f64(),
         drained.as_secs_f64(),
-        transactions as f64 / drained.as_secs_f64(),
+        (transactions - 1) as f64 / drained.as_secs_f64(),
         trips as f64 / batches.max(1) as f64,
         replayed.as_secs_f64(),
         per_row,
@@ -162,6 +140,88 @@ async fn one(
     pg.stop().await?;
     redis.stop().await;
     Ok(())
+}
+
+async fn start_obs_unit(base: &str, secret: &str) -> anyhow::Result<String> {
+    let started: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/executed_obs_units/start"))
+        .bearer_auth(secret)
+        .json(&json!({"obs_unit_id": 1}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(started["id"]
+        .as_str()
+        .context("start answered no id")?
+        .to_owned())
+}
+
+/// The site's stream, watched from outside the service.
+struct Backlog {
+    conn: redis::aio::MultiplexedConnection,
+    stream: String,
+}
+
+impl Backlog {
+    async fn open(url: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        Ok(Self {
+            conn: client.get_multiplexed_async_connection().await?,
+            stream: ops_db_actors::overlay::Keys::new("bench").stream(),
+        })
+    }
+
+    async fn left(&mut self) -> anyhow::Result<u64> {
+        Ok(redis::cmd("XLEN")
+            .arg(&self.stream)
+            .query_async(&mut self.conn)
+            .await?)
+    }
+
+    /// How long after `since` the backlog first shrank below `full`.
+    async fn first_batch(&mut self, since: Instant, full: u64) -> anyhow::Result<Duration> {
+        self.wait(since, |left| left < full).await
+    }
+
+    /// How long after `since` the stream was empty.
+    async fn drained(&mut self, since: Instant) -> anyhow::Result<Duration> {
+        self.wait(since, |left| left == 0).await
+    }
+
+    async fn wait(
+        &mut self,
+        since: Instant,
+        done: impl Fn(u64) -> bool,
+    ) -> anyhow::Result<Duration> {
+        loop {
+            let left = self.left().await?;
+            if done(left) {
+                return Ok(since.elapsed());
+            }
+            anyhow::ensure!(
+                since.elapsed() < Duration::from_secs(600),
+                "not there after 10 minutes ({left} left)"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// How long the replica takes to replay `lsn`, from now.
+async fn replica_replayed(url: &str, lsn: &str) -> anyhow::Result<Duration> {
+    let mut replica = PgConnection::connect(url).await?;
+    let t1 = Instant::now();
+    loop {
+        let caught_up: bool = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+            .bind(lsn)
+            .fetch_one(&mut replica)
+            .await?;
+        if caught_up {
+            return Ok(t1.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Buffers `n` file registrations with 64 concurrent clients.

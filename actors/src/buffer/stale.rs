@@ -1,0 +1,72 @@
+//! Which failed writes may be sent once more, on a fresh connection.
+//!
+//! A write is retried only if it cannot have been executed: Redis refused it with
+//! `NOSCRIPT` (the server restarted and its script cache is empty), or its connection was
+//! found closed or reset, and a fresh connection then shows that its lifecycle key, which
+//! the buffer script writes in the same atomic step as the stream entry, does not exist.
+//! A timeout after sending is never retried: the write may be executing; it stays a 503
+//! and the client's retry (with the same `Idempotency-Key`) is the safe path.
+
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+use super::WriteRequest;
+
+/// Why a write failed without an answer from the script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stale {
+    /// The script was not in the server's cache: nothing ran.
+    NoScript,
+    /// The connection was closed or reset: nothing ran unless the lifecycle key says so.
+    Dropped,
+}
+
+/// The retry class of a failure, or `None` when the write may have run (or must not run
+/// again for another reason).
+pub(super) fn classify(err: &RedisError) -> Option<Stale> {
+    if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) {
+        return Some(Stale::NoScript);
+    }
+    if err.is_timeout() {
+        return None;
+    }
+    err.is_connection_dropped().then_some(Stale::Dropped)
+}
+
+/// A write that failed in a way [`classify`] allows to retry.
+pub(super) struct StaleWrite {
+    pub request: WriteRequest,
+    pub why: Stale,
+    pub error: RedisError,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    fn io_error(kind: io::ErrorKind) -> RedisError {
+        RedisError::from(io::Error::from(kind))
+    }
+
+    #[test]
+    fn only_failures_that_ran_nothing_are_retried() {
+        let noscript = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::NoScript),
+            "NOSCRIPT No matching script",
+        ));
+        assert_eq!(classify(&noscript), Some(Stale::NoScript));
+        for kind in [
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::UnexpectedEof,
+        ] {
+            assert_eq!(classify(&io_error(kind)), Some(Stale::Dropped), "{kind:?}");
+        }
+        // A timeout after sending: the write may be running.
+        assert_eq!(classify(&io_error(io::ErrorKind::TimedOut)), None);
+        // The server answered with an error: the script ran (or refused) once already.
+        let oom = RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "OOM"));
+        assert_eq!(classify(&oom), None);
+    }
+}
