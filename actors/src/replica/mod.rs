@@ -32,9 +32,9 @@ use crate::overlay::scripts::{RECORDS_PER_CALL, REPLICATED, TXS_PER_CALL};
 use crate::overlay::Keys;
 
 /// Most `replicated.lua` calls per poll (each bounded by `TXS_PER_CALL` transactions and
-/// `RECORDS_PER_CALL` record releases): a backlog of ~10,000 transactions per poll is
-/// worked off, then the lag metrics are refreshed and the next poll goes on.
-const CALLS_PER_POLL: usize = 50;
+/// `RECORDS_PER_CALL` record releases): up to 5,000 transactions (well under a second)
+/// per poll, then the lag metrics are refreshed and the next poll goes on.
+const CALLS_PER_POLL: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {

@@ -32,16 +32,19 @@ pub(crate) static DLQ_RETRY: LazyLock<Script> = LazyLock::new(|| Script::new(DLQ
 pub(crate) static DLQ_DROP: LazyLock<Script> = LazyLock::new(|| Script::new(DLQ_DROP_LUA));
 
 /// Most transactions one `replicated.lua` or `settle.lua` call covers. Redis runs a script
-/// alone, so every ingest write waits for it: a transaction costs about 4-8 commands plus
-/// its records (bounded below), so 200 keep a call to a few milliseconds (DESIGN §9) while
-/// a backlog of 100,000 still takes only 500 calls.
-pub(crate) const TXS_PER_CALL: usize = 200;
+/// alone, so every ingest write waits for the call in progress: a transaction costs about
+/// 4-8 commands plus its records (bounded below). Measured on a 2-core machine (the
+/// `backlog` tests): 200 transactions / 500 records took 6-7 ms a call, 100 / 250 about
+/// 6 ms, and both doubled ingest p99 while a backlog was worked off; 50 / 100 take at most
+/// about 2.5 ms and keep it within 1.3x. A backlog of 100,000 is still only 2,000 calls.
+pub(crate) const TXS_PER_CALL: usize = 50;
 
 /// Most overlay records one script call releases (about 5 commands each: HGET `_tx`, HGET
 /// `_idx`, SREM per index, DEL). A bulk registration is one transaction of up to 1,000
-/// records: its release is split over calls. With [`TXS_PER_CALL`], one call runs at most
-/// about 200 × 8 + 500 × 5 ≈ 4,100 Redis commands, around 2-3 ms.
-pub(crate) const RECORDS_PER_CALL: usize = 500;
+/// records: its release is split over calls (ten for 1,000). With [`TXS_PER_CALL`], one
+/// call runs at most about 50 × 8 + 100 × 5 ≈ 900 Redis commands, plus decoding one
+/// lifecycle's `records` list (at most 1,000 keys) and encoding what remains of it.
+pub(crate) const RECORDS_PER_CALL: usize = 100;
 
 const BUFFER_LUA: &str = include_str!("buffer.lua");
 const SETTLE_LUA: &str = concat!(

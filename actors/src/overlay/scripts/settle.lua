@@ -21,7 +21,8 @@
 --
 -- Bounded work per call: the caller sends a bounded number of transactions (each: HSET,
 -- ZADD, XACK, XDEL; a dead one also XRANGE, XPENDING, XADD, EXPIRE) and at most ARGV[7]
--- record releases happen (about 5 commands each).
+-- record releases happen (about 5 commands each); with the forwarder's 50 and 100
+-- (`TXS_PER_CALL`, `RECORDS_PER_CALL`) that is at most about 900 commands.
 --
 -- Returns the number of transactions settled, from the first: fewer than sent when the
 -- record budget ran out (the caller sends the rest again).
