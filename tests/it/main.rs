@@ -8,6 +8,7 @@
 mod helpers;
 mod pg;
 
+mod backlog;
 mod bad_input;
 mod faults;
 mod forward;

@@ -39,7 +39,7 @@ pub use error::ForwardError;
 pub use reach::probe;
 use read::{Batch, Reader};
 
-use crate::overlay::scripts::SETTLE;
+use crate::overlay::scripts::{RECORDS_PER_CALL, SETTLE, TXS_PER_CALL};
 use crate::overlay::Keys;
 
 /// The consumer group (and its one consumer) through which the forwarder reads.
@@ -263,12 +263,37 @@ fn record(m: &ForwarderMetrics, applied: &apply::Applied) {
     }
 }
 
+/// Settles a committed batch in chunks of at most `TXS_PER_CALL` transactions and
+/// `RECORDS_PER_CALL` record releases per script call (Redis runs a script alone, so each
+/// call must stay short). Each call is atomic for the transactions it settles; a crash
+/// between calls leaves the rest pending in the group, re-read and re-applied (skipped
+/// through the ledger) after the restart.
 async fn settle_batch(
     conn: &mut MultiplexedConnection,
     config: &ForwarderConfig,
     batch: &Batch,
     applied: &apply::Applied,
 ) -> Result<(), ForwardError> {
+    let settled: Vec<(&read::Entry, &Outcome)> =
+        batch.entries.iter().zip(&applied.outcomes).collect();
+    let mut rest = settled.as_slice();
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(TXS_PER_CALL)];
+        let done = settle_chunk(conn, config, applied, chunk).await?;
+        // The script settles at least one transaction or releases some records per call;
+        // 0 only means a dead transaction's release goes on in the next call.
+        rest = &rest[done.min(chunk.len())..];
+    }
+    Ok(())
+}
+
+/// One `settle.lua` call: how many of `chunk`'s transactions it settled, from the first.
+async fn settle_chunk(
+    conn: &mut MultiplexedConnection,
+    config: &ForwarderConfig,
+    applied: &apply::Applied,
+    chunk: &[(&read::Entry, &Outcome)],
+) -> Result<usize, ForwardError> {
     let keys = &config.keys;
     let mut invocation = SETTLE.prepare_invoke();
     invocation
@@ -280,8 +305,9 @@ async fn settle_batch(
         .arg(applied.lsn.score_ceil().to_string())
         .arg(chrono::Utc::now().timestamp_millis())
         .arg(keys.lifecycle_prefix())
-        .arg(config.retention.as_secs().max(1));
-    for (entry, outcome) in batch.entries.iter().zip(&applied.outcomes) {
+        .arg(config.retention.as_secs().max(1))
+        .arg(RECORDS_PER_CALL);
+    for (entry, outcome) in chunk {
         let (name, sqlstate, message) = match outcome {
             Outcome::Applied => ("applied", "", ""),
             Outcome::Skipped => ("skipped", "", ""),
@@ -294,8 +320,9 @@ async fn settle_batch(
             .arg(sqlstate)
             .arg(message);
     }
-    tokio::time::timeout(config.redis_timeout, invocation.invoke_async::<i64>(conn))
-        .await
-        .map_err(|_| ForwardError::RedisTimeout("settling a committed batch"))??;
-    Ok(())
+    let settled =
+        tokio::time::timeout(config.redis_timeout, invocation.invoke_async::<usize>(conn))
+            .await
+            .map_err(|_| ForwardError::RedisTimeout("settling a committed batch"))??;
+    Ok(settled)
 }

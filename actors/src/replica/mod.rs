@@ -28,12 +28,13 @@ use sqlx::ConnectOptions;
 pub use error::ReplicaError;
 
 use crate::lsn::Lsn;
-use crate::overlay::scripts::REPLICATED;
+use crate::overlay::scripts::{RECORDS_PER_CALL, REPLICATED, TXS_PER_CALL};
 use crate::overlay::Keys;
 
-/// Most transactions marked per call: bounds one script's run time (Redis runs scripts
-/// alone); a longer backlog is worked off over consecutive polls.
-const MARK_LIMIT: usize = 10_000;
+/// Most `replicated.lua` calls per poll (each bounded by `TXS_PER_CALL` transactions and
+/// `RECORDS_PER_CALL` record releases): up to 5,000 transactions (well under a second)
+/// per poll, then the lag metrics are refreshed and the next poll goes on.
+const CALLS_PER_POLL: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -193,7 +194,26 @@ async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
     m.replay_lsn.store(replay.0, Ordering::Relaxed);
     m.polls.fetch_add(1, Ordering::Relaxed);
     let now = chrono::Utc::now().timestamp_millis();
-    let marked: usize = tokio::time::timeout(
+    for _ in 0..CALLS_PER_POLL {
+        let (marked, more) = mark_replicated(redis, &config, replay, now).await?;
+        m.marked.inc_by(marked);
+        if !more {
+            break;
+        }
+    }
+    lag(redis, &config, replay, now, &m).await
+}
+
+/// One bounded `replicated.lua` call: the transactions it marked, and whether more may be
+/// due. Each call leaves a state the next one continues from, so a crash between calls
+/// loses and repeats nothing.
+async fn mark_replicated(
+    redis: &mut MultiplexedConnection,
+    config: &ReplicaConfig,
+    replay: Lsn,
+    now: i64,
+) -> Result<(u64, bool), ReplicaError> {
+    let (marked, more): (u64, u8) = tokio::time::timeout(
         config.redis_timeout,
         REPLICATED
             .key(config.keys.forwarded())
@@ -201,13 +221,13 @@ async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
             .arg(now)
             .arg(config.keys.lifecycle_prefix())
             .arg(config.retention.as_secs().max(1))
-            .arg(MARK_LIMIT)
+            .arg(TXS_PER_CALL)
+            .arg(RECORDS_PER_CALL)
             .invoke_async(redis),
     )
     .await
     .map_err(|_| ReplicaError::RedisTimeout("marking replicated transactions"))??;
-    m.marked.inc_by(marked as u64);
-    lag(redis, &config, replay, now, &m).await
+    Ok((marked, more == 1))
 }
 
 /// Lag in bytes (newest waiting commit vs replay position) and in time (oldest waiting).

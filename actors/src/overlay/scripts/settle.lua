@@ -1,10 +1,12 @@
--- Settles one applied batch in Redis, atomically: forwarded transactions get their commit
+-- Settles part of one applied batch in Redis: forwarded transactions get their commit
 -- LSN and join the LSN-scored set; dead ones move to the dead-letter stream with the
--- database's reason and their delivery count; all are acknowledged and leave the stream.
+-- database's reason and their delivery count; each is acknowledged and leaves the stream
+-- in the same step as its outcome (atomic per transaction: a script runs alone).
 --
 -- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] forwarded sorted set
 -- ARGV[1] group, ARGV[2] commit LSN text, ARGV[3] its score, ARGV[4] now (unix ms),
--- ARGV[5] lifecycle key prefix, ARGV[6] lifecycle retention (seconds), then per transaction:
+-- ARGV[5] lifecycle key prefix, ARGV[6] lifecycle retention (seconds), ARGV[7] most
+-- records released per call, then per transaction:
 --   stream id, transaction id, outcome (applied|skipped|dead), sqlstate, message
 --
 -- Keys not in KEYS: each transaction's lifecycle hash, derived as ARGV[5] .. transaction
@@ -12,16 +14,31 @@
 -- read from Redis).
 --
 -- A dead transaction will never be replicated: the overlay records whose latest writer it
--- was are removed now (what reads then show is the replica's row, if any), by
--- release_overlay from overlay_release.lua.
+-- was are removed (what reads then show is the replica's row, if any), by release_overlay
+-- from overlay_release.lua, BEFORE it is dead-lettered: a release split over calls leaves
+-- the transaction pending in the group with the records still to release in its
+-- lifecycle, and the next call (or the replay after a crash) continues it.
+--
+-- Bounded work per call: the caller sends a bounded number of transactions (each: HSET,
+-- ZADD, XACK, XDEL; a dead one also XRANGE, XPENDING, XADD, EXPIRE) and at most ARGV[7]
+-- record releases happen (about 5 commands each); with the forwarder's 50 and 100
+-- (`TXS_PER_CALL`, `RECORDS_PER_CALL`) that is at most about 900 commands.
+--
+-- Returns the number of transactions settled, from the first: fewer than sent when the
+-- record budget ran out (the caller sends the rest again).
 local stream, dlq, forwarded = KEYS[1], KEYS[2], KEYS[3]
 local group, lsn, score, now, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local retention = tonumber(ARGV[6])
+local retention, budget = tonumber(ARGV[6]), tonumber(ARGV[7])
 
-for i = 7, #ARGV, 5 do
+local settled = 0
+for i = 8, #ARGV, 5 do
   local sid, tx, outcome, sqlstate, message = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local lifecycle = prefix .. tx
   if outcome == 'dead' then
+    if budget <= 0 then return settled end
+    local used, done = release_overlay(lifecycle, tx, budget)
+    budget = budget - used
+    if not done then return settled end
     local entry = redis.call('XRANGE', stream, sid, sid)
     local pending = redis.call('XPENDING', stream, group, sid, sid, 1)
     local attempts = 1
@@ -33,12 +50,12 @@ for i = 7, #ARGV, 5 do
     redis.call('HSET', lifecycle, 'state', 'dead', 'dead_at', now, 'reason', message,
       'sqlstate', sqlstate, 'attempts', attempts)
     redis.call('EXPIRE', lifecycle, retention)
-    release_overlay(lifecycle, tx)
   else
     redis.call('HSET', lifecycle, 'state', 'forwarded', 'forwarded_at', now, 'commit_lsn', lsn)
     redis.call('ZADD', forwarded, score, tx)
   end
   redis.call('XACK', stream, group, sid)
   redis.call('XDEL', stream, sid)
+  settled = settled + 1
 end
-return 1
+return settled
