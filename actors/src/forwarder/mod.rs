@@ -274,26 +274,44 @@ async fn settle_batch(
     batch: &Batch,
     applied: &apply::Applied,
 ) -> Result<(), ForwardError> {
-    let settled: Vec<(&read::Entry, &Outcome)> =
+    let mut rest: Vec<(&read::Entry, &Outcome)> =
         batch.entries.iter().zip(&applied.outcomes).collect();
-    let mut rest = settled.as_slice();
     while !rest.is_empty() {
-        let chunk = &rest[..rest.len().min(TXS_PER_CALL)];
-        let done = settle_chunk(conn, config, applied, chunk).await?;
-        // The script settles at least one transaction or releases some records per call;
-        // 0 only means a dead transaction's release goes on in the next call.
-        rest = &rest[done.min(chunk.len())..];
+        // Every chunk in one pipeline: one local round trip per batch, not one per chunk.
+        // Each script call is still bounded on its own, and Redis serves other clients
+        // between them.
+        let chunks: Vec<&[(&read::Entry, &Outcome)]> = rest.chunks(TXS_PER_CALL).collect();
+        let invocations: Vec<_> = chunks
+            .iter()
+            .map(|chunk| settle_invocation(config, applied, chunk))
+            .collect();
+        let mut pipe = redis::pipe();
+        // EVALSHA needs the script in this server's cache, which a restart empties.
+        pipe.load_script(&SETTLE).ignore();
+        for invocation in &invocations {
+            pipe.invoke_script(invocation);
+        }
+        let settled: Vec<usize> =
+            tokio::time::timeout(config.redis_timeout, pipe.query_async(conn))
+                .await
+                .map_err(|_| ForwardError::RedisTimeout("settling a committed batch"))??;
+        // A call settles a prefix of its chunk; 0 or a short prefix only means a dead
+        // transaction's overlay release goes on: what is left is sent again.
+        rest = chunks
+            .iter()
+            .zip(settled)
+            .flat_map(|(chunk, done)| chunk[done.min(chunk.len())..].iter().copied())
+            .collect();
     }
     Ok(())
 }
 
-/// One `settle.lua` call: how many of `chunk`'s transactions it settled, from the first.
-async fn settle_chunk(
-    conn: &mut MultiplexedConnection,
+/// One `settle.lua` call for `chunk` (see the script's header for its arguments).
+fn settle_invocation<'a>(
     config: &ForwarderConfig,
     applied: &apply::Applied,
     chunk: &[(&read::Entry, &Outcome)],
-) -> Result<usize, ForwardError> {
+) -> redis::ScriptInvocation<'a> {
     let keys = &config.keys;
     let mut invocation = SETTLE.prepare_invoke();
     invocation
@@ -320,9 +338,5 @@ async fn settle_chunk(
             .arg(sqlstate)
             .arg(message);
     }
-    let settled =
-        tokio::time::timeout(config.redis_timeout, invocation.invoke_async::<usize>(conn))
-            .await
-            .map_err(|_| ForwardError::RedisTimeout("settling a committed batch"))??;
-    Ok(settled)
+    invocation
 }
