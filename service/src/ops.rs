@@ -369,7 +369,10 @@ mod tests {
         assert_eq!((full.status.as_u16(), full.retry_after), (503, Some(30)));
         let down = ApiError::from(IngestError::Unavailable("redis: refused".into()));
         assert_eq!((down.status.as_u16(), down.retry_after), (503, Some(1)));
-        assert!(!down.message.contains("refused"), "no Redis text for callers");
+        assert!(
+            !down.message.contains("refused"),
+            "no Redis text for callers"
+        );
         let bug = ApiError::from(IngestError::Internal("serialising: boom".into()));
         assert_eq!((bug.status.as_u16(), bug.code), (500, "internal_error"));
         assert!(!bug.message.contains("boom"));

@@ -15,6 +15,7 @@ mod health;
 mod idempotency;
 mod ingest;
 mod metrics;
+mod paging;
 mod pg_smoke;
 mod reads;
 mod site;

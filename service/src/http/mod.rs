@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod health;
+mod paging;
 mod reads;
 mod writes;
 
