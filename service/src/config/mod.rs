@@ -77,6 +77,14 @@ pub struct Http {
 pub struct Tcp {
     pub listen: SocketAddr,
     pub max_line_bytes: usize,
+    /// The longest line from a connection that has not yet presented a valid token: a
+    /// stranger cannot make the service buffer `max_line_bytes`.
+    pub unauthenticated_line_bytes: usize,
+    /// Connections served at once; one more gets an error line and is closed.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long gets an error line and is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
