@@ -12,6 +12,7 @@ mod bad_input;
 mod faults;
 mod forward;
 mod health;
+mod http_bounds;
 mod idempotency;
 mod ingest;
 mod metrics;

@@ -66,6 +66,8 @@ impl Config {
             ("replica.connect_timeout", self.replica.connect_timeout),
             ("replica.retention", self.replica.retention),
             ("tcp.idle_timeout", self.tcp.idle_timeout),
+            ("http.header_timeout", self.http.header_timeout),
+            ("http.body_timeout", self.http.body_timeout),
         ];
         match positive.iter().find(|(_, d)| d.is_zero()) {
             Some((key, _)) => Err(invalid(key, "must be longer than zero")),
@@ -78,6 +80,7 @@ impl Config {
             ("http.body_limit_bytes", self.http.body_limit_bytes as u64),
             ("tcp.max_line_bytes", self.tcp.max_line_bytes as u64),
             ("tcp.max_connections", self.tcp.max_connections as u64),
+            ("http.max_connections", self.http.max_connections as u64),
             ("buffer.max_buffered", self.buffer.max_buffered),
             ("buffer.max_batch", self.buffer.max_batch as u64),
             ("buffer.connections", self.buffer.connections as u64),
