@@ -203,3 +203,59 @@ async fn a_bad_limit_or_cursor_is_a_422_naming_the_field() {
         assert_eq!(error["field"], field, "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dead_letter_list_is_paged_and_says_whether_there_is_more() {
+    let app = TestApp::spawn().await;
+    let mut redis = app.redis.conn().await;
+    for i in 0..25 {
+        let _: String = redis::cmd("XADD")
+            .arg(app.keys.dead_letters())
+            .arg("*")
+            .arg(&[
+                ("transaction_id", Uuid::now_v7().to_string()),
+                ("sqlstate", "23503".into()),
+                ("reason", format!("dead {i}")),
+                ("attempts", "1".into()),
+                ("dead_at", "0".into()),
+            ])
+            .query_async(&mut redis)
+            .await
+            .expect("xadd");
+    }
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    for (expected, more) in [(10, true), (10, true), (5, false)] {
+        let r = app.admin_get(&format!("/admin/dlq?limit=10{cursor}")).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let page = r.body["dead_letters"].as_array().expect("a page");
+        assert_eq!(
+            (page.len(), r.body["more"].as_bool()),
+            (expected, Some(more)),
+            "{}",
+            r.text
+        );
+        seen.extend(
+            page.iter()
+                .map(|l| l["reason"].as_str().unwrap_or_default().to_owned()),
+        );
+        cursor = r.body["next_cursor"]
+            .as_str()
+            .map(|c| format!("&cursor={c}"))
+            .unwrap_or_default();
+    }
+    let want: Vec<String> = (0..25).map(|i| format!("dead {i}")).collect();
+    assert_eq!(seen, want, "oldest first, each once");
+    for (path, field) in [
+        ("/admin/dlq?limit=1001", "limit"),
+        ("/admin/dlq?limit=0", "limit"),
+        ("/admin/dlq?cursor=abc", "cursor"),
+    ] {
+        let r = app.admin_get(path).await;
+        assert_eq!(
+            r.assert_error(422, "invalid_query")["field"],
+            field,
+            "{path}"
+        );
+    }
+}
