@@ -101,3 +101,27 @@ async fn http_connections_over_the_cap_are_refused_while_the_others_keep_working
     let first = open.first_mut().expect("at least one served");
     assert_eq!(get_live(first).await, Some(200), "the others go on");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_slower_than_the_body_timeout_is_cut_off_with_a_json_error() {
+    let app = TestApp::spawn_with("[http]\nbody_timeout = \"300ms\"\n").await;
+    let mut slow = TcpStream::connect(addr(&app)).await.expect("connect");
+    let head = format!(
+        "POST /executed_obs_units/start HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"obs_unit_id\"",
+        app.token
+    );
+    slow.write_all(head.as_bytes())
+        .await
+        .expect("a part of a body");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the service does not wait for the body forever"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 4"), "a 4xx: {text}");
+    assert!(text.contains("{\"error\""), "a JSON error: {text}");
+    assert_eq!(app.buffered_count().await, 0);
+}
