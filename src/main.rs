@@ -87,6 +87,9 @@ enum DlqCommand {
     List {
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Start after this dead letter (a previous page's `next_cursor`).
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Put a dead letter back at the end of the buffer.
     Retry { id: String },
@@ -227,7 +230,13 @@ async fn dlq(url: &str, token: &str, command: DlqCommand) -> anyhow::Result<()> 
     let http = reqwest::Client::new();
     let base = url.trim_end_matches('/');
     let request = match &command {
-        DlqCommand::List { limit } => http.get(format!("{base}/admin/dlq?limit={limit}")),
+        DlqCommand::List { limit, cursor } => {
+            let after = cursor
+                .as_ref()
+                .map(|c| format!("&cursor={c}"))
+                .unwrap_or_default();
+            http.get(format!("{base}/admin/dlq?limit={limit}{after}"))
+        }
         DlqCommand::Retry { id } => http.post(format!("{base}/admin/dlq/{id}/retry")),
         DlqCommand::Drop { id } => http.delete(format!("{base}/admin/dlq/{id}")),
     };

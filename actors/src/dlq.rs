@@ -31,20 +31,54 @@ fn field(map: &HashMap<String, redis::Value>, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The most dead letters one page lists: a dead-letter stream of a days-long outage is
+/// read page by page, never whole.
+pub const MAX_PAGE: usize = 1000;
+
+/// One page of dead letters, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetterPage {
+    pub dead_letters: Vec<DeadLetter>,
+    /// Whether there are more after this page.
+    pub more: bool,
+    /// What the next page starts after (the last id listed), if there are more.
+    pub next_cursor: Option<String>,
+}
+
+/// At most `limit` (capped at [`MAX_PAGE`]) dead letters after the stream id `after`
+/// (from the oldest if `None`).
 pub async fn list(
     conn: &mut MultiplexedConnection,
     keys: &Keys,
     limit: usize,
-) -> RedisResult<Vec<DeadLetter>> {
+    after: Option<&str>,
+) -> RedisResult<DeadLetterPage> {
+    let limit = limit.clamp(1, MAX_PAGE);
+    // `(` makes the start exclusive; one more than the page tells whether there is more.
+    let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
     let reply: StreamRangeReply = redis::cmd("XRANGE")
         .arg(keys.dead_letters())
-        .arg("-")
+        .arg(start)
         .arg("+")
         .arg("COUNT")
-        .arg(limit)
+        .arg(limit + 1)
         .query_async(conn)
         .await?;
-    Ok(reply
+    let mut dead_letters = letters(reply);
+    let more = dead_letters.len() > limit;
+    dead_letters.truncate(limit);
+    let next_cursor = more
+        .then(|| dead_letters.last().map(|l| l.id.clone()))
+        .flatten();
+    Ok(DeadLetterPage {
+        dead_letters,
+        more,
+        next_cursor,
+    })
+}
+
+fn letters(reply: StreamRangeReply) -> Vec<DeadLetter> {
+    reply
         .ids
         .into_iter()
         .map(|e| {
@@ -64,7 +98,7 @@ pub async fn list(
                 id: e.id,
             }
         })
-        .collect())
+        .collect()
 }
 
 /// Puts a dead letter back at the end of the buffer's stream; its new stream id, or

@@ -165,13 +165,11 @@ impl Application {
         };
         let tcp_server = tokio::spawn(crate::tcp::serve(tcp, state.clone(), stop.clone()));
         tracing::info!(http = %http.local_addr()?, "serving");
-        let served = axum::serve(http, http::router(state, admin_routes))
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .await;
+        let router = http::router(state.clone(), admin_routes);
+        http::serve::serve(http, router, &state.config.http, stop.clone()).await;
         let _ = tcp_server.await;
         tree.shutdown().await;
         watcher.abort();
-        served.context("http server")?;
         match tree.health.escalation() {
             Some(why) => anyhow::bail!("the actor tree gave up: {why}"),
             None => Ok(()),

@@ -9,12 +9,22 @@
 //! A bad line gets an error line and the connection stays usable; a line longer than
 //! `tcp.max_line_bytes` (or one that is not UTF-8) gets an error line and the connection
 //! is closed, since the stream can no longer be trusted to be in step.
+//!
+//! Bounds: until a connection has presented a valid token (an `{"op": "auth", "token"}`
+//! line, or any request whose token passes), its lines may be at most
+//! `tcp.unauthenticated_line_bytes`, so a stranger cannot make the service buffer a large
+//! body; afterwards up to `tcp.max_line_bytes`, and a request without a token uses the
+//! connection's. At most `tcp.max_connections` are served at once (one more gets a 503
+//! line and is closed), and one silent for `tcp.idle_timeout` gets a 408 line and is closed.
 
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use std::sync::Arc;
+
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +47,12 @@ struct Envelope {
     body: Option<Box<RawValue>>,
 }
 
+/// The op that only authenticates the connection.
+const AUTH_OP: &str = "auth";
+
 pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) {
+    let max = state.config.tcp.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -45,9 +60,16 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::warn!(%peer, max, "tcp connection refused: too many");
+                    tokio::spawn(refuse(stream, max));
+                    continue;
+                };
                 let state = state.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
+                    // Held for the connection's life: its slot among `max_connections`.
+                    let _slot = slot;
                     tracing::debug!(%peer, "tcp client connected");
                     connection(stream, state, stop).await;
                     tracing::debug!(%peer, "tcp client gone");
@@ -62,41 +84,51 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
     }
 }
 
+/// One error line, then close: the client learns why rather than seeing a reset.
+async fn refuse(stream: TcpStream, max: usize) {
+    use tokio::io::AsyncWriteExt;
+    let mut err = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_connections",
+        format!("at most {max} connections are served at once; retry later"),
+    );
+    err.retry_after = Some(ops::RETRY_AFTER_UNAVAILABLE);
+    let mut stream = stream;
+    let line = format!("{}\n", error_reply(None, &err));
+    if stream.write_all(line.as_bytes()).await.is_ok() {
+        close_gracefully(stream).await;
+    }
+}
+
 async fn connection(stream: TcpStream, state: AppState, stop: CancellationToken) {
     let _ = stream.set_nodelay(true);
-    let codec = LinesCodec::new_with_max_length(state.config.tcp.max_line_bytes);
+    let tcp = &state.config.tcp;
+    let codec = LinesCodec::new_with_max_length(tcp.unauthenticated_line_bytes);
     let mut framed = Framed::new(stream, codec);
+    // The valid token this connection presented, if any.
+    let mut token: Option<String> = None;
     loop {
         let line = tokio::select! {
-            line = framed.next() => line,
+            line = tokio::time::timeout(tcp.idle_timeout, framed.next()) => line,
             () = stop.cancelled() => return,
         };
         let (reply, close) = match line {
-            None => return,
-            Some(Ok(line)) if line.trim().is_empty() => continue,
-            Some(Ok(line)) => (handle(&state, &line).await, false),
-            Some(Err(LinesCodecError::MaxLineLengthExceeded)) => {
-                let err = ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "line_too_long",
-                    format!(
-                        "a request line may be at most {} bytes; closing the connection",
-                        state.config.tcp.max_line_bytes
-                    ),
-                );
-                (error_reply(None, &err), true)
+            Err(_idle) => (error_reply(None, &idle(tcp.idle_timeout)), true),
+            Ok(None) => return,
+            Ok(Some(Ok(line))) if line.trim().is_empty() => continue,
+            Ok(Some(Ok(line))) => {
+                let (reply, valid) = handle(&state, &line, token.as_deref()).await;
+                if token.is_none() && valid.is_some() {
+                    // Lines from now on may be as long as any request.
+                    *framed.codec_mut() = LinesCodec::new_with_max_length(tcp.max_line_bytes);
+                    token = valid;
+                }
+                (reply, false)
             }
-            Some(Err(LinesCodecError::Io(err)))
-                if err.kind() == std::io::ErrorKind::InvalidData =>
-            {
-                let err = ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "malformed_line",
-                    "the line is not UTF-8; closing the connection",
-                );
-                (error_reply(None, &err), true)
-            }
-            Some(Err(_)) => return,
+            Ok(Some(Err(err))) => match line_error(&state, err, token.is_some()) {
+                Some(err) => (error_reply(None, &err), true),
+                None => return,
+            },
         };
         if framed.send(reply.to_string()).await.is_err() {
             return;
@@ -104,6 +136,49 @@ async fn connection(stream: TcpStream, state: AppState, stop: CancellationToken)
         if close {
             return close_gracefully(framed.into_inner()).await;
         }
+    }
+}
+
+fn idle(after: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "idle_timeout",
+        format!(
+            "nothing received for {}; closing the connection",
+            humantime::format_duration(after)
+        ),
+    )
+}
+
+/// The answer to a line that cannot be read, before closing; `None` if the connection is
+/// gone.
+fn line_error(state: &AppState, err: LinesCodecError, authenticated: bool) -> Option<ApiError> {
+    let tcp = &state.config.tcp;
+    match err {
+        LinesCodecError::MaxLineLengthExceeded if authenticated => Some(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "line_too_long",
+            format!(
+                "a request line may be at most {} bytes; closing the connection",
+                tcp.max_line_bytes
+            ),
+        )),
+        LinesCodecError::MaxLineLengthExceeded => Some(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "line_too_long",
+            format!(
+                "before a valid token a line may be at most {} bytes (send {{\"op\": \"auth\", \"token\": ...}} first); closing the connection",
+                tcp.unauthenticated_line_bytes
+            ),
+        )),
+        LinesCodecError::Io(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+            Some(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_line",
+                "the line is not UTF-8; closing the connection",
+            ))
+        }
+        LinesCodecError::Io(_) => None,
     }
 }
 
@@ -134,8 +209,13 @@ fn error_reply(request_id: Option<Value>, err: &ApiError) -> Value {
     reply
 }
 
-async fn handle(state: &AppState, line: &str) -> Value {
-    let envelope: Envelope = match serde_json::from_str(line) {
+/// The reply to one line, and the token that passed its check, if one did.
+async fn handle(
+    state: &AppState,
+    line: &str,
+    connection_token: Option<&str>,
+) -> (Value, Option<String>) {
+    let mut envelope: Envelope = match serde_json::from_str(line) {
         Ok(envelope) => envelope,
         Err(_) => {
             // Decode again through the shared path for a precise, field-naming error, and
@@ -152,24 +232,37 @@ async fn handle(state: &AppState, line: &str) -> Value {
                         "the line is not a request",
                     )
                 });
-            return error_reply(request_id, &err);
+            return (error_reply(request_id, &err), None);
         }
     };
     let request_id = envelope.request_id.clone();
-    match write(state, envelope).await {
-        Ok(value) => {
-            let mut value = value;
+    if envelope.token.is_none() {
+        envelope.token = connection_token.map(str::to_owned);
+    }
+    if let Err(err) = state.tokens.check(envelope.token.as_deref(), Scope::Write) {
+        return (error_reply(request_id, &err), None);
+    }
+    let valid = envelope.token.clone();
+    let reply = if envelope.op == AUTH_OP {
+        Ok(json!({ "status": 200, "body": {
+            "authenticated": true,
+            "max_line_bytes": state.config.tcp.max_line_bytes,
+        }}))
+    } else {
+        write(state, envelope).await
+    };
+    let reply = match reply {
+        Ok(mut value) => {
             value["request_id"] = request_id.unwrap_or(Value::Null);
             value
         }
         Err(err) => error_reply(request_id, &err),
-    }
+    };
+    (reply, valid)
 }
 
+/// A request whose token has passed.
 async fn write(state: &AppState, envelope: Envelope) -> Result<Value, ApiError> {
-    state
-        .tokens
-        .check(envelope.token.as_deref(), Scope::Write)?;
     let spec = operations::by_name(&envelope.op).ok_or_else(|| {
         let known: Vec<_> = OPERATIONS.iter().map(OperationSpec::name).collect();
         ApiError::new(

@@ -1,10 +1,12 @@
 //! The TCP facade: newline-delimited JSON with the same operations and errors as HTTP.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::helpers::{file_body, TestApp};
+use crate::helpers::{eventually, file_body, TestApp};
 
 struct Client {
     reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
@@ -110,7 +112,10 @@ async fn a_bad_line_gets_an_error_line_and_the_connection_stays_usable() {
         assert_eq!(reply["status"], *status, "{line} -> {reply}");
         assert_eq!(reply["error"]["code"], *code, "{line} -> {reply}");
     }
-    let second = c.send_raw(&cases[1].0).await.expect("reply");
+    // On a fresh connection: `c` has presented a valid token, which a tokenless request
+    // would now use.
+    let mut fresh = Client::connect(&app).await;
+    let second = fresh.send_raw(&cases[1].0).await.expect("reply");
     assert_eq!(second["request_id"], 9, "request ids are echoed on errors");
     assert_eq!(app.buffered_count().await, 0);
     let ok = c
@@ -135,4 +140,98 @@ async fn an_over_long_line_gets_an_error_and_the_connection_is_closed() {
     assert!(c.read().await.is_none(), "the connection is closed");
     assert_eq!(app.buffered_count().await, 0);
     app.stop().await.expect("clean stop");
+}
+
+fn start_line(app: &TestApp, pad: usize) -> Value {
+    json!({"op": "executed_obs_units.start", "token": app.token,
+           "body": {"obs_unit_id": 1, "meta": {"pad": "x".repeat(pad)}}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_line_before_a_token_is_refused_before_it_ends_and_after_auth_is_taken() {
+    let app = TestApp::spawn().await;
+    let mut stranger = Client::connect(&app).await;
+    // 8 KiB of a line that never ends: the answer comes without the service waiting for
+    // (and buffering) the rest of it.
+    let head = format!(
+        "{{\"op\": \"executed_obs_units.start\", \"pad\": \"{}",
+        "x".repeat(8192)
+    );
+    stranger
+        .writer
+        .write_all(head.as_bytes())
+        .await
+        .expect("write");
+    let reply = stranger
+        .read()
+        .await
+        .expect("an error line before the line ends");
+    assert_eq!(reply["status"], 413, "{reply}");
+    assert_eq!(reply["error"]["code"], "line_too_long");
+    assert!(stranger.read().await.is_none(), "the connection is closed");
+
+    let mut c = Client::connect(&app).await;
+    let auth = c
+        .send(json!({"op": "auth", "token": app.token, "request_id": 1}))
+        .await;
+    assert_eq!(auth["status"], 200, "{auth}");
+    assert_eq!(auth["request_id"], 1);
+    let large = c.send(start_line(&app, 30_000)).await;
+    assert_eq!(
+        large["status"], 201,
+        "an authenticated connection takes large lines: {large}"
+    );
+    let tokenless = json!({"op": "executed_obs_units.start", "body": {"obs_unit_id": 1}});
+    let reply = c.send(tokenless).await;
+    assert_eq!(
+        reply["status"], 201,
+        "a request uses the connection's token: {reply}"
+    );
+
+    // A small request with a valid token authenticates the connection as well.
+    let mut d = Client::connect(&app).await;
+    assert_eq!(d.send(start_line(&app, 10)).await["status"], 201);
+    assert_eq!(d.send(start_line(&app, 30_000)).await["status"], 201);
+    assert_eq!(app.buffered_count().await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_connection_is_closed_after_the_idle_timeout() {
+    let app = TestApp::spawn_with("[tcp]\nidle_timeout = \"200ms\"\n").await;
+    let mut c = Client::connect(&app).await;
+    assert_eq!(c.send(start_line(&app, 1)).await["status"], 201);
+    let reply = tokio::time::timeout(Duration::from_secs(5), c.read())
+        .await
+        .expect("the service speaks first")
+        .expect("an error line");
+    assert_eq!(reply["status"], 408, "{reply}");
+    assert_eq!(reply["error"]["code"], "idle_timeout");
+    assert!(c.read().await.is_none(), "the connection is closed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_cap_are_refused_while_the_others_keep_working() {
+    let app = TestApp::spawn_with("[tcp]\nmax_connections = 2\n").await;
+    let mut a = Client::connect(&app).await;
+    let mut b = Client::connect(&app).await;
+    assert_eq!(a.send(start_line(&app, 1)).await["status"], 201);
+    assert_eq!(b.send(start_line(&app, 1)).await["status"], 201);
+    let mut over = Client::connect(&app).await;
+    let refused = over.read().await.expect("one error line");
+    assert_eq!(refused["status"], 503, "{refused}");
+    assert_eq!(refused["error"]["code"], "too_many_connections");
+    assert!(over.read().await.is_none(), "and closed");
+    assert_eq!(
+        a.send(start_line(&app, 1)).await["status"],
+        201,
+        "the others go on"
+    );
+    drop(b);
+    // The slot is free once the service has seen the client go.
+    eventually("a freed slot", Duration::from_secs(5), || async {
+        let mut c = Client::connect(&app).await;
+        let reply = c.send_raw(&start_line(&app, 1).to_string()).await?;
+        (reply["status"] == 201).then_some(())
+    })
+    .await;
 }

@@ -19,12 +19,14 @@
 
 mod keys;
 mod merge;
+mod page;
 mod reads;
 mod record;
 pub(crate) mod scripts;
 mod state;
 
 pub use keys::Keys;
-pub use reads::{IndexValue, ReadError, Reads};
+pub use page::{BadLimit, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
+pub use reads::{IndexValue, Listed, ReadError, Reads, SOURCE_STATEMENT_TIMEOUT};
 pub use record::{OverlayRecord, OverlayWrite};
 pub use state::{TxState, UnknownState};

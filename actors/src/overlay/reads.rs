@@ -10,6 +10,9 @@
 //! - every record carries `"sync": {"state", "transaction_id", "lsn"}`: its latest
 //!   writer's lifecycle, or `replicated` for a read-source-only row; the writers of one
 //!   answer are looked up in one pipeline, whatever their count;
+//! - every list is a keyset page of at most `limit` records (`page.rs`), and the read
+//!   source's queries time out after [`SOURCE_STATEMENT_TIMEOUT`] (a slow replica is one
+//!   that does not answer);
 //! - when the read source does not answer, a list comes from the overlay alone and says
 //!   so; a single record the overlay cannot answer alone is [`ReadError::Source`];
 //! - a lifecycle comes from Redis while Redis keeps it, then from the ledger.
@@ -22,11 +25,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
 use serde_json::{Map, Value};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::merge::{self, WriterState};
+use super::page::{self, PageRequest};
 use super::record::index_value;
 use super::{Keys, OverlayRecord, TxState, UnknownState};
 use crate::domain::Table;
@@ -72,6 +76,21 @@ impl IndexValue {
 /// A record and what the overlay holds of it (either may be missing).
 type Found = (Option<Value>, Option<OverlayRecord>);
 
+/// How long the read source may take over one query: a replica that hangs (a full disk,
+/// a lock) must fail the read rather than hold the caller and a pooled connection.
+pub const SOURCE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One page of a list read.
+#[derive(Debug, Default)]
+pub struct Listed {
+    /// At most the page's limit, in id order.
+    pub records: Vec<Value>,
+    /// The cursor of the next page; `None` on the last one.
+    pub next: Option<Uuid>,
+    /// Whether the read source answered (if not, `records` are the overlay's alone).
+    pub source_answered: bool,
+}
+
 pub struct Reads {
     /// The read source (replica; the primary on the main site); `None` if not configured.
     pool: Option<PgPool>,
@@ -84,10 +103,16 @@ impl Reads {
     pub fn new(read_url: Option<&str>, keys: Keys) -> Result<Self, sqlx::Error> {
         let pool = read_url
             .map(|url| {
-                PgPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(2))
-                    .connect_lazy(url)
+                let timeout = SOURCE_STATEMENT_TIMEOUT.as_millis().to_string();
+                let options = url
+                    .parse::<PgConnectOptions>()?
+                    .options([("statement_timeout", timeout.as_str())]);
+                Ok::<_, sqlx::Error>(
+                    PgPoolOptions::new()
+                        .max_connections(8)
+                        .acquire_timeout(Duration::from_secs(2))
+                        .connect_lazy_with(options),
+                )
             })
             .transpose()?;
         Ok(Self { pool, keys })
@@ -157,21 +182,22 @@ impl Reads {
             .ok_or(ReadError::NoSuchRecord { table, id })
     }
 
-    /// The records of `table` whose `column` is `value`, merged, ordered by id (time
-    /// order), and whether the read source answered: when it does not, the overlay's
-    /// records alone are returned (the caller says so), rather than nothing.
+    /// One page of the records of `table` whose `column` is `value`, merged, in id order
+    /// (time order). When the read source does not answer, the overlay's records alone are
+    /// returned (the caller says so), rather than nothing.
     pub async fn records_where(
         &self,
         redis: &mut MultiplexedConnection,
         table: Table,
         column: &str,
         value: IndexValue,
-    ) -> Result<(Vec<Value>, bool), ReadError> {
+        page: PageRequest,
+    ) -> Result<Listed, ReadError> {
         // Uuid order is the order of their text (lowercase hex), so `id` order.
         let mut by_id: BTreeMap<Uuid, Found> = BTreeMap::new();
         let mut source_answered = true;
         if let Some(pool) = &self.pool {
-            match source_rows(pool, table, column, value).await {
+            match source_rows(pool, table, column, value, page).await {
                 Ok(rows) => by_id.extend(rows.into_iter().map(|(id, row)| (id, (Some(row), None)))),
                 Err(err) => {
                     tracing::warn!(error = %err, "replica query failed, answering from the overlay alone");
@@ -179,43 +205,68 @@ impl Reads {
                 }
             }
         }
-        for (id, overlay) in self.indexed_overlay(redis, table, column, value).await? {
-            by_id.entry(id).or_default().1 = Some(overlay);
+        for id in self.indexed_ids(redis, table, column, value, page).await? {
+            by_id.entry(id).or_default();
         }
-        let records = self.merge(redis, by_id.into_values().collect()).await?;
-        Ok((records, source_answered))
+        let (by_id, next) = page::cut(by_id, page.limit());
+        // The overlay of every id of the page, not only of the indexed ones: an update
+        // buffered for a replica row (a finish) is in no index set, and must still win.
+        let overlays = self.overlay_records(redis, table, by_id.keys()).await?;
+        let found: Vec<Found> = by_id
+            .into_values()
+            .zip(overlays)
+            .map(|((row, _), overlay)| (row, overlay))
+            .collect();
+        let records = self.merge(redis, found).await?;
+        Ok(Listed {
+            records,
+            next,
+            source_answered,
+        })
     }
 
-    /// The overlay records in the index set of `column` = `value`, in one pipeline.
-    async fn indexed_overlay(
+    /// The ids of one page of the index set of `column` = `value`: the first `limit + 1`
+    /// after the cursor.
+    async fn indexed_ids(
         &self,
         redis: &mut MultiplexedConnection,
         table: Table,
         column: &str,
         value: IndexValue,
-    ) -> Result<Vec<(Uuid, OverlayRecord)>, ReadError> {
+        page: PageRequest,
+    ) -> Result<Vec<Uuid>, ReadError> {
         let ids: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.index(table, column, &value.text()))
             .query_async(redis)
             .await?;
         // Index sets hold the ids buffer.lua wrote, all UUIDs; anything else has no record.
-        let ids: Vec<Uuid> = ids
+        let mut ids: Vec<Uuid> = ids
             .iter()
             .filter_map(|id| Uuid::parse_str(id).ok())
+            .filter(|id| page.admits(*id))
             .collect();
-        if ids.is_empty() {
+        ids.sort_unstable();
+        ids.truncate(page.fetch());
+        Ok(ids)
+    }
+
+    /// What the overlay holds of each of `ids`, in their order, in one pipeline. An id
+    /// whose record was released meanwhile has none (the replica has it now).
+    async fn overlay_records(
+        &self,
+        redis: &mut MultiplexedConnection,
+        table: Table,
+        ids: impl ExactSizeIterator<Item = &Uuid>,
+    ) -> Result<Vec<Option<OverlayRecord>>, ReadError> {
+        if ids.len() == 0 {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        for id in &ids {
+        for id in ids {
             pipe.cmd("HGETALL").arg(self.keys.record(table, *id));
         }
         let hashes: Vec<HashMap<String, String>> = pipe.query_async(redis).await?;
-        Ok(ids
-            .into_iter()
-            .zip(hashes)
-            .filter_map(|(id, hash)| Some((id, OverlayRecord::parse(hash)?)))
-            .collect())
+        Ok(hashes.into_iter().map(OverlayRecord::parse).collect())
     }
 
     /// Overlays over read-source rows, each with its sync field; records neither side has
@@ -268,16 +319,20 @@ async fn source_row(pool: &PgPool, table: Table, id: Uuid) -> Result<Option<Valu
     Ok(row.map(|Json(v)| v))
 }
 
-/// The read source's rows of `table` whose `column` is `value`, by id.
+/// One page of the read source's rows of `table` whose `column` is `value`: the first
+/// `limit + 1` after the cursor, by id.
 async fn source_rows(
     pool: &PgPool,
     table: Table,
     column: &str,
     value: IndexValue,
+    page: PageRequest,
 ) -> Result<Vec<(Uuid, Value)>, sqlx::Error> {
     // `column` comes from our own fixed list (Table::indexed_columns), never from a caller.
+    // A NULL cursor admits every id: one statement for the first page and the others.
     let sql = format!(
-        "SELECT to_jsonb(t) FROM {} t WHERE {column} = $1 ORDER BY id",
+        "SELECT to_jsonb(t) FROM {} t WHERE {column} = $1 AND ($2::uuid IS NULL OR id > $2) \
+         ORDER BY id LIMIT $3",
         table.name()
     );
     let query = sqlx::query_scalar::<_, Json<Value>>(&sql);
@@ -285,7 +340,9 @@ async fn source_rows(
         IndexValue::Int(n) => query.bind(n),
         IndexValue::Uuid(id) => query.bind(id),
     };
-    let rows = query.fetch_all(pool).await?;
+    // MAX_LIMIT + 1 fits an i64.
+    let fetch = i64::try_from(page.fetch()).unwrap_or(i64::MAX);
+    let rows = query.bind(page.after()).bind(fetch).fetch_all(pool).await?;
     Ok(rows
         .into_iter()
         .filter_map(|Json(row)| {

@@ -70,6 +70,15 @@ pub struct Http {
     pub body_limit_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Connections served at once; one more gets a 503 and is closed.
+    pub max_connections: usize,
+    /// A request's head must arrive within this; also the longest a keep-alive connection
+    /// sits idle. Bounds what a slow-loris client holds.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +86,14 @@ pub struct Http {
 pub struct Tcp {
     pub listen: SocketAddr,
     pub max_line_bytes: usize,
+    /// The longest line from a connection that has not yet presented a valid token: a
+    /// stranger cannot make the service buffer `max_line_bytes`.
+    pub unauthenticated_line_bytes: usize,
+    /// Connections served at once; one more gets an error line and is closed.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long gets an error line and is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -58,6 +58,12 @@ fn semantic_errors_name_their_key() {
         "{SITE}[auth]\ntokens = [{{ name = \"x\", sha256 = \"abc\", scopes = [\"write\"] }}]\n"
     ));
     assert!(err.starts_with("auth.tokens:"), "{err}");
+    let err = load_err(&format!(
+        "{SITE}[tcp]\nmax_line_bytes = 100\nunauthenticated_line_bytes = 101\n"
+    ));
+    assert!(err.starts_with("tcp.unauthenticated_line_bytes:"), "{err}");
+    let err = load_err(&format!("{SITE}[tcp]\nidle_timeout = \"0s\"\n"));
+    assert_eq!(err, "tcp.idle_timeout: must be longer than zero");
 }
 
 #[test]

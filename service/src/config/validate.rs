@@ -65,6 +65,9 @@ impl Config {
             ("replica.poll_interval", self.replica.poll_interval),
             ("replica.connect_timeout", self.replica.connect_timeout),
             ("replica.retention", self.replica.retention),
+            ("tcp.idle_timeout", self.tcp.idle_timeout),
+            ("http.header_timeout", self.http.header_timeout),
+            ("http.body_timeout", self.http.body_timeout),
         ];
         match positive.iter().find(|(_, d)| d.is_zero()) {
             Some((key, _)) => Err(invalid(key, "must be longer than zero")),
@@ -76,16 +79,25 @@ impl Config {
         let counts = [
             ("http.body_limit_bytes", self.http.body_limit_bytes as u64),
             ("tcp.max_line_bytes", self.tcp.max_line_bytes as u64),
+            ("tcp.max_connections", self.tcp.max_connections as u64),
+            ("http.max_connections", self.http.max_connections as u64),
             ("buffer.max_buffered", self.buffer.max_buffered),
             ("buffer.max_batch", self.buffer.max_batch as u64),
             ("buffer.connections", self.buffer.connections as u64),
             ("buffer.max_bulk_files", self.buffer.max_bulk_files as u64),
             ("forwarder.batch_size", self.forwarder.batch_size as u64),
         ];
-        match counts.iter().find(|(_, n)| *n == 0) {
-            Some((key, _)) => Err(invalid(key, "must be at least 1")),
-            None => Ok(()),
+        if let Some((key, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return Err(invalid(key, "must be at least 1"));
         }
+        let small = self.tcp.unauthenticated_line_bytes;
+        if small == 0 || small > self.tcp.max_line_bytes {
+            return Err(invalid(
+                "tcp.unauthenticated_line_bytes",
+                "must be from 1 to tcp.max_line_bytes",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_tokens(&self) -> Result<(), ConfigError> {

@@ -3,6 +3,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use ops_db_actors::dlq::MAX_PAGE;
 use serde_json::{json, Value};
 
 use super::AppState;
@@ -35,7 +36,17 @@ pub async fn kill_actor(
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    limit: Option<usize>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// A dead-letter stream id, `<ms>-<seq>`: what a page's `next_cursor` was.
+fn stream_id(text: &str) -> bool {
+    text.split_once('-').is_some_and(|(ms, seq)| {
+        !ms.is_empty()
+            && !seq.is_empty()
+            && (ms.bytes().chain(seq.bytes())).all(|b| b.is_ascii_digit())
+    })
 }
 
 fn no_such_dead_letter(id: &str) -> ApiError {
@@ -47,23 +58,43 @@ fn no_such_dead_letter(id: &str) -> ApiError {
     .with_field("id")
 }
 
-/// `GET /admin/dlq?limit=N`: the oldest dead letters first.
+/// `GET /admin/dlq?limit=N&cursor=C`: a page of the dead letters, oldest first, at most
+/// `MAX_PAGE`; `more` and `next_cursor` name what follows.
 pub async fn list_dead_letters(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
+    let invalid = |field: &str, message: String| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message).with_field(field)
+    };
+    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            return Err(invalid(
+                "limit",
+                format!("limit must be an integer from 1 to {MAX_PAGE}"),
+            ))
+        }
+    };
+    if let Some(cursor) = query.cursor.as_deref().filter(|c| !stream_id(c)) {
+        return Err(invalid(
+            "cursor",
+            format!("{cursor:?} is not a cursor this service gave"),
+        ));
+    }
     let mut conn = state
         .probe
         .conn()
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?;
-    let letters = ops_db_actors::dlq::list(&mut conn, state.probe.keys(), limit)
+    let keys = state.probe.keys();
+    let page = ops_db_actors::dlq::list(&mut conn, keys, limit, query.cursor.as_deref())
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?;
-    Ok(Json(json!({ "dead_letters": letters })))
+    Ok(Json(json!(page)))
 }
 
 /// `POST /admin/dlq/{id}/retry`: back into the buffer, at the end of the stream.

@@ -4,7 +4,9 @@
 mod admin;
 mod auth;
 mod health;
+mod paging;
 mod reads;
+pub mod serve;
 mod writes;
 
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ops_db_actors::overlay::Reads;
 use ops_db_actors::tree::Tree;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 pub use auth::Tokens;
 
@@ -110,6 +113,8 @@ pub fn router(state: AppState, admin_extensions: Option<Router>) -> Router {
     api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.http.body_limit_bytes))
+        // A body trickled slower than this is cut off (a slow-loris body holds no slot).
+        .layer(RequestBodyTimeoutLayer::new(state.config.http.body_timeout))
 }
 
 async fn not_found() -> ApiError {

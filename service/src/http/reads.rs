@@ -9,12 +9,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ops_db_actors::domain::Table;
-use ops_db_actors::overlay::{IndexValue, ReadError};
+use ops_db_actors::overlay::{IndexValue, PageRequest, ReadError};
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::AppState;
+use super::{paging, AppState};
 use crate::ops::{self, ApiError};
 
 /// 503 for what did not answer (the cause is logged, never shown), 404 for what does not
@@ -88,26 +88,80 @@ pub async fn transaction(
     ))
 }
 
-/// An executed obs unit with its raw data packages and files (the original's smart query),
-/// and whether the replica answered every part of it.
+/// The query of a detail read: `limit` bounds its nested lists; a nested list continues
+/// from the cursor its previous answer gave. Unknown parameters are ignored, as before.
+#[derive(serde::Deserialize)]
+pub struct DetailQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+    packages_cursor: Option<String>,
+    files_cursor: Option<String>,
+}
+
+impl DetailQuery {
+    /// The page of the nested list whose cursor parameter is `field`.
+    fn page(&self, field: &str) -> Result<PageRequest, ApiError> {
+        let cursor = match field {
+            "packages_cursor" => &self.packages_cursor,
+            "files_cursor" => &self.files_cursor,
+            _ => &self.cursor,
+        };
+        paging::page(self.limit.as_deref(), cursor.as_deref(), field)
+    }
+}
+
+fn invalid_query(err: QueryRejection, field: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_query",
+        err.body_text(),
+    )
+    .with_field(field)
+}
+
+/// One page of a nested list, set on `record` as `name` and `<name>_next_cursor`; whether
+/// the replica answered.
+async fn nest(
+    state: &AppState,
+    conn: &mut MultiplexedConnection,
+    record: &mut Value,
+    name: &str,
+    list: (Table, &str, Uuid),
+    page: PageRequest,
+) -> Result<bool, ApiError> {
+    let (table, column, id) = list;
+    let listed = state
+        .reads
+        .records_where(conn, table, column, IndexValue::Uuid(id), page)
+        .await?;
+    record[name] = json!(listed.records);
+    record[format!("{name}_next_cursor")] = paging::cursor_value(listed.next);
+    Ok(listed.source_answered)
+}
+
+/// An executed obs unit with a page of its raw data packages and of its files (the
+/// original's smart query), and whether the replica answered every part of it.
 async fn executed_obs_unit_detail(
     state: &AppState,
     conn: &mut MultiplexedConnection,
     mut eou: Value,
+    pages: (PageRequest, PageRequest),
 ) -> Result<(Value, bool), ApiError> {
     let Some(id) = eou["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else {
         return Ok((eou, true));
     };
-    let reads = &state.reads;
-    let key = IndexValue::Uuid(id);
-    let (packages, a) = reads
-        .records_where(conn, Table::RawDataPackage, "executed_obs_unit_id", key)
-        .await?;
-    let (files, b) = reads
-        .records_where(conn, Table::RawDataFile, "executed_obs_unit_id", key)
-        .await?;
-    eou["raw_data_packages"] = json!(packages);
-    eou["raw_data_files"] = json!(files);
+    let packages = (Table::RawDataPackage, "executed_obs_unit_id", id);
+    let files = (Table::RawDataFile, "executed_obs_unit_id", id);
+    let a = nest(
+        state,
+        conn,
+        &mut eou,
+        "raw_data_packages",
+        packages,
+        pages.0,
+    )
+    .await?;
+    let b = nest(state, conn, &mut eou, "raw_data_files", files, pages.1).await?;
     Ok((eou, a && b))
 }
 
@@ -116,17 +170,23 @@ async fn executed_obs_unit_detail(
 pub async fn executed_obs_unit(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<DetailQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| invalid_query(e, "query"))?;
     if let Ok(obs_unit_id) = id.parse::<i64>() {
-        return by_obs_unit(&state, obs_unit_id).await;
+        let page = query.page("cursor")?;
+        return by_obs_unit(&state, obs_unit_id, page).await;
     }
     let id = ops::parse_id(&id)?;
+    // Every parameter is checked before anything is read.
+    let pages = (query.page("packages_cursor")?, query.page("files_cursor")?);
     let mut conn = redis(&state).await?;
     let eou = state
         .reads
         .record(&mut conn, Table::ExecutedObsUnit, id)
         .await?;
-    let (detail, replica_answered) = executed_obs_unit_detail(&state, &mut conn, eou).await?;
+    let (detail, replica_answered) =
+        executed_obs_unit_detail(&state, &mut conn, eou, pages).await?;
     Ok(answer(detail, replica_answered))
 }
 
@@ -134,38 +194,51 @@ pub async fn executed_obs_unit(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     obs_unit_id: i64,
+    limit: Option<String>,
+    cursor: Option<String>,
 }
 
-/// `GET /executed_obs_units?obs_unit_id=N`.
+/// `GET /executed_obs_units?obs_unit_id=N[&limit=L][&cursor=C]`.
 pub async fn executed_obs_units(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_query",
-            e.body_text(),
-        )
-        .with_field("obs_unit_id")
-    })?;
-    by_obs_unit(&state, query.obs_unit_id).await
+    let Query(query) = query.map_err(|e| invalid_query(e, "obs_unit_id"))?;
+    let page = paging::page(query.limit.as_deref(), query.cursor.as_deref(), "cursor")?;
+    by_obs_unit(&state, query.obs_unit_id, page).await
 }
 
-async fn by_obs_unit(state: &AppState, obs_unit_id: i64) -> Result<Response, ApiError> {
+/// One page of the executed obs units of an obs unit, each with the first page of its
+/// nested lists (of the same limit); the next page's cursor in `x-next-cursor`.
+async fn by_obs_unit(
+    state: &AppState,
+    obs_unit_id: i64,
+    page: PageRequest,
+) -> Result<Response, ApiError> {
     let mut conn = redis(state).await?;
     let key = IndexValue::Int(obs_unit_id);
-    let (units, mut replica_answered) = state
+    let listed = state
         .reads
-        .records_where(&mut conn, Table::ExecutedObsUnit, "obs_unit_id", key)
+        .records_where(&mut conn, Table::ExecutedObsUnit, "obs_unit_id", key, page)
         .await?;
-    let mut detailed = Vec::with_capacity(units.len());
-    for eou in units {
-        let (detail, answered) = executed_obs_unit_detail(state, &mut conn, eou).await?;
+    let mut replica_answered = listed.source_answered;
+    // Each unit's nested lists: their first page, of the same limit.
+    let nested = (page.after_id(None), page.after_id(None));
+    let mut detailed = Vec::with_capacity(listed.records.len());
+    for eou in listed.records {
+        let (detail, answered) = executed_obs_unit_detail(state, &mut conn, eou, nested).await?;
         replica_answered &= answered;
         detailed.push(detail);
     }
-    Ok(answer(json!(detailed), replica_answered))
+    let mut response = answer(json!(detailed), replica_answered);
+    if let Some(next) = listed.next {
+        if let Ok(value) = HeaderValue::from_str(&paging::cursor_text(next)) {
+            response
+                .headers_mut()
+                .insert(paging::NEXT_CURSOR_HEADER, value);
+        }
+    }
+    Ok(response)
 }
 
 pub async fn raw_data_file(
@@ -181,26 +254,29 @@ pub async fn raw_data_file(
     Ok(Json(file))
 }
 
-/// `GET /raw_data_package/{id}`: with its files.
+/// `GET /raw_data_package/{id}[?limit=L&cursor=C]`: with a page of its files.
 pub async fn raw_data_package(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<DetailQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| invalid_query(e, "query"))?;
     let id = ops::parse_id(&id)?;
+    let page = query.page("cursor")?;
     let mut conn = redis(&state).await?;
     let mut package = state
         .reads
         .record(&mut conn, Table::RawDataPackage, id)
         .await?;
-    let (files, replica_answered) = state
-        .reads
-        .records_where(
-            &mut conn,
-            Table::RawDataFile,
-            "raw_data_package_id",
-            IndexValue::Uuid(id),
-        )
-        .await?;
-    package["raw_data_files"] = json!(files);
+    let files = (Table::RawDataFile, "raw_data_package_id", id);
+    let replica_answered = nest(
+        &state,
+        &mut conn,
+        &mut package,
+        "raw_data_files",
+        files,
+        page,
+    )
+    .await?;
     Ok(answer(package, replica_answered))
 }

@@ -1,0 +1,120 @@
+//! Serving the HTTP API with bounds: at most `http.max_connections` connections (one more
+//! gets a 503 JSON answer and is closed, the others go on), a request's head must arrive
+//! within `http.header_timeout` (which also bounds how long a keep-alive connection may
+//! sit idle between requests: hyper starts that timer whenever it waits for a head), and
+//! its body within `http.body_timeout` (the router's layer). A slow-loris client thus holds
+//! one slot for at most `header_timeout`.
+//!
+//! hyper's own HTTP/1 connection builder instead of `axum::serve`, which exposes neither
+//! the header timeout nor a connection cap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Http;
+use crate::ops::{ApiError, RETRY_AFTER_UNAVAILABLE};
+
+/// How long in-flight requests may finish after the stop, before their connections are
+/// dropped (a websocket would otherwise hold the stop forever).
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `stop`; then lets in-flight requests finish.
+pub async fn serve(listener: TcpListener, router: Router, config: &Http, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let service = TowerToHyperService::new(router);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(err) => {
+                // Out of file descriptors and the like: keep serving the clients we have.
+                tracing::warn!(error = %err, "http accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tokio::spawn(refuse(stream, config.max_connections));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_timeout);
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service.clone())
+            .with_upgrades();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            // Held for the connection's life: its slot among `max_connections`.
+            let _slot = slot;
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                ended = connection.as_mut() => return log_end(ended),
+                () = stop.cancelled() => {}
+            }
+            // Finish the request in flight, take no more.
+            connection.as_mut().graceful_shutdown();
+            log_end(connection.await);
+        });
+    }
+    // Every slot back means every connection is gone.
+    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(GRACE, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("http connections still open after the grace period; dropping them");
+    }
+}
+
+fn log_end(ended: Result<(), hyper::Error>) {
+    if let Err(err) = ended {
+        tracing::debug!(error = %err, "http connection ended");
+    }
+}
+
+/// A 503 JSON answer, then close: the client learns why rather than seeing a reset.
+async fn refuse(mut stream: TcpStream, max: usize) {
+    tracing::warn!(max, "http connection refused: too many");
+    let mut err = ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_connections",
+        format!("at most {max} connections are served at once; retry later"),
+    );
+    err.retry_after = Some(RETRY_AFTER_UNAVAILABLE);
+    let body = err.body().to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: {RETRY_AFTER_UNAVAILABLE}\r\nconnection: close\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if stream.write_all(answer.as_bytes()).await.is_ok() {
+        let _ = stream.shutdown().await;
+        // Give the client a moment to read before the socket goes (a close with unread
+        // input would reset the answer away).
+        let mut sink = [0u8; 4096];
+        let drain = async {
+            use tokio::io::AsyncReadExt;
+            while let Ok(n) = stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
+}
