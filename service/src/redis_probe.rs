@@ -30,13 +30,72 @@ pub struct RedisProbe {
     last: LastStatus,
 }
 
-/// Whether acknowledged writes survive a Redis crash or power loss.
+/// Whether acknowledged writes survive a Redis crash or power loss, and are never evicted.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Durability {
     pub appendonly: Option<String>,
     pub appendfsync: Option<String>,
-    /// `appendonly yes` with `appendfsync always`: every acknowledged write is on disk.
+    pub maxmemory_policy: Option<String>,
+    pub no_appendfsync_on_rewrite: Option<String>,
+    /// `appendonly yes`, `appendfsync always`, `no-appendfsync-on-rewrite no` and
+    /// `maxmemory-policy noeviction`: every acknowledged write is on disk and stays in Redis
+    /// until the forwarder has settled it.
     pub durable: bool,
+    /// What is wrong, for operators; empty when durable.
+    pub problems: Vec<&'static str>,
+}
+
+impl Durability {
+    /// Redis did not answer: nothing is known, nothing is claimed.
+    pub fn unknown() -> Self {
+        Self {
+            appendonly: None,
+            appendfsync: None,
+            maxmemory_policy: None,
+            no_appendfsync_on_rewrite: None,
+            durable: false,
+            problems: vec!["redis did not answer"],
+        }
+    }
+
+    /// Judges the four settings; an unknown one (CONFIG renamed away) counts as wrong.
+    pub fn judge(
+        appendonly: Option<String>,
+        appendfsync: Option<String>,
+        maxmemory_policy: Option<String>,
+        no_appendfsync_on_rewrite: Option<String>,
+    ) -> Self {
+        let checks = [
+            (
+                appendonly.as_deref() == Some("yes"),
+                "appendonly is not yes: acknowledged writes are lost when Redis restarts",
+            ),
+            (
+                appendfsync.as_deref() == Some("always"),
+                "appendfsync is not always: acknowledged writes may be lost in a crash",
+            ),
+            (
+                no_appendfsync_on_rewrite.as_deref() == Some("no"),
+                "no-appendfsync-on-rewrite is not no: writes during an AOF rewrite are not fsynced",
+            ),
+            (
+                maxmemory_policy.as_deref() == Some("noeviction"),
+                "maxmemory-policy is not noeviction: Redis may evict buffered transactions",
+            ),
+        ];
+        let problems: Vec<&'static str> = checks
+            .into_iter()
+            .filter_map(|(ok, problem)| (!ok).then_some(problem))
+            .collect();
+        Self {
+            appendonly,
+            appendfsync,
+            maxmemory_policy,
+            no_appendfsync_on_rewrite,
+            durable: problems.is_empty(),
+            problems,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -81,11 +140,7 @@ impl RedisProbe {
             // No reset here: the next `conn` finds the connection dead and replaces it.
             _ => RedisStatus {
                 reachable: false,
-                durability: Durability {
-                    appendonly: None,
-                    appendfsync: None,
-                    durable: false,
-                },
+                durability: Durability::unknown(),
                 buffered: None,
                 dead_letters: None,
                 oldest_unforwarded_secs: None,
@@ -150,6 +205,12 @@ impl RedisProbe {
             .cmd("CONFIG")
             .arg("GET")
             .arg("appendfsync")
+            .cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .cmd("CONFIG")
+            .arg("GET")
+            .arg("no-appendfsync-on-rewrite")
             .cmd("XRANGE")
             .arg(self.keys.stream())
             .arg("-")
@@ -169,6 +230,8 @@ impl RedisProbe {
         };
         let appendonly = config(next());
         let appendfsync = config(next());
+        let maxmemory_policy = config(next());
+        let no_appendfsync_on_rewrite = config(next());
         let oldest = next()
             .and_then(|v| redis::from_redis_value::<redis::streams::StreamRangeReply>(v).ok())
             .and_then(|r| r.ids.into_iter().next())
@@ -180,15 +243,14 @@ impl RedisProbe {
             }
             _ => None,
         };
-        let durable =
-            appendonly.as_deref() == Some("yes") && appendfsync.as_deref() == Some("always");
         Ok(RedisStatus {
             reachable: true,
-            durability: Durability {
+            durability: Durability::judge(
                 appendonly,
                 appendfsync,
-                durable,
-            },
+                maxmemory_policy,
+                no_appendfsync_on_rewrite,
+            ),
             buffered,
             dead_letters,
             oldest_unforwarded_secs,
@@ -250,14 +312,36 @@ mod tests {
     }
 
     #[test]
+    fn durability_needs_all_four_settings_and_names_each_problem() {
+        let some = |v: &str| Some(v.to_owned());
+        let good = Durability::judge(some("yes"), some("always"), some("noeviction"), some("no"));
+        assert!(good.durable && good.problems.is_empty());
+        let lru = Durability::judge(some("yes"), some("always"), some("allkeys-lru"), some("no"));
+        assert!(!lru.durable);
+        assert_eq!(lru.problems.len(), 1);
+        assert!(lru.problems[0].starts_with("maxmemory-policy"));
+        let rewrite =
+            Durability::judge(some("yes"), some("always"), some("noeviction"), some("yes"));
+        assert!(!rewrite.durable);
+        assert!(rewrite.problems[0].starts_with("no-appendfsync-on-rewrite"));
+        let hidden = Durability::judge(None, None, None, None);
+        assert_eq!(
+            hidden.problems.len(),
+            4,
+            "CONFIG renamed away: nothing is vouched for"
+        );
+    }
+
+    #[test]
     fn values_redis_did_not_give_are_left_out_not_repeated() {
         let up = scrape(Some(RedisStatus {
             reachable: true,
-            durability: Durability {
-                appendonly: Some("yes".into()),
-                appendfsync: Some("always".into()),
-                durable: true,
-            },
+            durability: Durability::judge(
+                Some("yes".into()),
+                Some("always".into()),
+                Some("noeviction".into()),
+                Some("no".into()),
+            ),
             buffered: Some(3),
             dead_letters: Some(0),
             oldest_unforwarded_secs: Some(1.5),

@@ -68,6 +68,13 @@ async fn a_redis_without_fsync_always_is_reported_as_not_durable() {
     assert_eq!(h.body["status"], "degraded", "{}", h.text);
     assert_eq!(h.body["redis_durability"]["durable"], false);
     assert_eq!(h.body["redis_durability"]["appendfsync"], "everysec");
+    assert!(
+        h.body["redis_durability"]["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.starts_with("appendfsync")),
+        "{}",
+        h.text
+    );
     app.stop().await.expect("clean stop");
 }
 
@@ -153,4 +160,41 @@ async fn the_kill_drill_needs_the_admin_scope_and_faults_enabled() {
         .await;
     assert_eq!(ok.status, 201, "writes work after the restart");
     on.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_that_may_evict_or_skip_fsyncs_on_rewrite_is_reported_as_not_durable() {
+    let app = TestApp::spawn().await;
+    let mut conn = app.redis.conn().await;
+    let set = |key: &'static str, value: &'static str| {
+        redis::cmd("CONFIG").arg("SET").arg(key).arg(value).clone()
+    };
+    let h = app.get("/health").await;
+    assert_eq!(h.body["redis_durability"]["durable"], true, "{}", h.text);
+    let _: () = set("maxmemory-policy", "allkeys-lru")
+        .query_async(&mut conn)
+        .await
+        .expect("config set");
+    let h = app.get("/health").await;
+    assert_eq!(h.body["status"], "degraded", "{}", h.text);
+    assert_eq!(
+        h.body["redis_durability"]["maxmemory_policy"],
+        "allkeys-lru"
+    );
+    let _: () = set("maxmemory-policy", "noeviction")
+        .query_async(&mut conn)
+        .await
+        .expect("config set");
+    let _: () = set("no-appendfsync-on-rewrite", "yes")
+        .query_async(&mut conn)
+        .await
+        .expect("config set");
+    let h = app.get("/health").await;
+    assert_eq!(h.body["status"], "degraded", "{}", h.text);
+    assert_eq!(h.body["redis_durability"]["durable"], false);
+    assert_eq!(
+        h.body["redis_durability"]["no_appendfsync_on_rewrite"],
+        "yes"
+    );
+    app.stop().await.expect("clean stop");
 }
