@@ -166,35 +166,43 @@ async fn the_kill_drill_needs_the_admin_scope_and_faults_enabled() {
 async fn a_redis_that_may_evict_or_skip_fsyncs_on_rewrite_is_reported_as_not_durable() {
     let app = TestApp::spawn().await;
     let mut conn = app.redis.conn().await;
-    let set = |key: &'static str, value: &'static str| {
-        redis::cmd("CONFIG").arg("SET").arg(key).arg(value).clone()
-    };
     let h = app.get("/health").await;
     assert_eq!(h.body["redis_durability"]["durable"], true, "{}", h.text);
-    let _: () = set("maxmemory-policy", "allkeys-lru")
-        .query_async(&mut conn)
-        .await
-        .expect("config set");
+    // Each wrong setting alone makes Redis not durable, and is named.
+    for (key, wrong, right, field) in [
+        (
+            "maxmemory-policy",
+            "allkeys-lru",
+            "noeviction",
+            "maxmemory_policy",
+        ),
+        (
+            "no-appendfsync-on-rewrite",
+            "yes",
+            "no",
+            "no_appendfsync_on_rewrite",
+        ),
+    ] {
+        config_set(&mut conn, key, wrong).await;
+        let h = app.get("/health").await;
+        assert_eq!(h.body["status"], "degraded", "{key}: {}", h.text);
+        assert_eq!(h.body["redis_durability"]["durable"], false);
+        assert_eq!(h.body["redis_durability"][field], wrong);
+        let problems = h.body["redis_durability"]["problems"].to_string();
+        assert!(problems.contains(key), "{key} is named: {problems}");
+        config_set(&mut conn, key, right).await;
+    }
     let h = app.get("/health").await;
-    assert_eq!(h.body["status"], "degraded", "{}", h.text);
-    assert_eq!(
-        h.body["redis_durability"]["maxmemory_policy"],
-        "allkeys-lru"
-    );
-    let _: () = set("maxmemory-policy", "noeviction")
-        .query_async(&mut conn)
-        .await
-        .expect("config set");
-    let _: () = set("no-appendfsync-on-rewrite", "yes")
-        .query_async(&mut conn)
-        .await
-        .expect("config set");
-    let h = app.get("/health").await;
-    assert_eq!(h.body["status"], "degraded", "{}", h.text);
-    assert_eq!(h.body["redis_durability"]["durable"], false);
-    assert_eq!(
-        h.body["redis_durability"]["no_appendfsync_on_rewrite"],
-        "yes"
-    );
+    assert_eq!(h.body["redis_durability"]["durable"], true, "{}", h.text);
     app.stop().await.expect("clean stop");
+}
+
+async fn config_set(conn: &mut redis::aio::MultiplexedConnection, key: &str, value: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(key)
+        .arg(value)
+        .query_async(conn)
+        .await
+        .expect("config set");
 }

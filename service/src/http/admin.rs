@@ -85,11 +85,7 @@ pub async fn list_dead_letters(
             format!("{cursor:?} is not a cursor this service gave"),
         ));
     }
-    let mut conn = state
-        .probe
-        .conn()
-        .await
-        .map_err(|e| ApiError::redis_unavailable(&e))?;
+    let mut conn = super::redis(&state).await?;
     let keys = state.probe.keys();
     let page = ops_db_actors::dlq::list(&mut conn, keys, limit, query.cursor.as_deref())
         .await
@@ -102,11 +98,7 @@ pub async fn retry_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut conn = state
-        .probe
-        .conn()
-        .await
-        .map_err(|e| ApiError::redis_unavailable(&e))?;
+    let mut conn = super::redis(&state).await?;
     match ops_db_actors::dlq::retry(&mut conn, state.probe.keys(), &id)
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?
@@ -121,11 +113,7 @@ pub async fn drop_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut conn = state
-        .probe
-        .conn()
-        .await
-        .map_err(|e| ApiError::redis_unavailable(&e))?;
+    let mut conn = super::redis(&state).await?;
     if ops_db_actors::dlq::drop(&mut conn, state.probe.keys(), &id)
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?

@@ -117,6 +117,16 @@ pub fn router(state: AppState, admin_extensions: Option<Router>) -> Router {
         .layer(RequestBodyTimeoutLayer::new(state.config.http.body_timeout))
 }
 
+/// The service's own Redis connection for reads, `?wait=` and the admin endpoints (never
+/// the ingest path's): 503 with `Retry-After` when Redis does not answer.
+async fn redis(state: &AppState) -> Result<redis::aio::MultiplexedConnection, ApiError> {
+    state
+        .probe
+        .conn()
+        .await
+        .map_err(|e| ApiError::redis_unavailable(&e))
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }

@@ -14,7 +14,7 @@ use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{paging, AppState};
+use super::{paging, redis, AppState};
 use crate::ops::{self, ApiError};
 
 /// 503 for what did not answer (the cause is logged, never shown), 404 for what does not
@@ -33,14 +33,6 @@ impl From<ReadError> for ApiError {
             .with_field("id"),
         }
     }
-}
-
-async fn redis(state: &AppState) -> Result<MultiplexedConnection, ApiError> {
-    state
-        .probe
-        .conn()
-        .await
-        .map_err(|e| ApiError::redis_unavailable(&e))
 }
 
 /// Set when the replica did not answer and lists come from the overlay alone.

@@ -71,11 +71,7 @@ async fn wait_for(
     target: WaitFor,
     timeout: Duration,
 ) -> Result<(bool, TxState), ApiError> {
-    let mut conn = state
-        .probe
-        .conn()
-        .await
-        .map_err(|e| ApiError::redis_unavailable(&e))?;
+    let mut conn = super::redis(state).await?;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let current = state
