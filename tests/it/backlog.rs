@@ -136,9 +136,9 @@ async fn assert_released(app: &TestApp, records: &[String], indexes: &[String]) 
     assert_eq!(left, 0, "{left} of {} overlay records left", records.len());
     let mut pipe = redis::pipe();
     for key in indexes {
-        pipe.scard(key);
+        pipe.zcard(key);
     }
-    let sizes: Vec<u64> = pipe.query_async(&mut conn).await.expect("scard");
+    let sizes: Vec<u64> = pipe.query_async(&mut conn).await.expect("zcard");
     assert!(
         sizes.iter().all(|s| *s == 0),
         "index sets emptied: {sizes:?}"

@@ -141,14 +141,20 @@ async fn every_write_endpoint_round_trips_into_the_stream_in_order() {
     );
     assert!(!record.contains_key("_partial"));
     let by_obs_unit: Vec<String> = conn
-        .smembers(app.keys.index(Table::ExecutedObsUnit, "obs_unit_id", "7"))
+        .zrange(
+            app.keys.index(Table::ExecutedObsUnit, "obs_unit_id", "7"),
+            0,
+            -1,
+        )
         .await
         .expect("index");
     assert_eq!(by_obs_unit, vec![eou.to_string()]);
     let files_of_pkg: Vec<String> = conn
-        .smembers(
+        .zrange(
             app.keys
                 .index(Table::RawDataFile, "raw_data_package_id", &pkg.to_string()),
+            0,
+            -1,
         )
         .await
         .expect("index");

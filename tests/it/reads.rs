@@ -146,13 +146,17 @@ async fn writes_read_back_at_once_and_read_the_same_from_the_replica_after_repli
         "the overlay record is released after replication"
     );
     let index: Vec<String> = redis
-        .smembers(app.keys.index(
-            ops_db_actors::domain::Table::ExecutedObsUnit,
-            "obs_unit_id",
-            "1",
-        ))
+        .zrange(
+            app.keys.index(
+                ops_db_actors::domain::Table::ExecutedObsUnit,
+                "obs_unit_id",
+                "1",
+            ),
+            0,
+            -1,
+        )
         .await
-        .expect("smembers");
+        .expect("zrange");
     assert!(index.is_empty(), "and its index entries");
     let after = app.get_auth(&format!("/executed_obs_units/{eou}")).await;
     assert_eq!(after.body["sync"]["state"], "replicated", "{}", after.text);

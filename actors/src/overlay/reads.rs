@@ -235,19 +235,25 @@ impl Reads {
         value: IndexValue,
         page: PageRequest,
     ) -> Result<Vec<Uuid>, ReadError> {
-        let ids: Vec<String> = redis::cmd("SMEMBERS")
+        // Index sets are sorted sets of score 0, ordered by member text: a UUID's lowercase
+        // text sorts as the UUID does, so one range read is one page, whatever the size.
+        let from = page
+            .after()
+            .map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let ids: Vec<String> = redis::cmd("ZRANGEBYLEX")
             .arg(self.keys.index(table, column, &value.text()))
+            .arg(from)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(page.fetch())
             .query_async(redis)
             .await?;
-        // Index sets hold the ids buffer.lua wrote, all UUIDs; anything else has no record.
-        let mut ids: Vec<Uuid> = ids
+        // buffer.lua writes only UUIDs; anything else has no record.
+        Ok(ids
             .iter()
             .filter_map(|id| Uuid::parse_str(id).ok())
-            .filter(|id| page.admits(*id))
-            .collect();
-        ids.sort_unstable();
-        ids.truncate(page.fetch());
-        Ok(ids)
+            .collect())
     }
 
     /// What the overlay holds of each of `ids`, in their order, in one pipeline. An id

@@ -45,7 +45,9 @@ for _, rec in ipairs(overlay) do
     redis.call('HSET', rec.k, '_idx', cjson.encode(rec.i))
   end
   for _, index in ipairs(rec.i) do
-    redis.call('SADD', index, rec.id)
+    -- Score 0: members sort by their text, and a UUIDv7's text sorts by time, so a
+    -- page is one ZRANGEBYLEX, whatever the index's size.
+    redis.call('ZADD', index, 0, rec.id)
   end
   records[#records + 1] = rec.k
 end

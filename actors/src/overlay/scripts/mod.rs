@@ -40,7 +40,7 @@ pub(crate) static DLQ_DROP: LazyLock<Script> = LazyLock::new(|| Script::new(DLQ_
 pub(crate) const TXS_PER_CALL: usize = 50;
 
 /// Most overlay records one script call releases (about 5 commands each: HGET `_tx`, HGET
-/// `_idx`, SREM per index, DEL). A bulk registration is one transaction of up to 1,000
+/// `_idx`, ZREM per index, DEL). A bulk registration is one transaction of up to 1,000
 /// records: its release is split over calls (ten for 1,000). With [`TXS_PER_CALL`], one
 /// call runs at most about 50 × 8 + 100 × 5 ≈ 900 Redis commands, plus decoding one
 /// lifecycle's `records` list (at most 1,000 keys) and encoding what remains of it.

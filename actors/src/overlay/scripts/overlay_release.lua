@@ -3,7 +3,7 @@
 -- latest writer was `tx`, with their index entries. A record written again by a later
 -- transaction keeps its overlay.
 --
--- Bounded: it examines at most `budget` records (each: HGET, HGET, one SREM per index,
+-- Bounded: it examines at most `budget` records (each: HGET, HGET, one ZREM per index,
 -- DEL). When the transaction has more, the lifecycle's `records` is rewritten with the
 -- ones still to release and it returns `false`; the caller's next call continues from
 -- there (releasing a record twice is harmless: the `_tx` check); once the last is
@@ -28,7 +28,7 @@ local function release_overlay(lifecycle, tx, budget)
       if indexes then
         local id = string.match(key, '[^:]+$')
         for _, index in ipairs(cjson.decode(indexes)) do
-          redis.call('SREM', index, id)
+          redis.call('ZREM', index, id)
         end
       end
       redis.call('DEL', key)
