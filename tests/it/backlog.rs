@@ -14,7 +14,7 @@ use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, file_body, TestApp};
+use crate::helpers::{eventually, file_body, start_obs_unit, uuid, TestApp};
 use crate::site::Site;
 
 /// Single writes in the backlog: 100 times `TXS_PER_CALL` (50).
@@ -24,20 +24,6 @@ const BULKS: usize = 5;
 const BULK_FILES: usize = 1_000;
 const WRITERS: usize = 8;
 
-fn id(v: &Value) -> Uuid {
-    v.as_str()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .unwrap_or_else(|| panic!("not a uuid: {v}"))
-}
-
-async fn start_obs_unit(app: &TestApp) -> Uuid {
-    let r = app
-        .post("/executed_obs_units/start", &json!({"obs_unit_id": 1}))
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    id(&r.body["id"])
-}
-
 /// One file write; its transaction id and how long the acknowledgement took.
 async fn write_file(app: &TestApp, eou: Uuid, name: &str) -> (Uuid, Duration) {
     let mut body = file_body(&eou.to_string());
@@ -46,7 +32,7 @@ async fn write_file(app: &TestApp, eou: Uuid, name: &str) -> (Uuid, Duration) {
     let r = app.post("/raw_data_files/", &body).await;
     let took = at.elapsed();
     assert_eq!(r.status, 201, "{}", r.text);
-    (id(&r.body["transaction_id"]), took)
+    (uuid(&r.body["transaction_id"]), took)
 }
 
 async fn bulk(app: &TestApp, eou: Uuid, n: usize, tag: &str) -> Uuid {
@@ -59,7 +45,7 @@ async fn bulk(app: &TestApp, eou: Uuid, n: usize, tag: &str) -> Uuid {
         .collect();
     let r = app.post("/raw_data_files/bulk", &json!(files)).await;
     assert_eq!(r.status, 201, "{}", r.text);
-    id(&r.body["transaction_id"])
+    uuid(&r.body["transaction_id"])
 }
 
 /// `singles` single writes from `WRITERS` concurrent writers, then `bulks` bulk ones.
@@ -227,7 +213,7 @@ where
 async fn outage_backlog(site: &Site) -> (Vec<Uuid>, Vec<String>, Vec<String>) {
     let app = &site.app;
     site.pg.stop_replica().await;
-    let eou = start_obs_unit(app).await;
+    let eou = start_obs_unit(app, 1).await.0;
     let txs = write_backlog(app, eou, SINGLES, BULKS).await;
     site.drained(Duration::from_secs(120)).await;
     all_in_state(app, &txs, "forwarded", Duration::from_secs(30)).await;
@@ -244,7 +230,7 @@ async fn replica_outage(latency: bool) {
     let base = used_memory(app).await;
     let (txs, records, indexes) = outage_backlog(&site).await;
     let peak = used_memory(app).await;
-    let trickle_eou = start_obs_unit(app).await;
+    let trickle_eou = start_obs_unit(app, 1).await.0;
     // Quiet: the tracker has nothing it can mark (its replica is down).
     let quiet = p99(trickle(app, trickle_eou, 300, || async { true }).await);
 
@@ -306,7 +292,7 @@ async fn killing_the_replica_tracker_between_chunks_loses_and_duplicates_nothing
     let site = Site::start(false, "").await;
     let app = &site.app;
     site.pg.stop_replica().await;
-    let eou = start_obs_unit(app).await;
+    let eou = start_obs_unit(app, 1).await.0;
     let txs = write_backlog(app, eou, 2_000, 2).await;
     site.drained(Duration::from_secs(60)).await;
     all_in_state(app, &txs, "forwarded", Duration::from_secs(30)).await;
@@ -341,7 +327,7 @@ async fn killing_the_replica_tracker_between_chunks_loses_and_duplicates_nothing
 async fn a_transaction_larger_than_one_release_is_released_whole_when_replicated() {
     let site = Site::start(false, "").await;
     let app = &site.app;
-    let eou = start_obs_unit(app).await;
+    let eou = start_obs_unit(app, 1).await.0;
     site.pg.stop_replica().await;
     let tx = bulk(app, eou, BULK_FILES, "big").await;
     all_in_state(app, &[tx], "forwarded", Duration::from_secs(30)).await;

@@ -12,26 +12,8 @@ use redis::AsyncCommands;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, file_body, TestApp};
+use crate::helpers::{eventually, file_body, start_obs_unit, uuid, TestApp};
 use crate::site::Site;
-
-/// Starts an executed obs unit; its id and transaction id.
-async fn start(app: &TestApp, obs_unit: i64) -> (Uuid, Uuid) {
-    let r = app
-        .post(
-            "/executed_obs_units/start",
-            &json!({"obs_unit_id": obs_unit}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    (id(&r.body["id"]), id(&r.body["transaction_id"]))
-}
-
-fn id(v: &Value) -> Uuid {
-    v.as_str()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .unwrap_or_else(|| panic!("not a uuid: {v}"))
-}
 
 /// Writes `n` files of one executed obs unit; the acknowledged transaction ids.
 async fn files(app: &TestApp, eou: Uuid, n: usize) -> Vec<Uuid> {
@@ -41,7 +23,7 @@ async fn files(app: &TestApp, eou: Uuid, n: usize) -> Vec<Uuid> {
         body["name"] = json!(format!("f{i}.fits"));
         let r = app.post("/raw_data_files/", &body).await;
         assert_eq!(r.status, 201, "{}", r.text);
-        acked.push(id(&r.body["transaction_id"]));
+        acked.push(uuid(&r.body["transaction_id"]));
     }
     acked
 }
@@ -81,7 +63,7 @@ async fn every_write_reaches_the_primary_once_in_order_with_its_commit_lsn() {
     let site = Site::start(false, "").await;
     let app = &site.app;
     let mut acked = Vec::new();
-    let (eou, tx) = start(app, 1).await;
+    let (eou, tx) = start_obs_unit(app, 1).await;
     acked.push(tx);
     let pkg = app
         .post(
@@ -89,24 +71,23 @@ async fn every_write_reaches_the_primary_once_in_order_with_its_commit_lsn() {
             &json!({"name": "p", "executed_obs_unit_id": eou}),
         )
         .await;
-    acked.push(id(&pkg.body["transaction_id"]));
+    acked.push(uuid(&pkg.body["transaction_id"]));
     acked.extend(files(app, eou, 30).await);
     let bulk: Vec<_> = (0..5).map(|_| file_body(&eou.to_string())).collect();
-    acked.push(id(&app
-        .post("/raw_data_files/bulk", &json!(bulk))
-        .await
-        .body["transaction_id"]));
+    acked.push(uuid(
+        &app.post("/raw_data_files/bulk", &json!(bulk)).await.body["transaction_id"],
+    ));
     let fin = app
         .put(
-            &format!("/raw_data_package/{}/finalize", id(&pkg.body["id"])),
+            &format!("/raw_data_package/{}/finalize", uuid(&pkg.body["id"])),
             &json!({"file_count": 35}),
         )
         .await;
-    acked.push(id(&fin.body["transaction_id"]));
+    acked.push(uuid(&fin.body["transaction_id"]));
     // A finish right behind its start, many times: a finish applied before its start would
     // be an update of a missing row, i.e. a dead letter.
     for _ in 0..20 {
-        let (e, t) = start(app, 2).await;
+        let (e, t) = start_obs_unit(app, 2).await;
         acked.push(t);
         let r = app
             .put(
@@ -114,7 +95,7 @@ async fn every_write_reaches_the_primary_once_in_order_with_its_commit_lsn() {
                 &json!({"status": "completed"}),
             )
             .await;
-        acked.push(id(&r.body["transaction_id"]));
+        acked.push(uuid(&r.body["transaction_id"]));
     }
     let r = app
         .put(
@@ -122,7 +103,7 @@ async fn every_write_reaches_the_primary_once_in_order_with_its_commit_lsn() {
             &json!({"status": "failed"}),
         )
         .await;
-    acked.push(id(&r.body["transaction_id"]));
+    acked.push(uuid(&r.body["transaction_id"]));
 
     site.drained(Duration::from_secs(30)).await;
     assert_exactly_once(&site, &acked).await;
@@ -201,7 +182,7 @@ async fn crash_at(point: CrashPoint) {
     let site = Site::start(false, "batch_size = 10\n").await;
     let app = &site.app;
     app.tree.crash_points.arm(point);
-    let (eou, tx) = start(app, 3).await;
+    let (eou, tx) = start_obs_unit(app, 3).await;
     let mut acked = vec![tx];
     acked.extend(files(app, eou, 40).await);
     site.drained(Duration::from_secs(30)).await;
@@ -248,7 +229,7 @@ async fn a_network_cut_during_a_batch_loses_and_duplicates_nothing() {
     let wan = site.wan.as_ref().expect("wan");
     wan.set_delay(Duration::from_millis(100));
     let app = &site.app;
-    let (eou, tx) = start(app, 4).await;
+    let (eou, tx) = start_obs_unit(app, 4).await;
     let mut acked = vec![tx];
     acked.extend(files(app, eou, 150).await);
     // Cut while batches are on the wire, twice.
@@ -277,7 +258,7 @@ async fn a_blackholed_link_stalls_then_recovers_without_loss_or_duplicates() {
     let site = Site::start(true, "batch_size = 50\nstatement_timeout = \"1s\"\n").await;
     let wan = site.wan.as_ref().expect("wan");
     let app = &site.app;
-    let (eou, tx) = start(app, 5).await;
+    let (eou, tx) = start_obs_unit(app, 5).await;
     let mut acked = vec![tx];
     site.drained(Duration::from_secs(30)).await;
     wan.blackhole();
@@ -307,7 +288,7 @@ async fn a_blackholed_link_stalls_then_recovers_without_loss_or_duplicates() {
 async fn a_primary_restart_mid_stream_loses_and_duplicates_nothing() {
     let site = Site::start(false, "batch_size = 20\n").await;
     let app = &site.app;
-    let (eou, tx) = start(app, 6).await;
+    let (eou, tx) = start_obs_unit(app, 6).await;
     let mut acked = vec![tx];
     acked.extend(files(app, eou, 30).await);
     site.pg.kill_primary().await;
@@ -326,8 +307,8 @@ async fn poison_in_the_middle_of_a_batch_is_dead_lettered_and_the_rest_applied()
     let app = &site.app;
     // Within one batch: good, poison (no obs_unit 999), good, update of a row that will
     // never exist, good.
-    let (good, t1) = start(app, 7).await;
-    let (poisoned, t2) = start(app, 999).await;
+    let (good, t1) = start_obs_unit(app, 7).await;
+    let (poisoned, t2) = start_obs_unit(app, 999).await;
     let t3 = files(app, good, 1).await[0];
     let r = app
         .put(
@@ -335,19 +316,22 @@ async fn poison_in_the_middle_of_a_batch_is_dead_lettered_and_the_rest_applied()
             &json!({"status": "completed"}),
         )
         .await;
-    let t4 = id(&r.body["transaction_id"]);
+    let t4 = uuid(&r.body["transaction_id"]);
     let r = app
         .put(
             &format!("/executed_obs_units/{good}/finish"),
             &json!({"status": "completed"}),
         )
         .await;
-    let t5 = id(&r.body["transaction_id"]);
+    let t5 = uuid(&r.body["transaction_id"]);
     site.drained(Duration::from_secs(30)).await;
 
     assert_exactly_once(&site, &[t1, t3, t5]).await;
     let dead = site.dead_letters().await;
-    let by_tx: HashMap<Uuid, &Value> = dead.iter().map(|d| (id(&d["transaction_id"]), d)).collect();
+    let by_tx: HashMap<Uuid, &Value> = dead
+        .iter()
+        .map(|d| (uuid(&d["transaction_id"]), d))
+        .collect();
     assert_eq!(by_tx.len(), 2, "{dead:?}");
     assert_eq!(by_tx[&t2]["sqlstate"], "23503");
     assert!(by_tx[&t2]["reason"]

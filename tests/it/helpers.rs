@@ -21,6 +21,7 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 const REDIS_IMAGE: (&str, &str) = ("opsdb-redis", "test");
 
@@ -412,4 +413,23 @@ pub fn file_body(eou: &str) -> Value {
         "size": 1024,
         "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
     })
+}
+
+/// A UUID from a JSON answer; panics (fails the test) naming the value otherwise.
+pub fn uuid(v: &Value) -> Uuid {
+    v.as_str()
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .unwrap_or_else(|| panic!("not a uuid: {v}"))
+}
+
+/// Starts an executed obs unit; its id and transaction id.
+pub async fn start_obs_unit(app: &TestApp, obs_unit: i64) -> (Uuid, Uuid) {
+    let r = app
+        .post(
+            "/executed_obs_units/start",
+            &serde_json::json!({"obs_unit_id": obs_unit}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    (uuid(&r.body["id"]), uuid(&r.body["transaction_id"]))
 }

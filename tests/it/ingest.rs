@@ -9,13 +9,7 @@ use redis::AsyncCommands;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{file_body, TestApp};
-
-fn uuid(v: &serde_json::Value) -> Uuid {
-    v.as_str()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .unwrap_or_else(|| panic!("not a uuid: {v}"))
-}
+use crate::helpers::{file_body, uuid, TestApp};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_write_endpoint_round_trips_into_the_stream_in_order() {

@@ -8,25 +8,8 @@ use ops_db_actors::overlay::TxState;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, file_body, TestApp};
+use crate::helpers::{eventually, file_body, start_obs_unit, uuid, TestApp};
 use crate::site::Site;
-
-fn uuid(v: &Value) -> Uuid {
-    v.as_str()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .unwrap_or_else(|| panic!("not a uuid: {v}"))
-}
-
-async fn start(app: &TestApp, obs_unit: i64) -> (Uuid, Uuid) {
-    let r = app
-        .post(
-            "/executed_obs_units/start",
-            &json!({"obs_unit_id": obs_unit}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    (uuid(&r.body["id"]), uuid(&r.body["transaction_id"]))
-}
 
 /// Every id of the list `path` (which ends in a query), walked by `x-next-cursor`.
 async fn walk(app: &TestApp, path: &str, limit: usize) -> Vec<Value> {
@@ -58,7 +41,7 @@ async fn walking_a_list_by_cursor_across_replica_and_overlay_sees_each_record_on
     let mut created = Vec::new();
     let mut last_tx = None;
     for _ in 0..150 {
-        let (id, tx) = start(app, 7).await;
+        let (id, tx) = start_obs_unit(app, 7).await;
         created.push(id);
         last_tx = Some(tx);
     }
@@ -85,7 +68,7 @@ async fn walking_a_list_by_cursor_across_replica_and_overlay_sees_each_record_on
         assert_eq!(r.status, 200, "{}", r.text);
     }
     for _ in 0..150 {
-        created.push(start(app, 7).await.0);
+        created.push(start_obs_unit(app, 7).await.0);
     }
 
     let records = walk(app, "/executed_obs_units?obs_unit_id=7", 37).await;
@@ -118,7 +101,7 @@ async fn walking_a_list_by_cursor_across_replica_and_overlay_sees_each_record_on
 async fn a_nested_list_is_cut_at_the_limit_and_continues_from_its_cursor() {
     let site = Site::start(false, "").await;
     let app = &site.app;
-    let (eou, _) = start(app, 8).await;
+    let (eou, _) = start_obs_unit(app, 8).await;
     let pkg = app
         .post(
             "/raw_data_package/",

@@ -9,14 +9,8 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, file_body, Reply, TestApp};
+use crate::helpers::{eventually, file_body, uuid, Reply, TestApp};
 use crate::site::{Site, FAST_RESTARTS};
-
-fn id(v: &Value) -> Uuid {
-    v.as_str()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .unwrap_or_else(|| panic!("not a uuid: {v}"))
-}
 
 /// The record without its sync field, to compare what the overlay and the replica say.
 fn without_sync(mut record: Value) -> Value {
@@ -60,20 +54,20 @@ async fn observation(app: &TestApp, obs_unit: i64) -> (Uuid, Uuid, Vec<Uuid>, Uu
         )
         .await;
     assert_eq!(start.status, 201, "{}", start.text);
-    let eou = id(&start.body["id"]);
+    let eou = uuid(&start.body["id"]);
     let pkg = app
         .post(
             "/raw_data_package/",
             &json!({"name": "pkg", "executed_obs_unit_id": eou}),
         )
         .await;
-    let pkg_id = id(&pkg.body["id"]);
+    let pkg_id = uuid(&pkg.body["id"]);
     let mut files = Vec::new();
     for i in 0..2 {
         let mut f = file_body(&eou.to_string());
         f["name"] = json!(format!("f{i}.fits"));
         f["raw_data_package_id"] = json!(pkg_id);
-        files.push(id(&app.post("/raw_data_files/", &f).await.body["id"]));
+        files.push(uuid(&app.post("/raw_data_files/", &f).await.body["id"]));
     }
     let finish = app
         .put(
@@ -82,7 +76,7 @@ async fn observation(app: &TestApp, obs_unit: i64) -> (Uuid, Uuid, Vec<Uuid>, Uu
         )
         .await;
     assert_eq!(finish.status, 200, "{}", finish.text);
-    (eou, pkg_id, files, id(&finish.body["transaction_id"]))
+    (eou, pkg_id, files, uuid(&finish.body["transaction_id"]))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -103,7 +97,7 @@ async fn writes_read_back_at_once_and_read_the_same_from_the_replica_after_repli
     assert_eq!(before.body["obs_unit_id"], 1);
     assert_eq!(before.body["sync"]["state"], "buffered");
     assert_eq!(
-        id(&before.body["sync"]["transaction_id"]),
+        uuid(&before.body["sync"]["transaction_id"]),
         finish_tx,
         "the newest writer"
     );
@@ -260,7 +254,7 @@ async fn a_stopped_replica_backs_off_without_touching_ingest_and_catches_up_afte
     assert_eq!(more.status, 201, "ingest goes on");
     site.pg.start_replica().await;
     until_state(app, tx, TxState::Replicated).await;
-    until_state(app, id(&more.body["transaction_id"]), TxState::Replicated).await;
+    until_state(app, uuid(&more.body["transaction_id"]), TxState::Replicated).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -313,11 +307,11 @@ async fn lifecycles_expire_from_redis_and_are_then_answered_from_the_ledger() {
     let r = app
         .post("/executed_obs_units/start", &json!({"obs_unit_id": 5}))
         .await;
-    let tx = id(&r.body["transaction_id"]);
+    let tx = uuid(&r.body["transaction_id"]);
     let dead = app
         .post("/executed_obs_units/start", &json!({"obs_unit_id": 4242}))
         .await;
-    let dead_tx = id(&dead.body["transaction_id"]);
+    let dead_tx = uuid(&dead.body["transaction_id"]);
     until_state(app, tx, TxState::Replicated).await;
     let life = app.get_auth(&format!("/transactions/{dead_tx}")).await;
     assert_eq!(life.body["state"], "dead", "{}", life.text);
@@ -361,7 +355,7 @@ async fn the_main_site_reads_from_the_primary_and_sees_its_writes_replicated_at_
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.body["status"], "replicated");
-    let eou = id(&r.body["id"]);
+    let eou = uuid(&r.body["id"]);
     let read = app.get_auth(&format!("/executed_obs_units/{eou}")).await;
     assert_eq!(read.body["sync"]["state"], "replicated", "{}", read.text);
     assert_eq!(app.get("/health").await.body["mode"], "main");
