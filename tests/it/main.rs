@@ -22,5 +22,6 @@ mod paging;
 mod pg_smoke;
 mod reads;
 mod reconnect;
+mod retry;
 mod site;
 mod tcp;

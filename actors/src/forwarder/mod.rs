@@ -178,7 +178,11 @@ async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, Forwa
     let options: PgConnectOptions = config.primary_url.parse()?;
     // A batch's SQL carries the whole batch (megabytes); a slow one over the WAN is normal
     // and must not be logged as a warning with its text.
+    // The same bound on the primary's side: an attempt this side gave up on is cancelled
+    // there too, rather than left running (and racing its retry for the ledger rows).
+    let timeout_ms = config.statement_timeout.as_millis().max(1);
     let options = options
+        .options([("statement_timeout", timeout_ms)])
         .application_name("ops-db-api forwarder")
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Debug, config.statement_timeout);
