@@ -38,6 +38,7 @@ fn forwarder(config: &Config, keys: &Keys) -> Option<(ForwarderConfig, RestartPo
         redis_url: config.redis.url.clone(),
         keys: keys.clone(),
         batch_size: f.batch_size,
+        batch_max_bytes: f.batch_max_bytes,
         linger: f.linger,
         connect_timeout: f.connect_timeout,
         statement_timeout: f.statement_timeout,

@@ -10,6 +10,7 @@ mod pg;
 
 mod backlog;
 mod bad_input;
+mod big_batches;
 mod faults;
 mod forward;
 mod heal;

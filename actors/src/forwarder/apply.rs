@@ -48,25 +48,79 @@ fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+const MESSAGE_HEAD: &str =
+    "BEGIN; SELECT idx, outcome, sqlstate, message FROM opsdb_apply_batch('[";
+
+/// The one SQL message of a batch, built while its entries are read: each transaction goes
+/// straight into the batch's string literal, quoted on the way, so the forwarder holds one
+/// copy of a batch (not a JSON array, then its quoted form, then the message around it).
+#[derive(Debug)]
+pub struct Message {
+    sql: String,
+    count: usize,
+    /// Bytes of transaction JSON in the batch: what `forwarder.batch_max_bytes` bounds.
+    json_bytes: usize,
+}
+
+impl Default for Message {
+    fn default() -> Self {
+        Self {
+            sql: MESSAGE_HEAD.to_owned(),
+            count: 0,
+            json_bytes: 0,
+        }
+    }
+}
+
+impl Message {
+    /// Appends one transaction (a JSON object) with its stream id spliced in as its first
+    /// member: `{"stream_id":"…",` + the rest of the object.
+    pub fn push(&mut self, stream_id: &str, tx: &str) {
+        debug_assert!(tx.starts_with('{'));
+        if self.count > 0 {
+            self.sql.push(',');
+        }
+        // Stream ids are `<ms>-<seq>`: nothing in them needs quoting.
+        self.sql.push_str("{\"stream_id\":\"");
+        self.sql.push_str(stream_id);
+        self.sql.push_str("\",");
+        for (i, part) in tx[1..].split('\'').enumerate() {
+            if i > 0 {
+                self.sql.push_str("''");
+            }
+            self.sql.push_str(part);
+        }
+        self.count += 1;
+        self.json_bytes += tx.len();
+    }
+
+    pub fn json_bytes(&self) -> usize {
+        self.json_bytes
+    }
+
+    /// The whole message: `BEGIN`, the batch, `COMMIT` and the LSN query.
+    pub fn finish(mut self) -> String {
+        let permanent: Vec<String> = PERMANENT_SQLSTATES.iter().map(|s| literal(s)).collect();
+        self.sql.push_str("]'::jsonb, ARRAY[");
+        self.sql.push_str(&permanent.join(","));
+        self.sql
+            .push_str("]::text[]); COMMIT; SELECT pg_current_wal_lsn()::text");
+        self.sql
+    }
+}
+
+/// Sends a batch's [`Message`] (finished) and reads one outcome per transaction and the
+/// LSN after the commit.
 pub async fn apply(
     conn: &mut PgConnection,
-    batch_json: &str,
+    sql: &str,
     expected: usize,
     timeout: Duration,
 ) -> Result<Applied, ForwardError> {
-    let permanent: Vec<String> = PERMANENT_SQLSTATES.iter().map(|s| literal(s)).collect();
-    let sql = format!(
-        "BEGIN; \
-         SELECT idx, outcome, sqlstate, message FROM opsdb_apply_batch({}::jsonb, ARRAY[{}]::text[]); \
-         COMMIT; \
-         SELECT pg_current_wal_lsn()::text",
-        literal(batch_json),
-        permanent.join(",")
-    );
     let run = async {
         let mut outcomes = Vec::with_capacity(expected);
         let mut lsn = None;
-        let mut results = sqlx::raw_sql(&sql).fetch_many(&mut *conn);
+        let mut results = sqlx::raw_sql(sql).fetch_many(&mut *conn);
         while let Some(item) = results.try_next().await? {
             let Either::Right(row) = item else { continue };
             if row.len() == 1 {
@@ -117,6 +171,25 @@ mod tests {
         ] {
             assert!(!is_permanent(state), "{state}");
         }
+    }
+
+    /// What the primary receives: the transactions as one JSON array literal, each with its
+    /// stream id first, quotes doubled, wrapped in BEGIN/COMMIT and the LSN query.
+    #[test]
+    fn a_message_carries_the_batch_as_one_quoted_json_array() {
+        let mut m = Message::default();
+        m.push("1-0", r#"{"id":"a","note":"it's"}"#);
+        m.push("2-5", r#"{"id":"b"}"#);
+        assert_eq!(m.json_bytes(), 34);
+        let sql = m.finish();
+        let inner = r#"[{"stream_id":"1-0","id":"a","note":"it''s"},{"stream_id":"2-5","id":"b"}]"#;
+        assert_eq!(
+            sql,
+            format!(
+                "BEGIN; SELECT idx, outcome, sqlstate, message FROM opsdb_apply_batch('{inner}'::jsonb, \
+                 ARRAY['22','23','P0002']::text[]); COMMIT; SELECT pg_current_wal_lsn()::text"
+            )
+        );
     }
 
     #[test]

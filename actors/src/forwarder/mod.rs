@@ -52,6 +52,8 @@ pub struct ForwarderConfig {
     pub keys: Keys,
     /// Most transactions in one batch.
     pub batch_size: usize,
+    /// Most bytes of transaction JSON in one batch; a larger transaction goes alone.
+    pub batch_max_bytes: usize,
     /// How long a short batch waits for more transactions before it goes.
     pub linger: Duration,
     pub connect_timeout: Duration,
@@ -71,6 +73,8 @@ pub struct ForwarderMetrics {
     pub dead: Counter,
     /// SQL messages sent to the primary (one per batch by construction).
     pub round_trips: Counter,
+    /// The largest batch held so far, in bytes of transaction JSON (`/health`).
+    pub largest_batch_bytes: AtomicU64,
     /// The last commit LSN read. Not exported: a WAL position is shown in `/health`, not
     /// graphed.
     pub last_lsn: AtomicU64,
@@ -233,18 +237,22 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
         Some(pg) => pg,
         None => state.pg.insert(connect_primary(&config).await?),
     };
-    let batch = reader.next_batch(&config).await?;
-    if batch.is_empty() {
+    let Batch { entries, message } = reader.next_batch(&config).await?;
+    if entries.is_empty() {
         return Ok(());
     }
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::BeforeCommit)?;
     let m = &state.args.metrics;
+    m.largest_batch_bytes
+        .fetch_max(message.json_bytes() as u64, Ordering::Relaxed);
     m.round_trips.inc();
-    let applied = apply::apply(pg, &batch.json, batch.len(), config.statement_timeout).await?;
+    let sql = message.finish();
+    let applied = apply::apply(pg, &sql, entries.len(), config.statement_timeout).await?;
+    drop(sql);
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterCommit)?;
-    settle_batch(settle, &config, &batch, &applied).await?;
+    settle_batch(settle, &config, &entries, &applied).await?;
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterAck)?;
     record(m, &applied);
@@ -275,11 +283,10 @@ fn record(m: &ForwarderMetrics, applied: &apply::Applied) {
 async fn settle_batch(
     conn: &mut MultiplexedConnection,
     config: &ForwarderConfig,
-    batch: &Batch,
+    entries: &[read::Entry],
     applied: &apply::Applied,
 ) -> Result<(), ForwardError> {
-    let mut rest: Vec<(&read::Entry, &Outcome)> =
-        batch.entries.iter().zip(&applied.outcomes).collect();
+    let mut rest: Vec<(&read::Entry, &Outcome)> = entries.iter().zip(&applied.outcomes).collect();
     while !rest.is_empty() {
         // Every chunk in one pipeline: one local round trip per batch, not one per chunk.
         // Each script call is still bounded on its own, and Redis serves other clients

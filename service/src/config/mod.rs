@@ -120,6 +120,7 @@ pub struct Buffer {
 pub struct Forwarder {
     pub primary_url: Option<String>,
     pub batch_size: usize,
+    pub batch_max_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
     #[serde(with = "humantime_serde")]

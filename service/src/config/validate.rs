@@ -86,6 +86,10 @@ impl Config {
             ("buffer.connections", self.buffer.connections as u64),
             ("buffer.max_bulk_files", self.buffer.max_bulk_files as u64),
             ("forwarder.batch_size", self.forwarder.batch_size as u64),
+            (
+                "forwarder.batch_max_bytes",
+                self.forwarder.batch_max_bytes as u64,
+            ),
         ];
         if let Some((key, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return Err(invalid(key, "must be at least 1"));

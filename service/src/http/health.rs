@@ -122,6 +122,8 @@ fn forwarder(state: &AppState) -> Option<(&'static str, serde_json::Value)> {
         "applied": m.applied.get(),
         "skipped": m.skipped.get(),
         "dead": m.dead.get(),
+        "largest_batch_bytes": m.largest_batch_bytes.load(Ordering::Relaxed),
+        "batch_max_bytes": state.config.forwarder.batch_max_bytes,
         "last_commit_lsn": (lsn > 0).then(|| ops_db_actors::lsn::Lsn(lsn).to_string()),
     });
     Some((state_name(&row.state), details))
