@@ -296,6 +296,7 @@ fn children(
             args: ForwarderArgs {
                 config: Arc::new(forwarder),
                 metrics: Arc::clone(&shared.forwarder_metrics),
+                isolation: Arc::default(),
                 #[cfg(feature = "fault-injection")]
                 crash: Arc::clone(&shared.crash_points),
             },

@@ -21,6 +21,7 @@ mod ingest;
 mod metrics;
 mod paging;
 mod pg_smoke;
+mod poison;
 mod reads;
 mod reconnect;
 mod retry;

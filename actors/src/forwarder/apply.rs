@@ -7,6 +7,7 @@ use futures::TryStreamExt;
 use sqlx::postgres::PgConnection;
 use sqlx::{Either, Row};
 
+use super::isolate::Failure;
 use super::ForwardError;
 use crate::lsn::Lsn;
 
@@ -74,8 +75,10 @@ impl Default for Message {
 
 impl Message {
     /// Appends one transaction (a JSON object) with its stream id spliced in as its first
-    /// member: `{"stream_id":"…",` + the rest of the object.
-    pub fn push(&mut self, stream_id: &str, tx: &str) {
+    /// member: `{"stream_id":"…",` + the rest of the object. With `reject`, an
+    /// `"opsdb_reject":{"sqlstate":…,"message":…}` member follows: the primary answers
+    /// `dead` with that error instead of applying it (see `isolate`).
+    pub fn push(&mut self, stream_id: &str, tx: &str, reject: Option<&Failure>) {
         debug_assert!(tx.starts_with('{'));
         if self.count > 0 {
             self.sql.push(',');
@@ -84,14 +87,28 @@ impl Message {
         self.sql.push_str("{\"stream_id\":\"");
         self.sql.push_str(stream_id);
         self.sql.push_str("\",");
-        for (i, part) in tx[1..].split('\'').enumerate() {
+        if let Some(failure) = reject {
+            let (sqlstate, message) = (
+                serde_json::Value::from(failure.sqlstate.as_str()),
+                serde_json::Value::from(failure.message.as_str()),
+            );
+            self.push_quoted(&format!(
+                "\"opsdb_reject\":{{\"sqlstate\":{sqlstate},\"message\":{message}}},"
+            ));
+        }
+        self.push_quoted(&tx[1..]);
+        self.count += 1;
+        self.json_bytes += tx.len();
+    }
+
+    /// Appends `text` inside the string literal: single quotes doubled.
+    fn push_quoted(&mut self, text: &str) {
+        for (i, part) in text.split('\'').enumerate() {
             if i > 0 {
                 self.sql.push_str("''");
             }
             self.sql.push_str(part);
         }
-        self.count += 1;
-        self.json_bytes += tx.len();
     }
 
     pub fn json_bytes(&self) -> usize {
@@ -178,11 +195,15 @@ mod tests {
     #[test]
     fn a_message_carries_the_batch_as_one_quoted_json_array() {
         let mut m = Message::default();
-        m.push("1-0", r#"{"id":"a","note":"it's"}"#);
-        m.push("2-5", r#"{"id":"b"}"#);
+        m.push("1-0", r#"{"id":"a","note":"it's"}"#, None);
+        let reject = Failure {
+            sqlstate: "P0001".into(),
+            message: "won't".into(),
+        };
+        m.push("2-5", r#"{"id":"b"}"#, Some(&reject));
         assert_eq!(m.json_bytes(), 34);
         let sql = m.finish();
-        let inner = r#"[{"stream_id":"1-0","id":"a","note":"it''s"},{"stream_id":"2-5","id":"b"}]"#;
+        let inner = r#"[{"stream_id":"1-0","id":"a","note":"it''s"},{"stream_id":"2-5","opsdb_reject":{"sqlstate":"P0001","message":"won''t"},"id":"b"}]"#;
         assert_eq!(
             sql,
             format!(

@@ -30,17 +30,6 @@ pub enum ForwardError {
     /// `what` (a step of the batch) did not finish within `redis.timeout`.
     #[error("redis: {0} timed out")]
     RedisTimeout(&'static str),
-    /// A stream entry that can never be forwarded (written by hand?): failing on it makes
-    /// it visible in `/health/actors` rather than skipping a transaction silently.
-    #[error("stream entry {0} has no tx field")]
-    EntryWithoutTx(String),
-    #[error("stream entry {id} is not a transaction: {source}")]
-    EntryNotTransaction {
-        id: String,
-        source: serde_json::Error,
-    },
-    #[error("stream entry {0} is not a JSON object")]
-    EntryNotObject(String),
     #[cfg(feature = "fault-injection")]
     #[error("injected crash at {0:?}")]
     InjectedCrash(CrashPoint),
@@ -61,10 +50,6 @@ mod tests {
             (
                 ForwardError::RedisTimeout("settling a committed batch"),
                 "redis: settling a committed batch timed out",
-            ),
-            (
-                ForwardError::EntryWithoutTx("1-0".into()),
-                "stream entry 1-0 has no tx field",
             ),
             (
                 ForwardError::Protocol("no LSN after commit".into()),

@@ -17,6 +17,7 @@ mod apply;
 #[cfg(feature = "fault-injection")]
 mod crash;
 mod error;
+mod isolate;
 mod reach;
 mod read;
 
@@ -36,6 +37,7 @@ pub use apply::{is_permanent, Outcome, PERMANENT_SQLSTATES};
 #[cfg(feature = "fault-injection")]
 pub use crash::{CrashPoint, CrashPoints};
 pub use error::ForwardError;
+pub use isolate::Isolation;
 pub use reach::probe;
 use read::{Batch, Reader};
 
@@ -62,6 +64,9 @@ pub struct ForwarderConfig {
     pub redis_timeout: Duration,
     /// How long a finished (dead) transaction's lifecycle stays queryable in Redis.
     pub retention: Duration,
+    /// How many times one transaction may fail alone with the same kind of error (one
+    /// that is not about the environment) before it is dead-lettered (see `isolate`).
+    pub max_attempts: u32,
 }
 
 /// Counters for `/metrics` (see [`ForwarderMetrics::register`]); `/health` reads them too.
@@ -123,6 +128,8 @@ pub struct ForwarderActor;
 pub struct ForwarderArgs {
     pub config: Arc<ForwarderConfig>,
     pub metrics: Arc<ForwarderMetrics>,
+    /// Failures counted per transaction, kept across restarts.
+    pub isolation: Arc<Isolation>,
     /// Armed by fault tests; exists only with the `fault-injection` feature.
     #[cfg(feature = "fault-injection")]
     pub crash: Arc<CrashPoints>,
@@ -237,26 +244,64 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
         Some(pg) => pg,
         None => state.pg.insert(connect_primary(&config).await?),
     };
-    let Batch { entries, message } = reader.next_batch(&config).await?;
+    let isolation = &state.args.isolation;
+    let m = &state.args.metrics;
+    let Batch {
+        entries,
+        message,
+        poisoned,
+    } = reader.next_batch(&config, isolation).await?;
+    m.dead.inc_by(poisoned);
     if entries.is_empty() {
         return Ok(());
     }
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::BeforeCommit)?;
-    let m = &state.args.metrics;
     m.largest_batch_bytes
         .fetch_max(message.json_bytes() as u64, Ordering::Relaxed);
     m.round_trips.inc();
     let sql = message.finish();
-    let applied = apply::apply(pg, &sql, entries.len(), config.statement_timeout).await?;
+    let applied = match apply::apply(pg, &sql, entries.len(), config.statement_timeout).await {
+        Ok(applied) => applied,
+        Err(e) => {
+            blame(isolation, &config, &entries, &e);
+            return Err(e);
+        }
+    };
     drop(sql);
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterCommit)?;
     settle_batch(settle, &config, &entries, &applied).await?;
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterAck)?;
+    isolation.settled(entries.iter().map(|e| e.tx_id));
     record(m, &applied);
     Ok(())
+}
+
+/// Counts a failed batch against the transaction the primary named, if the error is one
+/// that can be that transaction's own (see `isolate`).
+fn blame(
+    isolation: &Isolation,
+    config: &ForwarderConfig,
+    entries: &[read::Entry],
+    e: &ForwardError,
+) {
+    let Some((index, failure)) = isolate::culprit(e) else {
+        return;
+    };
+    let Some(entry) = entries.get(index) else {
+        return;
+    };
+    let sqlstate = failure.sqlstate.clone();
+    let attempts = isolation.fail(entry.tx_id, failure);
+    tracing::warn!(
+        transaction_id = %entry.tx_id,
+        %sqlstate,
+        attempts,
+        max_attempts = config.max_attempts,
+        "the primary failed a batch on this transaction; at max_attempts it is dead-lettered"
+    );
 }
 
 fn record(m: &ForwarderMetrics, applied: &apply::Applied) {

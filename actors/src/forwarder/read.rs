@@ -14,7 +14,9 @@ use redis::Value;
 use uuid::Uuid;
 
 use super::apply::Message;
+use super::isolate::{Failure, Isolation};
 use super::{ForwardError, ForwarderConfig, GROUP};
+use crate::overlay::scripts::DEAD_ENTRY;
 
 /// Longest a read waits for a first new entry before the actor takes its next message.
 pub const BLOCK: Duration = Duration::from_millis(500);
@@ -39,6 +41,8 @@ pub struct Batch {
     pub entries: Vec<Entry>,
     /// The SQL message sent to the primary, built as entries are read.
     pub message: Message,
+    /// Entries that were not transactions, dead-lettered while this batch was read.
+    pub poisoned: u64,
 }
 
 impl Batch {
@@ -66,8 +70,34 @@ impl Batch {
 /// One stream entry as read, its `tx` field moved out of the reply (not copied).
 struct RawEntry {
     id: String,
-    /// `None`: the entry has no body any more (deleted while pending).
-    tx: Option<Vec<u8>>,
+    body: Body,
+}
+
+enum Body {
+    /// The `tx` field.
+    Tx(Vec<u8>),
+    /// No body any more (deleted while pending).
+    Gone,
+    /// A body without a `tx` field: the names of the fields it has.
+    Other(Vec<String>),
+}
+
+impl RawEntry {
+    fn size(&self) -> usize {
+        match &self.body {
+            Body::Tx(tx) => tx.len(),
+            Body::Gone | Body::Other(_) => 0,
+        }
+    }
+}
+
+/// A stream entry that is not a transaction the forwarder can send: dead-lettered with
+/// the reason at once (it would fail the same way on every attempt).
+struct Poison {
+    id: String,
+    /// What it held, as text (lossy where it was not UTF-8).
+    content: String,
+    reason: String,
 }
 
 pub struct Reader {
@@ -133,17 +163,13 @@ impl Reader {
         let reply: Value = cmd.query_async(&mut self.conn).await?;
         let mut entries = entries(reply)?;
         let read = entries.len();
-        let largest = entries
-            .iter()
-            .map(|e| e.tx.as_ref().map_or(0, Vec::len))
-            .max()
-            .unwrap_or(0);
+        let largest = entries.iter().map(RawEntry::size).max().unwrap_or(0);
         self.estimate = largest.max(self.estimate / 2).max(SMALLEST_ESTIMATE);
         // A pending entry whose body is gone (deleted by hand) can never be forwarded:
         // acknowledge it rather than fail on it forever.
         let orphans: Vec<String> = entries
             .iter()
-            .filter(|e| e.tx.is_none())
+            .filter(|e| matches!(e.body, Body::Gone))
             .map(|e| e.id.clone())
             .collect();
         if !orphans.is_empty() {
@@ -157,26 +183,57 @@ impl Reader {
                 .arg(&orphans)
                 .query_async(&mut self.conn)
                 .await?;
-            entries.retain(|e| e.tx.is_some());
+            entries.retain(|e| !matches!(e.body, Body::Gone));
         }
         Ok((entries, read))
     }
 
+    /// Dead-letters an entry that is not a transaction (`dead_entry.lua`).
+    async fn dead_letter(
+        &mut self,
+        config: &ForwarderConfig,
+        poison: Poison,
+    ) -> Result<(), ForwardError> {
+        tracing::warn!(
+            stream_id = %poison.id,
+            reason = %poison.reason,
+            "stream entry is not a transaction, dead-lettered"
+        );
+        let _: i64 = DEAD_ENTRY
+            .key(config.keys.stream())
+            .key(config.keys.dead_letters())
+            .arg(GROUP)
+            .arg(&poison.id)
+            .arg(&poison.content)
+            .arg(&poison.reason)
+            .arg(chrono::Utc::now().timestamp_millis())
+            .invoke_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
     /// The next batch, in stream order; empty when nothing arrived within [`BLOCK`].
-    pub async fn next_batch(&mut self, config: &ForwarderConfig) -> Result<Batch, ForwardError> {
+    /// Transactions `isolation` condemned go in with a reject marker; entries that are not
+    /// transactions are dead-lettered on the way (their count is in `Batch::poisoned`).
+    pub async fn next_batch(
+        &mut self,
+        config: &ForwarderConfig,
+        isolation: &Isolation,
+    ) -> Result<Batch, ForwardError> {
         let mut batch = Batch::default();
+        let ctx = Ctx { config, isolation };
         if self.pending {
-            self.fill(&mut batch, config, Source::Pending).await?;
+            self.fill(&mut batch, &ctx, Source::Pending).await?;
             if !batch.is_empty() {
                 return Ok(batch);
             }
             self.pending = false;
         }
-        self.fill(&mut batch, config, Source::New(BLOCK)).await?;
+        self.fill(&mut batch, &ctx, Source::New(BLOCK)).await?;
         if !batch.is_empty() && !batch.full(config) && !config.linger.is_zero() {
             // Let a trickle become a batch: fewer, fuller round trips over the WAN.
             tokio::time::sleep(config.linger).await;
-            self.fill(&mut batch, config, Source::New(Duration::ZERO))
+            self.fill(&mut batch, &ctx, Source::New(Duration::ZERO))
                 .await?;
         }
         Ok(batch)
@@ -187,9 +244,10 @@ impl Reader {
     async fn fill(
         &mut self,
         batch: &mut Batch,
-        config: &ForwarderConfig,
+        ctx: &Ctx<'_>,
         source: Source,
     ) -> Result<(), ForwardError> {
+        let config = ctx.config;
         let mut after = String::from("0");
         let mut first = true;
         while !batch.full(config) {
@@ -208,14 +266,16 @@ impl Reader {
             };
             first = false;
             for entry in entries {
-                let size = entry.tx.as_ref().map_or(0, Vec::len);
-                if !batch.fits(size, config) {
+                if !batch.fits(entry.size(), config) {
                     // Delivered but not taken: it waits in the pending list.
                     self.pending = true;
                     return Ok(());
                 }
                 after.clone_from(&entry.id);
-                add(batch, entry)?;
+                if let Err(poison) = add(batch, entry, ctx) {
+                    self.dead_letter(config, poison).await?;
+                    batch.poisoned += 1;
+                }
             }
             if got < count {
                 break;
@@ -233,24 +293,61 @@ enum Source {
     New(Duration),
 }
 
+/// What `fill` needs besides the reader.
+struct Ctx<'a> {
+    config: &'a ForwarderConfig,
+    isolation: &'a Isolation,
+}
+
 /// Adds one entry to the batch: its transaction's id is decoded, its JSON goes into the
-/// batch's message.
-fn add(batch: &mut Batch, entry: RawEntry) -> Result<(), ForwardError> {
-    let RawEntry { id, tx } = entry;
-    let tx = tx.ok_or_else(|| ForwardError::EntryWithoutTx(id.clone()))?;
-    let tx = String::from_utf8(tx).map_err(|_| ForwardError::EntryNotObject(id.clone()))?;
-    let tx_id: TxId =
-        serde_json::from_str(&tx).map_err(|source| ForwardError::EntryNotTransaction {
-            id: id.clone(),
-            source,
-        })?;
+/// batch's message (with a reject marker if `isolation` condemned it). An entry that is
+/// not a transaction comes back as [`Poison`].
+fn add(batch: &mut Batch, entry: RawEntry, ctx: &Ctx<'_>) -> Result<(), Poison> {
+    let RawEntry { id, body } = entry;
+    let poison = |content: String, reason: String| Poison {
+        id: id.clone(),
+        content,
+        reason,
+    };
+    let tx = match body {
+        Body::Tx(tx) => tx,
+        Body::Gone => return Err(poison(String::new(), "no body".into())),
+        Body::Other(fields) => {
+            let reason = format!("no tx field (fields: {})", fields.join(", "));
+            return Err(poison(String::new(), reason));
+        }
+    };
+    let tx = String::from_utf8(tx).map_err(|e| {
+        let content = String::from_utf8_lossy(e.as_bytes()).into_owned();
+        poison(content, "tx is not UTF-8".into())
+    })?;
     if !tx.starts_with('{') {
-        return Err(ForwardError::EntryNotObject(id));
+        return Err(poison(tx, "tx is not a JSON object".into()));
     }
-    batch.message.push(&id, &tx);
+    let tx_id = match serde_json::from_str::<TxId>(&tx) {
+        Ok(TxId { id }) => id,
+        Err(e) => {
+            let reason = format!("tx is not a transaction: {e}");
+            return Err(poison(tx, reason));
+        }
+    };
+    let reject =
+        ctx.isolation
+            .verdict(tx_id, ctx.config.max_attempts)
+            .map(|(failure, attempts)| Failure {
+                message: format!(
+                    "{} (failed {attempts} times in a row; dead-lettered by the forwarder)",
+                    failure.message
+                ),
+                ..failure
+            });
+    if reject.is_some() {
+        tracing::warn!(transaction_id = %tx_id, "sending a transaction that keeps failing as dead");
+    }
+    batch.message.push(&id, &tx, reject.as_ref());
     batch.entries.push(Entry {
         stream_id: id,
-        tx_id: tx_id.id,
+        tx_id,
     });
     Ok(())
 }
@@ -298,22 +395,30 @@ fn raw_entry(entry: Value) -> Result<RawEntry, ForwardError> {
             .map_err(|_| ForwardError::Protocol("a stream id that is not UTF-8".into()))?,
         other => return Err(unexpected("a stream id", &other)),
     };
-    let mut tx = None;
-    if let Some(Value::Array(fields)) = fields {
-        let mut fields = fields.into_iter();
-        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-            if matches!(&name, Value::BulkString(n) if n == b"tx") {
-                if let Value::BulkString(bytes) = value {
-                    tx = Some(bytes);
-                }
+    let Some(Value::Array(fields)) = fields else {
+        return Ok(RawEntry {
+            id,
+            body: Body::Gone,
+        });
+    };
+    let mut names = Vec::new();
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        match (name, value) {
+            (Value::BulkString(n), Value::BulkString(tx)) if n == b"tx" => {
+                return Ok(RawEntry {
+                    id,
+                    body: Body::Tx(tx),
+                });
             }
-        }
-        if tx.is_none() {
-            // A body without the field: not a forwardable transaction.
-            return Err(ForwardError::EntryWithoutTx(id));
+            (Value::BulkString(n), _) => names.push(String::from_utf8_lossy(&n).into_owned()),
+            _ => names.push("?".into()),
         }
     }
-    Ok(RawEntry { id, tx })
+    Ok(RawEntry {
+        id,
+        body: Body::Other(names),
+    })
 }
 
 fn unexpected(what: &str, got: &Value) -> ForwardError {

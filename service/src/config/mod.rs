@@ -121,6 +121,9 @@ pub struct Forwarder {
     pub primary_url: Option<String>,
     pub batch_size: usize,
     pub batch_max_bytes: usize,
+    /// Failures of one transaction alone (not about the environment) before it is
+    /// dead-lettered.
+    pub max_attempts: u32,
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
     #[serde(with = "humantime_serde")]

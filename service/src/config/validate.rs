@@ -90,6 +90,7 @@ impl Config {
                 "forwarder.batch_max_bytes",
                 self.forwarder.batch_max_bytes as u64,
             ),
+            ("forwarder.max_attempts", self.forwarder.max_attempts as u64),
         ];
         if let Some((key, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return Err(invalid(key, "must be at least 1"));

@@ -10,7 +10,7 @@
 local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1]
 if not entry then return 0 end
 for i = 1, #entry[2], 2 do
-  if entry[2][i] == 'transaction_id' then
+  if entry[2][i] == 'transaction_id' and entry[2][i + 1] ~= '' then
     redis.call('HSET', ARGV[2] .. entry[2][i + 1], 'dropped_at', ARGV[3])
   end
 end

@@ -6,7 +6,9 @@
 -- ARGV[1] dead-letter id, ARGV[2] lifecycle key prefix
 --
 -- Keys not in KEYS: the transaction's lifecycle hash, derived as ARGV[2] .. the
--- `transaction_id` field read from the dead letter.
+-- `transaction_id` field read from the dead letter; none for a dead letter without one (a
+-- stream entry that was not a decodable transaction: retried, it is dead-lettered again
+-- unless its content was repaired in between).
 --
 -- Returns the new stream id, or false if there is no such dead letter.
 local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])[1]
@@ -15,8 +17,10 @@ local f = {}
 for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
 local sid = redis.call('XADD', KEYS[2], '*', 'tx', f['tx'])
 redis.call('XDEL', KEYS[1], ARGV[1])
-local lifecycle = ARGV[2] .. f['transaction_id']
-redis.call('HSET', lifecycle, 'state', 'buffered', 'stream_id', sid)
-redis.call('HINCRBY', lifecycle, 'dlq_retries', 1)
-redis.call('PERSIST', lifecycle)
+if f['transaction_id'] and f['transaction_id'] ~= '' then
+  local lifecycle = ARGV[2] .. f['transaction_id']
+  redis.call('HSET', lifecycle, 'state', 'buffered', 'stream_id', sid)
+  redis.call('HINCRBY', lifecycle, 'dlq_retries', 1)
+  redis.call('PERSIST', lifecycle)
+end
 return sid
