@@ -40,6 +40,7 @@ fn forwarder(config: &Config, keys: &Keys) -> Option<(ForwarderConfig, RestartPo
         batch_size: f.batch_size,
         batch_max_bytes: f.batch_max_bytes,
         max_attempts: f.max_attempts,
+        lease_ttl: f.lease_ttl,
         linger: f.linger,
         connect_timeout: f.connect_timeout,
         statement_timeout: f.statement_timeout,

@@ -208,7 +208,8 @@ impl TestApp {
         Self::spawn_layers(redis, &[extra]).await
     }
 
-    /// As [`TestApp::spawn_on`], with several TOML layers merged in order.
+    /// As [`TestApp::spawn_on`], with several TOML layers merged in order. The site name
+    /// is random unless a layer sets `[site] name`.
     pub async fn spawn_layers(redis: Arc<TestRedis>, layers: &[&str]) -> Self {
         let site = format!("t{:08x}", rand::random::<u32>());
         let token = token::generate();
@@ -227,6 +228,7 @@ impl TestApp {
         );
         let config = Config::from_toml_layers(&[&[toml.as_str()], layers].concat())
             .unwrap_or_else(|e| panic!("test config: {e}\n{toml}\n{layers:?}"));
+        let site = config.site.name.clone();
         let app = Application::build(config)
             .await
             .expect("application builds");

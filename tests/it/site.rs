@@ -19,6 +19,8 @@ pub struct Site {
     pub app: TestApp,
     pub pg: Arc<TestPg>,
     pub wan: Option<FaultProxy>,
+    /// The application's config layers (for a second instance of the same site).
+    layers: Vec<String>,
 }
 
 /// A restart policy section body for the forwarder and the replica tracker in tests.
@@ -63,7 +65,23 @@ impl Site {
     /// The same with the application's config given as layers.
     pub async fn start_with(pg: Arc<TestPg>, wan: Option<FaultProxy>, layers: &[&str]) -> Self {
         let app = TestApp::spawn_layers(TestRedis::start().await, layers).await;
-        Self { app, pg, wan }
+        let layers = layers.iter().map(|l| (*l).to_owned()).collect();
+        Self {
+            app,
+            pg,
+            wan,
+            layers,
+        }
+    }
+
+    /// Another instance of the service for the same site: same Redis, same primary, same
+    /// config (with `extra` over it), its own HTTP and TCP ports.
+    pub async fn second_instance(&self, extra: &str) -> TestApp {
+        let site = format!("[site]\nname = \"{}\"\n", self.app.site);
+        let mut layers: Vec<&str> = self.layers.iter().map(String::as_str).collect();
+        layers.push(&site);
+        layers.push(extra);
+        TestApp::spawn_layers(Arc::clone(&self.app.redis), &layers).await
     }
 
     /// A migrated and seeded primary with its streaming replica.

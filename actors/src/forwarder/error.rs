@@ -30,6 +30,9 @@ pub enum ForwardError {
     /// `what` (a step of the batch) did not finish within `redis.timeout`.
     #[error("redis: {0} timed out")]
     RedisTimeout(&'static str),
+    /// The lease was not renewed recently enough to settle a batch safely.
+    #[error("redis: forwarder lease not renewed within {0:?}; another instance may take over")]
+    LeaseLost(Duration),
     #[cfg(feature = "fault-injection")]
     #[error("injected crash at {0:?}")]
     InjectedCrash(CrashPoint),

@@ -18,6 +18,7 @@ mod apply;
 mod crash;
 mod error;
 mod isolate;
+pub mod lease;
 mod reach;
 mod read;
 
@@ -67,6 +68,8 @@ pub struct ForwarderConfig {
     /// How many times one transaction may fail alone with the same kind of error (one
     /// that is not about the environment) before it is dead-lettered (see `isolate`).
     pub max_attempts: u32,
+    /// How long the forwarder lease lasts without renewal (see `lease`).
+    pub lease_ttl: Duration,
 }
 
 /// Counters for `/metrics` (see [`ForwarderMetrics::register`]); `/health` reads them too.
@@ -83,6 +86,8 @@ pub struct ForwarderMetrics {
     /// The last commit LSN read. Not exported: a WAL position is shown in `/health`, not
     /// graphed.
     pub last_lsn: AtomicU64,
+    /// Who forwards for this site (`/health`).
+    pub lease: lease::LeaseStatus,
 }
 
 impl ForwarderMetrics {
@@ -137,6 +142,7 @@ pub struct ForwarderArgs {
 
 pub struct ForwarderState {
     args: ForwarderArgs,
+    _renewal: lease::Renewal,
     pg: Option<PgConnection>,
     reader: Option<Reader>,
     settle: Option<MultiplexedConnection>,
@@ -160,7 +166,9 @@ impl Actor for ForwarderActor {
         // Connecting happens in the first `Next`: a primary that is down at boot must
         // crash-and-back-off like any later outage, not fail the start of the tree.
         myself.cast(ForwarderMsg::Next)?;
+        let renewal = lease::Renewal::start(Arc::clone(&args.config), Arc::clone(&args.metrics));
         Ok(ForwarderState {
+            _renewal: renewal,
             args,
             pg: None,
             reader: None,
@@ -183,7 +191,20 @@ impl Actor for ForwarderActor {
         }
         Ok(())
     }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // A clean stop: the standby need not wait out the lease.
+        lease::release(&state.args.config, &state.args.metrics.lease).await;
+        Ok(())
+    }
 }
+
+/// How long a forwarder without the lease waits before it looks again.
+const STANDBY_POLL: Duration = Duration::from_millis(100);
 
 async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, ForwardError> {
     let options: PgConnectOptions = config.primary_url.parse()?;
@@ -227,6 +248,12 @@ async fn connect_redis(
 
 async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardError> {
     let config = Arc::clone(&state.args.config);
+    let fresh = config.lease_ttl / 2;
+    if !state.args.metrics.lease.held(fresh) {
+        // Standby (another instance forwards), or the lease not confirmed yet.
+        tokio::time::sleep(STANDBY_POLL).await;
+        return Ok(());
+    }
     #[cfg(feature = "fault-injection")]
     let crash = Arc::clone(&state.args.crash);
     let (reader, settle) = match (&mut state.reader, &mut state.settle) {
@@ -271,6 +298,11 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
     drop(sql);
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterCommit)?;
+    if !m.lease.held(fresh) {
+        // Committed, not settled: whoever holds the lease next re-reads these entries
+        // (pending) and finds them in the ledger.
+        return Err(ForwardError::LeaseLost(fresh));
+    }
     settle_batch(settle, &config, &entries, &applied).await?;
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterAck)?;

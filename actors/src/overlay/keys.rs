@@ -68,6 +68,11 @@ impl Keys {
     pub fn dead_letters(&self) -> String {
         format!("{}dlq", self.prefix)
     }
+
+    /// The forwarder lease: the holder's instance id, with a TTL.
+    pub fn forwarder_lease(&self) -> String {
+        format!("{}forwarder:lease", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -124,6 +124,9 @@ pub struct Forwarder {
     /// Failures of one transaction alone (not about the environment) before it is
     /// dead-lettered.
     pub max_attempts: u32,
+    /// The forwarder lease's lifetime without renewal (one forwarder per site).
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
     #[serde(with = "humantime_serde")]

@@ -69,10 +69,13 @@ impl Config {
             ("http.header_timeout", self.http.header_timeout),
             ("http.body_timeout", self.http.body_timeout),
         ];
-        match positive.iter().find(|(_, d)| d.is_zero()) {
-            Some((key, _)) => Err(invalid(key, "must be longer than zero")),
-            None => Ok(()),
+        if let Some((key, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
+            return Err(invalid(key, "must be longer than zero"));
         }
+        if self.forwarder.lease_ttl < std::time::Duration::from_secs(1) {
+            return Err(invalid("forwarder.lease_ttl", "must be at least 1s"));
+        }
+        Ok(())
     }
 
     fn validate_counts(&self) -> Result<(), ConfigError> {

@@ -125,6 +125,9 @@ fn forwarder(state: &AppState) -> Option<(&'static str, serde_json::Value)> {
         "largest_batch_bytes": m.largest_batch_bytes.load(Ordering::Relaxed),
         "batch_max_bytes": state.config.forwarder.batch_max_bytes,
         "last_commit_lsn": (lsn > 0).then(|| ops_db_actors::lsn::Lsn(lsn).to_string()),
+        "role": m.lease.role(state.config.forwarder.lease_ttl),
+        "instance": m.lease.instance,
+        "lease_holder": m.lease.holder(),
     });
     Some((state_name(&row.state), details))
 }
