@@ -7,11 +7,13 @@
 //! dead transaction would be dead-lettered twice. So only the lease holder forwards; the
 //! other one is `standby`: it says so in `/health` and takes over when the lease expires.
 //!
-//! A task renews the lease every third of its TTL while the forwarder lives. The forwarder
-//! starts a batch only while the last renewal is younger than half the TTL, and settles
-//! it only under the same condition: a holder that lost Redis for longer stops before its
-//! lease can pass to another instance. The instance id is the process's (kept across the
-//! forwarder's restarts), so a restarted forwarder takes its own lease back at once.
+//! A task renews the lease every third of its TTL. It is started by the first forwarder
+//! incarnation and runs until the forwarder stops cleanly (then it gives the lease up), so
+//! the instance keeps the lease while its forwarder crashes and backs off (a WAN outage is
+//! no reason to hand forwarding to another instance). The forwarder starts a batch only
+//! while the last renewal is younger than half the TTL, and settles it only under the
+//! same condition: a holder that lost Redis for longer stops before its lease can pass to
+//! another instance.
 
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -49,6 +51,8 @@ pub struct LeaseStatus {
     /// This process's instance id.
     pub instance: String,
     inner: Mutex<Inner>,
+    /// The renewal task, once started.
+    renewal: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +75,7 @@ impl Default for LeaseStatus {
                 uuid::Uuid::now_v7().simple()
             ),
             inner: Mutex::default(),
+            renewal: Mutex::default(),
         }
     }
 }
@@ -118,35 +123,33 @@ impl LeaseStatus {
     }
 }
 
-/// The renewal task of one forwarder incarnation; aborted when it is dropped (with the
-/// actor's state, however the actor ends).
-pub struct Renewal(JoinHandle<()>);
-
-impl Drop for Renewal {
-    fn drop(&mut self) {
-        self.0.abort();
+/// Starts the renewal task unless it runs already.
+pub fn ensure_renewal(config: &Arc<ForwarderConfig>, metrics: &Arc<ForwarderMetrics>) {
+    let mut renewal = metrics
+        .lease
+        .renewal
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if renewal.as_ref().is_some_and(|task| !task.is_finished()) {
+        return;
     }
-}
-
-impl Renewal {
-    pub fn start(config: Arc<ForwarderConfig>, metrics: Arc<ForwarderMetrics>) -> Self {
-        Self(tokio::spawn(async move {
-            let status = &metrics.lease;
-            let every = config.lease_ttl / 3;
-            let mut conn: Option<MultiplexedConnection> = None;
-            loop {
-                let asked_at = Instant::now();
-                match renew(&config, status, &mut conn).await {
-                    Ok(holder) => status.answered(holder, asked_at),
-                    Err(e) => {
-                        conn = None;
-                        tracing::debug!(error = %e, "forwarder lease: no answer from redis");
-                    }
+    let (config, metrics) = (Arc::clone(config), Arc::clone(metrics));
+    *renewal = Some(tokio::spawn(async move {
+        let status = &metrics.lease;
+        let every = config.lease_ttl / 3;
+        let mut conn: Option<MultiplexedConnection> = None;
+        loop {
+            let asked_at = Instant::now();
+            match renew(&config, status, &mut conn).await {
+                Ok(holder) => status.answered(holder, asked_at),
+                Err(e) => {
+                    conn = None;
+                    tracing::debug!(error = %e, "forwarder lease: no answer from redis");
                 }
-                tokio::time::sleep(every).await;
             }
-        }))
-    }
+            tokio::time::sleep(every).await;
+        }
+    }));
 }
 
 async fn renew(
@@ -167,8 +170,16 @@ async fn renew(
         .await?)
 }
 
-/// Gives the lease up if it is ours (best effort: it expires anyway).
+/// Stops the renewal and gives the lease up if it is ours (best effort: it expires anyway).
 pub async fn release(config: &ForwarderConfig, status: &LeaseStatus) {
+    if let Some(task) = status
+        .renewal
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        task.abort();
+    }
     let run = async {
         let mut conn = connect_redis(config, config.redis_timeout).await?;
         let _: i64 = RELEASE

@@ -142,7 +142,6 @@ pub struct ForwarderArgs {
 
 pub struct ForwarderState {
     args: ForwarderArgs,
-    _renewal: lease::Renewal,
     pg: Option<PgConnection>,
     reader: Option<Reader>,
     settle: Option<MultiplexedConnection>,
@@ -166,9 +165,8 @@ impl Actor for ForwarderActor {
         // Connecting happens in the first `Next`: a primary that is down at boot must
         // crash-and-back-off like any later outage, not fail the start of the tree.
         myself.cast(ForwarderMsg::Next)?;
-        let renewal = lease::Renewal::start(Arc::clone(&args.config), Arc::clone(&args.metrics));
+        lease::ensure_renewal(&args.config, &args.metrics);
         Ok(ForwarderState {
-            _renewal: renewal,
             args,
             pg: None,
             reader: None,
