@@ -16,6 +16,8 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::events::EventSink;
+
 /// Where a supervised actor is in its life.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
@@ -59,11 +61,27 @@ pub struct ActorHealth {
 pub struct HealthRegistry {
     actors: RwLock<BTreeMap<String, Entry>>,
     escalation: RwLock<Option<String>>,
+    /// Where supervision events go (`actor.failed`, `actor.restarted`, `actor.escalated`).
+    events: Option<Arc<EventSink>>,
 }
 
 impl HealthRegistry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry that also emits supervision events into `events`.
+    pub fn with_events(events: Arc<EventSink>) -> Self {
+        Self {
+            events: Some(events),
+            ..Self::default()
+        }
+    }
+
+    fn emit(&self, kind: &str, body: serde_json::Value) {
+        if let Some(events) = &self.events {
+            events.emit(kind, body);
+        }
     }
 
     fn update(&self, name: &str, f: impl FnOnce(&mut Entry)) {
@@ -98,14 +116,26 @@ impl HealthRegistry {
             };
             e.running_since = None;
             e.last_failure = Some(Failure {
-                reason,
+                reason: reason.clone(),
                 at: Utc::now(),
             });
         });
+        self.emit(
+            "actor.failed",
+            serde_json::json!({ "actor": name, "reason": reason, "backing_off_until": backing_off_until }),
+        );
     }
 
     pub fn restarted(&self, name: &str) {
-        self.update(name, |e| e.restarts += 1);
+        let mut restarts = 0;
+        self.update(name, |e| {
+            e.restarts += 1;
+            restarts = e.restarts;
+        });
+        self.emit(
+            "actor.restarted",
+            serde_json::json!({ "actor": name, "restarts": restarts }),
+        );
     }
 
     pub fn stopped(&self, name: &str, failure: Option<String>) {
@@ -123,6 +153,7 @@ impl HealthRegistry {
 
     /// Records that the tree gave up (restart intensity exceeded).
     pub fn escalate(&self, reason: String) {
+        self.emit("actor.escalated", serde_json::json!({ "reason": reason }));
         *self.escalation.write().unwrap_or_else(|e| e.into_inner()) = Some(reason);
     }
 

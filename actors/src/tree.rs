@@ -15,6 +15,7 @@ use crate::buffer::{
     Ack, BufferActor, BufferArgs, BufferConfig, BufferMetrics, BufferMsg, IngestError,
 };
 use crate::domain::{IdempotencyKey, Limits, Operation};
+use crate::events::{EventSink, Hub};
 #[cfg(feature = "fault-injection")]
 use crate::forwarder::CrashPoints;
 use crate::forwarder::{
@@ -22,6 +23,7 @@ use crate::forwarder::{
 };
 use crate::health::HealthRegistry;
 use crate::ingest::{IngestActor, IngestArgs, IngestMsg};
+use crate::notifier::{NotifierActor, NotifierArgs, NotifierConfig, NotifierMsg, Summary};
 use crate::replica::{ReplicaArgs, ReplicaConfig, ReplicaLagActor, ReplicaMetrics, ReplicaMsg};
 use crate::slot::Slot;
 use crate::supervisor::policy::RestartPolicy;
@@ -31,6 +33,7 @@ pub const INGEST: &str = "ingest";
 pub const BUFFER: &str = "buffer";
 pub const FORWARDER: &str = "forwarder";
 pub const REPLICA: &str = "replica";
+pub const NOTIFIER: &str = "notifier";
 
 /// Upper bounds, in seconds, of the ingest latency buckets: from a write answered by a
 /// local Redis (well under a millisecond) to one that waited out the request timeout
@@ -93,6 +96,9 @@ pub struct TreeConfig {
     pub forwarder: Option<(ForwarderConfig, RestartPolicy)>,
     /// `None`: no read source configured, nothing tracks visibility.
     pub replica: Option<(ReplicaConfig, RestartPolicy)>,
+    pub notifier: (NotifierConfig, RestartPolicy),
+    /// Most events queued for the notifier (beyond: dropped and counted).
+    pub event_queue: usize,
 }
 
 /// A running tree. Dropping it does not stop it: call [`Tree::shutdown`].
@@ -108,6 +114,10 @@ pub struct Tree {
     pub has_forwarder: bool,
     pub replica_metrics: Arc<ReplicaMetrics>,
     pub has_replica: bool,
+    /// Where actors and facades emit events (`dlq.retried`, say).
+    pub events: Arc<EventSink>,
+    /// Where websocket clients subscribe to live events.
+    pub hub: Arc<Hub>,
     ingest: Slot<IngestMsg>,
     /// Flips to `true` once the supervisor has stopped, by shutdown or escalation.
     stopped: watch::Receiver<bool>,
@@ -115,7 +125,11 @@ pub struct Tree {
 
 impl Tree {
     pub async fn start(config: TreeConfig) -> Result<Self, SpawnErr> {
-        let shared = Shared::new(config.forwarder.is_some(), config.replica.is_some());
+        let shared = Shared::new(
+            config.forwarder.is_some(),
+            config.replica.is_some(),
+            config.event_queue,
+        );
         let ingest = Slot::<IngestMsg>::new();
         let instance = config.instance.clone();
         let children = children(config, &shared, &ingest);
@@ -146,6 +160,8 @@ impl Tree {
             has_forwarder: shared.has_forwarder,
             replica_metrics: shared.replica_metrics,
             has_replica: shared.has_replica,
+            events: shared.events,
+            hub: shared.hub,
             ingest,
             stopped,
         })
@@ -235,12 +251,17 @@ struct Shared {
     crash_points: Arc<CrashPoints>,
     has_forwarder: bool,
     has_replica: bool,
+    events: Arc<EventSink>,
+    hub: Arc<Hub>,
 }
 
 impl Shared {
-    fn new(has_forwarder: bool, has_replica: bool) -> Self {
+    fn new(has_forwarder: bool, has_replica: bool, event_queue: usize) -> Self {
+        let events = Arc::new(EventSink::new(event_queue));
         Self {
-            health: Arc::new(HealthRegistry::new()),
+            health: Arc::new(HealthRegistry::with_events(Arc::clone(&events))),
+            events,
+            hub: Arc::default(),
             buffer_metrics: Arc::new(BufferMetrics::default()),
             forwarder_metrics: Arc::new(ForwarderMetrics::default()),
             replica_metrics: Arc::new(ReplicaMetrics::default()),
@@ -268,6 +289,7 @@ fn children(
             args: BufferArgs {
                 config: Arc::new(config.buffer),
                 metrics: Arc::clone(&shared.buffer_metrics),
+                events: Arc::clone(&shared.events),
             },
             slot: buffer.clone(),
             policy: config.buffer_policy,
@@ -297,6 +319,7 @@ fn children(
                 config: Arc::new(forwarder),
                 metrics: Arc::clone(&shared.forwarder_metrics),
                 isolation: Arc::default(),
+                events: Arc::clone(&shared.events),
                 #[cfg(feature = "fault-injection")]
                 crash: Arc::clone(&shared.crash_points),
             },
@@ -315,10 +338,54 @@ fn children(
             args: ReplicaArgs {
                 config: Arc::new(replica),
                 metrics: Arc::clone(&shared.replica_metrics),
+                events: Arc::clone(&shared.events),
             },
             slot: Slot::<ReplicaMsg>::new(),
             policy,
         }));
     }
+    let (notifier, policy) = config.notifier;
+    children.push(Box::new(Child {
+        name: NOTIFIER.into(),
+        actor: NotifierActor,
+        args: NotifierArgs {
+            config: Arc::new(notifier),
+            sink: Arc::clone(&shared.events),
+            hub: Arc::clone(&shared.hub),
+            summary: summary(shared),
+        },
+        slot: Slot::<NotifierMsg>::new(),
+        policy,
+    }));
     children
+}
+
+/// The periodic `health` event's view of the tree (the notifier adds the Redis counts).
+fn summary(shared: &Shared) -> Summary {
+    let health = Arc::clone(&shared.health);
+    let forwarder = Arc::clone(&shared.forwarder_metrics);
+    let replica = Arc::clone(&shared.replica_metrics);
+    let (has_forwarder, has_replica) = (shared.has_forwarder, shared.has_replica);
+    Arc::new(move || {
+        let actors: serde_json::Map<String, serde_json::Value> = health
+            .snapshot()
+            .into_iter()
+            .map(|a| {
+                let row = serde_json::json!({
+                    "state": a.state,
+                    "restarts": a.restarts,
+                    "last_failure": a.last_failure.map(|f| f.reason),
+                });
+                (a.name, row)
+            })
+            .collect();
+        serde_json::json!({
+            "actors": actors,
+            "link": if has_forwarder { forwarder.link() } else { "not_configured" },
+            "forwarded": forwarder.applied.get() + forwarder.skipped.get(),
+            "dead": forwarder.dead.get(),
+            "replica_lag_bytes": has_replica.then(|| replica.lag_bytes.get()),
+            "replica_lag_seconds": has_replica.then(|| replica.lag_seconds.get()),
+        })
+    })
 }

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use ops_db_actors::buffer::BufferConfig;
 use ops_db_actors::domain::Limits;
 use ops_db_actors::forwarder::ForwarderConfig;
+use ops_db_actors::notifier::NotifierConfig;
 use ops_db_actors::overlay::{Keys, Reads};
 use ops_db_actors::replica::ReplicaConfig;
 use ops_db_actors::supervisor::policy::RestartPolicy;
@@ -95,6 +96,18 @@ impl Application {
             buffer_policy: config.supervisor.policy(),
             forwarder: forwarder(&config, &keys),
             replica: replica(&config, &keys),
+            notifier: (
+                NotifierConfig {
+                    redis_url: config.redis.url.clone(),
+                    keys: keys.clone(),
+                    redis_timeout: config.redis.timeout,
+                    stream_cap: config.events.stream_cap,
+                    client_buffer: config.events.client_buffer,
+                    health_interval: config.events.health_interval,
+                },
+                config.events.restart.policy(),
+            ),
+            event_queue: config.events.queue,
         })
         .await
         .context("starting the actor tree")?;

@@ -33,7 +33,7 @@ async fn health_reports_redis_durability_buffer_and_actors() {
         .iter()
         .map(|r| r["name"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(names, ["buffer", "ingest"]);
+    assert_eq!(names, ["buffer", "ingest", "notifier"]);
     for row in rows {
         assert_eq!(row["state"], "running");
         assert_eq!(row["restarts"], 0);

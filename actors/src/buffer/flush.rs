@@ -17,9 +17,11 @@ use std::sync::Arc;
 use futures::future::join_all;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult};
+use serde_json::json;
 
 use super::stale::{classify, Stale, StaleWrite};
 use super::{Ack, BufferConfig, BufferMetrics, IngestError, WriteRequest};
+use crate::events::EventSink;
 use crate::overlay::scripts::BUFFER;
 
 /// The connections of one BufferActor incarnation; all of them or none.
@@ -50,6 +52,7 @@ pub(super) struct Flush {
     pub conns: Option<Connections>,
     pub config: Arc<BufferConfig>,
     pub metrics: Arc<BufferMetrics>,
+    pub events: Arc<EventSink>,
 }
 
 fn unavailable(err: &RedisError) -> IngestError {
@@ -289,6 +292,7 @@ impl Flush {
             keep: true,
             stale: Vec::new(),
         };
+        let mut buffered = Vec::new();
         for (request, result) in batch.into_iter().zip(results) {
             let result = match result {
                 Err(error) => match classify(&error) {
@@ -305,8 +309,17 @@ impl Flush {
                 },
                 ok => ok,
             };
+            let (tx_id, op) = (request.write.tx_id, request.write.op);
             let answer = self.interpret(request.write.ack, result, &mut sent.keep);
+            if matches!(&answer, Ok(ack) if !ack.replayed) {
+                buffered.push(json!({ "id": tx_id, "op": op }));
+            }
             let _ = request.reply.send(answer);
+        }
+        if !buffered.is_empty() {
+            // One event per pipeline, not per write.
+            self.events
+                .emit("tx.buffered", json!({ "transactions": buffered }));
         }
         sent
     }

@@ -171,6 +171,7 @@ pub struct BufferActor;
 pub struct BufferArgs {
     pub config: Arc<BufferConfig>,
     pub metrics: Arc<BufferMetrics>,
+    pub events: Arc<crate::events::EventSink>,
 }
 
 pub struct BufferState {
@@ -254,6 +255,7 @@ fn maybe_flush(myself: &ActorRef<BufferMsg>, state: &mut BufferState) {
         conns: state.conns.take(),
         config: Arc::clone(&state.args.config),
         metrics: Arc::clone(&state.args.metrics),
+        events: Arc::clone(&state.args.events),
     };
     let myself = myself.clone();
     // The pipeline runs outside the handler so the mailbox keeps filling the next batch.

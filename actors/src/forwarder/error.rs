@@ -38,6 +38,25 @@ pub enum ForwardError {
     InjectedCrash(CrashPoint),
 }
 
+impl ForwardError {
+    /// Whether this says the link to the primary is down (no answer, a broken or timed-out
+    /// connection), rather than something the primary or Redis answered.
+    pub fn is_link(&self) -> bool {
+        match self {
+            Self::ConnectTimeout(_) | Self::StatementTimeout(_) => true,
+            Self::Database(e) => !matches!(
+                e,
+                sqlx::Error::Database(_)
+                    | sqlx::Error::Configuration(_)
+                    | sqlx::Error::RowNotFound
+                    | sqlx::Error::ColumnDecode { .. }
+                    | sqlx::Error::Decode(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

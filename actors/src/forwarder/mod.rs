@@ -22,7 +22,7 @@ pub mod lease;
 mod reach;
 mod read;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +42,7 @@ pub use isolate::Isolation;
 pub use reach::probe;
 use read::{Batch, Reader};
 
+use crate::events::EventSink;
 use crate::overlay::scripts::{RECORDS_PER_CALL, SETTLE, TXS_PER_CALL};
 use crate::overlay::Keys;
 
@@ -88,6 +89,32 @@ pub struct ForwarderMetrics {
     pub last_lsn: AtomicU64,
     /// Who forwards for this site (`/health`).
     pub lease: lease::LeaseStatus,
+    /// The link to the primary as last seen: 0 unknown, 1 up, 2 down.
+    pub link: AtomicU8,
+}
+
+const LINK_UP: u8 = 1;
+const LINK_DOWN: u8 = 2;
+
+impl ForwarderMetrics {
+    /// `up`, `down` or `unknown`.
+    pub fn link(&self) -> &'static str {
+        match self.link.load(Ordering::Relaxed) {
+            LINK_UP => "up",
+            LINK_DOWN => "down",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Records the link's state; a change is a `link.up` / `link.down` event.
+fn set_link(args: &ForwarderArgs, up: bool, reason: Option<String>) {
+    let new = if up { LINK_UP } else { LINK_DOWN };
+    if args.metrics.link.swap(new, Ordering::Relaxed) != new {
+        let kind = if up { "link.up" } else { "link.down" };
+        args.events
+            .emit(kind, serde_json::json!({ "reason": reason }));
+    }
 }
 
 impl ForwarderMetrics {
@@ -135,6 +162,8 @@ pub struct ForwarderArgs {
     pub metrics: Arc<ForwarderMetrics>,
     /// Failures counted per transaction, kept across restarts.
     pub isolation: Arc<Isolation>,
+    /// `tx.forwarded`, `tx.dead`, `link.up`, `link.down`.
+    pub events: Arc<EventSink>,
     /// Armed by fault tests; exists only with the `fault-injection` feature.
     #[cfg(feature = "fault-injection")]
     pub crash: Arc<CrashPoints>,
@@ -183,7 +212,12 @@ impl Actor for ForwarderActor {
         match message {
             ForwarderMsg::Next => {
                 // Any error fails the actor, on purpose: see `ForwardError`.
-                forward_one_batch(state).await?;
+                if let Err(e) = forward_one_batch(state).await {
+                    if e.is_link() {
+                        set_link(&state.args, false, Some(e.to_string()));
+                    }
+                    return Err(e.into());
+                }
                 myself.cast(ForwarderMsg::Next)?;
             }
         }
@@ -276,7 +310,12 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
         message,
         poisoned,
     } = reader.next_batch(&config, isolation).await?;
-    m.dead.inc_by(poisoned);
+    m.dead.inc_by(poisoned.len() as u64);
+    for (stream_id, reason) in poisoned {
+        let body =
+            serde_json::json!({ "transaction_id": null, "stream_id": stream_id, "reason": reason });
+        state.args.events.emit("tx.dead", body);
+    }
     if entries.is_empty() {
         return Ok(());
     }
@@ -294,6 +333,7 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
         }
     };
     drop(sql);
+    set_link(&state.args, true, None);
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterCommit)?;
     if !m.lease.held(fresh) {
@@ -306,7 +346,35 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
     crash.check(CrashPoint::AfterAck)?;
     isolation.settled(entries.iter().map(|e| e.tx_id));
     record(m, &applied);
+    announce(&state.args.events, &entries, &applied);
     Ok(())
+}
+
+/// One `tx.forwarded` event for the batch, one `tx.dead` per dead transaction.
+fn announce(events: &EventSink, entries: &[read::Entry], applied: &apply::Applied) {
+    let mut forwarded = Vec::with_capacity(entries.len());
+    for (entry, outcome) in entries.iter().zip(&applied.outcomes) {
+        match outcome {
+            Outcome::Applied | Outcome::Skipped => forwarded.push(entry.tx_id),
+            Outcome::Dead { sqlstate, message } => events.emit(
+                "tx.dead",
+                serde_json::json!({
+                    "transaction_id": entry.tx_id,
+                    "sqlstate": sqlstate,
+                    "reason": message,
+                }),
+            ),
+        }
+    }
+    if !forwarded.is_empty() {
+        events.emit(
+            "tx.forwarded",
+            serde_json::json!({
+                "commit_lsn": applied.lsn.to_string(),
+                "transactions": forwarded,
+            }),
+        );
+    }
 }
 
 /// Counts a failed batch against the transaction the primary named, if the error is one

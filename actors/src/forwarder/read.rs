@@ -41,8 +41,9 @@ pub struct Batch {
     pub entries: Vec<Entry>,
     /// The SQL message sent to the primary, built as entries are read.
     pub message: Message,
-    /// Entries that were not transactions, dead-lettered while this batch was read.
-    pub poisoned: u64,
+    /// Entries that were not transactions, dead-lettered while this batch was read: their
+    /// stream ids and reasons.
+    pub poisoned: Vec<(String, String)>,
 }
 
 impl Batch {
@@ -273,8 +274,9 @@ impl Reader {
                 }
                 after.clone_from(&entry.id);
                 if let Err(poison) = add(batch, entry, ctx) {
+                    let what = (poison.id.clone(), poison.reason.clone());
                     self.dead_letter(config, poison).await?;
-                    batch.poisoned += 1;
+                    batch.poisoned.push(what);
                 }
             }
             if got < count {

@@ -69,6 +69,21 @@ impl Keys {
         format!("{}dlq", self.prefix)
     }
 
+    /// The last event sequence number given (`events.lua`).
+    pub fn events_seq(&self) -> String {
+        format!("{}events:seq", self.prefix)
+    }
+
+    /// The capped stream of recent events, ids `<seq>-0`.
+    pub fn events(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
+    /// The pub/sub channel events are published on (a channel, not a key).
+    pub fn events_channel(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
     /// The forwarder lease: the holder's instance id, with a TTL.
     pub fn forwarder_lease(&self) -> String {
         format!("{}forwarder:lease", self.prefix)

@@ -97,6 +97,8 @@ pub struct ReplicaLagActor;
 pub struct ReplicaArgs {
     pub config: Arc<ReplicaConfig>,
     pub metrics: Arc<ReplicaMetrics>,
+    /// `tx.replicated`, one per bounded step.
+    pub events: Arc<crate::events::EventSink>,
 }
 
 pub struct ReplicaState {
@@ -183,6 +185,7 @@ async fn replay_position(
 async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
     let config = Arc::clone(&state.args.config);
     let m = Arc::clone(&state.args.metrics);
+    let events = Arc::clone(&state.args.events);
     let (pg, redis) = match (&mut state.pg, &mut state.redis) {
         (Some(pg), Some(redis)) => (pg, redis),
         (pg, redis) => {
@@ -196,7 +199,13 @@ async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
     let now = chrono::Utc::now().timestamp_millis();
     for _ in 0..CALLS_PER_POLL {
         let (marked, more) = mark_replicated(redis, &config, replay, now).await?;
-        m.marked.inc_by(marked);
+        m.marked.inc_by(marked.len() as u64);
+        if !marked.is_empty() {
+            events.emit(
+                "tx.replicated",
+                serde_json::json!({ "replay_lsn": replay.to_string(), "transactions": marked }),
+            );
+        }
         if !more {
             break;
         }
@@ -204,16 +213,16 @@ async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
     lag(redis, &config, replay, now, &m).await
 }
 
-/// One bounded `replicated.lua` call: the transactions it marked, and whether more may be
-/// due. Each call leaves a state the next one continues from, so a crash between calls
+/// One bounded `replicated.lua` call: the ids of the transactions it marked, and whether
+/// more may be due. Each call leaves a state the next one continues from, so a crash between calls
 /// loses and repeats nothing.
 async fn mark_replicated(
     redis: &mut MultiplexedConnection,
     config: &ReplicaConfig,
     replay: Lsn,
     now: i64,
-) -> Result<(u64, bool), ReplicaError> {
-    let (marked, more): (u64, u8) = tokio::time::timeout(
+) -> Result<(Vec<String>, bool), ReplicaError> {
+    let (_, more, marked): (u64, u8, Vec<String>) = tokio::time::timeout(
         config.redis_timeout,
         REPLICATED
             .key(config.keys.forwarded())

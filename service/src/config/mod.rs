@@ -42,6 +42,7 @@ pub struct Config {
     pub buffer: Buffer,
     pub forwarder: Forwarder,
     pub replica: Replica,
+    pub events: Events,
     pub auth: Auth,
     pub faults: Faults,
     pub log: Log,
@@ -147,6 +148,23 @@ pub struct Replica {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Restarted forever: no intensity limit.
+    pub restart: RestartPolicy,
+}
+
+/// `[events]`: the NotifierActor and `GET /ws/events`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Events {
+    /// Recent events kept in Redis for clients that resume with `since`.
+    pub stream_cap: usize,
+    /// Events a websocket client may fall behind by before it is disconnected.
+    pub client_buffer: usize,
+    /// Events waiting for the notifier (while it restarts); beyond, dropped and counted.
+    pub queue: usize,
+    /// How often a `health` event is published.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
     /// Restarted forever: no intensity limit.
     pub restart: RestartPolicy,
 }

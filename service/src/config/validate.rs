@@ -19,6 +19,9 @@ impl Config {
         self.replica
             .restart
             .validate("replica.restart", Escalation::Never)?;
+        self.events
+            .restart
+            .validate("events.restart", Escalation::Never)?;
         self.validate_tokens()
     }
 
@@ -68,6 +71,7 @@ impl Config {
             ("tcp.idle_timeout", self.tcp.idle_timeout),
             ("http.header_timeout", self.http.header_timeout),
             ("http.body_timeout", self.http.body_timeout),
+            ("events.health_interval", self.events.health_interval),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(invalid(key, "must be longer than zero"));
@@ -94,6 +98,9 @@ impl Config {
                 self.forwarder.batch_max_bytes as u64,
             ),
             ("forwarder.max_attempts", self.forwarder.max_attempts as u64),
+            ("events.stream_cap", self.events.stream_cap as u64),
+            ("events.client_buffer", self.events.client_buffer as u64),
+            ("events.queue", self.events.queue as u64),
         ];
         if let Some((key, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return Err(invalid(key, "must be at least 1"));

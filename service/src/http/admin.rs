@@ -103,7 +103,11 @@ pub async fn retry_dead_letter(
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?
     {
-        Some(stream_id) => Ok(Json(json!({ "retried": id, "stream_id": stream_id }))),
+        Some(stream_id) => {
+            let event = json!({ "dead_letter": id, "stream_id": stream_id });
+            state.tree.events.emit("dlq.retried", event);
+            Ok(Json(json!({ "retried": id, "stream_id": stream_id })))
+        }
         None => Err(no_such_dead_letter(&id)),
     }
 }
@@ -118,6 +122,10 @@ pub async fn drop_dead_letter(
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?
     {
+        state
+            .tree
+            .events
+            .emit("dlq.dropped", json!({ "dead_letter": id }));
         Ok(Json(json!({ "dropped": id })))
     } else {
         Err(no_such_dead_letter(&id))

@@ -81,6 +81,12 @@ pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "background_processor": forwarder.as_ref().map_or("not_configured", |f| f.0),
         "forwarder": forwarder.map(|f| f.1),
         "replica": replica(&state),
+        "events": {
+            "last_seq": state.tree.hub.last_seq.load(Ordering::Relaxed),
+            "clients": state.tree.hub.clients(),
+            "queued": state.tree.events.queued(),
+            "dropped": state.tree.events.dropped.load(Ordering::Relaxed),
+        },
         "actors": actors,
     }))
 }
@@ -125,6 +131,7 @@ fn forwarder(state: &AppState) -> Option<(&'static str, serde_json::Value)> {
         "largest_batch_bytes": m.largest_batch_bytes.load(Ordering::Relaxed),
         "batch_max_bytes": state.config.forwarder.batch_max_bytes,
         "last_commit_lsn": (lsn > 0).then(|| ops_db_actors::lsn::Lsn(lsn).to_string()),
+        "link": m.link(),
         "role": m.lease.role(state.config.forwarder.lease_ttl),
         "instance": m.lease.instance,
         "lease_holder": m.lease.holder(),

@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod events;
 mod health;
 mod paging;
 mod reads;
@@ -93,6 +94,7 @@ pub fn router(state: AppState, admin_extensions: Option<Router>) -> Router {
             auth::require_admin,
         ));
     let open = Router::new()
+        .route("/ws/events", get(events::ws_events))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))

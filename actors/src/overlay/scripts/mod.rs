@@ -34,6 +34,9 @@ pub(crate) static DLQ_DROP: LazyLock<Script> = LazyLock::new(|| Script::new(DLQ_
 /// `dead_entry.lua`: a stream entry the forwarder cannot decode, dead-lettered.
 pub(crate) static DEAD_ENTRY: LazyLock<Script> = LazyLock::new(|| Script::new(DEAD_ENTRY_LUA));
 
+/// `events.lua`: events numbered, kept in the capped stream and published.
+pub(crate) static EVENTS: LazyLock<Script> = LazyLock::new(|| Script::new(EVENTS_LUA));
+
 /// Most transactions one `replicated.lua` or `settle.lua` call covers. Redis runs a script
 /// alone, so every ingest write waits for the call in progress: a transaction costs about
 /// 4-8 commands plus its records (bounded below). Measured on a 2-core machine (the
@@ -61,18 +64,20 @@ const REPLICATED_LUA: &str = concat!(
 const DLQ_RETRY_LUA: &str = include_str!("dlq_retry.lua");
 const DLQ_DROP_LUA: &str = include_str!("dlq_drop.lua");
 const DEAD_ENTRY_LUA: &str = include_str!("dead_entry.lua");
+const EVENTS_LUA: &str = include_str!("events.lua");
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ALL: [(&str, &str); 6] = [
+    const ALL: [(&str, &str); 7] = [
         ("buffer.lua", BUFFER_LUA),
         ("settle.lua", include_str!("settle.lua")),
         ("replicated.lua", include_str!("replicated.lua")),
         ("dlq_retry.lua", DLQ_RETRY_LUA),
         ("dlq_drop.lua", DLQ_DROP_LUA),
         ("dead_entry.lua", DEAD_ENTRY_LUA),
+        ("events.lua", EVENTS_LUA),
     ];
 
     /// The header comment is the script's contract with its Rust caller.

@@ -18,21 +18,22 @@
 -- sorted set only once its last record is released; until then it stays due, so the next
 -- call, or the next poll after a crash, continues its release.
 --
--- Returns {transactions marked, 1 if more may be due (call again) else 0}.
+-- Returns {transactions marked, 1 if more may be due (call again) else 0, the ids marked}.
 -- release_overlay: overlay_release.lua.
 local limit, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit)
-local marked = 0
+local marked, ids = 0, {}
 for _, tx in ipairs(due) do
-  if budget <= 0 then return {marked, 1} end
+  if budget <= 0 then return {marked, 1, ids} end
   local lifecycle = ARGV[3] .. tx
   local used, done = release_overlay(lifecycle, tx, budget)
   budget = budget - used
-  if not done then return {marked, 1} end
+  if not done then return {marked, 1, ids} end
   redis.call('HSET', lifecycle, 'state', 'replicated', 'replicated_at', ARGV[2])
   redis.call('EXPIRE', lifecycle, tonumber(ARGV[4]))
   redis.call('ZREM', KEYS[1], tx)
   marked = marked + 1
+  ids[marked] = tx
 end
-if #due == limit then return {marked, 1} end
-return {marked, 0}
+if #due == limit then return {marked, 1, ids} end
+return {marked, 0, ids}

@@ -1,0 +1,275 @@
+//! NotifierActor: publishes the tree's events to Redis and fans the site's channel out to
+//! websocket clients.
+//!
+//! Three tasks of one incarnation, started by its first message (Redis down at boot is an
+//! ordinary crash-and-back-off):
+//! - **publisher**: takes queued events from the [`EventSink`] (at most 100 per call) and
+//!   runs `events.lua` (sequence number, capped stream, `PUBLISH`); an event leaves the
+//!   queue only once Redis answered, so a crash publishes it after the restart;
+//! - **subscriber**: the site's channel (subscribed before the hub accepts clients), each
+//!   message into the broadcast that websocket clients receive from;
+//! - **health**: every `events.health_interval`, a `health` event with the tree's summary.
+//!
+//! Any task's failure fails the actor (let it crash); its broadcast goes with it, so its
+//! clients see the stream close and reconnect with `since`, reading what they missed from
+//! the capped stream. Nothing here is on the ingest path: actors only append to the sink.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use crate::events::{Event, EventSink, Hub};
+use crate::overlay::scripts::EVENTS;
+use crate::overlay::Keys;
+
+/// Most events one `events.lua` call publishes, and most bytes of them (at least one event
+/// goes): the call stores and publishes each, and Redis runs it alone.
+const EVENTS_PER_CALL: usize = 100;
+const BYTES_PER_CALL: usize = 256 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct NotifierConfig {
+    pub redis_url: String,
+    pub keys: Keys,
+    pub redis_timeout: Duration,
+    /// How many recent events the capped stream keeps (approximately, never fewer).
+    pub stream_cap: usize,
+    /// Events a websocket client may fall behind by before it is disconnected.
+    pub client_buffer: usize,
+    pub health_interval: Duration,
+}
+
+/// The tree's health summary for the periodic `health` event (built by the tree, which
+/// knows the actors and their metrics).
+pub type Summary = Arc<dyn Fn() -> Value + Send + Sync>;
+
+#[derive(Clone)]
+pub struct NotifierArgs {
+    pub config: Arc<NotifierConfig>,
+    pub sink: Arc<EventSink>,
+    pub hub: Arc<Hub>,
+    pub summary: Summary,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifierError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis: {0} timed out")]
+    RedisTimeout(&'static str),
+    #[error("redis: the event subscription ended")]
+    SubscriptionEnded,
+    #[error("{0}")]
+    Task(String),
+}
+
+pub enum NotifierMsg {
+    /// Connect, subscribe, start the tasks (the first message).
+    Start,
+    /// A task failed: fail the actor with its reason.
+    Failed(String),
+}
+
+#[derive(Clone)]
+pub struct NotifierActor;
+
+/// One incarnation's tasks and its place in the hub; both go when the state is dropped,
+/// however the actor ends.
+pub struct NotifierState {
+    args: NotifierArgs,
+    generation: Option<u64>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for NotifierState {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(generation) = self.generation {
+            self.args.hub.clear(generation);
+        }
+    }
+}
+
+impl Actor for NotifierActor {
+    type Msg = NotifierMsg;
+    type State = NotifierState;
+    type Arguments = NotifierArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: NotifierArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.cast(NotifierMsg::Start)?;
+        Ok(NotifierState {
+            args,
+            generation: None,
+            tasks: Vec::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            NotifierMsg::Start => start(myself, state).await?,
+            NotifierMsg::Failed(reason) => return Err(NotifierError::Task(reason).into()),
+        }
+        Ok(())
+    }
+}
+
+async fn connect(config: &NotifierConfig) -> Result<MultiplexedConnection, NotifierError> {
+    let client = redis::Client::open(config.redis_url.as_str())?;
+    let settings = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.redis_timeout))
+        .set_response_timeout(Some(config.redis_timeout));
+    Ok(client
+        .get_multiplexed_async_connection_with_config(&settings)
+        .await?)
+}
+
+async fn start(
+    myself: ActorRef<NotifierMsg>,
+    state: &mut NotifierState,
+) -> Result<(), NotifierError> {
+    let args = state.args.clone();
+    let config = Arc::clone(&args.config);
+    let conn = connect(&config).await?;
+    let client = redis::Client::open(config.redis_url.as_str())?;
+    let subscribe = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(config.keys.events_channel()).await?;
+        Ok::<_, NotifierError>(pubsub)
+    };
+    let pubsub = tokio::time::timeout(config.redis_timeout, subscribe)
+        .await
+        .map_err(|_| NotifierError::RedisTimeout("subscribing to the event channel"))??;
+    // Subscribed: from here on every published event reaches the broadcast, so clients
+    // may come (what was published before, they read from the capped stream).
+    let (sender, _) = broadcast::channel(config.client_buffer.max(1));
+    state.generation = Some(args.hub.install(sender.clone()));
+
+    let hub = Arc::clone(&args.hub);
+    state.tasks.push(supervised(myself.clone(), async move {
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            let payload: String = message.get_payload()?;
+            if let Some(event) = Event::parse(&payload) {
+                hub.last_seq.fetch_max(event.seq, Ordering::Relaxed);
+                // No receivers is fine: nobody is watching.
+                let _ = sender.send(event);
+            }
+        }
+        Err(NotifierError::SubscriptionEnded)
+    }));
+    state.tasks.push(supervised(
+        myself.clone(),
+        publish(Arc::clone(&config), Arc::clone(&args.sink), conn.clone()),
+    ));
+    state.tasks.push(supervised(
+        myself,
+        health(config, args.sink, args.summary, conn),
+    ));
+    Ok(())
+}
+
+/// Runs `task`; its error fails the actor.
+fn supervised(
+    myself: ActorRef<NotifierMsg>,
+    task: impl std::future::Future<Output = Result<(), NotifierError>> + Send + 'static,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            let _ = myself.cast(NotifierMsg::Failed(e.to_string()));
+        }
+    })
+}
+
+async fn publish(
+    config: Arc<NotifierConfig>,
+    sink: Arc<EventSink>,
+    mut conn: MultiplexedConnection,
+) -> Result<(), NotifierError> {
+    // One publisher at a time, even while an aborted incarnation's task winds down.
+    let _publishing = sink.publishing.lock().await;
+    loop {
+        let mut batch = sink.peek(EVENTS_PER_CALL);
+        let mut bytes = 0;
+        let fits = batch
+            .iter()
+            .take_while(|e| {
+                bytes += e.len();
+                bytes <= BYTES_PER_CALL
+            })
+            .count();
+        batch.truncate(fits.max(1));
+        if batch.is_empty() {
+            sink.ready.notified().await;
+            continue;
+        }
+        let mut invocation = EVENTS.prepare_invoke();
+        invocation
+            .key(config.keys.events_seq())
+            .key(config.keys.events())
+            .arg(config.keys.events_channel())
+            .arg(config.stream_cap.max(1));
+        for event in &batch {
+            invocation.arg(event);
+        }
+        let _: u64 = tokio::time::timeout(config.redis_timeout, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| NotifierError::RedisTimeout("publishing events"))??;
+        sink.done(batch.len());
+    }
+}
+
+async fn health(
+    config: Arc<NotifierConfig>,
+    sink: Arc<EventSink>,
+    summary: Summary,
+    mut conn: MultiplexedConnection,
+) -> Result<(), NotifierError> {
+    let mut every = tokio::time::interval(config.health_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let keys = &config.keys;
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN")
+            .arg(keys.stream())
+            .cmd("ZCARD")
+            .arg(keys.forwarded())
+            .cmd("XLEN")
+            .arg(keys.dead_letters());
+        let count = pipe.query_async(&mut conn);
+        let (buffered, unreplicated, dead_letters): (u64, u64, u64) =
+            tokio::time::timeout(config.redis_timeout, count)
+                .await
+                .map_err(|_| NotifierError::RedisTimeout("counting for the health event"))??;
+        let mut body = summary();
+        if let Value::Object(map) = &mut body {
+            map.insert("buffered".into(), buffered.into());
+            map.insert("forwarded_unreplicated".into(), unreplicated.into());
+            map.insert("dead_letters".into(), dead_letters.into());
+            map.insert(
+                "events_dropped".into(),
+                sink.dropped.load(Ordering::Relaxed).into(),
+            );
+        }
+        sink.emit("health", body);
+    }
+}

@@ -1,0 +1,268 @@
+//! `GET /ws/events`: the site's events over a websocket.
+//!
+//! The token comes in the `Authorization` header, or (browsers cannot set headers on a
+//! websocket) as the subprotocol `opsdb.bearer.<token>` next to `opsdb.events`, which the
+//! server then selects. `?since=SEQ` first replays the events after `SEQ` from the capped
+//! stream, then goes live: the live receiver is subscribed before the replay is read, and
+//! live events at or below the last one sent are skipped, so there is no gap and no
+//! duplicate. `?types=tx.dead,actor.*` filters by name or prefix.
+//!
+//! A client more than `events.client_buffer` events behind is closed with code 4000 and a
+//! reason naming the last sequence number it got; when the notifier restarts, its clients
+//! are closed with 1012 the same way. Either way it reconnects with `since`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use ops_db_actors::events::{matches, Event};
+use redis::aio::MultiplexedConnection;
+use redis::streams::StreamRangeReply;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::AppState;
+use crate::ops::ApiError;
+
+/// The subprotocol a browser client asks for (with its token as a second one).
+const PROTOCOL: &str = "opsdb.events";
+const BEARER_PROTOCOL: &str = "opsdb.bearer.";
+
+/// How long a new client waits for a notifier that is (re)starting before it gets a 503.
+const NOTIFIER_WAIT: Duration = Duration::from_secs(3);
+
+/// Events read from the capped stream per `XRANGE` while replaying.
+const REPLAY_PAGE: usize = 500;
+
+/// A send that takes longer (the client stopped reading and its socket is full) ends the
+/// connection without a close frame: it could not be sent either.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Close code for a client that fell too far behind (application range 4000-4999).
+const TOO_SLOW: u16 = 4000;
+/// Close code "service restart" (RFC 6455 registry): the notifier restarted.
+const RESTARTING: u16 = 1012;
+
+fn invalid(field: &str, message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message).with_field(field)
+}
+
+/// The token: `Authorization: Bearer …`, else the `opsdb.bearer.…` subprotocol.
+fn token(headers: &HeaderMap) -> (Option<String>, bool) {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned());
+    if bearer.is_some() {
+        return (bearer, false);
+    }
+    let protocol = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(BEARER_PROTOCOL).map(str::to_owned));
+    let by_protocol = protocol.is_some();
+    (protocol, by_protocol)
+}
+
+pub async fn ws_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let (presented, by_protocol) = token(&headers);
+    state.tokens.check_any(presented.as_deref())?;
+    let Query(query) = query.map_err(|e| invalid("query", &e.body_text()))?;
+    let since = query
+        .get("since")
+        .map(|s| {
+            s.parse::<u64>()
+                .map_err(|_| invalid("since", "since must be an event sequence number"))
+        })
+        .transpose()?;
+    let types: Vec<String> = query
+        .get("types")
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let upgrade = upgrade.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_a_websocket",
+            "GET /ws/events takes a websocket upgrade",
+        )
+    })?;
+    // At startup and while the notifier restarts there is no broadcast for a moment:
+    // wait for it a little rather than refuse at once.
+    let mut live = state.tree.hub.subscribe();
+    let wait_until = tokio::time::Instant::now() + NOTIFIER_WAIT;
+    while live.is_none() && tokio::time::Instant::now() < wait_until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        live = state.tree.hub.subscribe();
+    }
+    let Some(live) = live else {
+        return Ok(notifier_down());
+    };
+    let conn = super::redis(&state).await?;
+    let stream = state.probe.keys().events();
+    let upgrade = if by_protocol {
+        upgrade.protocols([PROTOCOL])
+    } else {
+        upgrade
+    };
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        let client = Client {
+            socket,
+            types,
+            last: since.unwrap_or(0),
+        };
+        client.run(live, conn, stream, since).await;
+    }))
+}
+
+fn notifier_down() -> Response {
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "notifier_unavailable",
+        "the notifier is restarting; try again (with since= to resume)",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
+struct Client {
+    socket: WebSocket,
+    types: Vec<String>,
+    /// The newest sequence number sent (or skipped by the filter).
+    last: u64,
+}
+
+impl Client {
+    async fn run(
+        mut self,
+        mut live: tokio::sync::broadcast::Receiver<Event>,
+        mut conn: MultiplexedConnection,
+        stream: String,
+        since: Option<u64>,
+    ) {
+        if since.is_some() && self.replay(&mut conn, &stream).await.is_err() {
+            return;
+        }
+        drop(conn);
+        loop {
+            tokio::select! {
+                event = live.recv() => match event {
+                    Ok(event) => {
+                        if event.seq <= self.last {
+                            continue;
+                        }
+                        if self.send(&event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        let reason = format!(
+                            "too slow: {missed} events missed; reconnect with since={}",
+                            self.last
+                        );
+                        self.close(TOO_SLOW, reason).await;
+                        return;
+                    }
+                    Err(RecvError::Closed) => {
+                        let reason = format!("notifier restarted; reconnect with since={}", self.last);
+                        self.close(RESTARTING, reason).await;
+                        return;
+                    }
+                },
+                incoming = self.socket.recv() => match incoming {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }
+
+    async fn send(&mut self, event: &Event) -> Result<(), axum::Error> {
+        self.last = self.last.max(event.seq);
+        if !matches(&self.types, &event.kind) {
+            return Ok(());
+        }
+        let text: &str = &event.json;
+        self.send_text(text.into()).await
+    }
+
+    async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), axum::Error> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(text))).await {
+            Ok(sent) => sent,
+            Err(_) => Err(axum::Error::new("websocket send timed out")),
+        }
+    }
+
+    /// Sends the events after `self.last` from the capped stream, page by page. If the
+    /// stream no longer holds the next one (trimmed), says so first.
+    async fn replay(&mut self, conn: &mut MultiplexedConnection, stream: &str) -> Result<(), ()> {
+        let mut first = true;
+        loop {
+            let reply: StreamRangeReply = match redis::cmd("XRANGE")
+                .arg(stream)
+                .arg(format!("({}-0", self.last))
+                .arg("+")
+                .arg("COUNT")
+                .arg(REPLAY_PAGE)
+                .query_async(conn)
+                .await
+            {
+                Ok(reply) => reply,
+                Err(e) => {
+                    let reason = format!("redis: {e}; reconnect with since={}", self.last);
+                    self.close(RESTARTING, reason).await;
+                    return Err(());
+                }
+            };
+            let count = reply.ids.len();
+            for entry in reply.ids {
+                let Some(event) = entry.get::<String>("e").as_deref().and_then(Event::parse) else {
+                    continue;
+                };
+                if first && event.seq > self.last + 1 {
+                    let lost = serde_json::json!({
+                        "type": "events.lost",
+                        "from": self.last + 1,
+                        "to": event.seq - 1,
+                    });
+                    self.send_text(lost.to_string().into())
+                        .await
+                        .map_err(|_| ())?;
+                }
+                first = false;
+                self.send(&event).await.map_err(|_| ())?;
+            }
+            if count < REPLAY_PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: String) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let close = self.socket.send(Message::Close(Some(frame)));
+        let _ = tokio::time::timeout(SEND_TIMEOUT, close).await;
+    }
+}
