@@ -27,4 +27,5 @@ mod reads;
 mod reconnect;
 mod retry;
 mod site;
+mod status;
 mod tcp;
