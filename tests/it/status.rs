@@ -102,7 +102,7 @@ async fn a_ready_service_exits_0_with_its_tree_and_buffer_depth_on_one_screen() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_site_with_its_wan_cut_is_ready_and_shows_the_forwarder_backing_off_and_why() {
+async fn a_site_with_its_wan_cut_is_ready_and_shows_why_the_forwarder_fails() {
     let site = Site::start(true, "").await;
     let app = &site.app;
     start_obs_unit(app, 1).await;
@@ -127,17 +127,14 @@ async fn a_site_with_its_wan_cut_is_ready_and_shows_the_forwarder_backing_off_an
     assert_eq!(names, ["buffer", "forwarder", "ingest", "replica"]);
     assert_names_every_actor(&out.stdout, &names);
     assert!(
-        out.stdout.contains("database   unreachable\n"),
-        "{}",
-        out.stdout
-    );
-    assert!(
         out.stdout.contains("buffer     2 transactions "),
         "{}",
         out.stdout
     );
     assert!(
-        out.stdout.contains("forwarder  active, batches "),
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("forwarder  ") && l.contains("batches 1, applied 1,")),
         "{}",
         out.stdout
     );
@@ -148,11 +145,8 @@ async fn a_site_with_its_wan_cut_is_ready_and_shows_the_forwarder_backing_off_an
         .position(|l| l.starts_with("├─ forwarder "))
         .expect("forwarder row");
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert!(
-        lines[forwarder].contains("backing off"),
-        "{}",
-        lines[forwarder]
-    );
+    // Between two attempts it runs for a moment: its state and `database` may say either;
+    // its last failure stays, under it.
     assert!(
         lines[forwarder + 1].starts_with("│    ") && lines[forwarder + 1].contains("primary"),
         "the last failure is under its actor: {}",
