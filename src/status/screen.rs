@@ -108,9 +108,9 @@ fn forwarder(f: &Value) -> String {
     if let Some(role) = f["role"].as_str() {
         match f["lease_holder"].as_str() {
             Some(holder) if role == "standby" => {
-                parts.push(format!("standby (lease held by {holder})"));
+                parts.push(format!("role standby (lease held by {holder})"));
             }
-            _ => parts.push(role.to_owned()),
+            _ => parts.push(format!("role {role}")),
         }
     }
     for key in ["batches", "applied", "skipped", "dead"] {

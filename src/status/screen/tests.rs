@@ -94,7 +94,7 @@ fn a_site_shows_every_section_and_the_whole_tree() {
     );
     assert_eq!(
         lines[5],
-        "forwarder  active, batches 2, applied 3, skipped 0, dead 0, last commit 0/30564E8"
+        "forwarder  role active, batches 2, applied 3, skipped 0, dead 0, last commit 0/30564E8"
     );
     assert_eq!(
         lines[6],
@@ -199,7 +199,7 @@ fn a_standby_forwarder_names_the_lease_holder() {
     s.health["forwarder"]["lease_holder"] = json!("host-b/4242/0193");
     let screen = render(&s, now());
     assert!(
-        screen.contains("forwarder  standby (lease held by host-b/4242/0193), batches 2"),
+        screen.contains("forwarder  role standby (lease held by host-b/4242/0193), batches 2"),
         "{screen}"
     );
 }
