@@ -11,6 +11,8 @@ use ops_db_service::startup::Application;
 use ops_db_service::{db, telemetry, token};
 use tokio_util::sync::CancellationToken;
 
+mod status;
+
 #[derive(Parser)]
 #[command(
     name = "ops-db-api",
@@ -63,6 +65,8 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// One screen on a running service's health; exit code 0 ready, 1 not ready, 2 unreachable.
+    Status(status::StatusArgs),
     /// Check a config file and print the effective configuration (tokens hashed as given).
     CheckConfig {
         #[arg(long)]
@@ -138,7 +142,7 @@ fn stop_on_signals() -> CancellationToken {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -146,8 +150,9 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Status(args) => return Ok(status::run(args, stop_on_signals()).await),
         Command::Serve { config } => serve(&config).await,
         #[cfg(feature = "dev")]
         Command::Dev {
@@ -185,7 +190,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let _guard = telemetry::init("error", None)?;
             bench::run(command).await
         }
-    }
+    }?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {

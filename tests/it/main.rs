@@ -28,4 +28,5 @@ mod reads;
 mod reconnect;
 mod retry;
 mod site;
+mod status;
 mod tcp;
