@@ -48,6 +48,8 @@ impl Event {
 pub struct EventSink {
     queue: Mutex<VecDeque<String>>,
     capacity: usize,
+    /// `false`: every event is ignored (`events.enabled`, for measuring their cost).
+    enabled: bool,
     pub(crate) ready: Notify,
     /// Held by the one publishing task.
     pub(crate) publishing: tokio::sync::Mutex<()>,
@@ -57,9 +59,15 @@ pub struct EventSink {
 
 impl EventSink {
     pub fn new(capacity: usize) -> Self {
+        Self::with_switch(capacity, true)
+    }
+
+    /// A sink that ignores every event when `enabled` is `false`.
+    pub fn with_switch(capacity: usize, enabled: bool) -> Self {
         Self {
             queue: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
+            enabled,
             ready: Notify::new(),
             publishing: tokio::sync::Mutex::new(()),
             dropped: AtomicU64::new(0),
@@ -73,6 +81,9 @@ impl EventSink {
     /// Queues an event of `kind` with the members of `body` (an object; `seq` is added
     /// when it is published, `at` now).
     pub fn emit(&self, kind: &str, body: Value) {
+        if !self.enabled {
+            return;
+        }
         let mut event = json!({ "type": kind, "at": chrono::Utc::now().timestamp_millis() });
         if let (Some(event), Value::Object(body)) = (event.as_object_mut(), body) {
             event.extend(body);

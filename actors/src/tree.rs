@@ -99,6 +99,8 @@ pub struct TreeConfig {
     pub notifier: (NotifierConfig, RestartPolicy),
     /// Most events queued for the notifier (beyond: dropped and counted).
     pub event_queue: usize,
+    /// `false`: no events are emitted (the notifier still runs).
+    pub events_enabled: bool,
 }
 
 /// A running tree. Dropping it does not stop it: call [`Tree::shutdown`].
@@ -128,7 +130,7 @@ impl Tree {
         let shared = Shared::new(
             config.forwarder.is_some(),
             config.replica.is_some(),
-            config.event_queue,
+            EventSink::with_switch(config.event_queue, config.events_enabled),
         );
         let ingest = Slot::<IngestMsg>::new();
         let instance = config.instance.clone();
@@ -256,8 +258,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(has_forwarder: bool, has_replica: bool, event_queue: usize) -> Self {
-        let events = Arc::new(EventSink::new(event_queue));
+    fn new(has_forwarder: bool, has_replica: bool, events: EventSink) -> Self {
+        let events = Arc::new(events);
         Self {
             health: Arc::new(HealthRegistry::with_events(Arc::clone(&events))),
             events,

@@ -108,6 +108,7 @@ impl Application {
                 config.events.restart.policy(),
             ),
             event_queue: config.events.queue,
+            events_enabled: config.events.enabled,
         })
         .await
         .context("starting the actor tree")?;

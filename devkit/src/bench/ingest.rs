@@ -18,11 +18,11 @@ use crate::local_redis::LocalRedis;
 use crate::ports::free_port;
 
 pub(crate) struct Outcome {
-    clients: usize,
-    ok: u64,
-    errors: u64,
-    elapsed: Duration,
-    latency_us: Histogram<u64>,
+    pub(crate) clients: usize,
+    pub(crate) ok: u64,
+    pub(crate) errors: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) latency_us: Histogram<u64>,
 }
 
 pub async fn run(clients: &[usize], duration: Duration, dir: &Path) -> anyhow::Result<()> {
@@ -114,7 +114,7 @@ async fn lpush_rows(port: u16, clients: &[usize]) {
 }
 
 /// `clients` tasks, each sending one write after another for `duration`.
-async fn load(
+pub(crate) async fn load(
     url: &str,
     secret: &str,
     clients: usize,

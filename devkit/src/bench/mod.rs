@@ -5,6 +5,7 @@
 //! runs on one machine, not absolute.
 
 mod catchup;
+mod events;
 mod ingest;
 mod reads;
 
@@ -41,6 +42,20 @@ pub enum BenchCommand {
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
     },
+    /// What events cost ingest, and their fan-out delay to websocket clients.
+    Events {
+        /// Websocket clients in the last phase, each receiving every event.
+        #[arg(long, default_value_t = 1000)]
+        ws_clients: usize,
+        /// Concurrent HTTP writers in every phase.
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
+        /// Measured time per phase (after a 1 s warm-up).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+    },
     /// Catch-up: transactions buffered during an outage, forwarded through an emulated WAN.
     Catchup {
         #[arg(long, default_value_t = 100_000)]
@@ -68,6 +83,12 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             batch_size,
             dir,
         } => catchup::run(transactions, &rtt, batch_size, &dir).await,
+        BenchCommand::Events {
+            ws_clients,
+            writers,
+            duration,
+            dir,
+        } => events::run(ws_clients, writers, duration, &dir).await,
         BenchCommand::Reads {
             buffered,
             samples,

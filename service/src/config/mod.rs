@@ -156,6 +156,8 @@ pub struct Replica {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Events {
+    /// `false`: no events are emitted (only to measure what they cost).
+    pub enabled: bool,
     /// Recent events kept in Redis for clients that resume with `since`.
     pub stream_cap: usize,
     /// Events a websocket client may fall behind by before it is disconnected.

@@ -1,0 +1,171 @@
+//! `ops-db-api bench events`: what events cost ingest, and how fast they reach websocket
+//! clients. One run, three phases against one durable Redis, the same HTTP load in each:
+//! events disabled; events on with no client; events on with `--ws-clients` websocket
+//! clients, each receiving every event. The fan-out delay is the time from an event's
+//! emission (`at`, unix ms) to its arrival at a client: millisecond resolution.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use ops_db_service::config::Config;
+use ops_db_service::startup::Application;
+use ops_db_service::token;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::ingest::load;
+use crate::local_redis::LocalRedis;
+use crate::ports::free_port;
+
+pub async fn run(
+    ws_clients: usize,
+    writers: usize,
+    duration: Duration,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let dir = dir.join(format!("redis-{}", std::process::id()));
+    let redis = LocalRedis::start(&dir, free_port()?).await?;
+    let secret = token::generate();
+    println!(
+        "ops-db-api bench events: {writers} HTTP writers for {duration:?} per phase, \
+         POST /raw_data_files/, Redis appendfsync always"
+    );
+    println!("| events | websocket clients | writes/s | write p50 ms | write p99 ms | events received | fan-out p50 ms | fan-out p99 ms | clients closed |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let phases = [("off", false, 0), ("on", true, 0), ("on", true, ws_clients)];
+    for (label, enabled, clients) in phases {
+        let config = Config::from_toml_str(&format!(
+            "[site]\nname = \"bench-events\"\n[http]\nlisten = \"127.0.0.1:0\"\nmax_connections = {}\n\
+             [tcp]\nlisten = \"127.0.0.1:0\"\n[redis]\nurl = \"{}\"\n\
+             [buffer]\nmax_buffered = 100000000\n[events]\nenabled = {enabled}\n\
+             [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\"] }}]\n",
+            clients + writers + 64,
+            redis.url(),
+            token::hash(&secret)
+        ))?;
+        phase(label, config, &secret, clients, writers, duration).await?;
+    }
+    redis.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// What the websocket clients saw.
+struct Fanout {
+    delay_ms: Mutex<Histogram<u64>>,
+    received: AtomicU64,
+    closed: AtomicU64,
+}
+
+async fn phase(
+    label: &str,
+    config: Config,
+    secret: &str,
+    clients: usize,
+    writers: usize,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    let addr = app.http_addr();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let fanout = Arc::new(Fanout {
+        delay_ms: Mutex::new(Histogram::new_with_bounds(1, 600_000, 3)?),
+        received: AtomicU64::new(0),
+        closed: AtomicU64::new(0),
+    });
+    let listening = CancellationToken::new();
+    let mut sockets = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let url = format!("ws://{addr}/ws/events");
+        let mut request = url.into_client_request()?;
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {secret}").parse()?);
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .context("websocket client")?;
+        sockets.push(tokio::spawn(listen(
+            ws,
+            Arc::clone(&fanout),
+            listening.clone(),
+        )));
+    }
+    let url = format!("http://{addr}/raw_data_files/");
+    let _warm = load(&url, secret, writers, Duration::from_secs(1)).await?;
+    // Count only what the measured load causes.
+    fanout.received.store(0, Ordering::Relaxed);
+    fanout.delay_ms.lock().expect("histogram").reset();
+    let o = load(&url, secret, writers, duration).await?;
+    // Let the last events arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    listening.cancel();
+    for socket in sockets {
+        let _ = socket.await;
+    }
+    let ms = |q: f64| o.latency_us.value_at_quantile(q) as f64 / 1000.0;
+    let delay = fanout.delay_ms.lock().expect("histogram");
+    let (fan50, fan99) = if delay.is_empty() {
+        ("-".to_owned(), "-".to_owned())
+    } else {
+        (
+            delay.value_at_quantile(0.5).to_string(),
+            delay.value_at_quantile(0.99).to_string(),
+        )
+    };
+    println!(
+        "| {label} | {clients} | {:.0} | {:.3} | {:.3} | {} | {fan50} | {fan99} | {} |",
+        o.ok as f64 / o.elapsed.as_secs_f64(),
+        ms(0.5),
+        ms(0.99),
+        fanout.received.load(Ordering::Relaxed),
+        fanout.closed.load(Ordering::Relaxed),
+    );
+    stop.cancel();
+    server.await.context("server task")?
+}
+
+/// One websocket client: records each event's delay until `stop`.
+async fn listen(
+    mut ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    fanout: Arc<Fanout>,
+    stop: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => break,
+            message = ws.next() => message,
+        };
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let now = chrono::Utc::now().timestamp_millis();
+                let at = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|e| e["at"].as_i64());
+                if let Some(at) = at {
+                    let delay = u64::try_from(now - at).unwrap_or(0).max(1);
+                    fanout
+                        .delay_ms
+                        .lock()
+                        .expect("histogram")
+                        .saturating_record(delay);
+                }
+                fanout.received.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                fanout.closed.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+    let _ = ws.close(None).await;
+}
