@@ -11,6 +11,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, SpawnErr};
 use tokio::sync::watch;
 
+use crate::buffer::memory::BufferMemory;
 use crate::buffer::{
     Ack, BufferActor, BufferArgs, BufferConfig, BufferMetrics, BufferMsg, IngestError,
 };
@@ -100,6 +101,8 @@ pub struct Tree {
     pub supervisor: ActorRef<SupervisorMsg>,
     pub health: Arc<HealthRegistry>,
     pub buffer_metrics: Arc<BufferMetrics>,
+    /// Redis' memory against the buffer's share of its `maxmemory`.
+    pub buffer_memory: Arc<BufferMemory>,
     pub forwarder_metrics: Arc<ForwarderMetrics>,
     pub ingest_metrics: Arc<IngestMetrics>,
     /// Fault tests arm crash points of the forwarder here (`fault-injection` feature).
@@ -115,7 +118,11 @@ pub struct Tree {
 
 impl Tree {
     pub async fn start(config: TreeConfig) -> Result<Self, SpawnErr> {
-        let shared = Shared::new(config.forwarder.is_some(), config.replica.is_some());
+        let shared = Shared::new(
+            config.forwarder.is_some(),
+            config.replica.is_some(),
+            config.buffer.max_memory_fraction,
+        );
         let ingest = Slot::<IngestMsg>::new();
         let instance = config.instance.clone();
         let children = children(config, &shared, &ingest);
@@ -139,6 +146,7 @@ impl Tree {
             supervisor,
             health: shared.health,
             buffer_metrics: shared.buffer_metrics,
+            buffer_memory: shared.buffer_memory,
             forwarder_metrics: shared.forwarder_metrics,
             ingest_metrics: Arc::new(IngestMetrics::default()),
             #[cfg(feature = "fault-injection")]
@@ -229,6 +237,7 @@ impl Tree {
 struct Shared {
     health: Arc<HealthRegistry>,
     buffer_metrics: Arc<BufferMetrics>,
+    buffer_memory: Arc<BufferMemory>,
     forwarder_metrics: Arc<ForwarderMetrics>,
     replica_metrics: Arc<ReplicaMetrics>,
     #[cfg(feature = "fault-injection")]
@@ -238,10 +247,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(has_forwarder: bool, has_replica: bool) -> Self {
+    fn new(has_forwarder: bool, has_replica: bool, max_memory_fraction: f64) -> Self {
         Self {
             health: Arc::new(HealthRegistry::new()),
             buffer_metrics: Arc::new(BufferMetrics::default()),
+            buffer_memory: Arc::new(BufferMemory::new(max_memory_fraction)),
             forwarder_metrics: Arc::new(ForwarderMetrics::default()),
             replica_metrics: Arc::new(ReplicaMetrics::default()),
             #[cfg(feature = "fault-injection")]
@@ -268,6 +278,7 @@ fn children(
             args: BufferArgs {
                 config: Arc::new(config.buffer),
                 metrics: Arc::clone(&shared.buffer_metrics),
+                memory: Arc::clone(&shared.buffer_memory),
             },
             slot: buffer.clone(),
             policy: config.buffer_policy,
