@@ -164,6 +164,7 @@ impl Tree {
     /// lag of 0 would claim a replica that does not exist.
     pub fn register_metrics(&self, registry: &mut Registry) {
         self.buffer_metrics.register(registry);
+        self.buffer_memory.register(registry);
         self.ingest_metrics.register(registry);
         self.forwarder_metrics.register(registry);
         if self.has_replica {
