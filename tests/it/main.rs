@@ -18,6 +18,7 @@ mod health;
 mod http_bounds;
 mod idempotency;
 mod ingest;
+mod memory;
 mod metrics;
 mod paging;
 mod pg_smoke;
