@@ -363,7 +363,7 @@ impl Flush {
                 ))),
             },
             // Redis refused the script's first write for memory: nothing was stored. Not
-            // a broken connection; the limit refuses writes until the next sample.
+            // a broken connection; the limit refuses writes until a later sample.
             Err(err) if err.code() == Some("OOM") => {
                 BufferMetrics::add(&m.rejected, 1);
                 if self.memory.oom() {

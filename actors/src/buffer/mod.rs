@@ -9,11 +9,10 @@
 //! - a repeated idempotency key answers the first response and buffers nothing new;
 //! - after a Redis restart no write fails for a stale connection: a broken connection
 //!   replaces the whole pool, and a write that certainly did not run is sent once more at
-//!   once (see `stale.rs`); one that may have run (a timeout) is refused, never resent.
-//!
+//!   once (see `stale.rs`); one that may have run (a timeout) is refused, never resent;
 //! - writes are refused (`BufferFull`, `MemoryFull`) before Redis runs out of what it may
-//!   hold: a count of unforwarded transactions, and a share of Redis' `maxmemory` (see
-//!   `memory.rs`), so the forwarder and the replica tracker can always drain it.
+//!   hold: at a count of unforwarded transactions, and at a share of Redis' `maxmemory`
+//!   (see `memory.rs`), so the forwarder and the replica tracker can always drain it.
 //!
 //! Group commit: while one pipeline is in flight, new writes queue up and go out together
 //! in the next one, so concurrent writers share round trips and fsyncs. Only one pipeline

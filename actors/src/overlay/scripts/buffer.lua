@@ -9,7 +9,7 @@
 -- ARGV[9] overlay: JSON list of {k = record key, id = record id, u = 1 for an update,
 --         f = [col, json, ...], i = [index keys]} (`OverlayWrite`, record.rs)
 -- ARGV[10] '1' when Redis' memory is at the buffer's limit (buffer/memory.rs): then
---         ARGV[2] and ARGV[9] are empty and nothing is written
+--         ARGV[2] is '' and ARGV[9] '[]', and nothing is written
 --
 -- Keys not in KEYS: the overlay record hashes (`k`) and index sets (`i`) arrive whole,
 -- built by `Keys`, inside ARGV[9]; none is derived here.
