@@ -11,6 +11,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, SpawnErr};
 use tokio::sync::watch;
 
+use crate::buffer::memory::BufferMemory;
 use crate::buffer::{
     Ack, BufferActor, BufferArgs, BufferConfig, BufferMetrics, BufferMsg, IngestError,
 };
@@ -108,6 +109,8 @@ pub struct Tree {
     pub supervisor: ActorRef<SupervisorMsg>,
     pub health: Arc<HealthRegistry>,
     pub buffer_metrics: Arc<BufferMetrics>,
+    /// Redis' memory against the buffer's share of its `maxmemory`.
+    pub buffer_memory: Arc<BufferMemory>,
     pub forwarder_metrics: Arc<ForwarderMetrics>,
     pub ingest_metrics: Arc<IngestMetrics>,
     /// Fault tests arm crash points of the forwarder here (`fault-injection` feature).
@@ -131,6 +134,7 @@ impl Tree {
             config.forwarder.is_some(),
             config.replica.is_some(),
             EventSink::with_switch(config.event_queue, config.events_enabled),
+            config.buffer.max_memory_fraction,
         );
         let ingest = Slot::<IngestMsg>::new();
         let instance = config.instance.clone();
@@ -155,6 +159,7 @@ impl Tree {
             supervisor,
             health: shared.health,
             buffer_metrics: shared.buffer_metrics,
+            buffer_memory: shared.buffer_memory,
             forwarder_metrics: shared.forwarder_metrics,
             ingest_metrics: Arc::new(IngestMetrics::default()),
             #[cfg(feature = "fault-injection")]
@@ -174,6 +179,7 @@ impl Tree {
     /// lag of 0 would claim a replica that does not exist.
     pub fn register_metrics(&self, registry: &mut Registry) {
         self.buffer_metrics.register(registry);
+        self.buffer_memory.register(registry);
         self.ingest_metrics.register(registry);
         self.forwarder_metrics.register(registry);
         if self.has_replica {
@@ -247,6 +253,7 @@ impl Tree {
 struct Shared {
     health: Arc<HealthRegistry>,
     buffer_metrics: Arc<BufferMetrics>,
+    buffer_memory: Arc<BufferMemory>,
     forwarder_metrics: Arc<ForwarderMetrics>,
     replica_metrics: Arc<ReplicaMetrics>,
     #[cfg(feature = "fault-injection")]
@@ -258,13 +265,19 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(has_forwarder: bool, has_replica: bool, events: EventSink) -> Self {
+    fn new(
+        has_forwarder: bool,
+        has_replica: bool,
+        events: EventSink,
+        max_memory_fraction: f64,
+    ) -> Self {
         let events = Arc::new(events);
         Self {
             health: Arc::new(HealthRegistry::with_events(Arc::clone(&events))),
             events,
             hub: Arc::default(),
             buffer_metrics: Arc::new(BufferMetrics::default()),
+            buffer_memory: Arc::new(BufferMemory::new(max_memory_fraction)),
             forwarder_metrics: Arc::new(ForwarderMetrics::default()),
             replica_metrics: Arc::new(ReplicaMetrics::default()),
             #[cfg(feature = "fault-injection")]
@@ -292,6 +305,7 @@ fn children(
                 config: Arc::new(config.buffer),
                 metrics: Arc::clone(&shared.buffer_metrics),
                 events: Arc::clone(&shared.events),
+                memory: Arc::clone(&shared.buffer_memory),
             },
             slot: buffer.clone(),
             policy: config.buffer_policy,

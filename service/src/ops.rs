@@ -115,6 +115,14 @@ impl From<IngestError> for ApiError {
                     format!("the local buffer holds {n} unforwarded transactions, its limit; nothing was stored, retry later"),
                 )
             },
+            IngestError::MemoryFull { .. } => Self {
+                retry_after: Some(RETRY_AFTER_FULL),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "buffer_full",
+                    "the local buffer has used its share of Redis' memory; nothing was stored, retry later",
+                )
+            },
             IngestError::Unavailable(reason) => {
                 tracing::warn!(%reason, "write not acknowledged");
                 Self {
@@ -367,6 +375,14 @@ mod tests {
     fn ingest_errors_map_to_their_status_codes() {
         let full = ApiError::from(IngestError::BufferFull(7));
         assert_eq!((full.status.as_u16(), full.retry_after), (503, Some(30)));
+        let memory = ApiError::from(IngestError::MemoryFull {
+            used: Some(60),
+            limit: Some(50),
+        });
+        assert_eq!(
+            (memory.status.as_u16(), memory.code, memory.retry_after),
+            (503, "buffer_full", Some(30))
+        );
         let down = ApiError::from(IngestError::Unavailable("redis: refused".into()));
         assert_eq!((down.status.as_u16(), down.retry_after), (503, Some(1)));
         assert!(

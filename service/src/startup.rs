@@ -87,6 +87,7 @@ impl Application {
                 redis_url: config.redis.url.clone(),
                 keys: keys.clone(),
                 max_buffered: config.buffer.max_buffered,
+                max_memory_fraction: config.buffer.max_memory_fraction,
                 idempotency_ttl: config.buffer.idempotency_ttl,
                 max_batch: config.buffer.max_batch,
                 connections: config.buffer.connections,

@@ -20,6 +20,7 @@ mod http_bounds;
 mod idempotency;
 mod ingest;
 mod lease;
+mod memory;
 mod metrics;
 mod paging;
 mod pg_smoke;

@@ -19,6 +19,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 use serde_json::json;
 
+use super::memory::{estimate, BufferMemory};
 use super::stale::{classify, Stale, StaleWrite};
 use super::{Ack, BufferConfig, BufferMetrics, IngestError, WriteRequest};
 use crate::events::EventSink;
@@ -53,6 +54,8 @@ pub(super) struct Flush {
     pub config: Arc<BufferConfig>,
     pub metrics: Arc<BufferMetrics>,
     pub events: Arc<EventSink>,
+    /// Decides, per write, whether Redis' memory leaves room for it.
+    pub memory: Arc<BufferMemory>,
 }
 
 fn unavailable(err: &RedisError) -> IngestError {
@@ -245,7 +248,9 @@ impl Flush {
         Sent::default()
     }
 
-    /// One `EVALSHA buffer.lua` per write (see the script's header for its arguments).
+    /// One `EVALSHA buffer.lua` per write (see the script's header for its arguments). A
+    /// write the memory limit refuses goes without its payload: the script only answers a
+    /// repeated idempotency key, or says it is full.
     fn script_calls(&self, batch: &[WriteRequest]) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -263,6 +268,12 @@ impl Flush {
                 ),
                 None => (String::new(), "", ""),
             };
+            let admitted = self.memory.admit(estimate(w));
+            let (tx_json, overlay_json) = if admitted {
+                (w.tx_json.as_str(), w.overlay_json.as_str())
+            } else {
+                ("", "[]")
+            };
             pipe.cmd("EVALSHA")
                 .arg(BUFFER.get_hash())
                 .arg(3)
@@ -270,14 +281,15 @@ impl Flush {
                 .arg(keys.lifecycle(w.tx_id))
                 .arg(idem_key)
                 .arg(&max_buffered)
-                .arg(&w.tx_json)
+                .arg(tx_json)
                 .arg(w.tx_id.to_string())
                 .arg(w.op)
                 .arg(fingerprint)
                 .arg(answer)
                 .arg(&ttl)
                 .arg(&now)
-                .arg(&w.overlay_json);
+                .arg(overlay_json)
+                .arg(if admitted { "0" } else { "1" });
         }
         pipe
     }
@@ -355,10 +367,23 @@ impl Flush {
                         payload.parse().unwrap_or(self.config.max_buffered),
                     ))
                 }
+                "full_memory" => {
+                    BufferMetrics::add(&m.rejected, 1);
+                    Err(self.memory_full())
+                }
                 other => Err(IngestError::Unavailable(format!(
                     "unexpected script status {other:?}"
                 ))),
             },
+            // Redis refused the script's first write for memory: nothing was stored. Not
+            // a broken connection; the limit refuses writes until a later sample.
+            Err(err) if err.code() == Some("OOM") => {
+                BufferMetrics::add(&m.rejected, 1);
+                if self.memory.oom() {
+                    tracing::warn!(error = %err, "redis refused a write for memory (OOM), writes refused until it has room");
+                }
+                Err(self.memory_full())
+            }
             Err(err) => {
                 BufferMetrics::add(&m.failed, 1);
                 // An error the script did not answer: start the next batch on fresh
@@ -367,6 +392,14 @@ impl Flush {
                 tracing::warn!(error = %err, "buffer script failed, write refused");
                 Err(unavailable(&err))
             }
+        }
+    }
+
+    fn memory_full(&self) -> IngestError {
+        let view = self.memory.view();
+        IngestError::MemoryFull {
+            used: view.used_bytes,
+            limit: view.limit_bytes,
         }
     }
 

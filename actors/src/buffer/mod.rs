@@ -9,13 +9,17 @@
 //! - a repeated idempotency key answers the first response and buffers nothing new;
 //! - after a Redis restart no write fails for a stale connection: a broken connection
 //!   replaces the whole pool, and a write that certainly did not run is sent once more at
-//!   once (see `stale.rs`); one that may have run (a timeout) is refused, never resent.
+//!   once (see `stale.rs`); one that may have run (a timeout) is refused, never resent;
+//! - writes are refused (`BufferFull`, `MemoryFull`) before Redis runs out of what it may
+//!   hold: at a count of unforwarded transactions, and at a share of Redis' `maxmemory`
+//!   (see `memory.rs`), so the forwarder and the replica tracker can always drain it.
 //!
 //! Group commit: while one pipeline is in flight, new writes queue up and go out together
 //! in the next one, so concurrent writers share round trips and fsyncs. Only one pipeline
 //! is in flight at a time, which also keeps the stream in acknowledgement order.
 
 mod flush;
+pub mod memory;
 mod stale;
 
 use std::collections::VecDeque;
@@ -25,10 +29,12 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::overlay::Keys;
+use memory::BufferMemory;
 
 /// What a durable write answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +57,12 @@ pub enum IngestError {
     IdempotencyConflict,
     #[error("the buffer holds {0} unforwarded transactions, its configured limit")]
     BufferFull(u64),
+    /// Redis' memory is at the buffer's share of its `maxmemory` (or Redis answered OOM).
+    #[error("redis uses {used:?} bytes; writes stop at {limit:?} (a share of its maxmemory)")]
+    MemoryFull {
+        used: Option<u64>,
+        limit: Option<u64>,
+    },
     /// Nothing was acknowledged; the reason is for logs, not for callers.
     #[error("buffer unavailable: {0}")]
     Unavailable(String),
@@ -64,6 +76,8 @@ pub struct BufferConfig {
     pub redis_url: String,
     pub keys: Keys,
     pub max_buffered: u64,
+    /// Share of Redis' `maxmemory` writes may fill (see `memory.rs`).
+    pub max_memory_fraction: f64,
     pub idempotency_ttl: Duration,
     /// Most writes in one group commit.
     pub max_batch: usize,
@@ -172,6 +186,8 @@ pub struct BufferArgs {
     pub config: Arc<BufferConfig>,
     pub metrics: Arc<BufferMetrics>,
     pub events: Arc<crate::events::EventSink>,
+    /// Shared with `/health` and `/metrics`; outlives restarts of the actor.
+    pub memory: Arc<BufferMemory>,
 }
 
 pub struct BufferState {
@@ -181,12 +197,20 @@ pub struct BufferState {
     conns: Option<flush::Connections>,
     pending: VecDeque<WriteRequest>,
     in_flight: bool,
+    /// The memory sampler's own connection, so a sample never waits behind a group commit.
+    /// `None` while a sample is in flight (it has it), or after an error.
+    memory_conn: Option<MultiplexedConnection>,
+    sampling: bool,
 }
 
 pub enum BufferMsg {
     Write(WriteRequest),
     /// The in-flight group commit finished; carries the connections back if still good.
     Flushed(Option<flush::Connections>),
+    /// Time to read Redis' memory (every [`memory::SAMPLE_INTERVAL`]).
+    SampleMemory,
+    /// The sample finished; carries its connection back if still good.
+    MemorySampled(Option<MultiplexedConnection>),
 }
 
 impl Actor for BufferActor {
@@ -196,19 +220,24 @@ impl Actor for BufferActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: BufferArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let client = redis::Client::open(args.config.redis_url.as_str())?;
         // Connect eagerly so the first write does not pay for it, but do not fail when Redis
         // is down: writes then answer 503 until it is back.
         let conns = flush::connect(&client, &args.config).await.ok();
+        // The first sample at once, before the first write if it can be.
+        myself.cast(BufferMsg::SampleMemory)?;
+        myself.send_interval(memory::SAMPLE_INTERVAL, || BufferMsg::SampleMemory);
         Ok(BufferState {
             args,
             client,
             conns,
             pending: VecDeque::new(),
             in_flight: false,
+            memory_conn: None,
+            sampling: false,
         })
     }
 
@@ -219,15 +248,49 @@ impl Actor for BufferActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            BufferMsg::Write(request) => state.pending.push_back(request),
+            BufferMsg::Write(request) => {
+                state.pending.push_back(request);
+                maybe_flush(&myself, state);
+            }
             BufferMsg::Flushed(conns) => {
                 state.in_flight = false;
                 state.conns = conns;
+                maybe_flush(&myself, state);
+            }
+            BufferMsg::SampleMemory => sample_memory(&myself, state),
+            BufferMsg::MemorySampled(conn) => {
+                state.sampling = false;
+                state.memory_conn = conn;
             }
         }
-        maybe_flush(&myself, state);
         Ok(())
     }
+}
+
+/// Reads Redis' memory into the shared gauge, unless a read is already in flight.
+fn sample_memory(myself: &ActorRef<BufferMsg>, state: &mut BufferState) {
+    if state.sampling {
+        return;
+    }
+    state.sampling = true;
+    let client = state.client.clone();
+    let conn = state.memory_conn.take();
+    let timeout = state.args.config.redis_timeout;
+    let gauge = Arc::clone(&state.args.memory);
+    let myself = myself.clone();
+    gauge.asking();
+    // Outside the handler, like a group commit: writes never wait for a sample.
+    tokio::spawn(async move {
+        let (conn, sample) = memory::sample(&client, conn, timeout).await;
+        match sample {
+            Ok(Some(sample)) => gauge.sampled(sample),
+            // Redis down (writes fail on their own) or INFO refused: the last sample stays,
+            // and without any the check is off; `/health` shows what is known.
+            Ok(None) => tracing::debug!("redis INFO memory lacks used_memory or maxmemory"),
+            Err(err) => tracing::debug!(error = %err, "redis memory not sampled"),
+        }
+        let _ = myself.cast(BufferMsg::MemorySampled(conn));
+    });
 }
 
 /// Sends everything queued (up to `max_batch`) as one pipeline, unless one is in flight.
@@ -256,13 +319,16 @@ fn maybe_flush(myself: &ActorRef<BufferMsg>, state: &mut BufferState) {
         config: Arc::clone(&state.args.config),
         metrics: Arc::clone(&state.args.metrics),
         events: Arc::clone(&state.args.events),
+        memory: Arc::clone(&state.args.memory),
     };
+    let gauge = Arc::clone(&state.args.memory);
     let myself = myself.clone();
     // The pipeline runs outside the handler so the mailbox keeps filling the next batch.
     // It replies to its callers itself, so a write stored before this actor is killed is
     // still acknowledged.
     tokio::spawn(async move {
         let conns = job.run(batch).await;
+        gauge.flushed();
         let _ = myself.cast(BufferMsg::Flushed(conns));
     });
 }

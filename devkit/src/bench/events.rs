@@ -63,6 +63,12 @@ struct Fanout {
     closed: AtomicU64,
 }
 
+impl Fanout {
+    fn histogram(&self) -> std::sync::MutexGuard<'_, Histogram<u64>> {
+        self.delay_ms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 async fn phase(
     label: &str,
     config: Config,
@@ -101,7 +107,7 @@ async fn phase(
     let _warm = load(&url, secret, writers, Duration::from_secs(1)).await?;
     // Count only what the measured load causes.
     fanout.received.store(0, Ordering::Relaxed);
-    fanout.delay_ms.lock().expect("histogram").reset();
+    fanout.histogram().reset();
     let o = load(&url, secret, writers, duration).await?;
     // Let the last events arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -110,14 +116,16 @@ async fn phase(
         let _ = socket.await;
     }
     let ms = |q: f64| o.latency_us.value_at_quantile(q) as f64 / 1000.0;
-    let delay = fanout.delay_ms.lock().expect("histogram");
-    let (fan50, fan99) = if delay.is_empty() {
-        ("-".to_owned(), "-".to_owned())
-    } else {
-        (
-            delay.value_at_quantile(0.5).to_string(),
-            delay.value_at_quantile(0.99).to_string(),
-        )
+    let (fan50, fan99) = {
+        let delay = fanout.histogram();
+        if delay.is_empty() {
+            ("-".to_owned(), "-".to_owned())
+        } else {
+            (
+                delay.value_at_quantile(0.5).to_string(),
+                delay.value_at_quantile(0.99).to_string(),
+            )
+        }
     };
     println!(
         "| {label} | {clients} | {:.0} | {:.3} | {:.3} | {} | {fan50} | {fan99} | {} |",
@@ -152,11 +160,7 @@ async fn listen(
                     .and_then(|e| e["at"].as_i64());
                 if let Some(at) = at {
                     let delay = u64::try_from(now - at).unwrap_or(0).max(1);
-                    fanout
-                        .delay_ms
-                        .lock()
-                        .expect("histogram")
-                        .saturating_record(delay);
+                    fanout.histogram().saturating_record(delay);
                 }
                 fanout.received.fetch_add(1, Ordering::Relaxed);
             }

@@ -109,6 +109,8 @@ pub struct Redis {
 #[serde(deny_unknown_fields)]
 pub struct Buffer {
     pub max_buffered: u64,
+    /// Share of Redis' `maxmemory` writes may fill, in (0, 1); the rest is for draining.
+    pub max_memory_fraction: f64,
     pub max_batch: usize,
     pub connections: usize,
     #[serde(with = "humantime_serde")]

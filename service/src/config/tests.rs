@@ -64,6 +64,15 @@ fn semantic_errors_name_their_key() {
     assert!(err.starts_with("tcp.unauthenticated_line_bytes:"), "{err}");
     let err = load_err(&format!("{SITE}[tcp]\nidle_timeout = \"0s\"\n"));
     assert_eq!(err, "tcp.idle_timeout: must be longer than zero");
+    for fraction in ["0.0", "1.0", "1.5", "-0.2", "nan"] {
+        let err = load_err(&format!(
+            "{SITE}[buffer]\nmax_memory_fraction = {fraction}\n"
+        ));
+        assert!(
+            err.starts_with("buffer.max_memory_fraction: must be greater than 0 and less than 1"),
+            "{fraction}: {err}"
+        );
+    }
 }
 
 #[test]

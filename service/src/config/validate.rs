@@ -105,6 +105,13 @@ impl Config {
         if let Some((key, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return Err(invalid(key, "must be at least 1"));
         }
+        let fraction = self.buffer.max_memory_fraction;
+        if !(fraction > 0.0 && fraction < 1.0) {
+            return Err(invalid(
+                "buffer.max_memory_fraction",
+                "must be greater than 0 and less than 1 (the share of Redis' maxmemory that writes may fill)",
+            ));
+        }
         let small = self.tcp.unauthenticated_line_bytes;
         if small == 0 || small > self.tcp.max_line_bytes {
             return Err(invalid(

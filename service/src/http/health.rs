@@ -77,6 +77,7 @@ pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
             "failed": redis.dead_letters,
             "limit": state.config.buffer.max_buffered,
             "oldest_unforwarded_secs": redis.oldest_unforwarded_secs,
+            "memory": state.tree.buffer_memory.view(),
         },
         "background_processor": forwarder.as_ref().map_or("not_configured", |f| f.0),
         "forwarder": forwarder.map(|f| f.1),

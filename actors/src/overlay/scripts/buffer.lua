@@ -8,11 +8,17 @@
 -- ARGV[7] idempotency TTL (seconds)    ARGV[8] now (unix ms)
 -- ARGV[9] overlay: JSON list of {k = record key, id = record id, u = 1 for an update,
 --         f = [col, json, ...], i = [index keys]} (`OverlayWrite`, record.rs)
+-- ARGV[10] '1' when Redis' memory is at the buffer's limit (buffer/memory.rs): then
+--         ARGV[2] is '' and ARGV[9] '[]', and nothing is written
 --
 -- Keys not in KEYS: the overlay record hashes (`k`) and index sets (`i`) arrive whole,
 -- built by `Keys`, inside ARGV[9]; none is derived here.
 --
 -- Returns {'ok', stream_id} | {'dup', first response} | {'conflict', ''} | {'full', length}
+--   | {'full_memory', ''}
+--
+-- Every check comes before the first write: with Redis over its maxmemory, a script is
+-- refused (OOM) at its first write, so a refused one has stored nothing.
 local stream, lifecycle, idem = KEYS[1], KEYS[2], KEYS[3]
 
 if idem ~= '' then
@@ -23,6 +29,10 @@ if idem ~= '' then
     end
     return {'conflict', ''}
   end
+end
+
+if ARGV[10] == '1' then
+  return {'full_memory', ''}
 end
 
 local length = redis.call('XLEN', stream)
