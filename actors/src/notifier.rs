@@ -35,6 +35,11 @@ use crate::overlay::Keys;
 const EVENTS_PER_CALL: usize = 100;
 const BYTES_PER_CALL: usize = 256 * 1024;
 
+/// How long the publisher lets events gather before a call, unless a call's worth is
+/// queued already. Each call is a write to an `appendfsync always` Redis, so one fsync:
+/// publishing each group commit's event at once would double the fsyncs of a busy ingest.
+const LINGER: Duration = Duration::from_millis(50);
+
 #[derive(Debug, Clone)]
 pub struct NotifierConfig {
     pub redis_url: String,
@@ -207,6 +212,13 @@ async fn publish(
     // One publisher at a time, even while an aborted incarnation's task winds down.
     let _publishing = sink.publishing.lock().await;
     loop {
+        if sink.queued() == 0 {
+            sink.ready.notified().await;
+            continue;
+        }
+        if sink.queued() < EVENTS_PER_CALL {
+            tokio::time::sleep(LINGER).await;
+        }
         let mut batch = sink.peek(EVENTS_PER_CALL);
         let mut bytes = 0;
         let fits = batch
@@ -227,7 +239,7 @@ async fn publish(
             .key(config.keys.events())
             .arg(config.keys.events_channel())
             .arg(config.stream_cap.max(1));
-        for event in &batch {
+        for event in coalesce(&batch) {
             invocation.arg(event);
         }
         let _: u64 = tokio::time::timeout(config.redis_timeout, invocation.invoke_async(&mut conn))
@@ -235,6 +247,52 @@ async fn publish(
             .map_err(|_| NotifierError::RedisTimeout("publishing events"))??;
         sink.done(batch.len());
     }
+}
+
+/// Adjacent `tx.buffered` events become one (their `transactions` joined, the first `at`
+/// kept), and so do adjacent `tx.replicated` ones (the last `replay_lsn` kept): a busy
+/// ingest makes a group commit every few milliseconds, and every event is one message
+/// to every websocket client. Order is kept: only neighbours merge.
+fn coalesce(batch: &[String]) -> Vec<String> {
+    const MERGED: [&str; 2] = ["tx.buffered", "tx.replicated"];
+    let mut out: Vec<String> = Vec::with_capacity(batch.len());
+    let mut open: Option<Value> = None;
+    for text in batch {
+        let event: Option<Value> = serde_json::from_str(text).ok();
+        let kind = event
+            .as_ref()
+            .and_then(|e| e["type"].as_str())
+            .filter(|k| MERGED.contains(k))
+            .map(str::to_owned);
+        match (kind, event, open.as_mut()) {
+            (Some(kind), Some(event), Some(current)) if current["type"] == kind.as_str() => {
+                if let (Some(all), Some(more)) = (
+                    current["transactions"].as_array_mut(),
+                    event["transactions"].as_array(),
+                ) {
+                    all.extend(more.iter().cloned());
+                }
+                if kind == "tx.replicated" {
+                    current["replay_lsn"] = event["replay_lsn"].clone();
+                }
+            }
+            (Some(_), Some(event), _) => {
+                if let Some(done) = open.replace(event) {
+                    out.push(done.to_string());
+                }
+            }
+            _ => {
+                if let Some(done) = open.take() {
+                    out.push(done.to_string());
+                }
+                out.push(text.clone());
+            }
+        }
+    }
+    if let Some(done) = open {
+        out.push(done.to_string());
+    }
+    out
 }
 
 async fn health(
@@ -271,5 +329,48 @@ async fn health(
             );
         }
         sink.emit("health", body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neighbouring_buffered_and_replicated_events_merge_in_order() {
+        let batch: Vec<String> = [
+            r#"{"type":"tx.buffered","at":1,"transactions":[{"id":"a"}]}"#,
+            r#"{"type":"tx.buffered","at":2,"transactions":[{"id":"b"}]}"#,
+            r#"{"type":"tx.forwarded","at":3,"commit_lsn":"0/1","transactions":["a","b"]}"#,
+            r#"{"type":"tx.buffered","at":4,"transactions":[{"id":"c"}]}"#,
+            r#"{"type":"tx.replicated","at":5,"replay_lsn":"0/1","transactions":["a"]}"#,
+            r#"{"type":"tx.replicated","at":6,"replay_lsn":"0/2","transactions":["b"]}"#,
+        ]
+        .map(String::from)
+        .to_vec();
+        let merged: Vec<Value> = coalesce(&batch)
+            .iter()
+            .map(|t| serde_json::from_str(t).expect("json"))
+            .collect();
+        let kinds: Vec<&str> = merged
+            .iter()
+            .map(|e| e["type"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "tx.buffered",
+                "tx.forwarded",
+                "tx.buffered",
+                "tx.replicated"
+            ]
+        );
+        assert_eq!(
+            merged[0]["transactions"],
+            serde_json::json!([{"id": "a"}, {"id": "b"}])
+        );
+        assert_eq!(merged[0]["at"], 1, "the first emission's time");
+        assert_eq!(merged[3]["transactions"], serde_json::json!(["a", "b"]));
+        assert_eq!(merged[3]["replay_lsn"], "0/2");
     }
 }
