@@ -1,15 +1,18 @@
 //! The dashboard at `GET /`: served without a token under a policy that allows nothing but
 //! this origin, and driven in a real headless Chromium (through chromedriver, WebDriver)
 //! against a whole site: the tree shows up, a write appears in the feed as buffered, then
-//! forwarded and replicated, a killed forwarder shows its restart. The screenshot it ends
-//! with is left at `target/dashboard.png` for people to look at.
+//! forwarded and replicated, a killed forwarder shows its restart, a restarted notifier a
+//! reconnect; without a token it asks for one. Its screenshot is left at
+//! `target/dashboard.png` for people to look at.
 
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::{Client, ClientBuilder, Locator};
+use futures::FutureExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -59,28 +62,41 @@ async fn the_dashboard_is_served_without_a_token_under_a_policy_that_allows_only
 async fn the_dashboard_shows_a_write_travel_and_a_killed_forwarder_restart_in_a_real_browser() {
     let started = Instant::now();
     let mut browser = Browser::start().await;
-    // A health event every second rather than every five, so the chart has points soon.
-    // (`Site::start` puts its argument under `[forwarder]`; a new table header ends that.)
-    let site = Site::start(false, "[events]\nhealth_interval = \"1s\"\n").await;
-    let outcome = drive(&browser.client, &site.app).await;
-    // The screenshot is taken whatever happened: it is also what shows a failure.
-    let shot = browser.client.screenshot().await;
+    // The session is ended whatever happens: a Chromium left behind by a panic would
+    // outlive the test (killing chromedriver does not end it).
+    let outcome = AssertUnwindSafe(session(&browser.client))
+        .catch_unwind()
+        .await;
     browser.stop().await;
-    let path = screenshot_path();
-    if let Ok(png) = &shot {
-        std::fs::write(&path, png).expect("screenshot written");
-    }
-    outcome.unwrap();
-    let png = shot.expect("a screenshot");
+    let png = match outcome {
+        Ok(result) => result.unwrap(),
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
     assert!(
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
         "a PNG"
     );
     println!(
         "dashboard: screenshot at {}, {:.1}s",
-        path.display(),
+        screenshot_path().display(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// A site, the page against it, its screenshot (also after a failure: it shows what the
+/// page showed), then the token prompt.
+async fn session(client: &Client) -> anyhow::Result<Vec<u8>> {
+    // A health event every second rather than every five, so the chart has points soon.
+    // (`Site::start` puts its argument under `[forwarder]`; a new table header ends that.)
+    let site = Site::start(false, "[events]\nhealth_interval = \"1s\"\n").await;
+    let outcome = drive(client, &site.app).await;
+    let shot = client.screenshot().await;
+    if let Ok(png) = &shot {
+        std::fs::write(screenshot_path(), png).context("writing the screenshot")?;
+    }
+    outcome?;
+    token_prompt(client, &site.app).await?;
+    Ok(shot?)
 }
 
 /// What the test does in the page; an error says what it waited for and what the page
@@ -181,6 +197,44 @@ async fn drive(client: &Client, app: &TestApp) -> anyhow::Result<()> {
         "the page reports problems: {problems}"
     );
     Ok(())
+}
+
+/// Without a token the page asks for one; a wrong one is refused, a right one connects.
+async fn token_prompt(client: &Client, app: &TestApp) -> anyhow::Result<()> {
+    client.find(Locator::Id("forget")).await?.click().await?;
+    let login_shown = "return !document.getElementById('login').hidden;";
+    wait_for(client, "the token form", login_shown, vec![]).await?;
+    let submit = |token: String| async move {
+        client
+            .find(Locator::Id("token"))
+            .await?
+            .send_keys(&token)
+            .await?;
+        client
+            .find(Locator::Css("#login button"))
+            .await?
+            .click()
+            .await?;
+        anyhow::Ok(())
+    };
+    submit(format!("{}x", app.token)).await?;
+    wait_for(
+        client,
+        "a wrong token refused",
+        "return !document.getElementById('login').hidden
+            && document.getElementById('login-error').textContent.includes('refused');",
+        vec![],
+    )
+    .await?;
+    submit(app.token.clone()).await?;
+    wait_for(
+        client,
+        "the events live with the right token",
+        "return document.getElementById('login').hidden
+            && document.getElementById('conn').textContent === 'live';",
+        vec![],
+    )
+    .await
 }
 
 /// Where a feed line of `kind` listing `tx` is, counted from the top.
