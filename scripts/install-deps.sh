@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian packages needed to build and run the test containers.
+# Install the Debian packages needed to build and run the test containers (and the
+# browser of the dashboard test).
 # Idempotent: apt is not touched at all when everything is already installed.
 set -euo pipefail
 
@@ -9,6 +10,9 @@ PACKAGES=(
   postgresql-15 postgresql-client-15
   procps  # kill(1): the local PostgreSQL backend signals its servers with it
   ca-certificates curl
+  # The dashboard test drives a real headless Chromium through chromedriver; the fonts
+  # (only recommended by chromium) make its screenshot legible.
+  chromium chromium-driver fonts-liberation
 )
 
 missing=()

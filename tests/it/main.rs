@@ -11,6 +11,7 @@ mod pg;
 mod backlog;
 mod bad_input;
 mod big_batches;
+mod dashboard;
 mod events;
 mod faults;
 mod forward;

@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod dashboard;
 mod events;
 mod health;
 mod paging;
@@ -94,6 +95,9 @@ pub fn router(state: AppState, admin_extensions: Option<Router>) -> Router {
             auth::require_admin,
         ));
     let open = Router::new()
+        .route("/", get(dashboard::page))
+        .route(dashboard::SCRIPT_PATH, get(dashboard::script))
+        .route(dashboard::STYLE_PATH, get(dashboard::style))
         .route("/ws/events", get(events::ws_events))
         .route("/health", get(health::health))
         .route("/health/live", get(health::live))

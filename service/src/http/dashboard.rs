@@ -1,0 +1,54 @@
+//! `GET /`: the dashboard, one static page and its script and style sheet, compiled into
+//! the binary (no build step, nothing fetched from elsewhere).
+//!
+//! The page needs no token to load: it is the same for everyone and holds no data. It
+//! takes the token from the URL fragment (`/#token=…`, which the browser never sends) or
+//! asks for it, keeps it in `sessionStorage`, reads `/health` and `/health/actors` (open)
+//! and follows `GET /ws/events` with the token as a subprotocol.
+//!
+//! Every answer carries a content security policy that allows nothing but this origin
+//! (and websockets back to it): no inline script or style, no other host, no framing.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+const PAGE: &str = include_str!("../../assets/dashboard.html");
+const SCRIPT: &str = include_str!("../../assets/dashboard.js");
+const STYLE: &str = include_str!("../../assets/dashboard.css");
+
+/// Only this origin; `connect-src` adds websockets, which `'self'` does not cover in
+/// every browser.
+const POLICY: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self'; \
+                      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The path of the script and of the style sheet, as the page names them.
+pub const SCRIPT_PATH: &str = "/dashboard.js";
+pub const STYLE_PATH: &str = "/dashboard.css";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // The assets change with the binary: always revalidate, never serve a stale
+            // script against a newer server.
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub async fn page() -> Response {
+    asset("text/html; charset=utf-8", PAGE)
+}
+
+pub async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+pub async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
