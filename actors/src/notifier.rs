@@ -249,6 +249,28 @@ async fn publish(
     }
 }
 
+/// The age of the oldest stream entry, from its id (`<unix ms>-<seq>`) in an `XRANGE …
+/// COUNT 1` reply; `None` when the stream is empty.
+fn oldest_age_secs(reply: &redis::Value) -> Option<f64> {
+    let redis::Value::Array(entries) = reply else {
+        return None;
+    };
+    let redis::Value::Array(entry) = entries.first()? else {
+        return None;
+    };
+    let redis::Value::BulkString(id) = entry.first()? else {
+        return None;
+    };
+    let ms: i64 = std::str::from_utf8(id)
+        .ok()?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()?;
+    let age = chrono::Utc::now().timestamp_millis() - ms;
+    Some(age.max(0) as f64 / 1000.0)
+}
+
 /// Adjacent `tx.buffered` events become one (their `transactions` joined, the first `at`
 /// kept), and so do adjacent `tx.replicated` ones (the last `replay_lsn` kept): a busy
 /// ingest makes a group commit every few milliseconds, and every event is one message
@@ -312,9 +334,15 @@ async fn health(
             .cmd("ZCARD")
             .arg(keys.forwarded())
             .cmd("XLEN")
-            .arg(keys.dead_letters());
+            .arg(keys.dead_letters())
+            .cmd("XRANGE")
+            .arg(keys.stream())
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
         let count = pipe.query_async(&mut conn);
-        let (buffered, unreplicated, dead_letters): (u64, u64, u64) =
+        let (buffered, unreplicated, dead_letters, oldest): (u64, u64, u64, redis::Value) =
             tokio::time::timeout(config.redis_timeout, count)
                 .await
                 .map_err(|_| NotifierError::RedisTimeout("counting for the health event"))??;
@@ -323,6 +351,10 @@ async fn health(
             map.insert("buffered".into(), buffered.into());
             map.insert("forwarded_unreplicated".into(), unreplicated.into());
             map.insert("dead_letters".into(), dead_letters.into());
+            map.insert(
+                "oldest_unforwarded_secs".into(),
+                oldest_age_secs(&oldest).into(),
+            );
             map.insert(
                 "events_dropped".into(),
                 sink.dropped.load(Ordering::Relaxed).into(),

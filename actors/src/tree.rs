@@ -383,20 +383,9 @@ fn summary(shared: &Shared) -> Summary {
     let replica = Arc::clone(&shared.replica_metrics);
     let (has_forwarder, has_replica) = (shared.has_forwarder, shared.has_replica);
     Arc::new(move || {
-        let actors: serde_json::Map<String, serde_json::Value> = health
-            .snapshot()
-            .into_iter()
-            .map(|a| {
-                let row = serde_json::json!({
-                    "state": a.state,
-                    "restarts": a.restarts,
-                    "last_failure": a.last_failure.map(|f| f.reason),
-                });
-                (a.name, row)
-            })
-            .collect();
         serde_json::json!({
-            "actors": actors,
+            // The rows of `/health/actors`, in the same shape.
+            "actors": health.snapshot(),
             "link": if has_forwarder { forwarder.link() } else { "not_configured" },
             "forwarded": forwarder.applied.get() + forwarder.skipped.get(),
             "dead": forwarder.dead.get(),
