@@ -87,7 +87,7 @@ async fn a_ready_service_exits_0_with_its_tree_and_buffer_depth_on_one_screen() 
         out.stdout
     );
     let names = actor_names(&app).await;
-    assert_eq!(names, ["buffer", "ingest"]);
+    assert_eq!(names, ["buffer", "ingest", "notifier"]);
     assert_names_every_actor(&out.stdout, &names);
     assert!(out.stdout.lines().count() <= 25);
     assert!(out.stdout.lines().all(|l| l.chars().count() <= 100));
@@ -97,7 +97,7 @@ async fn a_ready_service_exits_0_with_its_tree_and_buffer_depth_on_one_screen() 
     let v: Value = serde_json::from_str(&json.stdout).expect("one JSON object");
     assert_eq!(v["ready"], true);
     assert_eq!(v["health"]["transaction_buffer"]["size"], 3);
-    assert_eq!(v["actors"]["actors"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["actors"]["actors"].as_array().map(Vec::len), Some(3));
     app.stop().await.expect("clean stop");
 }
 
@@ -124,7 +124,7 @@ async fn a_site_with_its_wan_cut_is_ready_and_shows_why_the_forwarder_fails() {
     let out = status(&["--url", &app.http]).await;
     assert_eq!(out.code, 0, "buffering on is ready: {}", out.stderr);
     let names = actor_names(app).await;
-    assert_eq!(names, ["buffer", "forwarder", "ingest", "replica"]);
+    assert_eq!(names, ["buffer", "forwarder", "ingest", "notifier", "replica"]);
     assert_names_every_actor(&out.stdout, &names);
     assert!(
         out.stdout.contains("buffer     2 transactions "),
