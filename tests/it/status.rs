@@ -124,7 +124,10 @@ async fn a_site_with_its_wan_cut_is_ready_and_shows_why_the_forwarder_fails() {
     let out = status(&["--url", &app.http]).await;
     assert_eq!(out.code, 0, "buffering on is ready: {}", out.stderr);
     let names = actor_names(app).await;
-    assert_eq!(names, ["buffer", "forwarder", "ingest", "notifier", "replica"]);
+    assert_eq!(
+        names,
+        ["buffer", "forwarder", "ingest", "notifier", "replica"]
+    );
     assert_names_every_actor(&out.stdout, &names);
     assert!(
         out.stdout.contains("buffer     2 transactions "),
