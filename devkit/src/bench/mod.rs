@@ -6,6 +6,7 @@
 
 mod catchup;
 mod ingest;
+mod outage;
 mod reads;
 
 use std::path::PathBuf;
@@ -50,6 +51,40 @@ pub enum BenchCommand {
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
     },
+    /// An outage end to end: the link cut while transactions (bulk ones among them) are
+    /// written, the replica down for part of it, both back; drain, replication, memory and
+    /// ingest latency before, during and after.
+    Outage {
+        /// Transactions written while the link is cut, bulk registrations included.
+        #[arg(long, default_value_t = 100_000)]
+        transactions: usize,
+        /// Bulk registrations among them, spread evenly through the writes.
+        #[arg(long, default_value_t = 100)]
+        bulk: usize,
+        /// Files per bulk registration (at most buffer.max_bulk_files, 1000).
+        #[arg(long, default_value_t = 1000)]
+        bulk_files: usize,
+        /// Round-trip time of the emulated link.
+        #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+        rtt: Duration,
+        /// Concurrent writers of the transactions.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// How long the probe writer measures before the cut, and again once everything
+        /// is replicated.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        quiet: Duration,
+        /// The replica stops when this fraction of the writes is acknowledged.
+        #[arg(long, default_value_t = 0.25)]
+        replica_stop: f64,
+        /// When it starts again: `heal` (with the link), `drained` (once the backlog is
+        /// forwarded: the replica is down while it reaches the primary), or a fraction of
+        /// the writes.
+        #[arg(long, default_value = "heal")]
+        replica_start: outage::ReplicaStart,
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+    },
     /// Catch-up: transactions buffered during an outage, forwarded through an emulated WAN.
     Catchup {
         #[arg(long, default_value_t = 100_000)]
@@ -77,6 +112,30 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             batch_size,
             dir,
         } => catchup::run(transactions, &rtt, batch_size, &dir).await,
+        BenchCommand::Outage {
+            transactions,
+            bulk,
+            bulk_files,
+            rtt,
+            clients,
+            quiet,
+            replica_stop,
+            replica_start,
+            dir,
+        } => {
+            outage::run(outage::Options {
+                transactions,
+                bulk,
+                bulk_files,
+                rtt,
+                clients,
+                quiet,
+                replica_stop,
+                replica_start,
+                dir,
+            })
+            .await
+        }
         BenchCommand::Reads {
             buffered,
             samples,
@@ -154,4 +213,18 @@ pub(crate) fn proc_status_mb(field: &str) -> f64 {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Numeric fields of Redis' `INFO memory` (`used_memory`, `used_memory_peak`, ...).
+pub(crate) async fn redis_memory(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect())
 }
