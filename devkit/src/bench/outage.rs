@@ -185,8 +185,12 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(stop.clone()));
     let keys = Keys::new(SITE);
+    // Its replies may be slow on a busy machine (the default timeout is 500 ms).
     let mut conn = redis::Client::open(redis.url())?
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(30))),
+        )
         .await?;
     watch_slow_calls(&mut conn).await?;
 
@@ -287,7 +291,7 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
             }
             Ok(None)
         },
-        wait_drained(&mut drain_conn, &keys, &mark),
+        wait_drained(&mut drain_conn, &keys, mark),
     );
     if let Some((at, took)) = started? {
         (replica_started, start_took) = (Some(at), took);
@@ -302,7 +306,7 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
         pg.start_replica().await?;
         (replica_started, start_took) = (Some(at), cut.elapsed() - at);
     }
-    let replicated_polled = wait_replicated(&mut conn, &keys, mark.1)
+    let replicated_polled = wait_replicated(&mut conn, &keys, mark)
         .await?
         .duration_since(healed);
 
@@ -830,17 +834,8 @@ async fn sample(
 /// Stream entries as XRANGE answers them: id, then fields.
 type Entries = Vec<(String, HashMap<String, String>)>;
 
-/// A stream entry id, `ms-seq`, as a comparable pair.
-fn stream_id(id: &str) -> anyhow::Result<(u64, u64)> {
-    let (ms, seq) = id.split_once('-').context("a stream id has a dash")?;
-    Ok((ms.parse()?, seq.parse()?))
-}
-
-/// The stream's newest entry: its id and its transaction's.
-async fn last_entry(
-    conn: &mut MultiplexedConnection,
-    keys: &Keys,
-) -> anyhow::Result<((u64, u64), Uuid)> {
+/// The transaction of the stream's newest entry.
+async fn last_entry(conn: &mut MultiplexedConnection, keys: &Keys) -> anyhow::Result<Uuid> {
     let entries: Entries = redis::cmd("XREVRANGE")
         .arg(keys.stream())
         .arg("+")
@@ -849,33 +844,27 @@ async fn last_entry(
         .arg(1)
         .query_async(conn)
         .await?;
-    let (id, fields) = entries.into_iter().next().context("the stream is empty")?;
+    let (_, fields) = entries.into_iter().next().context("the stream is empty")?;
     let tx: Value = serde_json::from_str(fields.get("tx").context("an entry without tx")?)?;
-    Ok((stream_id(&id)?, parse_uuid(&tx["id"])?))
+    parse_uuid(&tx["id"])
 }
 
-/// Polls until the stream holds nothing at or before `mark` (every entry up to it
-/// forwarded or dead-lettered); when. The entries after it are the probe's, written since
-/// the heal: few and small, unlike the backlog's (a bulk registration's is hundreds of KB).
+/// Polls until `last`, the stream's newest entry at the heal, has left the stream
+/// (forwarded, or dead); when. The forwarder takes the stream in order and settles a batch
+/// in order, so every entry before it has left too (the lifecycles confirm it afterwards).
 async fn wait_drained(
     conn: &mut MultiplexedConnection,
     keys: &Keys,
-    mark: &((u64, u64), Uuid),
+    last: Uuid,
 ) -> anyhow::Result<Instant> {
     let since = Instant::now();
-    let after_mark = format!("({}-{}", mark.0 .0, mark.0 .1);
     loop {
-        let (len, newer): (usize, Entries) = redis::pipe()
-            .atomic()
-            .cmd("XLEN")
-            .arg(keys.stream())
-            .cmd("XRANGE")
-            .arg(keys.stream())
-            .arg(&after_mark)
-            .arg("+")
+        let state: Option<TxState> = redis::cmd("HGET")
+            .arg(keys.lifecycle(last))
+            .arg("state")
             .query_async(conn)
             .await?;
-        if len == newer.len() {
+        if matches!(state, Some(s) if s != TxState::Buffered) {
             return Ok(Instant::now());
         }
         anyhow::ensure!(
