@@ -70,6 +70,9 @@ pub enum BenchCommand {
         /// Concurrent writers of the transactions.
         #[arg(long, default_value_t = 8)]
         clients: usize,
+        /// Transactions per second the writers keep to together; 0: as fast as they can.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
         /// How long the probe writer measures before the cut, and again once everything
         /// is replicated.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -118,6 +121,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             bulk_files,
             rtt,
             clients,
+            rate,
             quiet,
             replica_stop,
             replica_start,
@@ -129,6 +133,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 bulk_files,
                 rtt,
                 clients,
+                rate,
                 quiet,
                 replica_stop,
                 replica_start,
@@ -215,11 +220,13 @@ pub(crate) fn proc_status_mb(field: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Numeric fields of Redis' `INFO memory` (`used_memory`, `used_memory_peak`, ...).
-pub(crate) async fn redis_memory(
+/// The numeric fields of Redis' `INFO` sections (`memory`: `used_memory`,
+/// `used_memory_peak`, ...; `stats`: `total_forks`, ...).
+pub(crate) async fn redis_info(
     conn: &mut redis::aio::MultiplexedConnection,
+    sections: &[&str],
 ) -> anyhow::Result<std::collections::HashMap<String, u64>> {
-    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    let info: String = redis::cmd("INFO").arg(sections).query_async(conn).await?;
     Ok(info
         .lines()
         .filter_map(|l| {

@@ -9,8 +9,9 @@
 //! each one's latency in the phase it was sent in:
 //!
 //! 1. `before`: the link up, nothing else happening (`--quiet` long);
-//! 2. `during`: the link cut; `clients` writers buffer the transactions; the replica is
-//!    stopped at `--replica-stop` of the writes;
+//! 2. `during`: the link cut; `clients` writers buffer the transactions (at `--rate` per
+//!    second together, or as fast as they can); the replica is stopped at `--replica-stop`
+//!    of the writes;
 //! 3. `draining`: the link heals (the replica restarts here with `--replica-start heal`)
 //!    until every transaction buffered before the heal has left the stream (forwarded);
 //! 4. `replicating`: until every one of them is `replicated` (with `--replica-start
@@ -47,7 +48,7 @@ use ops_db_actors::tree::{FORWARDER, REPLICA};
 use ops_db_service::startup::Application;
 use ops_db_service::token;
 
-use super::{file_body, ms, proc_status_mb, redis_memory, rss_mb};
+use super::{file_body, ms, proc_status_mb, redis_info, rss_mb};
 use crate::fault_proxy::FaultProxy;
 
 const SITE: &str = "bench";
@@ -105,6 +106,7 @@ pub struct Options {
     pub bulk_files: usize,
     pub rtt: Duration,
     pub clients: usize,
+    pub rate: f64,
     pub quiet: Duration,
     pub replica_stop: f64,
     pub replica_start: ReplicaStart,
@@ -114,6 +116,7 @@ pub struct Options {
 pub async fn run(o: Options) -> anyhow::Result<()> {
     anyhow::ensure!(o.clients > 0, "--clients must be at least 1");
     anyhow::ensure!(o.transactions > 0, "--transactions must be at least 1");
+    anyhow::ensure!(o.rate >= 0.0, "--rate must not be negative");
     anyhow::ensure!(
         o.bulk * 4 <= o.transactions,
         "--bulk {} is more than a quarter of --transactions {}",
@@ -196,12 +199,17 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
 
     println!(
         "ops-db-api bench outage: {} transactions ({} bulk registrations of {} files) from {} \
-         clients, link cut, RTT {} ms; replica stopped at {:.0}% of the writes, started {}; \
+         clients{}, link cut, RTT {} ms; replica stopped at {:.0}% of the writes, started {}; \
          load average {}",
         o.transactions,
         o.bulk,
         o.bulk_files,
         o.clients,
+        if o.rate > 0.0 {
+            format!(" at {}/s", o.rate)
+        } else {
+            String::new()
+        },
         o.rtt.as_millis(),
         o.replica_stop * 100.0,
         o.replica_start,
@@ -274,6 +282,8 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
     let memory_at_heal = used_memory(&mut conn).await?;
 
     // 3. Draining: the link heals; the clock starts.
+    let fm = &tree.forwarder_metrics;
+    let (batches_before, trips_before) = (fm.batches.get(), fm.round_trips.get());
     let mark = last_entry(&mut conn, &keys).await?;
     let healed = Instant::now();
     let healed_ms = unix_ms();
@@ -297,6 +307,8 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
         (replica_started, start_took) = (Some(at), took);
     }
     let drained_polled = drained?.duration_since(healed);
+    let drain_batches = fm.batches.get() - batches_before;
+    let drain_trips = fm.round_trips.get() - trips_before;
 
     // 4. Replicating: every transaction buffered before the heal becomes `replicated`.
     progress.phase.store(REPLICATING, Ordering::Relaxed);
@@ -320,7 +332,8 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
     wait_settled(&mut conn, &keys).await?;
     sampling.cancel();
     let peaks = sampler.await??;
-    let memory_final = redis_memory(&mut conn).await?;
+    let memory_final = redis_info(&mut conn, &["memory", "stats", "persistence"]).await?;
+    let (rss_final, rss_hwm) = (rss_mb(), proc_status_mb("VmHWM"));
     let slow = slow_calls(&mut conn, &keys).await?;
     let restarts = |actor: &str| tree.health.get(actor).map_or(0, |r| r.restarts);
     let (forwarder_restarts, replica_restarts) = (restarts(FORWARDER), restarts(REPLICA));
@@ -424,10 +437,16 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
     );
     println!(
         "| service RSS (this process: service and load generators): before / peak sampled / final; VmHWM | {:.0} / {:.0} / {:.0} MB; {:.0} MB |",
-        rss_before,
-        peaks.rss_mb,
-        rss_mb(),
-        proc_status_mb("VmHWM")
+        rss_before, peaks.rss_mb, rss_final, rss_hwm
+    );
+    println!(
+        "| forwarder, heal to drained | {drain_batches} batches, {drain_trips} round trips; largest batch {:.1} MB |",
+        fm.largest_batch_bytes.load(Ordering::Relaxed) as f64 / 1_048_576.0
+    );
+    println!(
+        "| Redis forks (AOF rewrites) in the run; AOF at the end | {}; {:.0} MB |",
+        memory_final.get("total_forks").copied().unwrap_or(0),
+        mb(memory_final.get("aof_current_size").copied().unwrap_or(0))
     );
     println!("| Redis calls over 1 ms (slow log): count, longest | {slow} |");
     println!(
@@ -504,7 +523,7 @@ fn unix_ms() -> u64 {
 }
 
 async fn used_memory(conn: &mut MultiplexedConnection) -> anyhow::Result<u64> {
-    redis_memory(conn)
+    redis_info(conn, &["memory"])
         .await?
         .get("used_memory")
         .copied()
@@ -521,6 +540,9 @@ struct Load {
     base: Arc<str>,
     secret: Arc<str>,
     next: Arc<AtomicUsize>,
+    /// When slot `i` is due (with a rate): `i / rate` after this.
+    paced_from: Instant,
+    rate: f64,
     transactions: usize,
     bulk: usize,
     bulk_files: usize,
@@ -595,6 +617,8 @@ impl Load {
             base: base.into(),
             secret: secret.into(),
             next: Arc::default(),
+            paced_from: Instant::now(),
+            rate: o.rate,
             transactions: o.transactions,
             bulk: o.bulk,
             bulk_files: o.bulk_files,
@@ -620,6 +644,10 @@ impl Load {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
             if i >= self.transactions {
                 return Ok(out);
+            }
+            if self.rate > 0.0 {
+                let due = self.paced_from + Duration::from_secs_f64(i as f64 / self.rate);
+                tokio::time::sleep_until(due.into()).await;
             }
             owed += usize::from(self.is_bulk(i));
             let op = match unit {
@@ -805,7 +833,7 @@ async fn sample(
             () = stop.cancelled() => return Ok(peaks),
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
-        let memory = redis_memory(&mut conn).await?;
+        let memory = redis_info(&mut conn, &["memory"]).await?;
         let field = |k: &str| memory.get(k).copied().unwrap_or(0);
         peaks.used_memory = peaks.used_memory.max(field("used_memory"));
         peaks.used_memory_rss = peaks.used_memory_rss.max(field("used_memory_rss"));
