@@ -448,7 +448,7 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
         memory_final.get("total_forks").copied().unwrap_or(0),
         mb(memory_final.get("aof_current_size").copied().unwrap_or(0))
     );
-    println!("| Redis calls over 1 ms (slow log): count, longest | {slow} |");
+    println!("| Redis calls over 1 ms (slow log) | {slow} |");
     println!(
         "| restarts: forwarder / replica tracker | {forwarder_restarts} / {replica_restarts} |"
     );
@@ -1184,7 +1184,8 @@ async fn watch_slow_calls(conn: &mut MultiplexedConnection) -> anyhow::Result<()
     Ok(())
 }
 
-/// The slow log by script (told apart by their first key): calls over 1 ms and the longest.
+/// The slow log by script (told apart by their first keys; `buffer.lua` also by the
+/// operation, its ARGV[4]): calls over 1 ms, over 10 ms, and the longest.
 async fn slow_calls(conn: &mut MultiplexedConnection, keys: &Keys) -> anyhow::Result<String> {
     // Each entry: id, time, duration (µs), arguments, client address, client name.
     let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
@@ -1192,7 +1193,7 @@ async fn slow_calls(conn: &mut MultiplexedConnection, keys: &Keys) -> anyhow::Re
         .arg(100_000)
         .query_async(conn)
         .await?;
-    let mut by: HashMap<String, (usize, u64)> = HashMap::new();
+    let mut by: HashMap<String, (usize, usize, u64)> = HashMap::new();
     for e in entries {
         let micros: u64 = redis::from_redis_value(e[2].clone())?;
         let args: Vec<String> = redis::from_redis_value(e[3].clone()).unwrap_or_default();
@@ -1202,24 +1203,30 @@ async fn slow_calls(conn: &mut MultiplexedConnection, keys: &Keys) -> anyhow::Re
                 (Some(k), Some(k2)) if *k == keys.stream() && *k2 == keys.dead_letters() => {
                     "settle.lua".to_owned()
                 }
-                (Some(k), _) if *k == keys.stream() => "buffer.lua".to_owned(),
+                (Some(k), _) if *k == keys.stream() => {
+                    format!("buffer.lua {}", args.get(9).map_or("?", String::as_str))
+                }
                 _ => "another script".to_owned(),
             },
             _ => "other commands".to_owned(),
         };
         let slot = by.entry(name).or_default();
         slot.0 += 1;
-        slot.1 = slot.1.max(micros);
+        slot.1 += usize::from(micros > 10_000);
+        slot.2 = slot.2.max(micros);
     }
     if by.is_empty() {
         return Ok("none".to_owned());
     }
     let mut by: Vec<_> = by.into_iter().collect();
-    by.sort_by_key(|(_, (_, longest))| std::cmp::Reverse(*longest));
+    by.sort_by_key(|(_, (_, _, longest))| std::cmp::Reverse(*longest));
     Ok(by
         .iter()
-        .map(|(name, (n, longest))| {
-            format!("{name}: {n}, longest {:.1} ms", *longest as f64 / 1000.0)
+        .map(|(name, (n, over_10, longest))| {
+            format!(
+                "{name}: {n} ({over_10} over 10 ms), longest {:.1} ms",
+                *longest as f64 / 1000.0
+            )
         })
         .collect::<Vec<_>>()
         .join("; "))
