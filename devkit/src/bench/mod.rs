@@ -74,8 +74,8 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
         /// How long the probe writer measures before the cut, and again once everything
-        /// is replicated.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        /// is replicated (2,000 writes in 20 s: a p99 of 20 samples).
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         quiet: Duration,
         /// The replica stops when this fraction of the writes is acknowledged.
         #[arg(long, default_value_t = 0.25)]
