@@ -335,6 +335,7 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
     let memory_final = redis_info(&mut conn, &["memory", "stats", "persistence"]).await?;
     let (rss_final, rss_hwm) = (rss_mb(), proc_status_mb("VmHWM"));
     let slow = slow_calls(&mut conn, &keys).await?;
+    let latency = latency_events(&mut conn).await?;
     let restarts = |actor: &str| tree.health.get(actor).map_or(0, |r| r.restarts);
     let (forwarder_restarts, replica_restarts) = (restarts(FORWARDER), restarts(REPLICA));
 
@@ -449,6 +450,7 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
         mb(memory_final.get("aof_current_size").copied().unwrap_or(0))
     );
     println!("| Redis calls over 1 ms (slow log) | {slow} |");
+    println!("| Redis latency events over 10 ms (latency monitor) | {latency} |");
     println!(
         "| restarts: forwarder / replica tracker | {forwarder_restarts} / {replica_restarts} |"
     );
@@ -484,6 +486,22 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
             ms(h, 0.99) / quiet_p99
         );
     }
+    let mut slowest = probed.slowest.clone();
+    slowest.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
+    slowest.truncate(SLOWEST);
+    println!(
+        "(slowest probe writes, ms at s after the probe started: {})",
+        slowest
+            .iter()
+            .map(|(us, phase, at)| format!(
+                "{:.0} at {:.1} ({})",
+                *us as f64 / 1000.0,
+                secs(*at),
+                PHASES[*phase]
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!();
     println!(
         "(whole run {:.0} s; load average at the end {})",
@@ -752,9 +770,14 @@ fn parse_uuid(v: &Value) -> anyhow::Result<Uuid> {
         .with_context(|| format!("not a UUID: {v}"))
 }
 
+/// How many of the probe's slowest writes are listed.
+const SLOWEST: usize = 10;
+
 /// What the probe writer measured, by phase.
 struct Probed {
     latency: Vec<Histogram<u64>>,
+    /// The slowest writes: latency (µs), phase, when (since the probe started).
+    slowest: Vec<(u64, usize, Duration)>,
     errors: Vec<u64>,
     txs: Vec<Uuid>,
     files: Vec<Uuid>,
@@ -774,10 +797,12 @@ async fn probe(
             .iter()
             .map(|_| histogram())
             .collect::<anyhow::Result<_>>()?,
+        slowest: Vec::new(),
         errors: vec![0; PHASES.len()],
         txs: Vec::new(),
         files: Vec::new(),
     };
+    let started = Instant::now();
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for i in 0.. {
@@ -801,7 +826,13 @@ async fn probe(
             out.errors[phase] += 1;
             continue;
         };
-        out.latency[phase].saturating_record(t.elapsed().as_micros() as u64);
+        let took = t.elapsed().as_micros() as u64;
+        out.latency[phase].saturating_record(took);
+        out.slowest.push((took, phase, t.duration_since(started)));
+        if out.slowest.len() > 2 * SLOWEST {
+            out.slowest.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
+            out.slowest.truncate(SLOWEST);
+        }
         out.txs.push(parse_uuid(&answer["transaction_id"])?);
         out.files.push(parse_uuid(&answer["id"])?);
     }
@@ -1163,9 +1194,18 @@ async fn check_redis(
     Ok(())
 }
 
-/// Redis' slow log from now on: every command slower than 1 ms.
+/// Redis' slow log from now on: every command slower than 1 ms; and its latency monitor:
+/// events (an fsync of the AOF, a fork, ...) slower than 10 ms.
 async fn watch_slow_calls(conn: &mut MultiplexedConnection) -> anyhow::Result<()> {
     let () = redis::pipe()
+        .cmd("CONFIG")
+        .arg("SET")
+        .arg("latency-monitor-threshold")
+        .arg(10)
+        .ignore()
+        .cmd("LATENCY")
+        .arg("RESET")
+        .ignore()
         .cmd("CONFIG")
         .arg("SET")
         .arg("slowlog-log-slower-than")
@@ -1182,6 +1222,23 @@ async fn watch_slow_calls(conn: &mut MultiplexedConnection) -> anyhow::Result<()
         .query_async(conn)
         .await?;
     Ok(())
+}
+
+/// Redis' latency monitor: each event over 10 ms with its longest, in ms.
+async fn latency_events(conn: &mut MultiplexedConnection) -> anyhow::Result<String> {
+    // Each: event name, time of the latest, latest ms, longest ms.
+    let events: Vec<(String, u64, u64, u64)> = redis::cmd("LATENCY")
+        .arg("LATEST")
+        .query_async(conn)
+        .await?;
+    if events.is_empty() {
+        return Ok("none".to_owned());
+    }
+    Ok(events
+        .iter()
+        .map(|(name, _, _, longest)| format!("{name}: longest {longest} ms"))
+        .collect::<Vec<_>>()
+        .join("; "))
 }
 
 /// The slow log by script (told apart by their first keys; `buffer.lua` also by the
