@@ -19,8 +19,10 @@
 //!    the replica was down, marked and released once it is back);
 //! 5. `after`: everything replicated, `--quiet` long.
 //!
-//! Then it checks the outcome and fails if anything is off: every acknowledged transaction
-//! is in the primary's ledger exactly once (and nothing else is), the rows are there, every
+//! Every write carries an Idempotency-Key and is sent again with it after a 503, as a
+//! careful client does: a 503 after a timeout may come for a write that was stored. Then
+//! it checks the outcome and fails if anything is off: every acknowledged transaction is
+//! in the primary's ledger exactly once (and nothing else is), the rows are there, every
 //! lifecycle says `replicated`, the stream, the forwarded set and the dead letters are
 //! empty, and no overlay record or index entry of the run is left.
 
@@ -59,6 +61,9 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 const FILES_PER_UNIT: usize = 100;
 /// The seeded obs units (1 to 10) the writers start executed obs units of.
 const OBS_UNITS: usize = 10;
+/// Most times a load write answered 503 is sent again (with the same Idempotency-Key)
+/// before it counts as an error.
+const MAX_RETRIES: usize = 100;
 /// Longest wait for any phase to end.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(1800);
 
@@ -455,30 +460,39 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
         "| restarts: forwarder / replica tracker | {forwarder_restarts} / {replica_restarts} |"
     );
     println!(
-        "| verified | {} acknowledged transactions (with the probe's), {} not acknowledged (errors) |",
+        "| 503 answers, each sent again with its Idempotency-Key: load / probe | {} / {} |",
+        written.unavailable,
+        probed.unavailable.iter().sum::<u64>()
+    );
+    println!(
+        "| verified | {} acknowledged transactions (with the probe's); not acknowledged in the end: {} |",
         acked.len(),
-        written.errors.len() + probed.errors.iter().sum::<u64>() as usize
+        written.errors.len()
     );
     println!();
     println!("Ingest latency of the probe writer (one file registration every 10 ms):");
-    println!("| phase | s | writes | errors | p50 ms | p99 ms | max ms | p99 / before |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| phase | s | writes | 503s | other failures | p50 ms | p99 ms | max ms | p99 / before |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let quiet_p99 = ms(&probed.latency[BEFORE], 0.99);
     for (i, name) in PHASES.iter().enumerate() {
         let h = &probed.latency[i];
         let span = phase_started[i + 1].duration_since(phase_started[i]);
         if h.is_empty() {
             println!(
-                "| {name} | {:.1} | 0 | {} | - | - | - | - |",
+                "| {name} | {:.1} | 0 | {} | {} | - | - | - | - |",
                 secs(span),
+                probed.unavailable[i],
                 probed.errors[i]
             );
             continue;
         }
         println!(
-            "| {name} | {:.1} | {} | {} | {:.3} | {:.3} | {:.3} | {:.2} |",
+            "| {name} | {:.1} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.2} |",
             secs(span),
             h.len(),
+            probed.unavailable[i],
             probed.errors[i],
             ms(h, 0.5),
             ms(h, 0.99),
@@ -513,7 +527,7 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
     }
     if probed.errors.iter().any(|e| *e > 0) {
         failures.push(format!(
-            "probe writes not acknowledged: {:?}",
+            "probe writes that failed otherwise than with a 503, by phase: {:?}",
             probed.errors
         ));
     }
@@ -577,6 +591,8 @@ struct Written {
     bulk_files: usize,
     /// Every file registered (single and bulk).
     files: Vec<Uuid>,
+    /// 503 answers, each retried with the same Idempotency-Key.
+    unavailable: usize,
     errors: Vec<String>,
     single_us: Histogram<u64>,
     bulk_us: Histogram<u64>,
@@ -592,6 +608,7 @@ impl Written {
             bulks: 0,
             bulk_files: 0,
             files: Vec::new(),
+            unavailable: 0,
             errors: Vec::new(),
             single_us: histogram()?,
             bulk_us: histogram()?,
@@ -606,6 +623,7 @@ impl Written {
         self.bulks += other.bulks;
         self.bulk_files += other.bulk_files;
         self.files.extend(other.files);
+        self.unavailable += other.unavailable;
         self.errors.extend(other.errors);
         self.single_us.add(&other.single_us)?;
         self.bulk_us.add(&other.bulk_us)?;
@@ -709,15 +727,29 @@ impl Load {
                 ),
                 _ => unreachable!("files, bulks and finishes only go to an open unit"),
             };
-            let r = self
-                .http
-                .request(method, format!("{}{path}", self.base))
-                .bearer_auth(&*self.secret)
-                .json(&body)
-                .send()
-                .await?;
-            let status = r.status();
-            let text = r.text().await?;
+            // As a careful client does: an Idempotency-Key, and a 503 retried with it (the
+            // write may have been stored though its answer was lost).
+            let key = format!("load-{i}");
+            let mut tries = 0;
+            let (status, text) = loop {
+                let r = self
+                    .http
+                    .request(method.clone(), format!("{}{path}", self.base))
+                    .bearer_auth(&*self.secret)
+                    .header("idempotency-key", &key)
+                    .json(&body)
+                    .send()
+                    .await?;
+                let status = r.status();
+                let retry_after = retry_after(&r);
+                let text = r.text().await?;
+                if status != StatusCode::SERVICE_UNAVAILABLE || tries == MAX_RETRIES {
+                    break (status, text);
+                }
+                tries += 1;
+                out.unavailable += 1;
+                tokio::time::sleep(retry_after).await;
+            };
             if status != want {
                 out.errors.push(format!(
                     "{path}: {status} {}",
@@ -764,6 +796,14 @@ impl Load {
     }
 }
 
+/// A 503's `Retry-After` (seconds), or 1 s.
+fn retry_after(r: &reqwest::Response) -> Duration {
+    r.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .map_or(Duration::from_secs(1), Duration::from_secs)
+}
+
 fn parse_uuid(v: &Value) -> anyhow::Result<Uuid> {
     v.as_str()
         .and_then(|s| s.parse().ok())
@@ -778,6 +818,9 @@ struct Probed {
     latency: Vec<Histogram<u64>>,
     /// The slowest writes: latency (µs), phase, when (since the probe started).
     slowest: Vec<(u64, usize, Duration)>,
+    /// 503 answers, by phase (each write sent again with the same Idempotency-Key).
+    unavailable: Vec<u64>,
+    /// Other failures (a connection error, another status), by phase; sent again too.
     errors: Vec<u64>,
     txs: Vec<Uuid>,
     files: Vec<Uuid>,
@@ -798,6 +841,7 @@ async fn probe(
             .map(|_| histogram())
             .collect::<anyhow::Result<_>>()?,
         slowest: Vec::new(),
+        unavailable: vec![0; PHASES.len()],
         errors: vec![0; PHASES.len()],
         txs: Vec::new(),
         files: Vec::new(),
@@ -805,9 +849,13 @@ async fn probe(
     let started = Instant::now();
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for i in 0.. {
+    // Writes are numbered; a write that was not acknowledged is sent again, with the same
+    // Idempotency-Key, at the next tick (after the stop too, until it is).
+    let mut n = 0u64;
+    let mut failed = false;
+    loop {
         tokio::select! {
-            () = stop.cancelled() => break,
+            () = stop.cancelled(), if !failed => break,
             _ = tick.tick() => {}
         }
         let phase = progress.phase.load(Ordering::Relaxed);
@@ -815,17 +863,31 @@ async fn probe(
         let sent = http
             .post(&url)
             .bearer_auth(&secret)
-            .json(&file_body(&eou, &format!("probe_{i}.fits")))
+            .header("idempotency-key", format!("probe-{n}"))
+            .json(&file_body(&eou, &format!("probe_{n}.fits")))
             .send()
             .await;
         let answer = match sent {
             Ok(r) if r.status() == StatusCode::CREATED => r.json::<Value>().await.ok(),
-            _ => None,
+            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                out.unavailable[phase] += 1;
+                None
+            }
+            _ => {
+                out.errors[phase] += 1;
+                None
+            }
         };
         let Some(answer) = answer else {
-            out.errors[phase] += 1;
+            failed = true;
+            anyhow::ensure!(
+                out.unavailable.iter().sum::<u64>() + out.errors.iter().sum::<u64>() < 10_000,
+                "the probe's writes keep failing"
+            );
             continue;
         };
+        failed = false;
+        n += 1;
         let took = t.elapsed().as_micros() as u64;
         out.latency[phase].saturating_record(took);
         out.slowest.push((took, phase, t.duration_since(started)));
