@@ -14,10 +14,12 @@
 //!    of the writes;
 //! 3. `draining`: the link heals (the replica restarts here with `--replica-start heal`)
 //!    until every transaction buffered before the heal has left the stream (forwarded);
-//! 4. `replicating`: until every one of them is `replicated` (with `--replica-start
-//!    drained` the replica restarts at the start of this phase: a backlog forwarded while
-//!    the replica was down, marked and released once it is back);
-//! 5. `after`: everything replicated, `--quiet` long.
+//! 4. `tracker idle`: until the replica tracker marks a transaction `replicated` again
+//!    (with `--replica-start drained` the replica restarts at the start of this phase, and
+//!    the tracker first sits out its backoff: a backlog forwarded while the replica was
+//!    down, marked and released once it is back);
+//! 5. `replicating`: until every transaction buffered before the heal is `replicated`;
+//! 6. `after`: everything replicated, `--quiet` long.
 //!
 //! Every write carries an Idempotency-Key and is sent again with it after a 503, as a
 //! careful client does: a 503 after a timeout may come for a write that was stored. Then
@@ -155,12 +157,20 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
 }
 
 /// The probe's phases, in order.
-const PHASES: [&str; 5] = ["before", "during", "draining", "replicating", "after"];
+const PHASES: [&str; 6] = [
+    "before",
+    "during",
+    "draining",
+    "tracker idle",
+    "replicating",
+    "after",
+];
 const BEFORE: usize = 0;
 const DURING: usize = 1;
 const DRAINING: usize = 2;
-const REPLICATING: usize = 3;
-const AFTER: usize = 4;
+const TRACKER_IDLE: usize = 3;
+const REPLICATING: usize = 4;
+const AFTER: usize = 5;
 
 /// What the background tasks read: the phase and how many load writes are acknowledged.
 #[derive(Default)]
@@ -315,19 +325,34 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
     let drain_batches = fm.batches.get() - batches_before;
     let drain_trips = fm.round_trips.get() - trips_before;
 
-    // 4. Replicating: every transaction buffered before the heal becomes `replicated`.
-    progress.phase.store(REPLICATING, Ordering::Relaxed);
+    // 4. Tracker idle: the backlog is forwarded; until the replica tracker marks again
+    //    (with `--replica-start drained` the replica starts now and the tracker first sits
+    //    out its backoff).
+    progress.phase.store(TRACKER_IDLE, Ordering::Relaxed);
     phase_started.push(Instant::now());
+    let marked = &tree.replica_metrics.marked;
+    let marked_at_drain = marked.get();
     if replica_started.is_none() {
         let at = cut.elapsed();
         pg.start_replica().await?;
         (replica_started, start_took) = (Some(at), cut.elapsed() - at);
     }
+    while marked.get() == marked_at_drain {
+        anyhow::ensure!(
+            healed.elapsed() < PHASE_TIMEOUT,
+            "the replica tracker never marked a transaction again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // 5. Replicating: every transaction buffered before the heal becomes `replicated`.
+    progress.phase.store(REPLICATING, Ordering::Relaxed);
+    phase_started.push(Instant::now());
     let replicated_polled = wait_replicated(&mut conn, &keys, mark)
         .await?
         .duration_since(healed);
 
-    // 5. After: everything replicated; the probe goes on a while.
+    // 6. After: everything replicated; the probe goes on a while.
     progress.phase.store(AFTER, Ordering::Relaxed);
     phase_started.push(Instant::now());
     tokio::time::sleep(o.quiet).await;
@@ -472,16 +497,19 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
     println!();
     println!("Ingest latency of the probe writer (one file registration every 10 ms):");
     println!(
-        "| phase | s | writes | 503s | other failures | p50 ms | p99 ms | max ms | p99 / before |"
+        "| phase | s | writes | 503s | other failures | p50 ms | p99 ms | max ms | p99 / before | p99 / after |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let quiet_p99 = ms(&probed.latency[BEFORE], 0.99);
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let (before_p99, after_p99) = (
+        ms(&probed.latency[BEFORE], 0.99),
+        ms(&probed.latency[AFTER], 0.99),
+    );
     for (i, name) in PHASES.iter().enumerate() {
         let h = &probed.latency[i];
         let span = phase_started[i + 1].duration_since(phase_started[i]);
         if h.is_empty() {
             println!(
-                "| {name} | {:.1} | 0 | {} | {} | - | - | - | - |",
+                "| {name} | {:.1} | 0 | {} | {} | - | - | - | - | - |",
                 secs(span),
                 probed.unavailable[i],
                 probed.errors[i]
@@ -489,7 +517,7 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
             continue;
         }
         println!(
-            "| {name} | {:.1} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.2} |",
+            "| {name} | {:.1} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
             secs(span),
             h.len(),
             probed.unavailable[i],
@@ -497,7 +525,8 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
             ms(h, 0.5),
             ms(h, 0.99),
             h.max() as f64 / 1000.0,
-            ms(h, 0.99) / quiet_p99
+            ms(h, 0.99) / before_p99,
+            ms(h, 0.99) / after_p99
         );
     }
     let mut slowest = probed.slowest.clone();
