@@ -14,8 +14,6 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
@@ -48,23 +46,15 @@ pub async fn run(
     Ok(())
 }
 
-fn config(
-    redis: &str,
-    secret: &str,
-    primary: Option<&str>,
-    batch_size: usize,
-) -> anyhow::Result<Config> {
-    let forwarder = primary.map_or(String::new(), |url| {
-        format!(
-            "[forwarder]\nprimary_url = \"{url}\"\nbatch_size = {batch_size}\nlinger = \"0ms\"\n"
-        )
-    });
-    Ok(Config::from_toml_str(&format!(
-        "[site]\nname = \"bench\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
-         [redis]\nurl = \"{redis}\"\n[buffer]\nmax_buffered = 10000000\n{forwarder}\
-         [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\"] }}]\n",
-        token::hash(secret)
-    ))?)
+fn config(redis: &str, secret: &str, primary: &str, batch_size: usize) -> anyhow::Result<Config> {
+    super::service_config(
+        "bench",
+        redis,
+        secret,
+        &format!(
+            "[forwarder]\nprimary_url = \"{primary}\"\nbatch_size = {batch_size}\nlinger = \"0ms\"\n"
+        ),
+    )
 }
 
 /// Forwarder restarts after which its backoff is drawn from the whole range up to the
@@ -82,11 +72,8 @@ async fn one(
     let primary: SocketAddr = ([127, 0, 0, 1], pg.primary_port()).into();
     let wan = FaultProxy::start(([127, 0, 0, 1], 0).into(), primary).await?;
     wan.set_delay(rtt / 2);
-    let url = pg.primary_url().replace(
-        &format!(":{}/", pg.primary_port()),
-        &format!(":{}/", wan.addr().port()),
-    );
-    let app = Application::build(config(&redis.url(), &secret, Some(&url), batch_size)?).await?;
+    let url = super::through(&pg, &wan);
+    let app = Application::build(config(&redis.url(), &secret, &url, batch_size)?).await?;
     let tree = app.tree();
     let base = format!("http://{}", app.http_addr());
     let stop = CancellationToken::new();
@@ -94,7 +81,7 @@ async fn one(
     let mut backlog = Backlog::open(&redis.url()).await?;
 
     // 1. The link works: the executed obs unit reaches the primary.
-    let eou = start_obs_unit(&base, &secret).await?;
+    let eou = super::start_obs_unit(&base, &secret).await?.0.to_string();
     backlog.drained(Instant::now()).await?;
 
     // 2. The outage: writes are buffered while the forwarder crash-loops into its cap.
@@ -140,21 +127,6 @@ async fn one(
     pg.stop().await?;
     redis.stop().await;
     Ok(())
-}
-
-async fn start_obs_unit(base: &str, secret: &str) -> anyhow::Result<String> {
-    let started: serde_json::Value = reqwest::Client::new()
-        .post(format!("{base}/executed_obs_units/start"))
-        .bearer_auth(secret)
-        .json(&json!({"obs_unit_id": 1}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(started["id"]
-        .as_str()
-        .context("start answered no id")?
-        .to_owned())
 }
 
 /// The site's stream, watched from outside the service.
@@ -241,10 +213,18 @@ pub(crate) async fn fill(base: &str, secret: &str, eou: &str, n: usize) -> anyho
         );
         tasks.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < n {
-                let body = json!({"name": "f.fits", "relative_path": "2026/f.fits", "executed_obs_unit_id": eou,
-                                  "size": 1, "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"});
-                let r = http.post(&url).bearer_auth(&secret).json(&body).send().await?;
-                anyhow::ensure!(r.status() == reqwest::StatusCode::CREATED, "buffering failed: {}", r.status());
+                let body = super::file_body(&eou, "f.fits");
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&secret)
+                    .json(&body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    r.status() == reqwest::StatusCode::CREATED,
+                    "buffering failed: {}",
+                    r.status()
+                );
             }
             anyhow::Ok(())
         }));

@@ -48,13 +48,7 @@ pub async fn run(clients: &[usize], duration: Duration, dir: &Path) -> anyhow::R
         ),
     ];
     for (phase, forwarder) in phases {
-        let config = Config::from_toml_str(&format!(
-            "[site]\nname = \"bench\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
-             [redis]\nurl = \"{}\"\n[buffer]\nmax_buffered = 100000000\n{forwarder}\
-             [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\"] }}]\n",
-            redis.url(),
-            token::hash(&secret)
-        ))?;
+        let config = super::service_config("bench", &redis.url(), &secret, &forwarder)?;
         phase_rows(phase, config, &secret, clients, duration).await?;
     }
     lpush_rows(redis.port, clients).await;

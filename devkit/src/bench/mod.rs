@@ -7,12 +7,22 @@
 mod catchup;
 mod events;
 mod ingest;
+mod outage;
 mod reads;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Subcommand;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::fault_proxy::FaultProxy;
+use crate::local_pg::LocalPostgres;
+use ops_db_service::config::Config;
+use ops_db_service::token;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -56,6 +66,43 @@ pub enum BenchCommand {
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
     },
+    /// An outage end to end: the link cut while transactions (bulk ones among them) are
+    /// written, the replica down for part of it, both back; drain, replication, memory and
+    /// ingest latency before, during and after.
+    Outage {
+        /// Transactions written while the link is cut, bulk registrations included.
+        #[arg(long, default_value_t = 100_000)]
+        transactions: usize,
+        /// Bulk registrations among them, spread evenly through the writes.
+        #[arg(long, default_value_t = 100)]
+        bulk: usize,
+        /// Files per bulk registration (at most buffer.max_bulk_files, 1000).
+        #[arg(long, default_value_t = 1000)]
+        bulk_files: usize,
+        /// Round-trip time of the emulated link.
+        #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+        rtt: Duration,
+        /// Concurrent writers of the transactions.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Transactions per second the writers keep to together; 0: as fast as they can.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// How long the probe writer measures before the cut, and again once everything
+        /// is replicated (2,000 writes in 20 s: a p99 of 20 samples).
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        quiet: Duration,
+        /// The replica stops when this fraction of the writes is acknowledged.
+        #[arg(long, default_value_t = 0.25)]
+        replica_stop: f64,
+        /// When it starts again: `heal` (with the link), `drained` (once the backlog is
+        /// forwarded: the replica is down while it reaches the primary), or a fraction of
+        /// the writes.
+        #[arg(long, default_value = "heal")]
+        replica_start: outage::ReplicaStart,
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+    },
     /// Catch-up: transactions buffered during an outage, forwarded through an emulated WAN.
     Catchup {
         #[arg(long, default_value_t = 100_000)]
@@ -89,6 +136,32 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             duration,
             dir,
         } => events::run(ws_clients, writers, duration, &dir).await,
+        BenchCommand::Outage {
+            transactions,
+            bulk,
+            bulk_files,
+            rtt,
+            clients,
+            rate,
+            quiet,
+            replica_stop,
+            replica_start,
+            dir,
+        } => {
+            outage::run(outage::Options {
+                transactions,
+                bulk,
+                bulk_files,
+                rtt,
+                clients,
+                rate,
+                quiet,
+                replica_stop,
+                replica_start,
+                dir,
+            })
+            .await
+        }
         BenchCommand::Reads {
             buffered,
             samples,
@@ -96,4 +169,90 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             dir,
         } => reads::run(&buffered, samples, poll, &dir).await,
     }
+}
+
+/// The service's configuration in a benchmark: site `site`, HTTP and TCP on free ports, the
+/// Redis at `redis_url`, one write token (`secret`), room for 100,000,000 buffered
+/// transactions; `sections` adds TOML sections (`[forwarder]`, `[replica]`, ...).
+pub(crate) fn service_config(
+    site: &str,
+    redis_url: &str,
+    secret: &str,
+    sections: &str,
+) -> anyhow::Result<Config> {
+    Ok(Config::from_toml_str(&format!(
+        "[site]\nname = \"{site}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
+         [redis]\nurl = \"{redis_url}\"\n[buffer]\nmax_buffered = 100000000\n{sections}\
+         [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\"] }}]\n",
+        token::hash(secret)
+    ))?)
+}
+
+/// The primary's URL with its port replaced by the fault proxy's: the emulated WAN.
+pub(crate) fn through(pg: &LocalPostgres, wan: &FaultProxy) -> String {
+    pg.primary_url().replace(
+        &format!(":{}/", pg.primary_port()),
+        &format!(":{}/", wan.addr().port()),
+    )
+}
+
+/// Starts an executed obs unit (of obs unit 1); its id and its transaction's.
+pub(crate) async fn start_obs_unit(base: &str, secret: &str) -> anyhow::Result<(Uuid, Uuid)> {
+    let started: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/executed_obs_units/start"))
+        .bearer_auth(secret)
+        .json(&json!({"obs_unit_id": 1}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = |field: &str| -> anyhow::Result<Uuid> {
+        started[field]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("start answered no {field}: {started}"))
+    };
+    Ok((id("id")?, id("transaction_id")?))
+}
+
+/// The body of one file registration of the executed obs unit `eou`.
+pub(crate) fn file_body(eou: &str, name: &str) -> serde_json::Value {
+    json!({"name": name, "relative_path": format!("2026/{name}"), "executed_obs_unit_id": eou,
+           "size": 1, "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"})
+}
+
+/// The `q` quantile of a histogram of microseconds, in milliseconds.
+pub(crate) fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// This process's resident memory (`VmRSS`) in MB.
+pub(crate) fn rss_mb() -> f64 {
+    proc_status_mb("VmRSS")
+}
+
+/// A memory field of `/proc/self/status` (`VmRSS`, `VmHWM`, ...) in MB; 0 if unreadable.
+pub(crate) fn proc_status_mb(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The numeric fields of Redis' `INFO` sections (`memory`: `used_memory`,
+/// `used_memory_peak`, ...; `stats`: `total_forks`, ...).
+pub(crate) async fn redis_info(
+    conn: &mut redis::aio::MultiplexedConnection,
+    sections: &[&str],
+) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    let info: String = redis::cmd("INFO").arg(sections).query_async(conn).await?;
+    Ok(info
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect())
 }

@@ -22,6 +22,8 @@ use ops_db_service::config::Config;
 use ops_db_service::startup::Application;
 use ops_db_service::token;
 
+use super::{ms, rss_mb};
+
 use crate::local_pg::LocalPostgres;
 use crate::local_redis::LocalRedis;
 
@@ -35,19 +37,6 @@ pub async fn run(
     let result = measure(buffered, samples, poll, &base).await;
     let _ = std::fs::remove_dir_all(&base);
     result
-}
-
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
-}
-
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// The service's config for one part of the benchmark.
@@ -68,16 +57,16 @@ impl Setup<'_> {
         } else {
             String::new()
         };
-        Ok(Config::from_toml_str(&format!(
-            "[site]\nname = \"{site}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
-             [redis]\nurl = \"{}\"\n[buffer]\nmax_buffered = 100000000\n{forwarder}\
-             [replica]\nurl = \"{}\"\npoll_interval = \"{}\"\n\
-             [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\"] }}]\n",
-            self.redis.url(),
-            self.pg.replica_url(),
-            humantime::format_duration(self.poll),
-            token::hash(&self.secret)
-        ))?)
+        super::service_config(
+            site,
+            &self.redis.url(),
+            &self.secret,
+            &format!(
+                "{forwarder}[replica]\nurl = \"{}\"\npoll_interval = \"{}\"\n",
+                self.pg.replica_url(),
+                humantime::format_duration(self.poll),
+            ),
+        )
     }
 
     /// Starts the service; its base URL and what stops it.
