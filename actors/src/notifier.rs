@@ -21,7 +21,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -29,6 +28,7 @@ use tokio::task::JoinHandle;
 use crate::events::{Event, EventSink, Hub};
 use crate::overlay::scripts::EVENTS;
 use crate::overlay::Keys;
+use crate::redis_conn;
 
 /// Most events one `events.lua` call publishes, and most bytes of them (at least one event
 /// goes): the call stores and publishes each, and Redis runs it alone.
@@ -137,23 +137,14 @@ impl Actor for NotifierActor {
     }
 }
 
-async fn connect(config: &NotifierConfig) -> Result<MultiplexedConnection, NotifierError> {
-    let client = redis::Client::open(config.redis_url.as_str())?;
-    let settings = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(config.redis_timeout))
-        .set_response_timeout(Some(config.redis_timeout));
-    Ok(client
-        .get_multiplexed_async_connection_with_config(&settings)
-        .await?)
-}
-
 async fn start(
     myself: ActorRef<NotifierMsg>,
     state: &mut NotifierState,
 ) -> Result<(), NotifierError> {
     let args = state.args.clone();
     let config = Arc::clone(&args.config);
-    let conn = connect(&config).await?;
+    let timeout = config.redis_timeout;
+    let conn = redis_conn::open_url(&config.redis_url, timeout, timeout).await?;
     let client = redis::Client::open(config.redis_url.as_str())?;
     let subscribe = async {
         let mut pubsub = client.get_async_pubsub().await?;

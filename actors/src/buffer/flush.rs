@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError, RedisResult};
+use redis::{RedisError, RedisResult};
 use serde_json::json;
 
 use super::memory::{estimate, BufferMemory};
@@ -32,14 +32,10 @@ pub(super) async fn connect(
     client: &redis::Client,
     config: &BufferConfig,
 ) -> RedisResult<Connections> {
-    let settings = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(config.redis_timeout))
-        .set_response_timeout(Some(config.redis_timeout));
+    let timeout = config.redis_timeout;
     let mut conns = Vec::with_capacity(config.connections);
     for _ in 0..config.connections.max(1) {
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&settings)
-            .await?;
+        let mut conn = crate::redis_conn::open(client, timeout, timeout).await?;
         // EVALSHA needs the script in this server's cache; a new connection may be a new
         // (restarted) server.
         BUFFER.load_async(&mut conn).await?;

@@ -30,7 +30,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisResult};
+use redis::RedisResult;
 use serde::Serialize;
 
 use super::PreparedWrite;
@@ -227,14 +227,7 @@ pub(super) async fn sample(
     let read = async {
         let mut conn = match conn {
             Some(conn) => conn,
-            None => {
-                let settings = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout));
-                client
-                    .get_multiplexed_async_connection_with_config(&settings)
-                    .await?
-            }
+            None => crate::redis_conn::open(client, timeout, timeout).await?,
         };
         let info: String = redis::cmd("INFO")
             .arg("memory")

@@ -30,7 +30,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
@@ -45,6 +44,7 @@ use read::{Batch, Reader};
 use crate::events::EventSink;
 use crate::overlay::scripts::{RECORDS_PER_CALL, SETTLE, TXS_PER_CALL};
 use crate::overlay::Keys;
+use crate::redis_conn;
 
 /// The consumer group (and its one consumer) through which the forwarder reads.
 pub const GROUP: &str = "forwarder";
@@ -269,13 +269,8 @@ async fn connect_redis(
     config: &ForwarderConfig,
     response_timeout: Duration,
 ) -> Result<MultiplexedConnection, ForwardError> {
-    let client = redis::Client::open(config.redis_url.as_str())?;
-    let settings = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(config.redis_timeout))
-        .set_response_timeout(Some(response_timeout));
-    Ok(client
-        .get_multiplexed_async_connection_with_config(&settings)
-        .await?)
+    let url = &config.redis_url;
+    Ok(redis_conn::open_url(url, config.redis_timeout, response_timeout).await?)
 }
 
 async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardError> {

@@ -21,7 +21,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::ConnectOptions;
 
@@ -154,13 +153,8 @@ async fn connect(
     let pg = tokio::time::timeout(config.connect_timeout, options.connect())
         .await
         .map_err(|_| ReplicaError::ConnectTimeout(config.connect_timeout))??;
-    let client = redis::Client::open(config.redis_url.as_str())?;
-    let settings = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(config.redis_timeout))
-        .set_response_timeout(Some(config.redis_timeout));
-    let redis = client
-        .get_multiplexed_async_connection_with_config(&settings)
-        .await?;
+    let timeout = config.redis_timeout;
+    let redis = crate::redis_conn::open_url(&config.redis_url, timeout, timeout).await?;
     Ok((pg, redis))
 }
 
