@@ -41,23 +41,6 @@ async fn bulk(app: &TestApp, eou: Uuid, tag: usize) -> Vec<Uuid> {
     acked
 }
 
-/// The sizes of the buffered transactions' JSON, as the forwarder will read them.
-async fn entry_sizes(app: &TestApp) -> Vec<usize> {
-    let mut conn = app.redis.conn().await;
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(app.keys.stream())
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .expect("xrange");
-    entries
-        .ids
-        .iter()
-        .map(|e| e.get::<String>("tx").expect("tx field").len())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn bulk_registrations_behind_a_cut_link_drain_in_batches_bounded_by_bytes() {
     let site = Site::start(true, &format!("batch_max_bytes = {BATCH_MAX_BYTES}\n")).await;
@@ -72,7 +55,7 @@ async fn bulk_registrations_behind_a_cut_link_drain_in_batches_bounded_by_bytes(
         let writes = chunk.iter().map(|&b| bulk(app, eou, b));
         acked.extend(join_all(writes).await.concat());
     }
-    let sizes = entry_sizes(app).await;
+    let sizes: Vec<usize> = app.buffered_json().await.iter().map(String::len).collect();
     assert_eq!(sizes.len(), acked.len() - 1, "all buffered behind the cut");
     let largest_tx = *sizes.iter().max().expect("entries");
     assert!(

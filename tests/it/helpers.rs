@@ -322,8 +322,8 @@ impl TestApp {
         .await
     }
 
-    /// The buffered transactions, in stream order.
-    pub async fn buffered(&self) -> Vec<Transaction> {
+    /// The buffered transactions' JSON, as stored, in stream order.
+    pub async fn buffered_json(&self) -> Vec<String> {
         let mut conn = self.redis.conn().await;
         let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg(self.keys.stream())
@@ -335,10 +335,16 @@ impl TestApp {
         entries
             .ids
             .iter()
-            .map(|e| {
-                let json: String = e.get("tx").expect("tx field");
-                serde_json::from_str(&json).expect("transaction json")
-            })
+            .map(|e| e.get("tx").expect("tx field"))
+            .collect()
+    }
+
+    /// The buffered transactions, in stream order.
+    pub async fn buffered(&self) -> Vec<Transaction> {
+        self.buffered_json()
+            .await
+            .iter()
+            .map(|json| serde_json::from_str(json).expect("transaction json"))
             .collect()
     }
 
