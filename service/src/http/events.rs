@@ -51,14 +51,8 @@ fn invalid(field: &str, message: &str) -> ApiError {
 
 /// The token: `Authorization: Bearer …`, else the `opsdb.bearer.…` subprotocol.
 fn token(headers: &HeaderMap) -> (Option<String>, bool) {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_owned());
-    if bearer.is_some() {
-        return (bearer, false);
+    if let Some(token) = super::auth::bearer_header(headers) {
+        return (Some(token.to_owned()), false);
     }
     let protocol = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
