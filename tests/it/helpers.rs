@@ -281,6 +281,25 @@ impl TestApp {
             .await
     }
 
+    /// A write as a careful client sends it: with an `Idempotency-Key` of its own, sent
+    /// again on `503 buffer_unavailable` (a Redis round trip over `redis.timeout` on a busy
+    /// machine, which may have stored it: the retry then gets the first answer), so the
+    /// write is stored once or the test fails. For tests about something else than ingest
+    /// latency.
+    pub async fn post_stored(&self, path: &str, body: &Value) -> Reply {
+        let key = uuid::Uuid::now_v7().to_string();
+        for _ in 0..20 {
+            let r = self
+                .send(reqwest::Method::POST, path, Some(body), Some(&key))
+                .await;
+            if r.status != 503 || r.body["error"]["code"] != "buffer_unavailable" {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{path}: still 503 buffer_unavailable after 20 tries")
+    }
+
     pub async fn put(&self, path: &str, body: &Value) -> Reply {
         self.send(reqwest::Method::PUT, path, Some(body), None)
             .await
