@@ -1,8 +1,10 @@
 //! `ops-db-api bench events`: what events cost ingest, and how fast they reach websocket
-//! clients. One run, three phases against one durable Redis, the same HTTP load in each:
-//! events disabled; events on with no client; events on with `--ws-clients` websocket
-//! clients, each receiving every event. The fan-out delay is the time from an event's
-//! emission (`at`, unix ms) to its arrival at a client: millisecond resolution.
+//! clients. One run against one durable Redis, the same HTTP load in every phase: first
+//! `--rounds` rounds of events disabled and events on with no client, interleaved (off, on,
+//! then on, off, and so on, so that a drift of the machine over the run weighs on both
+//! sides alike); then events on with `--ws-clients` websocket clients, each receiving every
+//! event. The fan-out delay is the time from an event's emission (`at`, unix ms) to its
+//! arrival at a client: millisecond resolution.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +27,7 @@ use crate::ports::free_port;
 
 pub async fn run(
     ws_clients: usize,
+    rounds: usize,
     writers: usize,
     duration: Duration,
     dir: &Path,
@@ -36,10 +39,19 @@ pub async fn run(
         "ops-db-api bench events: {writers} HTTP writers for {duration:?} per phase, \
          POST /raw_data_files/, Redis appendfsync always"
     );
-    println!("| events | websocket clients | writes/s | write p50 ms | write p99 ms | events received | fan-out p50 ms | fan-out p99 ms | clients closed |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let phases = [("off", false, 0), ("on", true, 0), ("on", true, ws_clients)];
-    for (label, enabled, clients) in phases {
+    println!("| phase | events | websocket clients | writes/s | write p50 ms | write p99 ms | events received | fan-out p50 ms | fan-out p99 ms | clients closed |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let (off, on) = (("off", false, 0), ("on", true, 0));
+    let mut phases: Vec<_> = (0..rounds)
+        .flat_map(|round| if round % 2 == 0 { [off, on] } else { [on, off] })
+        .collect();
+    if ws_clients > 0 {
+        phases.push(("on", true, ws_clients));
+    }
+    // Writes/s of the phases without clients: events off, events on.
+    let (mut rate_off, mut rate_on) = (Vec::new(), Vec::new());
+    for (number, (label, enabled, clients)) in phases.into_iter().enumerate() {
+        empty(&redis.url()).await?;
         let config = Config::from_toml_str(&format!(
             "[site]\nname = \"bench-events\"\n[http]\nlisten = \"127.0.0.1:0\"\nmax_connections = {}\n\
              [tcp]\nlisten = \"127.0.0.1:0\"\n[redis]\nurl = \"{}\"\n\
@@ -49,11 +61,59 @@ pub async fn run(
             redis.url(),
             token::hash(&secret)
         ))?;
-        phase(label, config, &secret, clients, writers, duration).await?;
+        let rate = phase(
+            number + 1,
+            label,
+            config,
+            &secret,
+            clients,
+            writers,
+            duration,
+        )
+        .await?;
+        if clients == 0 {
+            if enabled { &mut rate_on } else { &mut rate_off }.push(rate);
+        }
+    }
+    if !rate_off.is_empty() && rate_off.len() == rate_on.len() {
+        let mean = |rates: &[f64]| rates.iter().sum::<f64>() / rates.len() as f64;
+        let (off, on) = (mean(&rate_off), mean(&rate_on));
+        println!(
+            "\nevents on, no client, against off over {} interleaved rounds: {:.0} against {:.0} writes/s, {:+.1}%",
+            rate_off.len(),
+            on,
+            off,
+            (on / off - 1.0) * 100.0
+        );
     }
     redis.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Every phase starts from the same Redis: empty, its AOF rewritten and no rewrite under
+/// way (otherwise a rewrite triggered by the previous phases' writes lands in whichever
+/// phase it happens to, and decides the comparison).
+async fn empty(url: &str) -> anyhow::Result<()> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
+    redis::cmd("BGREWRITEAOF")
+        .query_async::<()>(&mut conn)
+        .await?;
+    for _ in 0..600 {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut conn)
+            .await?;
+        let busy = |field: &str| info.lines().any(|l| l.trim() == format!("{field}:1"));
+        if !busy("aof_rewrite_in_progress") && !busy("aof_rewrite_scheduled") {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("Redis did not finish rewriting its AOF within 60 s")
 }
 
 /// What the websocket clients saw.
@@ -69,14 +129,16 @@ impl Fanout {
     }
 }
 
+/// One phase: a fresh service, the load, the clients; prints its row and returns writes/s.
 async fn phase(
+    number: usize,
     label: &str,
     config: Config,
     secret: &str,
     clients: usize,
     writers: usize,
     duration: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<f64> {
     let app = Application::build(config).await?;
     let addr = app.http_addr();
     let stop = CancellationToken::new();
@@ -127,16 +189,17 @@ async fn phase(
             )
         }
     };
+    let rate = o.ok as f64 / o.elapsed.as_secs_f64();
     println!(
-        "| {label} | {clients} | {:.0} | {:.3} | {:.3} | {} | {fan50} | {fan99} | {} |",
-        o.ok as f64 / o.elapsed.as_secs_f64(),
+        "| {number} | {label} | {clients} | {rate:.0} | {:.3} | {:.3} | {} | {fan50} | {fan99} | {} |",
         ms(0.5),
         ms(0.99),
         fanout.received.load(Ordering::Relaxed),
         fanout.closed.load(Ordering::Relaxed),
     );
     stop.cancel();
-    server.await.context("server task")?
+    server.await.context("server task")??;
+    Ok(rate)
 }
 
 /// One websocket client: records each event's delay until `stop`.

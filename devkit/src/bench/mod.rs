@@ -57,6 +57,9 @@ pub enum BenchCommand {
         /// Websocket clients in the last phase, each receiving every event.
         #[arg(long, default_value_t = 1000)]
         ws_clients: usize,
+        /// Interleaved rounds of events off and on (no client) before the clients' phase.
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
         /// Concurrent HTTP writers in every phase.
         #[arg(long, default_value_t = 64)]
         writers: usize,
@@ -132,10 +135,11 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         } => catchup::run(transactions, &rtt, batch_size, &dir).await,
         BenchCommand::Events {
             ws_clients,
+            rounds,
             writers,
             duration,
             dir,
-        } => events::run(ws_clients, writers, duration, &dir).await,
+        } => events::run(ws_clients, rounds, writers, duration, &dir).await,
         BenchCommand::Outage {
             transactions,
             bulk,
