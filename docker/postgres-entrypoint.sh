@@ -9,6 +9,8 @@
 #                               clone the primary with pg_basebackup -R
 #   PRIMARY_SLOT_NAME (or SLOT) physical replication slot to use on the
 #                               primary; created there if missing
+#   SSL_CERT_PEM / SSL_KEY_PEM  the server's certificate and key (PEM): TLS on,
+#                               plain connections still accepted
 #
 # Prints "OPSDB-POSTGRES-READY" once the final server accepts connections.
 set -euo pipefail
@@ -101,4 +103,13 @@ fi
   echo "OPSDB-POSTGRES-READY"
 ) || true &
 
-exec postgres -D "$PGDATA" "$@"
+ssl_args=()
+if [ -n "${SSL_CERT_PEM:-}" ]; then
+  mkdir -p "$HOME/ssl"
+  printf '%s\n' "$SSL_CERT_PEM" > "$HOME/ssl/server.crt"
+  # PostgreSQL refuses a key file others can read.
+  (umask 077 && printf '%s\n' "${SSL_KEY_PEM:?SSL_KEY_PEM is required with SSL_CERT_PEM}" > "$HOME/ssl/server.key")
+  ssl_args=(-c ssl=on -c "ssl_cert_file=$HOME/ssl/server.crt" -c "ssl_key_file=$HOME/ssl/server.key")
+fi
+
+exec postgres -D "$PGDATA" "${ssl_args[@]}" "$@"

@@ -46,7 +46,7 @@ enum Command {
         #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
         wan_delay: std::time::Duration,
     },
-    /// Bring the primary's schema up to date (forwarder.primary_url of the config).
+    /// Bring the primary's schema up to date (as forwarder.migrate_url, else primary_url).
     Migrate {
         #[arg(long)]
         config: PathBuf,
@@ -67,7 +67,7 @@ enum Command {
     },
     /// One screen on a running service's health; exit code 0 ready, 1 not ready, 2 unreachable.
     Status(status::StatusArgs),
-    /// Check a config file and print the effective configuration (tokens hashed as given).
+    /// Check a config file and print the effective configuration (passwords in URLs hidden).
     CheckConfig {
         #[arg(long)]
         config: PathBuf,
@@ -178,7 +178,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => dlq(&url, &token, command).await,
         Command::CheckConfig { config } => {
             let config = load(&config)?;
-            println!("{}", serde_json::to_string_pretty(&config)?);
+            println!("{}", serde_json::to_string_pretty(&config.redacted())?);
             Ok(())
         }
         Command::Token { command } => {
@@ -206,13 +206,12 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 async fn migrate(path: &std::path::Path, seed: bool) -> anyhow::Result<()> {
-    let url = load(path)?
-        .forwarder
-        .primary_url
-        .ok_or_else(|| anyhow::anyhow!("config: forwarder.primary_url is not set"))?;
-    db::migrate(&url).await?;
+    let target = load(path)?.migrate_target().ok_or_else(|| {
+        anyhow::anyhow!("config: neither forwarder.migrate_url nor forwarder.primary_url is set")
+    })?;
+    db::migrate(&target).await?;
     if seed {
-        db::seed(&url).await?;
+        db::seed(&target).await?;
     }
     println!("migrated{}", if seed { " and seeded" } else { "" });
     Ok(())

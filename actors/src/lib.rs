@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod lsn;
 pub mod notifier;
 pub mod overlay;
+pub mod pg;
 pub mod redis_conn;
 pub mod replica;
 pub mod slot;

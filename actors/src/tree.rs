@@ -327,7 +327,7 @@ fn children(
         // Over a dead WAN a probe times out rather than fails; a connect and one answer take
         // two round trips, well under 2 s on any link this service is meant for.
         let timeout = forwarder.connect_timeout.min(Duration::from_secs(2));
-        let probe = crate::forwarder::probe(&forwarder.primary_url, timeout);
+        let probe = crate::forwarder::probe(&forwarder.primary.url, timeout);
         let child = Child {
             name: FORWARDER.into(),
             actor: ForwarderActor,

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use ops_db_actors::pg::PgTarget;
 use ops_db_service::db;
 
 use crate::local_pg::LocalPostgres;
@@ -13,7 +14,7 @@ use crate::ports::free_port;
 pub async fn local_services(dir: &Path) -> anyhow::Result<(LocalRedis, LocalPostgres)> {
     let redis = LocalRedis::start(&dir.join("redis"), free_port()?).await?;
     let pg = LocalPostgres::start(&dir.join("pg")).await?;
-    db::migrate(&pg.primary_url()).await?;
-    db::seed(&pg.primary_url()).await?;
+    db::migrate(&PgTarget::plain(pg.primary_url())).await?;
+    db::seed(&PgTarget::plain(pg.primary_url())).await?;
     Ok((redis, pg))
 }

@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, SiteMode};
+use crate::config::Config;
 use crate::http::{self, AppState, Tokens};
 use crate::redis_probe::RedisProbe;
 
@@ -30,12 +30,21 @@ pub struct Application {
     admin_routes: Option<axum::Router>,
 }
 
+/// A CA file that cannot be read would only show as a failing forwarder (or replica
+/// tracker); it is the operator's mistake, reported before anything starts.
+fn check_ca_file(path: &std::path::Path) -> anyhow::Result<()> {
+    let pem = std::fs::read_to_string(path).context("cannot read it")?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        anyhow::bail!("holds no PEM certificate");
+    }
+    Ok(())
+}
+
 /// The forwarder, if a primary is configured: restarted forever, never escalating.
 fn forwarder(config: &Config, keys: &Keys) -> Option<(ForwarderConfig, RestartPolicy)> {
     let f = &config.forwarder;
-    let primary_url = f.primary_url.clone()?;
     let forwarder = ForwarderConfig {
-        primary_url,
+        primary: config.primary()?,
         redis_url: config.redis.url.clone(),
         keys: keys.clone(),
         batch_size: f.batch_size,
@@ -55,8 +64,7 @@ fn forwarder(config: &Config, keys: &Keys) -> Option<(ForwarderConfig, RestartPo
 fn replica(config: &Config, keys: &Keys) -> Option<(ReplicaConfig, RestartPolicy)> {
     let r = &config.replica;
     let tracker = ReplicaConfig {
-        replica_url: config.read_url()?.to_owned(),
-        is_primary: config.site.mode == SiteMode::Main && r.url.is_none(),
+        source: config.read_source()?,
         redis_url: config.redis.url.clone(),
         keys: keys.clone(),
         poll_interval: r.poll_interval,
@@ -69,6 +77,14 @@ fn replica(config: &Config, keys: &Keys) -> Option<(ReplicaConfig, RestartPolicy
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        for (key, file) in [
+            ("forwarder.ca_file", &config.forwarder.ca_file),
+            ("replica.ca_file", &config.replica.ca_file),
+        ] {
+            if let Some(path) = file {
+                check_ca_file(path).with_context(|| format!("{key} {}", path.display()))?;
+            }
+        }
         let http = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("http.listen {}: cannot bind", config.http.listen))?;
@@ -113,7 +129,8 @@ impl Application {
         })
         .await
         .context("starting the actor tree")?;
-        let reads = Reads::new(config.read_url(), keys.clone()).context("replica.url")?;
+        let reads =
+            Reads::new(config.read_source().as_ref(), keys.clone()).context("replica.url")?;
         let probe =
             RedisProbe::new(&config.redis.url, keys, config.redis.timeout).context("redis.url")?;
         // One registry: each part registers the metrics it owns.

@@ -32,3 +32,4 @@ mod retry;
 mod site;
 mod status;
 mod tcp;
+mod tls;

@@ -54,19 +54,34 @@ pub struct TestPg {
 impl TestPg {
     /// A primary with the database `opsdb` and a replica streaming from it, both ready.
     pub async fn start() -> Arc<Self> {
+        Self::start_with(None).await
+    }
+
+    /// As [`TestPg::start`], both servers also accepting TLS with this certificate and key
+    /// (PEM). Docker backend only.
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Arc<Self> {
+        Self::start_with(Some((cert_pem.to_owned(), key_pem.to_owned()))).await
+    }
+
+    async fn start_with(tls: Option<(String, String)>) -> Arc<Self> {
         let primary_port = free_port().expect("a free port");
         // Two calls may (rarely) hand out the same port.
         let replica_port = std::iter::repeat_with(|| free_port().expect("a free port"))
             .find(|&port| port != primary_port)
             .expect("a second free port");
         let backend = if backend_is_local() {
+            assert!(
+                tls.is_none(),
+                "the TLS tests need the Docker backend (unset OPSDB_TEST_BACKEND): the local \
+                 backend's servers have no certificates"
+            );
             let dir = tempdir::Dir::new();
             let pg = LocalPostgres::start_on(&dir.0, primary_port, replica_port)
                 .await
                 .unwrap_or_else(|e| panic!("OPSDB_TEST_BACKEND=local needs PostgreSQL 15: {e:#}"));
             Backend::Local { pg, _dir: dir }
         } else {
-            start_containers(primary_port, replica_port).await
+            start_containers(primary_port, replica_port, tls).await
         };
         let pg = Arc::new(Self {
             primary_port,
@@ -202,12 +217,24 @@ impl TestPg {
 
 /// The primary, then the replica cloning it (the entrypoint waits for the primary, but a
 /// replica started first would count that wait against its own startup timeout).
-async fn start_containers(primary_port: u16, replica_port: u16) -> Backend {
+async fn start_containers(
+    primary_port: u16,
+    replica_port: u16,
+    tls: Option<(String, String)>,
+) -> Backend {
     let tag = format!("opsdb-pg-{:08x}", rand::random::<u32>());
     let primary_name = format!("{tag}-primary");
-    let primary = image(&tag, &primary_name, primary_port).start().await;
+    let with_tls = |request: testcontainers::ContainerRequest<GenericImage>| match &tls {
+        Some((cert, key)) => request
+            .with_env_var("SSL_CERT_PEM", cert)
+            .with_env_var("SSL_KEY_PEM", key),
+        None => request,
+    };
+    let primary = with_tls(image(&tag, &primary_name, primary_port))
+        .start()
+        .await;
     let primary = primary.unwrap_or_else(|e| docker_missing(&e));
-    let replica = image(&tag, &format!("{tag}-replica"), replica_port)
+    let replica = with_tls(image(&tag, &format!("{tag}-replica"), replica_port))
         .with_env_var("PRIMARY_HOST", &primary_name)
         .with_env_var("PRIMARY_SLOT_NAME", REPLICA_SLOT)
         .start()

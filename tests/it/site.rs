@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ops_db_actors::pg::PgTarget;
 use ops_db_devkit::fault_proxy::FaultProxy;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
@@ -30,10 +31,10 @@ pub const FAST_RESTARTS: &str =
 impl Site {
     pub async fn start(with_wan: bool, forwarder: &str) -> Self {
         let pg = TestPg::start().await;
-        ops_db_service::db::migrate(&pg.primary_url())
+        ops_db_service::db::migrate(&PgTarget::plain(pg.primary_url()))
             .await
             .expect("migrate");
-        ops_db_service::db::seed(&pg.primary_url())
+        ops_db_service::db::seed(&PgTarget::plain(pg.primary_url()))
             .await
             .expect("seed");
         let (wan, primary_url) = if with_wan {
@@ -87,10 +88,10 @@ impl Site {
     /// A migrated and seeded primary with its streaming replica.
     pub async fn primary_with_replica() -> Arc<TestPg> {
         let pg = TestPg::start().await;
-        ops_db_service::db::migrate(&pg.primary_url())
+        ops_db_service::db::migrate(&PgTarget::plain(pg.primary_url()))
             .await
             .expect("migrate");
-        ops_db_service::db::seed(&pg.primary_url())
+        ops_db_service::db::seed(&PgTarget::plain(pg.primary_url()))
             .await
             .expect("seed");
         pg

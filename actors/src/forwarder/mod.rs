@@ -30,7 +30,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 use sqlx::{ConnectOptions, Connection};
 
 pub use apply::{is_permanent, Outcome, PERMANENT_SQLSTATES};
@@ -44,6 +44,7 @@ use read::{Batch, Reader};
 use crate::events::EventSink;
 use crate::overlay::scripts::{RECORDS_PER_CALL, SETTLE, TXS_PER_CALL};
 use crate::overlay::Keys;
+use crate::pg::PgTarget;
 use crate::redis_conn;
 
 /// The consumer group (and its one consumer) through which the forwarder reads.
@@ -51,7 +52,7 @@ pub const GROUP: &str = "forwarder";
 
 #[derive(Debug, Clone)]
 pub struct ForwarderConfig {
-    pub primary_url: String,
+    pub primary: PgTarget,
     pub redis_url: String,
     pub keys: Keys,
     /// Most transactions in one batch.
@@ -239,7 +240,7 @@ impl Actor for ForwarderActor {
 const STANDBY_POLL: Duration = Duration::from_millis(100);
 
 async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, ForwardError> {
-    let options: PgConnectOptions = config.primary_url.parse()?;
+    let options = config.primary.options()?;
     // A batch's SQL carries the whole batch (megabytes); a slow one over the WAN is normal
     // and must not be logged as a warning with its text.
     // The same bound on the primary's side: an attempt this side gave up on is cancelled

@@ -25,7 +25,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
 use serde_json::{Map, Value};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -34,6 +34,7 @@ use super::page::{self, PageRequest};
 use super::record::index_value;
 use super::{Keys, OverlayRecord, TxState, UnknownState};
 use crate::domain::Table;
+use crate::pg::PgTarget;
 
 /// Why a read has no answer.
 #[derive(Debug, thiserror::Error)]
@@ -100,12 +101,12 @@ pub struct Reads {
 impl Reads {
     /// Connects lazily: a read source down at boot fails reads, not the start; only an
     /// unusable URL is an error here.
-    pub fn new(read_url: Option<&str>, keys: Keys) -> Result<Self, sqlx::Error> {
-        let pool = read_url
-            .map(|url| {
+    pub fn new(source: Option<&PgTarget>, keys: Keys) -> Result<Self, sqlx::Error> {
+        let pool = source
+            .map(|source| {
                 let timeout = SOURCE_STATEMENT_TIMEOUT.as_millis().to_string();
-                let options = url
-                    .parse::<PgConnectOptions>()?
+                let options = source
+                    .options()?
                     .options([("statement_timeout", timeout.as_str())]);
                 Ok::<_, sqlx::Error>(
                     PgPoolOptions::new()

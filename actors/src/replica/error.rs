@@ -17,10 +17,10 @@ pub enum ReplicaError {
     Database(#[from] sqlx::Error),
     #[error("replica: no answer within {0:?}")]
     QueryTimeout(Duration),
-    /// A read source that is a primary, configured as the local replica: its replay
-    /// position is NULL, so nothing would ever be marked replicated.
-    #[error("replica: not a standby (pg_last_wal_replay_lsn() is NULL); set site.mode = \"main\" to read from a primary")]
-    NotAStandby,
+    /// A standby that has replayed no WAL yet (`pg_last_wal_replay_lsn()` is NULL): nothing
+    /// can be marked replicated until it has.
+    #[error("replica: a standby that has replayed nothing yet (pg_last_wal_replay_lsn() is NULL)")]
+    NothingReplayed,
     #[error("replica: {0}")]
     BadLsn(#[from] ParseLsnError),
     #[error("redis: {0}")]
@@ -58,8 +58,8 @@ mod tests {
         for (err, message) in cases {
             assert_eq!(err.to_string(), message);
         }
-        assert!(ReplicaError::NotAStandby
+        assert!(ReplicaError::NothingReplayed
             .to_string()
-            .starts_with("replica: not a standby"));
+            .starts_with("replica: a standby that has replayed nothing"));
     }
 }

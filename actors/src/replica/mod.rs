@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use redis::aio::MultiplexedConnection;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 use sqlx::ConnectOptions;
 
 pub use error::ReplicaError;
@@ -29,6 +29,7 @@ pub use error::ReplicaError;
 use crate::lsn::Lsn;
 use crate::overlay::scripts::{RECORDS_PER_CALL, REPLICATED, TXS_PER_CALL};
 use crate::overlay::Keys;
+use crate::pg::PgTarget;
 
 /// Most `replicated.lua` calls per poll (each bounded by `TXS_PER_CALL` transactions and
 /// `RECORDS_PER_CALL` record releases): up to 5,000 transactions (well under a second)
@@ -37,9 +38,8 @@ const CALLS_PER_POLL: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
-    pub replica_url: String,
-    /// `true` on the main site: the read source is the primary, visibility follows commit.
-    pub is_primary: bool,
+    /// The read source: the replica, or on the main site the primary.
+    pub source: PgTarget,
     pub redis_url: String,
     pub keys: Keys,
     pub poll_interval: Duration,
@@ -146,7 +146,7 @@ impl Actor for ReplicaLagActor {
 async fn connect(
     config: &ReplicaConfig,
 ) -> Result<(PgConnection, MultiplexedConnection), ReplicaError> {
-    let options: PgConnectOptions = config.replica_url.parse()?;
+    let options = config.source.options()?;
     let options = options
         .application_name("ops-db-api replica tracker")
         .log_statements(tracing::log::LevelFilter::Trace);
@@ -158,21 +158,19 @@ async fn connect(
     Ok((pg, redis))
 }
 
-/// The replica's replay position (the primary's WAL position on the main site).
+/// The replica's replay position; when the read source is a primary (the main site's,
+/// through either URL), its WAL position: visibility then follows the commit.
 async fn replay_position(
     pg: &mut PgConnection,
     config: &ReplicaConfig,
 ) -> Result<Lsn, ReplicaError> {
-    let sql = if config.is_primary {
-        "SELECT pg_current_wal_lsn()::text"
-    } else {
-        "SELECT pg_last_wal_replay_lsn()::text"
-    };
+    let sql = "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+               ELSE pg_current_wal_lsn() END)::text";
     let query = sqlx::query_scalar::<_, Option<String>>(sql).fetch_one(pg);
     let lsn = tokio::time::timeout(config.connect_timeout, query)
         .await
         .map_err(|_| ReplicaError::QueryTimeout(config.connect_timeout))??
-        .ok_or(ReplicaError::NotAStandby)?;
+        .ok_or(ReplicaError::NothingReplayed)?;
     Ok(lsn.parse()?)
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use ops_db_actors::backoff::Backoff;
+use ops_db_actors::pg::{redact_url, PgTarget};
 use ops_db_actors::supervisor::policy::{Intensity, RestartPolicy as SupervisorPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -122,6 +123,12 @@ pub struct Buffer {
 #[serde(deny_unknown_fields)]
 pub struct Forwarder {
     pub primary_url: Option<String>,
+    /// PEM file of the certificate authority the primary's certificate must chain to
+    /// (`sslmode=verify-full` in the URL checks it and the host name).
+    pub ca_file: Option<PathBuf>,
+    /// The schema owner's URL for `migrate` and `token create`; unset: `primary_url`
+    /// (fine in development, not on a real site: see docs/OPERATIONS.md).
+    pub migrate_url: Option<String>,
     pub batch_size: usize,
     pub batch_max_bytes: usize,
     /// Failures of one transaction alone (not about the environment) before it is
@@ -144,6 +151,8 @@ pub struct Forwarder {
 #[serde(deny_unknown_fields)]
 pub struct Replica {
     pub url: Option<String>,
+    /// As `forwarder.ca_file`, for the replica.
+    pub ca_file: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     #[serde(with = "humantime_serde")]
@@ -246,13 +255,41 @@ impl RestartPolicy {
 }
 
 impl Config {
+    /// The primary, as the forwarder reaches it.
+    pub fn primary(&self) -> Option<PgTarget> {
+        let f = &self.forwarder;
+        Some(PgTarget::new(f.primary_url.clone()?, f.ca_file.clone()))
+    }
+
     /// Where reads come from: the replica, or on the main site the primary itself.
-    pub fn read_url(&self) -> Option<&str> {
+    pub fn read_source(&self) -> Option<PgTarget> {
         match (&self.replica.url, self.site.mode) {
-            (Some(url), _) => Some(url),
-            (None, SiteMode::Main) => self.forwarder.primary_url.as_deref(),
+            (Some(url), _) => Some(PgTarget::new(url.clone(), self.replica.ca_file.clone())),
+            (None, SiteMode::Main) => self.primary(),
             (None, SiteMode::Secondary) => None,
         }
+    }
+
+    /// The primary as the schema owner reaches it (`migrate`, `token create`).
+    pub fn migrate_target(&self) -> Option<PgTarget> {
+        let f = &self.forwarder;
+        let url = f.migrate_url.clone().or_else(|| f.primary_url.clone())?;
+        Some(PgTarget::new(url, f.ca_file.clone()))
+    }
+
+    /// The configuration as `check-config` prints it: every URL's password replaced.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        let hide = |url: &mut Option<String>| {
+            if let Some(u) = url.as_mut() {
+                *u = redact_url(u);
+            }
+        };
+        hide(&mut shown.forwarder.primary_url);
+        hide(&mut shown.forwarder.migrate_url);
+        hide(&mut shown.replica.url);
+        shown.redis.url = redact_url(&shown.redis.url);
+        shown
     }
 
     /// Loads defaults, then `file` (if any), then `OPSDB__SECTION__KEY` variables.

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use ops_db_actors::pg::PgTarget;
+
 use super::{invalid, Config, ConfigError, RestartPolicy};
 
 impl Config {
@@ -43,6 +45,7 @@ impl Config {
         }
         let postgres = [
             ("forwarder.primary_url", &self.forwarder.primary_url),
+            ("forwarder.migrate_url", &self.forwarder.migrate_url),
             ("replica.url", &self.replica.url),
         ];
         for (key, url) in postgres {
@@ -50,6 +53,22 @@ impl Config {
                 if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
                     return Err(invalid(key, "must start with postgres:// or postgresql://"));
                 }
+                if let Err(e) = PgTarget::plain(url.as_str()).options() {
+                    return Err(invalid(key, format!("not a usable URL: {e}")));
+                }
+            }
+        }
+        let ca_files = [
+            (
+                "forwarder.ca_file",
+                &self.forwarder.ca_file,
+                &self.forwarder.primary_url,
+            ),
+            ("replica.ca_file", &self.replica.ca_file, &self.replica.url),
+        ];
+        for (key, ca_file, url) in ca_files {
+            if ca_file.is_some() && url.is_none() {
+                return Err(invalid(key, "is set but its server's URL is not"));
             }
         }
         Ok(())

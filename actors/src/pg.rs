@@ -1,0 +1,145 @@
+//! How the service reaches a PostgreSQL server: a URL and, for TLS, the file of the
+//! certificate authority its certificate must chain to. One type for the primary (the
+//! forwarder, `migrate`, `token create`) and the read source (the replica tracker, reads).
+//!
+//! TLS is the URL's: `sslmode=verify-full` checks the server's certificate against the CA
+//! file and its name against the URL's host; `verify-ca` skips the name; `require` encrypts
+//! without checking who answers (as libpq). The CA file adds to the public web roots
+//! compiled into the binary, it does not replace them.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use sqlx::postgres::PgConnectOptions;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgTarget {
+    pub url: String,
+    /// PEM file of the certificate authority (`sslrootcert`); `None`: the URL's own
+    /// `sslrootcert`, if any.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl PgTarget {
+    pub fn new(url: impl Into<String>, ca_file: Option<PathBuf>) -> Self {
+        Self {
+            url: url.into(),
+            ca_file,
+        }
+    }
+
+    /// A URL without a CA file (tests, dev).
+    pub fn plain(url: impl Into<String>) -> Self {
+        Self::new(url, None)
+    }
+
+    /// The connect options: the URL's, with the CA file.
+    pub fn options(&self) -> Result<PgConnectOptions, sqlx::Error> {
+        let options: PgConnectOptions = self.url.parse()?;
+        Ok(match &self.ca_file {
+            Some(ca) => options.ssl_root_cert(ca),
+            None => options,
+        })
+    }
+
+    /// The URL with any password replaced by `***`: for logs, errors and printed config.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// Never prints the password.
+impl fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgTarget")
+            .field("url", &self.redacted())
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// `scheme://user:secret@host/...?password=secret` → `scheme://user:***@host/...?password=***`.
+/// Works on any URL-shaped string (PostgreSQL's, Redis'); a string that is not one is
+/// returned unchanged only if it holds no `@` and no `password=` (otherwise `***`).
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if !url.cannot_be_a_base() => {
+            if url.password().is_some() {
+                // Only fails for URLs that cannot have a password, which this one has.
+                let _ = url.set_password(Some("***"));
+            }
+            let secret_query = url.query_pairs().any(|(k, _)| is_secret_param(&k));
+            if secret_query {
+                let pairs: Vec<(String, String)> = url
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if is_secret_param(&k) {
+                            "***".to_owned()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                url.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            url.to_string()
+        }
+        _ if raw.contains('@') || raw.contains("password") => "***".to_owned(),
+        _ => raw.to_owned(),
+    }
+}
+
+fn is_secret_param(key: &str) -> bool {
+    key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_everywhere_in_a_url() {
+        assert_eq!(
+            redact_url(
+                "postgres://forwarder:s3cret@primary.example:5432/opsdb?sslmode=verify-full"
+            ),
+            "postgres://forwarder:***@primary.example:5432/opsdb?sslmode=verify-full"
+        );
+        assert_eq!(
+            redact_url("postgres://primary.example/opsdb?user=f&password=s3cret&sslmode=require"),
+            "postgres://primary.example/opsdb?user=f&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("redis://:s3cret@127.0.0.1:6379"),
+            "redis://:***@127.0.0.1:6379"
+        );
+        // Nothing to hide: unchanged.
+        assert_eq!(
+            redact_url("postgres://opsdb@127.0.0.1:5432/opsdb"),
+            "postgres://opsdb@127.0.0.1:5432/opsdb"
+        );
+        // Not a URL but possibly holding a secret: nothing of it is shown.
+        assert_eq!(redact_url("user:s3cret@host"), "***");
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let target = PgTarget::plain("postgres://f:s3cret@h/db");
+        let shown = format!("{target:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("f:***@h"), "{shown}");
+    }
+
+    #[test]
+    fn the_ca_file_becomes_the_root_certificate() {
+        let target = PgTarget::new(
+            "postgres://f@h/db?sslmode=verify-full",
+            Some(PathBuf::from("/etc/ops-db-api/ca.pem")),
+        );
+        let options = target.options().expect("a valid URL");
+        let shown = format!("{options:?}");
+        assert!(shown.contains("/etc/ops-db-api/ca.pem"), "{shown}");
+        assert!(shown.contains("VerifyFull"), "{shown}");
+    }
+}
