@@ -29,6 +29,7 @@ mod poison;
 mod reads;
 mod reconnect;
 mod retry;
+mod roles;
 mod site;
 mod status;
 mod tcp;
