@@ -20,13 +20,16 @@ impl FromStr for Lsn {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseLsnError(s.to_owned());
+        // PostgreSQL's grammar: 1 to 8 hex digits on each side. Checked here rather than
+        // left to `from_str_radix`, which would also take a sign ("+0/A").
+        let part = |p: &str| {
+            if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(err());
+            }
+            u32::from_str_radix(p, 16).map_err(|_| err())
+        };
         let (hi, lo) = s.split_once('/').ok_or_else(err)?;
-        if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
-            return Err(err());
-        }
-        let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
-        let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
-        Ok(Self((u64::from(hi) << 32) | u64::from(lo)))
+        Ok(Self((u64::from(part(hi)?) << 32) | u64::from(part(lo)?)))
     }
 }
 
@@ -93,7 +96,20 @@ mod tests {
             0x16_B374_D848,
             "above 2^32"
         );
-        for bad in ["", "0", "/0", "0/", "G/0", "1/2/3", "123456789/0", "-1/0"] {
+        for bad in [
+            "",
+            "0",
+            "/0",
+            "0/",
+            "G/0",
+            "1/2/3",
+            "123456789/0",
+            "-1/0",
+            "+0/A",
+            "0/+A",
+            " 0/1",
+            "0/1 ",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?}");
         }
     }
