@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+
 /// A capped exponential schedule. Pure: the random draw is passed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
@@ -28,9 +30,16 @@ impl Backoff {
 
     /// The upper bound of the delay for `attempt` (0-based): `min(cap, base * 2^attempt)`.
     pub fn ceiling(&self, attempt: u32) -> Duration {
-        // 2^31 * base overflows any sensible duration long before the cap matters.
-        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
+        // In 128-bit nanoseconds: a non-zero base times 2^127 is past `Duration::MAX`, so
+        // clamping the attempt there changes nothing, and an overflow is past the cap.
+        let grown = self.base.as_nanos().checked_mul(1u128 << attempt.min(127));
+        match grown {
+            Some(nanos) if nanos < self.cap.as_nanos() => {
+                let secs = u64::try_from(nanos / NANOS_PER_SEC).unwrap_or(u64::MAX);
+                Duration::new(secs, (nanos % NANOS_PER_SEC) as u32)
+            }
+            _ => self.cap,
+        }
     }
 
     /// A full-jitter delay for `attempt` drawn with `rng`.
@@ -79,6 +88,19 @@ mod tests {
         let draws: Vec<_> = (0..200).map(|_| b.delay(20, &mut rng)).collect();
         assert!(draws.iter().any(|d| *d < Duration::from_secs(10)));
         assert!(draws.iter().any(|d| *d > Duration::from_secs(20)));
+    }
+
+    /// Not stuck at `base * 2^31` (24.8 days for 1 ms) when the cap is further still.
+    #[test]
+    fn ceiling_keeps_doubling_past_2_pow_31_up_to_a_far_cap() {
+        let b = Backoff::new(MS, Duration::from_secs(90 * 24 * 3600));
+        assert_eq!(b.ceiling(32), MS * 2 * (1 << 31));
+        assert_eq!(b.ceiling(33), b.cap);
+        let tiny = Backoff::new(Duration::from_nanos(1), Duration::MAX);
+        assert_eq!(tiny.ceiling(40), Duration::from_nanos(1 << 40));
+        assert_eq!(tiny.ceiling(u32::MAX), Duration::MAX);
+        let zero = Backoff::new(Duration::ZERO, Duration::from_secs(1));
+        assert_eq!(zero.ceiling(u32::MAX), Duration::ZERO, "0 * 2^n is 0");
     }
 
     #[test]
