@@ -108,4 +108,82 @@ mod tests {
         let b = Backoff::new(MS * 100, MS * 10);
         assert_eq!(b.ceiling(5), MS * 100);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Any duration, from nothing to `Duration::MAX`, weighted towards realistic ones.
+        fn duration() -> impl Strategy<Value = Duration> {
+            prop_oneof![
+                (0u64..=120_000).prop_map(Duration::from_millis),
+                any::<u64>().prop_map(Duration::from_nanos),
+                (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+                Just(Duration::MAX),
+            ]
+        }
+
+        fn attempt() -> impl Strategy<Value = u32> {
+            prop_oneof![0u32..64, any::<u32>(), Just(u32::MAX)]
+        }
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn delays_stay_under_the_ceiling_and_the_cap(
+                base in duration(),
+                cap in duration(),
+                attempt in attempt(),
+                seed in any::<u64>(),
+            ) {
+                let b = Backoff::new(base, cap);
+                let ceiling = b.ceiling(attempt);
+                prop_assert!(ceiling <= b.cap);
+                prop_assert!(b.cap >= b.base && b.cap >= cap);
+                let mut rng = StdRng::seed_from_u64(seed);
+                prop_assert!(b.delay(attempt, &mut rng) <= ceiling);
+            }
+
+            /// `min(cap, base * 2^attempt)`, as documented, for every attempt: checked in
+            /// 128-bit nanoseconds, where nothing overflows before the cap.
+            #[test]
+            fn the_ceiling_is_the_documented_formula(
+                base in duration(),
+                cap in duration(),
+                attempt in attempt(),
+            ) {
+                let b = Backoff::new(base, cap);
+                let grown = if b.base.is_zero() {
+                    Some(0)
+                } else if attempt >= 128 {
+                    None
+                } else {
+                    b.base.as_nanos().checked_mul(1u128 << attempt)
+                };
+                let expected = grown.map_or(b.cap.as_nanos(), |g| g.min(b.cap.as_nanos()));
+                prop_assert_eq!(b.ceiling(attempt).as_nanos(), expected);
+            }
+
+            #[test]
+            fn ceilings_never_shrink_and_start_at_the_base(
+                base in duration(),
+                cap in duration(),
+                attempt in 0u32..u32::MAX,
+            ) {
+                let b = Backoff::new(base, cap);
+                prop_assert!(b.ceiling(attempt) <= b.ceiling(attempt + 1));
+                prop_assert_eq!(b.ceiling(0), base, "the first delay is at most the base");
+            }
+        }
+    }
 }
