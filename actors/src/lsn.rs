@@ -20,13 +20,16 @@ impl FromStr for Lsn {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseLsnError(s.to_owned());
+        // PostgreSQL's grammar: 1 to 8 hex digits on each side. Checked here rather than
+        // left to `from_str_radix`, which would also take a sign ("+0/A").
+        let part = |p: &str| {
+            if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(err());
+            }
+            u32::from_str_radix(p, 16).map_err(|_| err())
+        };
         let (hi, lo) = s.split_once('/').ok_or_else(err)?;
-        if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
-            return Err(err());
-        }
-        let hi = u32::from_str_radix(hi, 16).map_err(|_| err())?;
-        let lo = u32::from_str_radix(lo, 16).map_err(|_| err())?;
-        Ok(Self((u64::from(hi) << 32) | u64::from(lo)))
+        Ok(Self((u64::from(part(hi)?) << 32) | u64::from(part(lo)?)))
     }
 }
 
@@ -93,7 +96,20 @@ mod tests {
             0x16_B374_D848,
             "above 2^32"
         );
-        for bad in ["", "0", "/0", "0/", "G/0", "1/2/3", "123456789/0", "-1/0"] {
+        for bad in [
+            "",
+            "0",
+            "/0",
+            "0/",
+            "G/0",
+            "1/2/3",
+            "123456789/0",
+            "-1/0",
+            "+0/A",
+            "0/+A",
+            " 0/1",
+            "0/1 ",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?}");
         }
     }
@@ -128,6 +144,122 @@ mod tests {
                     || lsn.score_ceil() >= 1.8446744073709552e19
             );
             assert!((lsn.score_floor() as u128) <= u128::from(v));
+        }
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Every position, weighted towards the interesting ones: small (exact scores),
+        /// around 2^53 (where doubles stop being exact) and near the top (where a double
+        /// rounds to 2^64, past every u64).
+        fn position() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                any::<u64>(),
+                0..(1u64 << 20),
+                ((1u64 << 53) - 4096)..((1u64 << 53) + 4096),
+                (u64::MAX - 4096)..=u64::MAX,
+            ]
+        }
+
+        /// PostgreSQL's own grammar (`pg_lsn_in`): 1 to 8 hex digits, `/`, 1 to 8 hex
+        /// digits; nothing else.
+        fn reference_parse(s: &str) -> Option<u64> {
+            let part = |p: &str| {
+                (!p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .then(|| u64::from_str_radix(p, 16).ok())
+                    .flatten()
+            };
+            let (hi, lo) = s.split_once('/')?;
+            Some((part(hi)? << 32) | part(lo)?)
+        }
+
+        /// `x` exactly, as an integer: every double that is a score is one.
+        fn exact(score: f64) -> u128 {
+            assert!(score >= 0.0 && score.fract() == 0.0, "{score}");
+            score as u128
+        }
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn text_round_trips_for_every_position(v in position()) {
+                prop_assert_eq!(Lsn(v).to_string().parse::<Lsn>(), Ok(Lsn(v)));
+                prop_assert_eq!(Lsn(v).to_string().to_lowercase().parse::<Lsn>(), Ok(Lsn(v)));
+            }
+
+            #[test]
+            fn parsing_accepts_exactly_postgres_text(
+                s in prop_oneof![
+                    any::<String>(),
+                    "[0-9a-fA-FgG+ /-]{0,20}",
+                    "[+-]?[0-9A-F]{0,9}/[+-]?[0-9A-F]{0,9}",
+                ]
+            ) {
+                prop_assert_eq!(s.parse::<Lsn>().ok().map(|l| l.0), reference_parse(&s), "{:?}", s);
+            }
+
+            #[test]
+            fn ordering_is_the_positions_ordering(a in position(), b in position()) {
+                prop_assert_eq!(Lsn(a).cmp(&Lsn(b)), a.cmp(&b));
+                let (ta, tb) = (Lsn(a).to_string(), Lsn(b).to_string());
+                prop_assert_eq!(ta.parse::<Lsn>().ok().cmp(&tb.parse::<Lsn>().ok()), a.cmp(&b));
+            }
+
+            /// `score_floor(x) <= x <= score_ceil(x)`, each the nearest double on its side.
+            #[test]
+            fn scores_bracket_the_position_tightly(v in position()) {
+                let (floor, ceil) = (Lsn(v).score_floor(), Lsn(v).score_ceil());
+                prop_assert!(exact(floor) <= u128::from(v), "floor {floor} of {v}");
+                prop_assert!(exact(ceil) >= u128::from(v), "ceil {ceil} of {v}");
+                if v < 1 << 53 {
+                    prop_assert!(exact(floor) == u128::from(v) && exact(ceil) == u128::from(v));
+                } else {
+                    // Every double from 2^53 on is an integer: the neighbours are too.
+                    prop_assert!(exact(f64::from_bits(floor.to_bits() + 1)) > u128::from(v));
+                    prop_assert!(exact(f64::from_bits(ceil.to_bits() - 1)) < u128::from(v));
+                }
+            }
+
+            #[test]
+            fn scores_are_monotonic(a in position(), b in position()) {
+                let (lo, hi) = (Lsn(a.min(b)), Lsn(a.max(b)));
+                prop_assert!(lo.score_floor() <= hi.score_floor());
+                prop_assert!(lo.score_ceil() <= hi.score_ceil());
+            }
+
+            /// The tracker marks a commit replicated when the replay position's floor has
+            /// reached the commit's ceiling: that must never happen before the replay
+            /// position has reached the commit. Neighbours share a double above 2^53.
+            #[test]
+            fn a_commit_is_never_rounded_below_a_replay_position(
+                replay in position(),
+                delta in -4096i64..=4096,
+            ) {
+                let commit = replay.saturating_add_signed(delta);
+                if Lsn(replay).score_floor() >= Lsn(commit).score_ceil() {
+                    prop_assert!(replay >= commit, "replay {replay} commit {commit}");
+                }
+            }
+
+            #[test]
+            fn bytes_since_is_the_distance_or_zero(a in position(), b in position()) {
+                let d = Lsn(a).bytes_since(Lsn(b));
+                // In i128, where the difference always exists; negative means `b` is ahead.
+                let distance = i128::from(a) - i128::from(b);
+                prop_assert_eq!(d, u64::try_from(distance).unwrap_or(0));
+            }
         }
     }
 }

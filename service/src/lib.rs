@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod db;
+#[cfg(any(test, feature = "proptest"))]
+pub mod hostile;
 pub mod http;
 pub mod operations;
 pub mod ops;

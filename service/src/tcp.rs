@@ -30,21 +30,29 @@ use tokio_util::sync::CancellationToken;
 
 use axum::http::StatusCode;
 
-use crate::config::Scope;
+use crate::config::{Scope, Tcp};
 use crate::http::AppState;
 use crate::operations::{self, OperationSpec, OPERATIONS};
 
 use crate::ops::{self, ApiError};
 
+/// One request line.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Envelope {
-    op: String,
-    token: Option<String>,
-    request_id: Option<Value>,
-    idempotency_key: Option<String>,
-    id: Option<String>,
-    body: Option<Box<RawValue>>,
+pub(crate) struct Envelope {
+    pub(crate) op: String,
+    pub(crate) token: Option<String>,
+    pub(crate) request_id: Option<Value>,
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) id: Option<String>,
+    pub(crate) body: Option<Box<RawValue>>,
+}
+
+impl Envelope {
+    /// The write's body as the operation decodes it (none: empty).
+    pub(crate) fn body(&self) -> &[u8] {
+        self.body.as_deref().map_or("", RawValue::get).as_bytes()
+    }
 }
 
 /// The op that only authenticates the connection.
@@ -125,7 +133,7 @@ async fn connection(stream: TcpStream, state: AppState, stop: CancellationToken)
                 }
                 (reply, false)
             }
-            Ok(Some(Err(err))) => match line_error(&state, err, token.is_some()) {
+            Ok(Some(Err(err))) => match line_error(tcp, err, token.is_some()) {
                 Some(err) => (error_reply(None, &err), true),
                 None => return,
             },
@@ -152,8 +160,7 @@ fn idle(after: std::time::Duration) -> ApiError {
 
 /// The answer to a line that cannot be read, before closing; `None` if the connection is
 /// gone.
-fn line_error(state: &AppState, err: LinesCodecError, authenticated: bool) -> Option<ApiError> {
-    let tcp = &state.config.tcp;
+pub(crate) fn line_error(tcp: &Tcp, err: LinesCodecError, authenticated: bool) -> Option<ApiError> {
     match err {
         LinesCodecError::MaxLineLengthExceeded if authenticated => Some(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -172,14 +179,19 @@ fn line_error(state: &AppState, err: LinesCodecError, authenticated: bool) -> Op
             ),
         )),
         LinesCodecError::Io(err) if err.kind() == std::io::ErrorKind::InvalidData => {
-            Some(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_line",
-                "the line is not UTF-8; closing the connection",
-            ))
+            Some(not_utf8())
         }
         LinesCodecError::Io(_) => None,
     }
+}
+
+/// The answer to a line that is not UTF-8, before closing.
+pub(crate) fn not_utf8() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "malformed_line",
+        "the line is not UTF-8; closing the connection",
+    )
 }
 
 /// Closes after an error line so that the client reads it: closing a socket with unread
@@ -199,7 +211,7 @@ async fn close_gracefully(mut stream: TcpStream) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
 }
 
-fn error_reply(request_id: Option<Value>, err: &ApiError) -> Value {
+pub(crate) fn error_reply(request_id: Option<Value>, err: &ApiError) -> Value {
     let mut reply = err.body();
     reply["request_id"] = request_id.unwrap_or(Value::Null);
     reply["status"] = json!(err.status.as_u16());
@@ -209,31 +221,53 @@ fn error_reply(request_id: Option<Value>, err: &ApiError) -> Value {
     reply
 }
 
+/// A line read as a request, before its token is checked, or the error line that
+/// answers it. Pure: no state, no I/O.
+pub(crate) fn read_line(line: &str) -> Result<Envelope, Value> {
+    serde_json::from_str(line).map_err(|_| {
+        // Decode again through the shared path for a precise, field-naming error, and
+        // echo the request id if the line has one.
+        let request_id = serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| v.get("request_id").cloned());
+        let err = ops::decode::<Envelope>(line.as_bytes())
+            .err()
+            .unwrap_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_json",
+                    "the line is not a request",
+                )
+            });
+        error_reply(request_id, &err)
+    })
+}
+
+/// The row of a line's `op`; `None` for the op that only authenticates.
+pub(crate) fn operation(op: &str) -> Result<Option<&'static OperationSpec>, ApiError> {
+    if op == AUTH_OP {
+        return Ok(None);
+    }
+    operations::by_name(op).map(Some).ok_or_else(|| {
+        let known: Vec<_> = OPERATIONS.iter().map(OperationSpec::name).collect();
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_op",
+            format!("unknown op {op:?}; known: {}", known.join(", ")),
+        )
+        .with_field("op")
+    })
+}
+
 /// The reply to one line, and the token that passed its check, if one did.
 async fn handle(
     state: &AppState,
     line: &str,
     connection_token: Option<&str>,
 ) -> (Value, Option<String>) {
-    let mut envelope: Envelope = match serde_json::from_str(line) {
+    let mut envelope = match read_line(line) {
         Ok(envelope) => envelope,
-        Err(_) => {
-            // Decode again through the shared path for a precise, field-naming error, and
-            // echo the request id if the line has one.
-            let request_id = serde_json::from_str::<Value>(line)
-                .ok()
-                .and_then(|v| v.get("request_id").cloned());
-            let err = ops::decode::<Envelope>(line.as_bytes())
-                .err()
-                .unwrap_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "malformed_json",
-                        "the line is not a request",
-                    )
-                });
-            return (error_reply(request_id, &err), None);
-        }
+        Err(reply) => return (reply, None),
     };
     let request_id = envelope.request_id.clone();
     if envelope.token.is_none() {
@@ -243,13 +277,13 @@ async fn handle(
         return (error_reply(request_id, &err), None);
     }
     let valid = envelope.token.clone();
-    let reply = if envelope.op == AUTH_OP {
-        Ok(json!({ "status": 200, "body": {
+    let reply = match operation(&envelope.op) {
+        Ok(None) => Ok(json!({ "status": 200, "body": {
             "authenticated": true,
             "max_line_bytes": state.config.tcp.max_line_bytes,
-        }}))
-    } else {
-        write(state, envelope).await
+        }})),
+        Ok(Some(spec)) => write(state, spec, &envelope).await,
+        Err(err) => Err(err),
     };
     let reply = match reply {
         Ok(mut value) => {
@@ -261,25 +295,19 @@ async fn handle(
     (reply, valid)
 }
 
-/// A request whose token has passed.
-async fn write(state: &AppState, envelope: Envelope) -> Result<Value, ApiError> {
-    let spec = operations::by_name(&envelope.op).ok_or_else(|| {
-        let known: Vec<_> = OPERATIONS.iter().map(OperationSpec::name).collect();
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_op",
-            format!("unknown op {:?}; known: {}", envelope.op, known.join(", ")),
-        )
-        .with_field("op")
-    })?;
-    let body = envelope.body.as_deref().map_or("", RawValue::get);
+/// A write whose token has passed.
+async fn write(
+    state: &AppState,
+    spec: &OperationSpec,
+    envelope: &Envelope,
+) -> Result<Value, ApiError> {
     let key = envelope.idempotency_key.as_deref().map(str::as_bytes);
     let (status, ack) = ops::write(
         &state.tree,
         state.write_timeout,
         spec.kind,
         envelope.id.as_deref(),
-        body.as_bytes(),
+        envelope.body(),
         key,
     )
     .await?;

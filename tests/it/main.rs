@@ -17,6 +17,7 @@ mod faults;
 mod forward;
 mod heal;
 mod health;
+mod hostile;
 mod http_bounds;
 mod idempotency;
 mod ingest;
