@@ -28,6 +28,7 @@ mod pg_smoke;
 mod poison;
 mod reads;
 mod reconnect;
+mod redis_conf;
 mod retry;
 mod site;
 mod status;
