@@ -11,6 +11,8 @@ use ops_db_service::startup::Application;
 use ops_db_service::{db, telemetry, token};
 use tokio_util::sync::CancellationToken;
 
+#[cfg(test)]
+mod packaging;
 mod status;
 
 #[derive(Parser)]
