@@ -51,11 +51,17 @@ else
   echo "build-images: imported $BASE"
 fi
 
+# The build context: only the files the Dockerfile copies, with their paths in the
+# repository (the Redis image takes packaging/redis/ops-db-api.conf, the snippet the
+# summit host's Redis and the dev kit's use), sent as a tar on stdin: never target/.
+CONTEXT=(docker/Dockerfile docker/postgres-entrypoint.sh packaging/redis/ops-db-api.conf)
+
 # Legacy builder: FROM a local-only image never triggers a registry lookup, and
 # it needs no buildx plugin.
 for target in redis postgres; do
   log=/var/tmp/opsdb-build-$target.log
-  DOCKER_BUILDKIT=0 docker build --target "$target" -t "opsdb-$target:test" docker/ > "$log" 2>&1 \
+  tar -c "${CONTEXT[@]}" \
+    | DOCKER_BUILDKIT=0 docker build -f docker/Dockerfile --target "$target" -t "opsdb-$target:test" - > "$log" 2>&1 \
     || { tail -n 30 "$log"; echo "build-images: docker build $target failed" >&2; exit 1; }
   echo "build-images: built opsdb-$target:test"
 done

@@ -11,6 +11,8 @@ use ops_db_service::startup::Application;
 use ops_db_service::{db, telemetry, token};
 use tokio_util::sync::CancellationToken;
 
+#[cfg(test)]
+mod packaging;
 mod status;
 
 #[derive(Parser)]
@@ -161,7 +163,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             tcp_port,
             wan_delay,
         } => {
-            let _guard = telemetry::init("info", Some(&dir.join("logs")))?;
+            // Two weeks of daily files, as `log.keep_files` keeps by default.
+            let _guard = telemetry::init("info", Some(&dir.join("logs")), 14)?;
             let options = dev::DevOptions {
                 dir,
                 http_port,
@@ -187,7 +190,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         #[cfg(feature = "dev")]
         Command::Bench { command } => {
-            let _guard = telemetry::init("error", None)?;
+            let _guard = telemetry::init("error", None, 1)?;
             bench::run(command).await
         }
     }?;
@@ -200,7 +203,8 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 
 async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let config = load(path)?;
-    let _guard = telemetry::init(&config.log.level, config.log.dir.as_deref())?;
+    let log = &config.log;
+    let _guard = telemetry::init(&log.level, log.dir.as_deref(), log.keep_files)?;
     let app = Application::build(config).await?;
     app.run_until_stopped(stop_on_signals()).await
 }

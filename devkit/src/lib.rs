@@ -12,5 +12,6 @@ pub mod fault_proxy;
 pub mod local_pg;
 pub mod local_redis;
 pub mod ports;
+pub mod redis_conf;
 pub mod services;
 pub mod wan;

@@ -1,6 +1,8 @@
-//! A Redis server started from the machine's `redis-server`, durable (AOF with
-//! `appendfsync always`) in a directory of ours, on a loopback port. Used by `dev` and
-//! `bench`; stopped (and its AOF flushed) by [`LocalRedis::stop`], killed on drop.
+//! A Redis server started from the machine's `redis-server` in a directory of ours, on a
+//! loopback port, with the summit host's settings: it reads the packaged snippet
+//! ([`crate::redis_conf`]: AOF with `appendfsync always`, `noeviction`, ...), written into
+//! that directory. Used by `dev`, `bench` and the local test backend; stopped (and its AOF
+//! flushed) by [`LocalRedis::stop`], killed on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -8,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use tokio::process::{Child, Command};
+
+use crate::redis_conf;
 
 pub struct LocalRedis {
     child: Child,
@@ -21,7 +25,12 @@ impl LocalRedis {
             "redis-server not found on PATH: install it (Debian: apt-get install redis-server), or run scripts/install-deps.sh",
         )?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let conf = redis_conf::write_into(dir)
+            .with_context(|| format!("writing {} into {}", redis_conf::FILE_NAME, dir.display()))?;
+        // The file first (redis-server reads a config file only as its first argument), then
+        // what is this server's own.
         let child = Command::new(binary)
+            .arg(conf)
             .args([
                 "--port",
                 &port.to_string(),
@@ -29,14 +38,6 @@ impl LocalRedis {
                 "127.0.0.1",
                 "--protected-mode",
                 "yes",
-            ])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
             ])
             .arg("--dir")
             .arg(dir)

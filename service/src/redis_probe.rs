@@ -65,27 +65,19 @@ impl Durability {
         maxmemory_policy: Option<String>,
         no_appendfsync_on_rewrite: Option<String>,
     ) -> Self {
-        let checks = [
-            (
-                appendonly.as_deref() == Some("yes"),
-                "appendonly is not yes: acknowledged writes are lost when Redis restarts",
-            ),
-            (
-                appendfsync.as_deref() == Some("always"),
-                "appendfsync is not always: acknowledged writes may be lost in a crash",
-            ),
-            (
-                no_appendfsync_on_rewrite.as_deref() == Some("no"),
-                "no-appendfsync-on-rewrite is not no: writes during an AOF rewrite are not fsynced",
-            ),
-            (
-                maxmemory_policy.as_deref() == Some("noeviction"),
-                "maxmemory-policy is not noeviction: Redis may evict buffered transactions",
-            ),
+        // In the order of REQUIRED.
+        let values = [
+            appendonly.as_deref(),
+            appendfsync.as_deref(),
+            no_appendfsync_on_rewrite.as_deref(),
+            maxmemory_policy.as_deref(),
         ];
-        let problems: Vec<&'static str> = checks
-            .into_iter()
-            .filter_map(|(ok, problem)| (!ok).then_some(problem))
+        let problems: Vec<&'static str> = REQUIRED
+            .iter()
+            .zip(values)
+            .filter_map(|(required, value)| {
+                (value != Some(required.value)).then_some(required.problem)
+            })
             .collect();
         Self {
             appendonly,
@@ -97,6 +89,41 @@ impl Durability {
         }
     }
 }
+
+/// A Redis setting that acknowledged writes rely on.
+pub struct Required {
+    pub setting: &'static str,
+    pub value: &'static str,
+    /// What goes wrong otherwise, for `/health`'s `redis_durability.problems`.
+    pub problem: &'static str,
+}
+
+/// The settings `/health` checks Redis for (`CONFIG GET`): every acknowledged write is on
+/// disk and stays in Redis until the forwarder has settled it. The packaged Redis snippet
+/// (`packaging/redis/ops-db-api.conf`) sets each of them; a dev kit test checks it.
+pub const REQUIRED: [Required; 4] = [
+    Required {
+        setting: "appendonly",
+        value: "yes",
+        problem: "appendonly is not yes: acknowledged writes are lost when Redis restarts",
+    },
+    Required {
+        setting: "appendfsync",
+        value: "always",
+        problem: "appendfsync is not always: acknowledged writes may be lost in a crash",
+    },
+    Required {
+        setting: "no-appendfsync-on-rewrite",
+        value: "no",
+        problem:
+            "no-appendfsync-on-rewrite is not no: writes during an AOF rewrite are not fsynced",
+    },
+    Required {
+        setting: "maxmemory-policy",
+        value: "noeviction",
+        problem: "maxmemory-policy is not noeviction: Redis may evict buffered transactions",
+    },
+];
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RedisStatus {
@@ -198,20 +225,11 @@ impl RedisProbe {
             .cmd("XLEN")
             .arg(self.keys.stream())
             .cmd("XLEN")
-            .arg(self.keys.dead_letters())
-            .cmd("CONFIG")
-            .arg("GET")
-            .arg("appendonly")
-            .cmd("CONFIG")
-            .arg("GET")
-            .arg("appendfsync")
-            .cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory-policy")
-            .cmd("CONFIG")
-            .arg("GET")
-            .arg("no-appendfsync-on-rewrite")
-            .cmd("XRANGE")
+            .arg(self.keys.dead_letters());
+        for required in &REQUIRED {
+            pipe.cmd("CONFIG").arg("GET").arg(required.setting);
+        }
+        pipe.cmd("XRANGE")
             .arg(self.keys.stream())
             .arg("-")
             .arg("+")
@@ -228,10 +246,11 @@ impl RedisProbe {
             v.and_then(|v| redis::from_redis_value::<Vec<String>>(v).ok())
                 .and_then(|pair| pair.into_iter().nth(1))
         };
+        // In the order of REQUIRED.
         let appendonly = config(next());
         let appendfsync = config(next());
-        let maxmemory_policy = config(next());
         let no_appendfsync_on_rewrite = config(next());
+        let maxmemory_policy = config(next());
         let oldest = next()
             .and_then(|v| redis::from_redis_value::<redis::streams::StreamRangeReply>(v).ok())
             .and_then(|r| r.ids.into_iter().next())

@@ -29,6 +29,7 @@ mod pg_smoke;
 mod poison;
 mod reads;
 mod reconnect;
+mod redis_conf;
 mod retry;
 mod roles;
 mod site;

@@ -215,6 +215,9 @@ pub struct Faults {
 pub struct Log {
     pub level: String,
     pub dir: Option<PathBuf>,
+    /// Daily files kept in `dir`, today's included; older ones are deleted at each start
+    /// and each daily roll. At least 1: there is no "keep all".
+    pub keep_files: usize,
 }
 
 /// How a supervised actor is restarted: `[supervisor]` (the ingest-side actors),

@@ -64,6 +64,8 @@ fn semantic_errors_name_their_key() {
     assert!(err.starts_with("tcp.unauthenticated_line_bytes:"), "{err}");
     let err = load_err(&format!("{SITE}[tcp]\nidle_timeout = \"0s\"\n"));
     assert_eq!(err, "tcp.idle_timeout: must be longer than zero");
+    let err = load_err(&format!("{SITE}[log]\nkeep_files = 0\n"));
+    assert_eq!(err, "log.keep_files: must be at least 1");
     for fraction in ["0.0", "1.0", "1.5", "-0.2", "nan"] {
         let err = load_err(&format!(
             "{SITE}[buffer]\nmax_memory_fraction = {fraction}\n"

@@ -120,6 +120,7 @@ impl Config {
             ("events.stream_cap", self.events.stream_cap as u64),
             ("events.client_buffer", self.events.client_buffer as u64),
             ("events.queue", self.events.queue as u64),
+            ("log.keep_files", self.log.keep_files as u64),
         ];
         if let Some((key, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return Err(invalid(key, "must be at least 1"));
