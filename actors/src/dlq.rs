@@ -12,6 +12,7 @@ use crate::overlay::scripts::{DLQ_DROP, DLQ_RETRY};
 use crate::overlay::Keys;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetter {
     /// Its id in the dead-letter stream (what retry and drop take).
     pub id: String,
@@ -37,6 +38,7 @@ pub const MAX_PAGE: usize = 1000;
 
 /// One page of dead letters, oldest first.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetterPage {
     pub dead_letters: Vec<DeadLetter>,
     /// Whether there are more after this page.

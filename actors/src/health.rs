@@ -20,6 +20,7 @@ use crate::events::EventSink;
 
 /// Where a supervised actor is in its life.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum ActorState {
     Starting,
@@ -32,6 +33,7 @@ pub enum ActorState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Failure {
     pub reason: String,
     pub at: DateTime<Utc>,
@@ -47,6 +49,7 @@ struct Entry {
 
 /// One actor's row of `/health/actors`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActorHealth {
     pub name: String,
     #[serde(flatten)]

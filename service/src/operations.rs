@@ -1,13 +1,17 @@
 //! The table of write operations: one row per operation with its name (as stored with each
 //! transaction and as the TCP facade's `op`), its HTTP method and paths, and the request
-//! type its body is decoded into. The HTTP router (one generic write handler), the TCP
-//! facade and the README's endpoint table follow it; a test keeps the README in step.
+//! type its body is decoded into (and described by, in the OpenAPI document). The HTTP
+//! router (one generic write handler), the OpenAPI document's write paths, the TCP facade
+//! and the README's endpoint table follow it; a test keeps the README in step.
 
 use axum::routing::MethodFilter;
 use ops_db_actors::domain::{
     FinalizeRawDataPackage, FinishExecutedObsUnit, Operation, OperationKind, RawDataFileCreate,
     RawDataPackageCreate, StartExecutedObsUnit,
 };
+use utoipa::openapi::schema::{ArrayBuilder, Schema};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::ops::{decode, ApiError};
@@ -37,6 +41,8 @@ impl Method {
 /// One write operation.
 pub struct OperationSpec {
     pub kind: OperationKind,
+    /// What it does, for the OpenAPI document.
+    pub summary: &'static str,
     pub method: Method,
     /// The first is the documented path; the others are spellings the original accepted
     /// (without the trailing slash). `{id}` is the record an update changes.
@@ -44,6 +50,48 @@ pub struct OperationSpec {
     /// Decodes the body into the operation's request type; `id` is the path's record id
     /// (nil for creates).
     parse: fn(Uuid, &[u8]) -> Result<Operation, ApiError>,
+    /// The body's schema, from the same request type.
+    pub schema: fn() -> BodySchema,
+}
+
+/// The schema of a request body: a reference to its request type's, and the named schemas
+/// (that type's and those it refers to) the document must hold.
+pub struct BodySchema {
+    pub schema: RefOr<Schema>,
+    pub named: Vec<(String, RefOr<Schema>)>,
+    /// Whether a request must have one.
+    pub required: bool,
+}
+
+/// A body of one `T`.
+fn body<T: ToSchema>() -> BodySchema {
+    let mut named = vec![(T::name().into_owned(), T::schema())];
+    T::schemas(&mut named);
+    BodySchema {
+        schema: RefOr::Ref(Ref::from_schema_name(T::name())),
+        named,
+        required: true,
+    }
+}
+
+/// A body of one `T`, or none at all (as if `{}`).
+fn body_or_empty<T: ToSchema>() -> BodySchema {
+    BodySchema {
+        required: false,
+        ..body::<T>()
+    }
+}
+
+/// A body of a JSON array of `T`s, at least one.
+fn array<T: ToSchema>() -> BodySchema {
+    let one = body::<T>();
+    BodySchema {
+        schema: ArrayBuilder::new()
+            .items(one.schema)
+            .min_items(Some(1))
+            .into(),
+        ..one
+    }
 }
 
 impl OperationSpec {
@@ -63,6 +111,7 @@ impl OperationSpec {
 pub const OPERATIONS: [OperationSpec; 6] = [
     OperationSpec {
         kind: OperationKind::StartExecutedObsUnit,
+        summary: "Start an executed obs unit",
         method: Method::Post,
         paths: &["/executed_obs_units/start"],
         parse: |_, body| {
@@ -70,18 +119,22 @@ pub const OPERATIONS: [OperationSpec; 6] = [
                 StartExecutedObsUnit,
             >(body)?))
         },
+        schema: body::<StartExecutedObsUnit>,
     },
     OperationSpec {
         kind: OperationKind::FinishExecutedObsUnit,
+        summary: "Finish an executed obs unit",
         method: Method::Put,
         paths: &["/executed_obs_units/{id}/finish"],
         parse: |id, body| {
             let body = decode::<FinishExecutedObsUnit>(body)?;
             Ok(Operation::FinishExecutedObsUnit { id, body })
         },
+        schema: body::<FinishExecutedObsUnit>,
     },
     OperationSpec {
         kind: OperationKind::CreateRawDataFile,
+        summary: "Register a raw data file",
         method: Method::Post,
         paths: &["/raw_data_files/", "/raw_data_files"],
         parse: |_, body| {
@@ -89,27 +142,33 @@ pub const OPERATIONS: [OperationSpec; 6] = [
                 body,
             )?))
         },
+        schema: body::<RawDataFileCreate>,
     },
     OperationSpec {
         kind: OperationKind::BulkCreateRawDataFiles,
+        summary: "Register raw data files in one transaction",
         method: Method::Post,
         paths: &["/raw_data_files/bulk"],
         parse: |_, body| {
             let files = decode::<Vec<RawDataFileCreate>>(body)?;
             Ok(Operation::BulkCreateRawDataFiles { files })
         },
+        schema: array::<RawDataFileCreate>,
     },
     OperationSpec {
         kind: OperationKind::CreateRawDataPackage,
+        summary: "Create a raw data package",
         method: Method::Post,
         paths: &["/raw_data_package/", "/raw_data_package"],
         parse: |_, body| {
             let body = decode::<RawDataPackageCreate>(body)?;
             Ok(Operation::CreateRawDataPackage(body))
         },
+        schema: body::<RawDataPackageCreate>,
     },
     OperationSpec {
         kind: OperationKind::FinalizeRawDataPackage,
+        summary: "Finalize a raw data package",
         method: Method::Put,
         paths: &["/raw_data_package/{id}/finalize"],
         parse: |id, body| {
@@ -121,6 +180,7 @@ pub const OPERATIONS: [OperationSpec; 6] = [
             };
             Ok(Operation::FinalizeRawDataPackage { id, body })
         },
+        schema: body_or_empty::<FinalizeRawDataPackage>,
     },
 ];
 

@@ -8,12 +8,34 @@ use ops_db_actors::buffer::{Ack, IngestError};
 use ops_db_actors::domain::{IdempotencyKey, Operation, OperationKind};
 use ops_db_actors::tree::Tree;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Seconds a client should wait before retrying a write refused for lack of storage.
 pub const RETRY_AFTER_UNAVAILABLE: u64 = 1;
 pub const RETRY_AFTER_FULL: u64 = 30;
+
+// What [`ApiError::body`] writes, HTTP or TCP; its doc comment is the OpenAPI description.
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// Stable and machine-readable, e.g. `missing_field`, `buffer_full`.
+    pub code: &'a str,
+    /// For people; never Redis or database text.
+    pub message: &'a str,
+    /// The request's part at fault: a field path (`[0].relative_path`), a query
+    /// parameter, `id`, `Idempotency-Key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'a str>,
+}
 
 /// An answer that is not an acknowledgement. Messages are for callers: they never carry
 /// Redis or database text.
@@ -43,11 +65,13 @@ impl ApiError {
     }
 
     pub fn body(&self) -> Value {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(field) = &self.field {
-            error["field"] = json!(field);
-        }
-        json!({ "error": error })
+        json!(ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+            },
+        })
     }
 
     pub fn unauthorized() -> Self {

@@ -24,6 +24,7 @@ mod ingest;
 mod lease;
 mod memory;
 mod metrics;
+mod openapi;
 mod paging;
 mod pg_smoke;
 mod poison;

@@ -7,15 +7,20 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StartExecutedObsUnit {
+    /// The obs unit executed: an integer above 0.
     pub obs_unit_id: i64,
+    /// RFC 3339, a year from 1900 to 9999; the service's clock when absent.
     pub start_time: Option<DateTime<Utc>>,
     pub instrument_module: Option<String>,
+    /// Any JSON object without NUL characters.
     pub meta: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FinishStatus {
     Completed,
@@ -34,14 +39,17 @@ impl FinishStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FinishExecutedObsUnit {
     pub status: FinishStatus,
+    /// RFC 3339, a year from 1900 to 9999; the service's clock when absent.
     pub end_time: Option<DateTime<Utc>>,
     pub meta: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ChecksumAlgorithm {
     #[default]
@@ -70,13 +78,16 @@ impl ChecksumAlgorithm {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawDataFileCreate {
     pub name: String,
     pub relative_path: String,
     pub executed_obs_unit_id: Uuid,
     pub raw_data_package_id: Option<Uuid>,
+    /// Bytes, at least 0.
     pub size: i64,
+    /// The digest in hexadecimal, as long as `checksum_algorithm`'s.
     pub checksum: String,
     #[serde(default)]
     pub checksum_algorithm: ChecksumAlgorithm,
@@ -86,6 +97,7 @@ pub struct RawDataFileCreate {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawDataPackageCreate {
     pub name: String,
@@ -95,11 +107,16 @@ pub struct RawDataPackageCreate {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FinalizeRawDataPackage {
+    /// Bytes, at least 0.
     pub size: Option<i64>,
+    /// The digest in hexadecimal, as long as `checksum_algorithm`'s (`sha256` when absent).
     pub checksum: Option<String>,
+    /// Only with a `checksum`.
     pub checksum_algorithm: Option<ChecksumAlgorithm>,
+    /// At least 0.
     pub file_count: Option<i64>,
     pub meta: Option<Map<String, Value>>,
 }

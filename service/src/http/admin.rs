@@ -3,13 +3,25 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use ops_db_actors::dlq::MAX_PAGE;
+use ops_db_actors::dlq::{DeadLetterPage, MAX_PAGE};
 use serde_json::{json, Value};
+use utoipa::IntoParams;
 
+use super::openapi::schemas::{Dropped, Killed, Retried};
 use super::AppState;
-use crate::ops::ApiError;
+use crate::ops::{ApiError, ErrorBody};
 
 /// Fault drills: kills an actor of the tree; the supervisor restarts it by its policy.
+#[utoipa::path(post, path = "/admin/actors/{name}/kill", tag = "admin",
+    summary = "Fault drill: kill an actor",
+    description = "The supervisor restarts it by its policy; `/health/actors` shows the restart. \
+        Needs `faults.enabled = true` in the config.",
+    params(("name" = String, Path, description = "`ingest`, `buffer`, `forwarder`, `replica` or `notifier`")),
+    responses(
+        (status = 200, description = "Killed", body = Killed),
+        (status = 403, description = "`faults_disabled` (or `forbidden`: the token lacks the scope)", body = ErrorBody),
+        (status = 404, description = "`no_such_actor`", body = ErrorBody),
+    ))]
 pub async fn kill_actor(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -33,10 +45,14 @@ pub async fn kill_actor(
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Dead letters per page, 1 to 1000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// The previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
@@ -60,6 +76,15 @@ fn no_such_dead_letter(id: &str) -> ApiError {
 
 /// `GET /admin/dlq?limit=N&cursor=C`: a page of the dead letters, oldest first, at most
 /// `MAX_PAGE`; `more` and `next_cursor` name what follows.
+#[utoipa::path(get, path = "/admin/dlq", tag = "admin",
+    summary = "A page of the dead letters, oldest first",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The page; `next_cursor` continues it", body = DeadLetterPage),
+        (status = 400, description = "`invalid_query`: an unknown parameter", body = ErrorBody),
+        (status = 422, description = "`invalid_query` naming `limit` or `cursor`", body = ErrorBody),
+        (status = 503, description = "`redis_unavailable`", body = ErrorBody, headers(("Retry-After" = u64))),
+    ))]
 pub async fn list_dead_letters(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -94,6 +119,15 @@ pub async fn list_dead_letters(
 }
 
 /// `POST /admin/dlq/{id}/retry`: back into the buffer, at the end of the stream.
+#[utoipa::path(post, path = "/admin/dlq/{id}/retry", tag = "admin",
+    summary = "Retry a dead letter",
+    description = "It goes back into the buffer, at its end: after everything buffered meanwhile.",
+    params(("id" = String, Path, description = "The dead letter's `id` (a stream id, `<ms>-<seq>`)")),
+    responses(
+        (status = 200, description = "Buffered again", body = Retried),
+        (status = 404, description = "`no_such_dead_letter`", body = ErrorBody),
+        (status = 503, description = "`redis_unavailable`", body = ErrorBody, headers(("Retry-After" = u64))),
+    ))]
 pub async fn retry_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -113,6 +147,15 @@ pub async fn retry_dead_letter(
 }
 
 /// `DELETE /admin/dlq/{id}`: gone for good (its lifecycle keeps `dead`, with `dropped_at`).
+#[utoipa::path(delete, path = "/admin/dlq/{id}", tag = "admin",
+    summary = "Drop a dead letter for good",
+    description = "Its transaction's lifecycle stays `dead`.",
+    params(("id" = String, Path, description = "The dead letter's `id` (a stream id, `<ms>-<seq>`)")),
+    responses(
+        (status = 200, description = "Dropped", body = Dropped),
+        (status = 404, description = "`no_such_dead_letter`", body = ErrorBody),
+        (status = 503, description = "`redis_unavailable`", body = ErrorBody, headers(("Retry-After" = u64))),
+    ))]
 pub async fn drop_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -41,14 +41,21 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/", tag = "ui", operation_id = "dashboard_page",
+    summary = "The dashboard (give it a token as `/#token=…`)",
+    responses((status = 200, description = "The page", content_type = "text/html")))]
 pub async fn page() -> Response {
     asset("text/html; charset=utf-8", PAGE)
 }
 
+#[utoipa::path(get, path = "/dashboard.js", tag = "ui", operation_id = "dashboard_script",
+    responses((status = 200, description = "The dashboard's script", content_type = "text/javascript")))]
 pub async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
+#[utoipa::path(get, path = "/dashboard.css", tag = "ui", operation_id = "dashboard_style",
+    responses((status = 200, description = "The dashboard's style sheet", content_type = "text/css")))]
 pub async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }

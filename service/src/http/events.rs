@@ -24,7 +24,7 @@ use redis::streams::StreamRangeReply;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
-use crate::ops::ApiError;
+use crate::ops::{ApiError, ErrorBody};
 
 /// The subprotocol a browser client asks for (with its token as a second one).
 const PROTOCOL: &str = "opsdb.events";
@@ -64,6 +64,25 @@ fn token(headers: &HeaderMap) -> (Option<String>, bool) {
     (protocol, by_protocol)
 }
 
+#[utoipa::path(get, path = "/ws/events", tag = "events",
+    summary = "The site's events, over a websocket",
+    description = "One JSON text message per event, each with a strictly increasing `seq`, its \
+        `type` and `at` (unix ms); the types are listed in the README. The token comes in the \
+        `Authorization` header or, from a browser, as the subprotocol `opsdb.bearer.<token>` \
+        next to `opsdb.events`. A client too far behind is closed with 4000, and all clients \
+        with 1012 when the notifier restarts; both close reasons end in \
+        `reconnect with since=N`.",
+    params(
+        ("since" = Option<u64>, Query, description = "First replay every kept event after this sequence number, then go live"),
+        ("types" = Option<String>, Query, description = "Only these types: comma-separated names, or prefixes ending in `*` (`tx.dead,actor.*`)"),
+        ("Sec-WebSocket-Protocol" = Option<String>, Header, description = "`opsdb.events, opsdb.bearer.<token>` (browsers)"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the websocket"),
+        (status = 400, description = "`not_a_websocket`: no websocket upgrade", body = ErrorBody),
+        (status = 422, description = "`invalid_query` naming `since`", body = ErrorBody),
+        (status = 503, description = "`notifier_unavailable`, `redis_unavailable`", body = ErrorBody, headers(("Retry-After" = u64))),
+    ))]
 pub async fn ws_events(
     State(state): State<AppState>,
     headers: HeaderMap,

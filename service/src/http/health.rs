@@ -11,6 +11,7 @@ use ops_db_actors::tree::{BUFFER, FORWARDER, INGEST, REPLICA};
 use prometheus_client::encoding::text::encode;
 use serde_json::json;
 
+use super::openapi::schemas::{ActorsReport, Readiness};
 use super::AppState;
 
 fn ingest_running(state: &AppState) -> bool {
@@ -18,10 +19,18 @@ fn ingest_running(state: &AppState) -> bool {
     h.is_running(INGEST) && h.is_running(BUFFER)
 }
 
+#[utoipa::path(get, path = "/health/live", tag = "health", summary = "Liveness: 200 while the process answers",
+    responses((status = 200, description = "`{\"status\": \"alive\"}`", body = Object)))]
 pub async fn live() -> Json<serde_json::Value> {
     Json(json!({ "status": "alive" }))
 }
 
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    summary = "Readiness: Redis answers and the ingest actors run",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready; `reasons` says why", body = Readiness),
+    ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let redis = state.probe.status().await;
     let mut reasons = Vec::new();
@@ -42,6 +51,13 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/health", tag = "health",
+    summary = "The service's health",
+    description = "`status` (`healthy`, `degraded`: Redis not durable, `unhealthy`: Redis down or \
+        the ingest actors not running), Redis and its durability, the buffer, the database \
+        link, the forwarder, the replica, the events, each actor's state. Always 200: \
+        readiness is `/health/ready`.",
+    responses((status = 200, description = "The health report (see the README)", body = Object)))]
 pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     let redis = state.probe.status().await;
     let actors: serde_json::Map<_, _> = state
@@ -149,6 +165,9 @@ fn state_name(state: &ActorState) -> &'static str {
     }
 }
 
+#[utoipa::path(get, path = "/health/actors", tag = "health",
+    summary = "The supervision tree: each actor's state, restarts, last failure",
+    responses((status = 200, description = "Each actor, the escalation if the tree gave up, the replica's lag", body = ActorsReport)))]
 pub async fn actors(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
         "actors": state.tree.health.snapshot(),
@@ -162,6 +181,13 @@ pub async fn actors(State(state): State<AppState>) -> Json<serde_json::Value> {
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Every registered metric, in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    summary = "Every metric, in the OpenMetrics text format",
+    responses(
+        (status = 200, description = "The metrics (listed in the README)", body = String,
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 500, description = "The metrics could not be encoded (empty body)"),
+    ))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     // The Redis values are exported from the probe's last read: read them now.
     state.probe.status().await;

@@ -4,10 +4,13 @@
 mod admin;
 mod auth;
 mod dashboard;
+mod docs;
 mod events;
 mod health;
+pub mod openapi;
 mod paging;
 mod reads;
+pub mod routes;
 pub mod serve;
 mod writes;
 
@@ -18,15 +21,15 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ops_db_actors::overlay::Reads;
 use ops_db_actors::tree::Tree;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 pub use auth::Tokens;
+use routes::{Access, Routes};
 
-use crate::config::Config;
+use crate::config::{Config, Scope};
 use crate::operations::OPERATIONS;
 use crate::ops::ApiError;
 use crate::redis_probe::RedisProbe;
@@ -61,54 +64,79 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The whole HTTP API. `admin_extensions`: routes added by whoever starts the application
-/// (`dev` mounts its emulated WAN's there), served behind the admin scope.
-pub fn router(state: AppState, admin_extensions: Option<Router>) -> Router {
+/// Every route of the API, by the access it needs: the one place routes are registered.
+/// The write routes are the operations table's, every spelling of each path.
+pub fn api() -> Vec<Routes> {
     let writes = OPERATIONS
         .iter()
         .flat_map(|spec| spec.paths.iter().map(move |path| (*path, spec)))
-        .fold(Router::new(), |router, (path, spec)| {
-            router.route(path, writes::route(spec))
+        .fold(
+            Routes::new(Access::Scope(Scope::Write)),
+            |routes, (path, spec)| {
+                routes.add_method_router(spec.method.into(), path, writes::route(spec))
+            },
+        );
+    let reads = Routes::new(Access::AnyToken)
+        .get("/transactions/{id}", reads::transaction)
+        .get("/executed_obs_units", reads::executed_obs_units)
+        .get("/executed_obs_units/", reads::executed_obs_units)
+        .get("/executed_obs_units/{id}", reads::executed_obs_unit)
+        .get("/raw_data_files/{id}", reads::raw_data_file)
+        .get("/raw_data_package/{id}", reads::raw_data_package);
+    // Browsers cannot set headers on a websocket: the handler also takes the token as a
+    // subprotocol, so it checks it itself.
+    let events = Routes::checked_by_handler(Access::AnyToken).get("/ws/events", events::ws_events);
+    let admin = Routes::new(Access::Scope(Scope::Admin))
+        .post("/admin/actors/{name}/kill", admin::kill_actor)
+        .get("/admin/dlq", admin::list_dead_letters)
+        .post("/admin/dlq/{id}/retry", admin::retry_dead_letter)
+        .delete("/admin/dlq/{id}", admin::drop_dead_letter);
+    let open = Routes::new(Access::Open)
+        .get("/", dashboard::page)
+        .get(dashboard::SCRIPT_PATH, dashboard::script)
+        .get(dashboard::STYLE_PATH, dashboard::style)
+        .get(openapi::PATH, openapi::document)
+        .get(docs::PAGE_PATH, docs::page)
+        .get(docs::SCRIPT_PATH, docs::script)
+        .get(docs::BUNDLE_PATH, docs::bundle)
+        .get(docs::STYLE_PATH, docs::style)
+        .get("/health", health::health)
+        .get("/health/live", health::live)
+        .get("/health/ready", health::ready)
+        .get("/health/actors", health::actors)
+        .get("/metrics", health::metrics);
+    vec![writes, reads, events, admin, open]
+}
+
+/// `routes` behind the middleware of their access.
+fn guarded(routes: Routes, state: &AppState) -> Router<AppState> {
+    if routes.checked_by_handler {
+        return routes.router;
+    }
+    let state = state.clone();
+    match routes.access {
+        Access::Open => routes.router,
+        Access::AnyToken => routes
+            .router
+            .route_layer(middleware::from_fn_with_state(state, auth::require_any)),
+        Access::Scope(Scope::Write) => routes
+            .router
+            .route_layer(middleware::from_fn_with_state(state, auth::require_write)),
+        Access::Scope(Scope::Admin) => routes
+            .router
+            .route_layer(middleware::from_fn_with_state(state, auth::require_admin)),
+    }
+}
+
+/// The whole HTTP API. `admin_extensions`: routes added by whoever starts the application
+/// (`dev` mounts its emulated WAN's there), served behind the admin scope and not part of
+/// the OpenAPI document.
+pub fn router(state: AppState, admin_extensions: Option<Router>) -> Router {
+    let mut api = api()
+        .into_iter()
+        .fold(Router::new(), |api, routes| {
+            api.merge(guarded(routes, &state))
         })
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_write,
-        ));
-    let reads = Router::new()
-        .route("/transactions/{id}", get(reads::transaction))
-        .route("/executed_obs_units", get(reads::executed_obs_units))
-        .route("/executed_obs_units/", get(reads::executed_obs_units))
-        .route("/executed_obs_units/{id}", get(reads::executed_obs_unit))
-        .route("/raw_data_files/{id}", get(reads::raw_data_file))
-        .route("/raw_data_package/{id}", get(reads::raw_data_package))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_any,
-        ));
-    let admin = Router::new()
-        .route("/admin/actors/{name}/kill", post(admin::kill_actor))
-        .route("/admin/dlq", get(admin::list_dead_letters))
-        .route("/admin/dlq/{id}/retry", post(admin::retry_dead_letter))
-        .route("/admin/dlq/{id}", delete(admin::drop_dead_letter))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_admin,
-        ));
-    let open = Router::new()
-        .route("/", get(dashboard::page))
-        .route(dashboard::SCRIPT_PATH, get(dashboard::script))
-        .route(dashboard::STYLE_PATH, get(dashboard::style))
-        .route("/ws/events", get(events::ws_events))
-        .route("/health", get(health::health))
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/health/actors", get(health::actors))
-        .route("/metrics", get(health::metrics));
-    let mut api = Router::new()
-        .merge(writes)
-        .merge(reads)
-        .merge(admin)
-        .merge(open)
         .with_state(state.clone());
     if let Some(extensions) = admin_extensions {
         api = api.merge(extensions.route_layer(middleware::from_fn_with_state(

@@ -12,10 +12,12 @@ use ops_db_actors::domain::Table;
 use ops_db_actors::overlay::{IndexValue, PageRequest, ReadError};
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
+use super::openapi::schemas::{Lifecycle, Record};
 use super::{paging, redis, AppState};
-use crate::ops::{self, ApiError};
+use crate::ops::{self, ApiError, ErrorBody};
 
 /// 503 for what did not answer (the cause is logged, never shown), 404 for what does not
 /// exist. Also used by the `?wait=` loop of the write endpoints.
@@ -67,6 +69,18 @@ fn not_found(what: &str, id: &str) -> ApiError {
     .with_field("id")
 }
 
+/// A transaction's lifecycle
+///
+/// From Redis while it keeps it, after `replica.retention` from the ledger on the read
+/// source.
+#[utoipa::path(get, path = "/transactions/{id}", tag = "reads",
+    params(("id" = Uuid, Path, description = "The transaction's id, as its write answered")),
+    responses(
+        (status = 200, description = "Its state and the time of each transition", body = Lifecycle),
+        (status = 404, description = "`no_such_transaction`", body = ErrorBody),
+        (status = 422, description = "`invalid_id`: not a UUID", body = ErrorBody),
+        (status = 503, description = "`redis_unavailable`, `replica_unavailable`", body = ErrorBody, headers(("Retry-After" = u64))),
+    ))]
 pub async fn transaction(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -82,11 +96,17 @@ pub async fn transaction(
 
 /// The query of a detail read: `limit` bounds its nested lists; a nested list continues
 /// from the cursor its previous answer gave. Unknown parameters are ignored, as before.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DetailQuery {
+    /// Records per page of each nested list, 1 to 1000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// For an integer id (a list by obs unit): the `x-next-cursor` of the previous page.
     cursor: Option<String>,
+    /// The previous answer's `raw_data_packages_next_cursor`.
     packages_cursor: Option<String>,
+    /// The previous answer's `raw_data_files_next_cursor`.
     files_cursor: Option<String>,
 }
 
@@ -159,6 +179,20 @@ async fn executed_obs_unit_detail(
 
 /// `GET /executed_obs_units/{id}`: one by UUID; an integer is taken as an obs_unit_id, as
 /// the original's path was, and answers the list.
+#[utoipa::path(get, path = "/executed_obs_units/{id}", tag = "reads",
+    summary = "An executed obs unit, with a page of its packages and of its files",
+    description = "An integer `id` is taken as an `obs_unit_id` (as the original's path was) \
+        and answers a page of its executed obs units, like `GET /executed_obs_units`.",
+    params(("id" = String, Path, description = "A UUID, or an integer obs_unit_id"), DetailQuery),
+    responses(
+        (status = 200, description = "The record, with `raw_data_packages`, `raw_data_files` and \
+            their `_next_cursor`s; for an integer id a JSON array of them", body = Record,
+            headers(("x-opsdb-replica" = String, description = "`unavailable` when the replica did not answer"),
+                ("x-next-cursor" = String, description = "For an integer id: the next page's cursor, absent on the last"))),
+        (status = 404, description = "`not_found`: no such record", body = ErrorBody),
+        (status = 422, description = "`invalid_id`, `invalid_query` (naming `limit` or the cursor)", body = ErrorBody),
+        (status = 503, description = "`redis_unavailable`, `replica_unavailable`", body = ErrorBody, headers(("Retry-After" = u64))),
+    ))]
 pub async fn executed_obs_unit(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -182,15 +216,31 @@ pub async fn executed_obs_unit(
     Ok(answer(detail, replica_answered))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     obs_unit_id: i64,
+    /// Records per page, 1 to 1000 (default 100); also of each record's nested lists.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// The previous page's `x-next-cursor`.
     cursor: Option<String>,
 }
 
 /// `GET /executed_obs_units?obs_unit_id=N[&limit=L][&cursor=C]`.
+#[utoipa::path(get, path = "/executed_obs_units", tag = "reads",
+    summary = "A page of the executed obs units of an obs unit",
+    description = "Each with the first page of its packages and files. Also at \
+        `/executed_obs_units/`.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A JSON array, in id order", body = Vec<Record>,
+            headers(("x-next-cursor" = String, description = "The next page's cursor; absent on the last page"),
+                ("x-opsdb-replica" = String, description = "`unavailable` when the list comes from the buffer alone"))),
+        (status = 422, description = "`invalid_query`: `obs_unit_id` missing or not an integer, a bad `limit` or `cursor`", body = ErrorBody),
+        (status = 503, description = "`redis_unavailable`", body = ErrorBody, headers(("Retry-After" = u64))),
+    ))]
 pub async fn executed_obs_units(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -233,6 +283,15 @@ async fn by_obs_unit(
     Ok(response)
 }
 
+/// A raw data file
+#[utoipa::path(get, path = "/raw_data_files/{id}", tag = "reads",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "The record", body = Record),
+        (status = 404, description = "`not_found`: no such record", body = ErrorBody),
+        (status = 422, description = "`invalid_id`: not a UUID", body = ErrorBody),
+        (status = 503, description = "`redis_unavailable`, `replica_unavailable`", body = ErrorBody, headers(("Retry-After" = u64))),
+    ))]
 pub async fn raw_data_file(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -247,6 +306,18 @@ pub async fn raw_data_file(
 }
 
 /// `GET /raw_data_package/{id}[?limit=L&cursor=C]`: with a page of its files.
+#[utoipa::path(get, path = "/raw_data_package/{id}", tag = "reads",
+    summary = "A raw data package, with a page of its files",
+    params(("id" = Uuid, Path),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Files per page, 1 to 1000 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "The previous answer's `raw_data_files_next_cursor`")),
+    responses(
+        (status = 200, description = "The record with `raw_data_files` and `raw_data_files_next_cursor`", body = Record,
+            headers(("x-opsdb-replica" = String, description = "`unavailable` when the replica did not answer"))),
+        (status = 404, description = "`not_found`: no such record", body = ErrorBody),
+        (status = 422, description = "`invalid_id`, `invalid_query` (naming `limit` or `cursor`)", body = ErrorBody),
+        (status = 503, description = "`redis_unavailable`, `replica_unavailable`", body = ErrorBody, headers(("Retry-After" = u64))),
+    ))]
 pub async fn raw_data_package(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -21,7 +21,7 @@ use crate::operations::OperationSpec;
 
 use crate::ops::{self, ApiError};
 
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 type Body = Result<Bytes, BytesRejection>;
 type Id = Result<Path<String>, PathRejection>;
@@ -30,7 +30,7 @@ type Wait = Result<Query<WaitQuery>, QueryRejection>;
 /// The longest a write may ask to wait for its transaction.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WaitFor {
     Forwarded,
@@ -39,10 +39,13 @@ pub enum WaitFor {
 
 /// `?wait=forwarded|replicated&timeout=5s`: answer once the transaction got there, or
 /// `202` with its state when the timeout expires first.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
+    /// Answer once the transaction got this far (the write is durable either way).
     wait: Option<WaitFor>,
+    /// How long to wait, e.g. `5s` (the default), at most `60s`.
     timeout: Option<String>,
 }
 

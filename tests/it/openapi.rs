@@ -1,0 +1,194 @@
+//! The OpenAPI document at `/openapi.json`, against the running service: OpenAPI 3 JSON
+//! whose every reference resolves; every route it documents answered by that route, not
+//! by the router's fallback, and guarded as it says; `/docs` served with nothing but this
+//! origin's assets.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::helpers::{Reply, TestApp};
+
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get("$ref") {
+                found.push(target);
+            }
+            map.values().for_each(|v| refs(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+        _ => {}
+    }
+}
+
+/// `path` with each `{param}` filled with a fresh UUID.
+fn concrete(path: &str) -> String {
+    let mut out = String::new();
+    let mut rest = path;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}').map_or(rest.len(), |c| open + c + 1);
+        out.push_str(&Uuid::now_v7().to_string());
+        rest = &rest[close..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A request without a token.
+async fn send(app: &TestApp, method: &str, path: &str) -> Reply {
+    let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+    let response = app.client.request(method, app.url(path)).send().await;
+    Reply::from(response.expect("request sent")).await
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served_and_asks_for_the_token_it_documents() {
+    let app = TestApp::spawn().await;
+    let r = app.get("/openapi.json").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let content_type = r.headers["content-type"].to_str().unwrap();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let doc = r.body;
+    let version = doc["openapi"].as_str().unwrap_or_default();
+    assert!(version.starts_with("3."), "openapi: {version:?}");
+    assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    assert!(!found.is_empty(), "the document refers to its schemas");
+    for target in found {
+        let pointer = target
+            .strip_prefix('#')
+            .expect("a reference within the document");
+        assert!(doc.pointer(pointer).is_some(), "{target} does not resolve");
+    }
+
+    // The router's own answers for what it does not serve, to tell them apart.
+    let fallback_404 = send(&app, "get", "/no/such/endpoint").await;
+    fallback_404.assert_error(404, "not_found");
+    let fallback_405 = send(&app, "delete", "/health").await;
+    fallback_405.assert_error(405, "method_not_allowed");
+
+    let mut checked = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            if !METHODS.contains(&method.as_str()) {
+                continue;
+            }
+            // Dashboard assets and the like: a GET needs no body; writes are refused for
+            // the missing token before their body is read.
+            let r = send(&app, method, &concrete(path)).await;
+            let what = format!("{method} {path}: {} {}", r.status, r.text);
+            assert_ne!(r.body, fallback_404.body, "{what}");
+            assert_ne!(r.body, fallback_405.body, "{what}");
+            assert!(
+                r.status != 404 || r.body["error"]["field"].is_string(),
+                "{what}"
+            );
+            assert_ne!(r.status, 405, "{what}");
+            if operation["security"].is_array() {
+                r.assert_error(401, "unauthorized");
+            } else {
+                assert_ne!(r.status, 401, "{what}: documented as open");
+            }
+            checked.insert((method.clone(), path.clone()));
+        }
+    }
+    // Writes (every spelling), reads, events, admin, health, metrics, the UI.
+    assert!(checked.len() >= 30, "{checked:?}");
+    for expected in [
+        ("post", "/executed_obs_units/start"),
+        ("post", "/raw_data_files"),
+        ("get", "/ws/events"),
+        ("delete", "/admin/dlq/{id}"),
+        ("get", "/docs"),
+        ("get", "/openapi.json"),
+    ] {
+        let expected = (expected.0.to_owned(), expected.1.to_owned());
+        assert!(checked.contains(&expected), "{expected:?} is documented");
+    }
+}
+
+/// Every `src="…"` and `href="…"` of a page.
+fn references(page: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for attribute in ["src=\"", "href=\""] {
+        let mut rest = page;
+        while let Some(start) = rest.find(attribute) {
+            rest = &rest[start + attribute.len()..];
+            let end = rest.find('"').unwrap_or(rest.len());
+            found.push(rest[..end].to_owned());
+            rest = &rest[end..];
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn docs_are_served_without_a_token_from_this_origin_alone() {
+    let app = TestApp::spawn().await;
+    let page = app.get("/docs").await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    let header = |r: &Reply, name: &str| {
+        r.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(header(&page, "content-type").starts_with("text/html"));
+    let policy = header(&page, "content-security-policy");
+    assert!(policy.starts_with("default-src 'self';"), "{policy}");
+    assert!(!policy.contains("unsafe"), "{policy}");
+    for (directive, sources) in policy.split(';').filter_map(|d| {
+        let mut words = d.split_whitespace();
+        Some((words.next()?.to_owned(), words.collect::<Vec<_>>()))
+    }) {
+        for source in sources {
+            assert!(
+                ["'self'", "'none'", "data:"].contains(&source),
+                "{directive} allows {source}"
+            );
+        }
+    }
+    assert!(
+        !page.text.contains("<script>") && !page.text.contains("style="),
+        "nothing inline: {}",
+        page.text
+    );
+
+    let assets = references(&page.text);
+    assert!(assets.len() >= 3, "{assets:?}");
+    for asset in &assets {
+        assert!(
+            asset.starts_with('/') && !asset.starts_with("//"),
+            "{asset}: not from this origin"
+        );
+        let r = app.get(asset).await;
+        assert_eq!(r.status, 200, "{asset}");
+        let kind = header(&r, "content-type");
+        let expected = match asset.rsplit('.').next() {
+            Some("js") => "text/javascript",
+            Some("css") => "text/css",
+            Some("json") => "application/json",
+            other => panic!("{asset}: an asset of an unexpected kind {other:?}"),
+        };
+        assert!(kind.starts_with(expected), "{asset}: {kind}");
+        assert!(r.text.len() > 100, "{asset}");
+    }
+    // The initialiser points Swagger UI at this service's document, and at no validator.
+    let script = app.get("/docs/docs.js").await.text;
+    assert!(script.contains(r#"url: "/openapi.json""#), "{script}");
+    assert!(script.contains("validatorUrl: null"), "{script}");
+    assert!(!script.contains("http"), "{script}");
+}
