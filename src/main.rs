@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 #[cfg(feature = "dev")]
 use ops_db_devkit::{bench, dev};
-use ops_db_service::config::Config;
+use ops_db_service::config::{Config, Scope};
 use ops_db_service::startup::Application;
 use ops_db_service::{db, telemetry, token};
 use tokio_util::sync::CancellationToken;
@@ -56,14 +56,12 @@ enum Command {
         #[arg(long)]
         seed: bool,
     },
-    /// Dead letters: list, retry or drop them through a running service's admin API.
+    /// Dead letters: list, retry or drop them through a running service's admin API, with
+    /// the admin token in OPSDB_TOKEN (never an argument: arguments are visible to all).
     Dlq {
         /// The service's HTTP address.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
-        /// A token with the admin scope.
-        #[arg(long, env = "OPSDB_TOKEN", hide_env_values = true)]
-        token: String,
         #[command(subcommand)]
         command: DlqCommand,
     },
@@ -109,9 +107,33 @@ enum TokenCommand {
     New {
         #[arg(long, default_value = "scripts")]
         name: String,
+        /// Comma-separated: write, read, admin.
+        #[arg(long, value_delimiter = ',', default_value = "write,read")]
+        scopes: Vec<String>,
     },
-    /// Print the SHA-256 of an existing token.
-    Hash { token: String },
+    /// Make a new token in the primary's api_token table (at the main site, through
+    /// forwarder.migrate_url); it replicates to every site. Prints the token once.
+    Create {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: write, read, admin.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 90d; none: until revoked.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+    },
+    /// Revoke every active token of that name in the api_token table.
+    Revoke {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Print the SHA-256 of a token read from standard input (never an argument).
+    Hash,
 }
 
 /// Cancelled on Ctrl-C or SIGTERM.
@@ -174,20 +196,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             dev::run(options, stop_on_signals()).await
         }
         Command::Migrate { config, seed } => migrate(&config, seed).await,
-        Command::Dlq {
-            url,
-            token,
-            command,
-        } => dlq(&url, &token, command).await,
+        Command::Dlq { url, command } => {
+            let token = std::env::var("OPSDB_TOKEN")
+                .map_err(|_| anyhow::anyhow!("set OPSDB_TOKEN to a token with the admin scope"))?;
+            dlq(&url, &token, command).await
+        }
         Command::CheckConfig { config } => {
             let config = load(&config)?;
             println!("{}", serde_json::to_string_pretty(&config.redacted())?);
             Ok(())
         }
-        Command::Token { command } => {
-            tokens(command);
-            Ok(())
-        }
+        Command::Token { command } => tokens(command).await,
         #[cfg(feature = "dev")]
         Command::Bench { command } => {
             let _guard = telemetry::init("error", None, 1)?;
@@ -221,18 +240,67 @@ async fn migrate(path: &std::path::Path, seed: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tokens(command: TokenCommand) {
+fn scopes(names: &[String]) -> anyhow::Result<Vec<Scope>> {
+    names
+        .iter()
+        .map(|n| {
+            Scope::from_name(n.trim())
+                .ok_or_else(|| anyhow::anyhow!("unknown scope {n:?}: write, read or admin"))
+        })
+        .collect()
+}
+
+async fn tokens(command: TokenCommand) -> anyhow::Result<()> {
     match command {
-        TokenCommand::New { name } => {
+        TokenCommand::New {
+            name,
+            scopes: names,
+        } => {
+            let scopes = scopes(&names)?;
             let secret = token::generate();
+            let list: Vec<String> = scopes.iter().map(|s| format!("\"{}\"", s.name())).collect();
             println!("token:  {secret}");
             println!(
-                "config: {{ name = \"{name}\", sha256 = \"{}\", scopes = [\"write\"] }}",
-                token::hash(&secret)
+                "config: {{ name = \"{name}\", sha256 = \"{}\", scopes = [{}] }}",
+                token::hash(&secret),
+                list.join(", ")
             );
         }
-        TokenCommand::Hash { token: secret } => println!("{}", token::hash(&secret)),
+        TokenCommand::Create {
+            config,
+            name,
+            scopes: names,
+            expires_in,
+        } => {
+            let scopes = scopes(&names)?;
+            let target = load(&config)?
+                .migrate_target()
+                .ok_or_else(|| anyhow::anyhow!("config: forwarder.migrate_url is not set"))?;
+            let expires_at = expires_in.map(|d| {
+                chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
+            });
+            let secret = token::create(&target, &name, &scopes, expires_at).await?;
+            println!("token:  {secret}");
+            println!("name:   {name}");
+            match expires_at {
+                Some(at) => println!("expires: {}", at.to_rfc3339()),
+                None => println!("expires: never (until revoked)"),
+            }
+        }
+        TokenCommand::Revoke { config, name } => {
+            let target = load(&config)?
+                .migrate_target()
+                .ok_or_else(|| anyhow::anyhow!("config: forwarder.migrate_url is not set"))?;
+            let n = token::revoke(&target, &name).await?;
+            println!("revoked {n} token(s) named {name:?}");
+        }
+        TokenCommand::Hash => {
+            let mut secret = String::new();
+            std::io::stdin().read_line(&mut secret)?;
+            println!("{}", token::hash(secret.trim()));
+        }
     }
+    Ok(())
 }
 
 async fn dlq(url: &str, token: &str, command: DlqCommand) -> anyhow::Result<()> {

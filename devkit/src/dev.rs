@@ -98,7 +98,7 @@ fn config(
         [replica]
         url = "{replica_url}"
         [auth]
-        tokens = [{{ name = "dev", sha256 = "{hash}", scopes = ["write", "admin"] }}]
+        tokens = [{{ name = "dev", sha256 = "{hash}", scopes = ["write", "read", "admin"] }}]
         [faults]
         enabled = true
         "#,

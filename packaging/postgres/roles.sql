@@ -11,7 +11,7 @@
 --                    rows and the ledger as the schema owner (see the migration
 --                    20261204000001_apply_batch_as_owner.sql). No table privilege at all.
 --   opsdb_reader     replica.url (and, on the main site, the primary for reads): reads the
---                    tables and the ledger; writes nothing.
+--                    tables, the ledger and the API tokens (api_token); writes nothing.
 --
 -- Schema changes and `ops-db-api token create` use forwarder.migrate_url (the schema owner),
 -- never these roles.
@@ -22,5 +22,5 @@ CREATE ROLE opsdb_reader LOGIN;
 GRANT USAGE ON SCHEMA public TO opsdb_forwarder, opsdb_reader;
 GRANT EXECUTE ON FUNCTION opsdb_apply_batch(jsonb, text[]) TO opsdb_forwarder;
 GRANT SELECT ON obs_unit, executed_obs_unit, raw_data_package, raw_data_file,
-                applied_transaction
+                applied_transaction, api_token
    TO opsdb_reader;

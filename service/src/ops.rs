@@ -274,16 +274,20 @@ pub fn parse_operation(
 
 /// Parses and submits one write; the answer's status and body. Both facades come through
 /// here, so this is where the ingest latency (`opsdb_ingest_duration_seconds`) is recorded.
+///
+/// `client`: the name of the token the write came with. Idempotency keys are the client's
+/// own: another client's same key is another request, never its answer.
 pub async fn write(
     tree: &Tree,
     timeout: Duration,
+    client: &str,
     kind: OperationKind,
     id: Option<&str>,
     body: &[u8],
     idempotency_key: Option<&[u8]>,
 ) -> Result<(StatusCode, Ack), ApiError> {
     let started = Instant::now();
-    let answer = submit(tree, timeout, kind, id, body, idempotency_key).await;
+    let answer = submit(tree, timeout, client, kind, id, body, idempotency_key).await;
     let status = answer.as_ref().map_or_else(|e| e.status, |(s, _)| *s);
     tree.ingest_metrics
         .observe(kind.name(), status.as_u16(), started.elapsed());
@@ -294,12 +298,16 @@ pub async fn write(
 async fn submit(
     tree: &Tree,
     timeout: Duration,
+    client: &str,
     kind: OperationKind,
     id: Option<&str>,
     body: &[u8],
     idempotency_key: Option<&[u8]>,
 ) -> Result<(StatusCode, Ack), ApiError> {
-    let idempotency = idempotency_key.map(parse_idempotency_key).transpose()?;
+    let idempotency = idempotency_key
+        .map(parse_idempotency_key)
+        .transpose()?
+        .map(|key| key.for_client(client));
     let operation = parse_operation(kind, id, body)?;
     let ack = tree.ingest(operation, idempotency, timeout).await?;
     let status = if ack.created {

@@ -137,9 +137,17 @@ impl Application {
         let mut metrics = Registry::default();
         tree.register_metrics(&mut metrics);
         probe.register(&mut metrics);
+        let tokens = Tokens::new(&config.auth);
+        if let Some(path) = &config.auth.tokens_file {
+            // At start a bad file is the operator's mistake to hear about; later, a bad
+            // read keeps the last good set.
+            Tokens::check_file(path)
+                .with_context(|| format!("auth.tokens_file {}", path.display()))?;
+        }
+        tokens.refresh(reads.pool()).await;
         let state = AppState {
             tree: Arc::new(tree),
-            tokens: Arc::new(Tokens::new(&config.auth.tokens)),
+            tokens: Arc::new(tokens),
             probe: Arc::new(probe),
             reads: Arc::new(reads),
             write_timeout: config.http.request_timeout,
@@ -199,10 +207,14 @@ impl Application {
             })
         };
         let tcp_server = tokio::spawn(crate::tcp::serve(tcp, state.clone(), stop.clone()));
+        let refresh = tokio::spawn(
+            Arc::clone(&state.tokens).refresh_until(state.reads.pool().cloned(), stop.clone()),
+        );
         tracing::info!(http = %http.local_addr()?, "serving");
         let router = http::router(state.clone(), admin_routes);
         http::serve::serve(http, router, &state.config.http, stop.clone()).await;
         let _ = tcp_server.await;
+        refresh.abort();
         tree.shutdown().await;
         watcher.abort();
         match tree.health.escalation() {

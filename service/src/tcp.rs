@@ -273,16 +273,17 @@ async fn handle(
     if envelope.token.is_none() {
         envelope.token = connection_token.map(str::to_owned);
     }
-    if let Err(err) = state.tokens.check(envelope.token.as_deref(), Scope::Write) {
-        return (error_reply(request_id, &err), None);
-    }
+    let client = match state.tokens.check(envelope.token.as_deref(), Scope::Write) {
+        Ok(client) => client,
+        Err(err) => return (error_reply(request_id, &err), None),
+    };
     let valid = envelope.token.clone();
     let reply = match operation(&envelope.op) {
         Ok(None) => Ok(json!({ "status": 200, "body": {
             "authenticated": true,
             "max_line_bytes": state.config.tcp.max_line_bytes,
         }})),
-        Ok(Some(spec)) => write(state, spec, &envelope).await,
+        Ok(Some(spec)) => write(state, &client.name, spec, &envelope).await,
         Err(err) => Err(err),
     };
     let reply = match reply {
@@ -298,6 +299,7 @@ async fn handle(
 /// A write whose token has passed.
 async fn write(
     state: &AppState,
+    client: &str,
     spec: &OperationSpec,
     envelope: &Envelope,
 ) -> Result<Value, ApiError> {
@@ -305,6 +307,7 @@ async fn write(
     let (status, ack) = ops::write(
         &state.tree,
         state.write_timeout,
+        client,
         spec.kind,
         envelope.id.as_deref(),
         envelope.body(),

@@ -220,7 +220,7 @@ impl TestApp {
              [tcp]\nlisten = \"127.0.0.1:0\"\nmax_line_bytes = 65536\n\
              [redis]\nurl = \"{url}\"\ntimeout = \"1s\"\n\
              [auth]\ntokens = [\n\
-               {{ name = \"writer\", sha256 = \"{w}\", scopes = [\"write\"] }},\n\
+               {{ name = \"writer\", sha256 = \"{w}\", scopes = [\"write\", \"read\"] }},\n\
                {{ name = \"admin\", sha256 = \"{a}\", scopes = [\"admin\"] }},\n]\n",
             url = redis.url(),
             w = token::hash(&token),

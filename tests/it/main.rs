@@ -37,3 +37,4 @@ mod site;
 mod status;
 mod tcp;
 mod tls;
+mod tokens;

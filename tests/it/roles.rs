@@ -87,6 +87,7 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
         "SELECT opsdb_apply_step('{}'::jsonb)",
         "CREATE TABLE intruder (id int)",
         "DROP TABLE applied_transaction",
+        "SELECT sha256 FROM api_token",
     ] {
         assert_eq!(refused(&pg, "opsdb_forwarder", sql).await, "42501", "{sql}");
     }
@@ -96,6 +97,7 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
         "INSERT INTO applied_transaction (transaction_id, site, stream_id, op) \
          VALUES (gen_random_uuid(), 'x', '0-0', 'x')",
         "UPDATE raw_data_file SET name = 'x'",
+        "INSERT INTO api_token (sha256, name, scopes) VALUES (repeat('a', 64), 'x', ARRAY['admin'])",
         "CREATE TABLE intruder (id int)",
     ] {
         assert_eq!(refused(&pg, "opsdb_reader", sql).await, "42501", "{sql}");

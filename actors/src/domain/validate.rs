@@ -262,6 +262,12 @@ impl IdempotencyKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The key as one client's own: `<length of client>:<client>/<key>`, so that no two
+    /// (client, key) pairs meet in one Redis key.
+    pub fn for_client(self, client: &str) -> Self {
+        Self(format!("{}:{client}/{}", client.len(), self.0))
+    }
 }
 
 #[cfg(test)]

@@ -119,6 +119,11 @@ impl Reads {
         Ok(Self { pool, keys })
     }
 
+    /// The read source's pool (also where the `api_token` table is read).
+    pub fn pool(&self) -> Option<&PgPool> {
+        self.pool.as_ref()
+    }
+
     /// A transaction's lifecycle: from Redis while it is kept there, then from the ledger
     /// on the read source.
     pub async fn transaction(

@@ -56,7 +56,7 @@ pub async fn run(
             "[site]\nname = \"bench-events\"\n[http]\nlisten = \"127.0.0.1:0\"\nmax_connections = {}\n\
              [tcp]\nlisten = \"127.0.0.1:0\"\n[redis]\nurl = \"{}\"\n\
              [buffer]\nmax_buffered = 100000000\n[events]\nenabled = {enabled}\n\
-             [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\"] }}]\n",
+             [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\", \"read\"] }}]\n",
             clients + writers + 64,
             redis.url(),
             token::hash(&secret)

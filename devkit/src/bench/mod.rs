@@ -187,7 +187,7 @@ pub(crate) fn service_config(
     Ok(Config::from_toml_str(&format!(
         "[site]\nname = \"{site}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
          [redis]\nurl = \"{redis_url}\"\n[buffer]\nmax_buffered = 100000000\n{sections}\
-         [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\"] }}]\n",
+         [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\", \"read\"] }}]\n",
         token::hash(secret)
     ))?)
 }

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 mod validate;
 
+pub use validate::validate_tokens;
+
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
 
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +188,24 @@ pub struct Events {
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     Write,
+    Read,
     Admin,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Write => "write",
+            Self::Read => "read",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Write, Self::Read, Self::Admin]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -201,6 +220,21 @@ pub struct Token {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
+    pub tokens: Vec<Token>,
+    /// A TOML file with more `tokens = [...]`, read at start and every `cache_ttl`.
+    pub tokens_file: Option<PathBuf>,
+    /// Also accept the tokens of the `api_token` table on the read source.
+    pub database: bool,
+    /// How long the tokens of the file and the table are used before they are read again:
+    /// a token revoked at the main site stops working this long after it replicates.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+/// The `tokens_file`'s shape.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensFile {
     pub tokens: Vec<Token>,
 }
 

@@ -125,3 +125,49 @@ fn restart_policies_share_one_type_and_its_rules() {
     let err = load_err(&format!("{SITE}[forwarder]\nbackoff_base = \"1s\"\n"));
     assert!(err.contains("backoff_base"), "{err}");
 }
+
+#[test]
+#[allow(clippy::result_large_err)] // figment's Jail API
+fn tokens_come_from_the_environment_too() {
+    Jail::expect_with(|jail| {
+        let hash = crate::token::hash("from-the-environment");
+        jail.set_env("OPSDB__SITE__NAME", "summit");
+        jail.set_env(
+            "OPSDB__AUTH__TOKENS",
+            format!("[{{name=\"env\",sha256=\"{hash}\",scopes=[\"read\",\"write\"]}}]"),
+        );
+        let config = Config::load(None).expect("loads");
+        assert_eq!(config.auth.tokens.len(), 1);
+        assert_eq!(config.auth.tokens[0].name, "env");
+        assert_eq!(config.auth.tokens[0].sha256, hash);
+        assert_eq!(config.auth.tokens[0].scopes, [Scope::Read, Scope::Write]);
+        Ok(())
+    });
+}
+
+#[test]
+fn check_config_shows_no_password() {
+    let config = Config::from_toml_str(&format!(
+        "{SITE}[redis]\nurl = \"redis://:redis-secret@127.0.0.1:6379\"\n\
+         [forwarder]\nprimary_url = \"postgres://f:pg-secret@primary.example/opsdb?sslmode=verify-full\"\n\
+         migrate_url = \"postgres://o@primary.example/opsdb?password=owner-secret\"\n\
+         [replica]\nurl = \"postgres://r:replica-secret@127.0.0.1:5433/opsdb\"\n"
+    ))
+    .expect("valid");
+    let shown = serde_json::to_string(&config.redacted()).expect("json");
+    for secret in [
+        "redis-secret",
+        "pg-secret",
+        "owner-secret",
+        "replica-secret",
+    ] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(shown.contains("postgres://f:***@primary.example/opsdb?sslmode=verify-full"));
+    // The config itself keeps them: it is what connects.
+    assert!(config
+        .forwarder
+        .primary_url
+        .as_deref()
+        .is_some_and(|u| u.contains("pg-secret")));
+}

@@ -143,22 +143,30 @@ impl Config {
     }
 
     fn validate_tokens(&self) -> Result<(), ConfigError> {
-        for token in &self.auth.tokens {
-            if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(invalid(
-                    "auth.tokens",
-                    format!("token {:?}: sha256 must be 64 hex digits", token.name),
-                ));
-            }
-            if token.scopes.is_empty() {
-                return Err(invalid(
-                    "auth.tokens",
-                    format!("token {:?}: needs at least one scope", token.name),
-                ));
-            }
+        if self.auth.cache_ttl.is_zero() {
+            return Err(invalid("auth.cache_ttl", "must be longer than zero"));
         }
-        Ok(())
+        validate_tokens("auth.tokens", &self.auth.tokens)
     }
+}
+
+/// The checks of a list of configured tokens (the config's, or a tokens file's).
+pub fn validate_tokens(key: &'static str, tokens: &[super::Token]) -> Result<(), ConfigError> {
+    for token in tokens {
+        if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid(
+                key,
+                format!("token {:?}: sha256 must be 64 hex digits", token.name),
+            ));
+        }
+        if token.scopes.is_empty() {
+            return Err(invalid(
+                key,
+                format!("token {:?}: needs at least one scope", token.name),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a policy must, or must not, stop the process after too many restarts.

@@ -24,6 +24,7 @@ use redis::streams::StreamRangeReply;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
+use crate::config::Scope;
 use crate::ops::{ApiError, ErrorBody};
 
 /// The subprotocol a browser client asks for (with its token as a second one).
@@ -90,7 +91,7 @@ pub async fn ws_events(
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let (presented, by_protocol) = token(&headers);
-    state.tokens.check_any(presented.as_deref())?;
+    state.tokens.check(presented.as_deref(), Scope::Read)?;
     let Query(query) = query.map_err(|e| invalid("query", &e.body_text()))?;
     let since = query
         .get("since")

@@ -76,7 +76,7 @@ pub fn api() -> Vec<Routes> {
                 routes.add_method_router(spec.method.into(), path, writes::route(spec))
             },
         );
-    let reads = Routes::new(Access::AnyToken)
+    let reads = Routes::new(Access::Scope(Scope::Read))
         .get("/transactions/{id}", reads::transaction)
         .get("/executed_obs_units", reads::executed_obs_units)
         .get("/executed_obs_units/", reads::executed_obs_units)
@@ -85,7 +85,8 @@ pub fn api() -> Vec<Routes> {
         .get("/raw_data_package/{id}", reads::raw_data_package);
     // Browsers cannot set headers on a websocket: the handler also takes the token as a
     // subprotocol, so it checks it itself.
-    let events = Routes::checked_by_handler(Access::AnyToken).get("/ws/events", events::ws_events);
+    let events =
+        Routes::checked_by_handler(Access::Scope(Scope::Read)).get("/ws/events", events::ws_events);
     let admin = Routes::new(Access::Scope(Scope::Admin))
         .post("/admin/actors/{name}/kill", admin::kill_actor)
         .get("/admin/dlq", admin::list_dead_letters)
@@ -116,9 +117,9 @@ fn guarded(routes: Routes, state: &AppState) -> Router<AppState> {
     let state = state.clone();
     match routes.access {
         Access::Open => routes.router,
-        Access::AnyToken => routes
+        Access::Scope(Scope::Read) => routes
             .router
-            .route_layer(middleware::from_fn_with_state(state, auth::require_any)),
+            .route_layer(middleware::from_fn_with_state(state, auth::require_read)),
         Access::Scope(Scope::Write) => routes
             .router
             .route_layer(middleware::from_fn_with_state(state, auth::require_write)),

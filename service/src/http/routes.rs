@@ -54,8 +54,6 @@ impl From<operations::Method> for Method {
 pub enum Access {
     /// No token.
     Open,
-    /// Any valid bearer token.
-    AnyToken,
     /// A bearer token with this scope.
     Scope(Scope),
 }
@@ -64,9 +62,8 @@ impl Access {
     /// The scope's name as tokens carry it in the config.
     pub fn scope_name(self) -> Option<&'static str> {
         match self {
-            Self::Open | Self::AnyToken => None,
-            Self::Scope(Scope::Write) => Some("write"),
-            Self::Scope(Scope::Admin) => Some("admin"),
+            Self::Open => None,
+            Self::Scope(scope) => Some(scope.name()),
         }
     }
 }

@@ -17,6 +17,7 @@ use ops_db_actors::domain::OperationKind;
 use ops_db_actors::overlay::TxState;
 
 use super::AppState;
+use crate::config::Scope;
 use crate::operations::OperationSpec;
 
 use crate::ops::{self, ApiError};
@@ -159,9 +160,14 @@ async fn write_and_wait(
         .map(|Path(id)| id);
     let wait = parse_wait(wait)?;
     let key = headers.get(IDEMPOTENCY_KEY).map(|v| v.as_bytes());
+    // The route's middleware checked the token; its owner scopes the idempotency key.
+    let client = state
+        .tokens
+        .check(super::auth::bearer_header(headers), Scope::Write)?;
     let (status, ack) = ops::write(
         &state.tree,
         state.write_timeout,
+        &client.name,
         kind,
         id.as_deref(),
         &body,
