@@ -105,7 +105,7 @@ pub fn build() -> OpenApi {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "A token from `ops-db-api token new`; its scopes are in the config",
+                        "A token (`ops-db-api token create` or `token new`) with the scope the operation names: write, read or admin",
                     ))
                     .build(),
             ),
