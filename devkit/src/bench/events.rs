@@ -95,9 +95,9 @@ pub async fn run(
 /// way (otherwise a rewrite triggered by the previous phases' writes lands in whichever
 /// phase it happens to, and decides the comparison).
 async fn empty(url: &str) -> anyhow::Result<()> {
-    let mut conn = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
+    // Emptying a phase's Redis (and its AOF) takes seconds: a reply timeout to match.
+    let slow = Duration::from_secs(60);
+    let mut conn = ops_db_actors::redis_conn::open_url(url, slow, slow).await?;
     redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
     redis::cmd("BGREWRITEAOF")
         .query_async::<()>(&mut conn)
