@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::helpers::{Reply, TestApp};
@@ -13,19 +12,6 @@ use crate::helpers::{Reply, TestApp};
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
-
-fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
-    match value {
-        Value::Object(map) => {
-            if let Some(Value::String(target)) = map.get("$ref") {
-                found.push(target);
-            }
-            map.values().for_each(|v| refs(v, found));
-        }
-        Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
-        _ => {}
-    }
-}
 
 /// `path` with each `{param}` filled with a fresh UUID.
 fn concrete(path: &str) -> String {
@@ -63,15 +49,9 @@ async fn every_documented_route_is_served_and_asks_for_the_token_it_documents() 
     assert!(version.starts_with("3."), "openapi: {version:?}");
     assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
 
-    let mut found = Vec::new();
-    refs(&doc, &mut found);
+    let (found, unresolved) = ops_db_service::http::openapi::references(&doc);
     assert!(!found.is_empty(), "the document refers to its schemas");
-    for target in found {
-        let pointer = target
-            .strip_prefix('#')
-            .expect("a reference within the document");
-        assert!(doc.pointer(pointer).is_some(), "{target} does not resolve");
-    }
+    assert!(unresolved.is_empty(), "do not resolve: {unresolved:?}");
 
     // The router's own answers for what it does not serve, to tell them apart.
     let fallback_404 = send(&app, "get", "/no/such/endpoint").await;

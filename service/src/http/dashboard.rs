@@ -9,8 +9,7 @@
 //! Every answer carries a content security policy that allows nothing but this origin
 //! (and websockets back to it): no inline script or style, no other host, no framing.
 
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 const PAGE: &str = include_str!("../../assets/dashboard.html");
 const SCRIPT: &str = include_str!("../../assets/dashboard.js");
@@ -26,19 +25,7 @@ pub const SCRIPT_PATH: &str = "/dashboard.js";
 pub const STYLE_PATH: &str = "/dashboard.css";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            // The assets change with the binary: always revalidate, never serve a stale
-            // script against a newer server.
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::CONTENT_SECURITY_POLICY, POLICY),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
-        ],
-        body,
-    )
-        .into_response()
+    super::static_asset(content_type, POLICY, body)
 }
 
 #[utoipa::path(get, path = "/", tag = "ui", operation_id = "dashboard_page",

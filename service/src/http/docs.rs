@@ -10,8 +10,7 @@
 //! tried out): no inline script (the initialiser is a file of its own), no inline style,
 //! no `eval`.
 
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 const PAGE: &str = include_str!("../../assets/docs.html");
 const SCRIPT: &str = include_str!("../../assets/docs.js");
@@ -28,18 +27,7 @@ pub const BUNDLE_PATH: &str = "/docs/swagger-ui-bundle.js";
 pub const STYLE_PATH: &str = "/docs/swagger-ui.css";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            // The assets change with the binary: always revalidate.
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::CONTENT_SECURITY_POLICY, POLICY),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::REFERRER_POLICY, "no-referrer"),
-        ],
-        body,
-    )
-        .into_response()
+    super::static_asset(content_type, POLICY, body)
 }
 
 #[utoipa::path(get, path = "/docs", tag = "ui", operation_id = "docs_page",

@@ -152,6 +152,22 @@ pub fn router(state: AppState, admin_extensions: Option<Router>) -> Router {
         .layer(RequestBodyTimeoutLayer::new(state.config.http.body_timeout))
 }
 
+/// A compiled-in page or asset (the dashboard's, the API docs'): never cached stale (the
+/// assets change with the binary), under the page's content-security-policy.
+fn static_asset(content_type: &'static str, policy: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, policy),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 /// The service's own Redis connection for reads, `?wait=` and the admin endpoints (never
 /// the ingest path's): 503 with `Retry-After` when Redis does not answer.
 async fn redis(state: &AppState) -> Result<redis::aio::MultiplexedConnection, ApiError> {

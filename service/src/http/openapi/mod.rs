@@ -259,3 +259,28 @@ pub(super) fn add_schemas(
         .schemas
         .extend(named);
 }
+
+/// Every `$ref` of a served document (as JSON), and those of them that do not resolve
+/// within it: one check for this crate's tests and the integration test of `/openapi.json`.
+pub fn references(doc: &serde_json::Value) -> (Vec<String>, Vec<String>) {
+    fn walk(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(target)) = map.get("$ref") {
+                    found.push(target.clone());
+                }
+                map.values().for_each(|v| walk(v, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(doc, &mut found);
+    let unresolved = found
+        .iter()
+        .filter(|t| t.strip_prefix('#').and_then(|p| doc.pointer(p)).is_none())
+        .cloned()
+        .collect();
+    (found, unresolved)
+}
