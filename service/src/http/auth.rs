@@ -197,13 +197,16 @@ pub(super) fn bearer_header(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Checks the request's token for `scope` and hands its [`Principal`] to the handler (as a
+/// request extension: the write handler scopes idempotency keys by it).
 async fn require(
     state: &AppState,
     scope: Scope,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    state.tokens.check(bearer(&request), scope)?;
+    let principal = state.tokens.check(bearer(&request), scope)?;
+    request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
 }
 

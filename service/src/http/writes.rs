@@ -2,12 +2,14 @@
 //! ([`crate::operations::OPERATIONS`]): parse, ingest, answer (and maybe wait).
 
 use axum::body::Bytes;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde_json::json;
 use uuid::Uuid;
@@ -16,8 +18,8 @@ use axum::routing::{on, MethodRouter};
 use ops_db_actors::domain::OperationKind;
 use ops_db_actors::overlay::TxState;
 
+use super::auth::Principal;
 use super::AppState;
-use crate::config::Scope;
 use crate::operations::OperationSpec;
 
 use crate::ops::{self, ApiError};
@@ -111,21 +113,33 @@ fn body_error(rejection: BytesRejection) -> ApiError {
     }
 }
 
+/// The token's owner, from the write scope's middleware.
+type Client = Option<Extension<Arc<Principal>>>;
+
 /// The write handler of `spec`'s route: one for every operation of the table.
 pub fn route(spec: &'static OperationSpec) -> MethodRouter<AppState> {
     let filter = spec.method.filter();
     if spec.kind.needs_id() {
         on(
             filter,
-            move |State(s): State<AppState>, id: Id, wait: Wait, headers: HeaderMap, body: Body| async move {
-                write(&s, spec, Some(id), wait, &headers, body).await
+            move |State(s): State<AppState>,
+                  client: Client,
+                  id: Id,
+                  wait: Wait,
+                  headers: HeaderMap,
+                  body: Body| async move {
+                write(&s, client, spec, Some(id), wait, &headers, body).await
             },
         )
     } else {
         on(
             filter,
-            move |State(s): State<AppState>, wait: Wait, headers: HeaderMap, body: Body| async move {
-                write(&s, spec, None, wait, &headers, body).await
+            move |State(s): State<AppState>,
+                  client: Client,
+                  wait: Wait,
+                  headers: HeaderMap,
+                  body: Body| async move {
+                write(&s, client, spec, None, wait, &headers, body).await
             },
         )
     }
@@ -133,13 +147,18 @@ pub fn route(spec: &'static OperationSpec) -> MethodRouter<AppState> {
 
 async fn write(
     state: &AppState,
+    client: Client,
     spec: &'static OperationSpec,
     id: Option<Id>,
     wait: Wait,
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    match write_and_wait(state, spec.kind, id, wait, headers, body).await {
+    // The write scope's middleware put the token's owner there; it always runs first.
+    let Some(Extension(client)) = client else {
+        return ApiError::unauthorized().into_response();
+    };
+    match write_and_wait(state, &client, spec.kind, id, wait, headers, body).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
@@ -147,6 +166,7 @@ async fn write(
 
 async fn write_and_wait(
     state: &AppState,
+    client: &Principal,
     kind: OperationKind,
     id: Option<Id>,
     wait: Wait,
@@ -160,10 +180,6 @@ async fn write_and_wait(
         .map(|Path(id)| id);
     let wait = parse_wait(wait)?;
     let key = headers.get(IDEMPOTENCY_KEY).map(|v| v.as_bytes());
-    // The route's middleware checked the token; its owner scopes the idempotency key.
-    let client = state
-        .tokens
-        .check(super::auth::bearer_header(headers), Scope::Write)?;
     let (status, ack) = ops::write(
         &state.tree,
         state.write_timeout,
