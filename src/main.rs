@@ -276,9 +276,14 @@ async fn tokens(command: TokenCommand) -> anyhow::Result<()> {
             let target = load(&config)?
                 .migrate_target()
                 .ok_or_else(|| anyhow::anyhow!("config: forwarder.migrate_url is not set"))?;
-            let expires_at = expires_in.map(|d| {
-                chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
-            });
+            let expires_at = expires_in
+                .map(|d| {
+                    chrono::Duration::from_std(d)
+                        .ok()
+                        .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+                        .ok_or_else(|| anyhow::anyhow!("--expires-in {d:?} is too far away"))
+                })
+                .transpose()?;
             let secret = token::create(&target, &name, &scopes, expires_at).await?;
             println!("token:  {secret}");
             println!("name:   {name}");
