@@ -72,40 +72,7 @@ pub enum BenchCommand {
     /// An outage end to end: the link cut while transactions (bulk ones among them) are
     /// written, the replica down for part of it, both back; drain, replication, memory and
     /// ingest latency before, during and after.
-    Outage {
-        /// Transactions written while the link is cut, bulk registrations included.
-        #[arg(long, default_value_t = 100_000)]
-        transactions: usize,
-        /// Bulk registrations among them, spread evenly through the writes.
-        #[arg(long, default_value_t = 100)]
-        bulk: usize,
-        /// Files per bulk registration (at most buffer.max_bulk_files, 1000).
-        #[arg(long, default_value_t = 1000)]
-        bulk_files: usize,
-        /// Round-trip time of the emulated link.
-        #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
-        rtt: Duration,
-        /// Concurrent writers of the transactions.
-        #[arg(long, default_value_t = 8)]
-        clients: usize,
-        /// Transactions per second the writers keep to together; 0: as fast as they can.
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-        /// How long the probe writer measures before the cut, and again once everything
-        /// is replicated (2,000 writes in 20 s: a p99 of 20 samples).
-        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
-        quiet: Duration,
-        /// The replica stops when this fraction of the writes is acknowledged.
-        #[arg(long, default_value_t = 0.25)]
-        replica_stop: f64,
-        /// When it starts again: `heal` (with the link), `drained` (once the backlog is
-        /// forwarded: the replica is down while it reaches the primary), or a fraction of
-        /// the writes.
-        #[arg(long, default_value = "heal")]
-        replica_start: outage::ReplicaStart,
-        #[arg(long, default_value = "target/bench")]
-        dir: PathBuf,
-    },
+    Outage(outage::Options),
     /// Catch-up: transactions buffered during an outage, forwarded through an emulated WAN.
     Catchup {
         #[arg(long, default_value_t = 100_000)]
@@ -140,32 +107,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             duration,
             dir,
         } => events::run(ws_clients, rounds, writers, duration, &dir).await,
-        BenchCommand::Outage {
-            transactions,
-            bulk,
-            bulk_files,
-            rtt,
-            clients,
-            rate,
-            quiet,
-            replica_stop,
-            replica_start,
-            dir,
-        } => {
-            outage::run(outage::Options {
-                transactions,
-                bulk,
-                bulk_files,
-                rtt,
-                clients,
-                rate,
-                quiet,
-                replica_stop,
-                replica_start,
-                dir,
-            })
-            .await
-        }
+        BenchCommand::Outage(options) => outage::run(options).await,
         BenchCommand::Reads {
             buffered,
             samples,
