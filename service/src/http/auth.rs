@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,10 @@ pub struct Tokens {
     file_path: Option<PathBuf>,
     use_database: bool,
     pub cache_ttl: Duration,
+    /// Whether the last read of the file, of the table, failed: a failure is logged when it
+    /// begins and when it ends, not at every `cache_ttl` of a days-long outage.
+    file_failing: AtomicBool,
+    table_failing: AtomicBool,
 }
 
 fn by_hash(tokens: &[Token], expires_at: impl Fn(&Token) -> Option<DateTime<Utc>>) -> ByHash {
@@ -69,6 +74,8 @@ impl Tokens {
             file_path: auth.tokens_file.clone(),
             use_database: auth.database,
             cache_ttl: auth.cache_ttl,
+            file_failing: AtomicBool::new(false),
+            table_failing: AtomicBool::new(false),
         }
     }
 
@@ -108,22 +115,17 @@ impl Tokens {
     /// last good set (and is logged).
     pub async fn refresh(&self, pool: Option<&PgPool>) {
         if let Some(path) = &self.file_path {
-            match read_file(path) {
-                Ok(tokens) => self.file.store(Arc::new(tokens)),
-                Err(e) => tracing::warn!(
-                    file = %path.display(),
-                    error = %e,
-                    "auth.tokens_file could not be read; its last good tokens stay in use"
-                ),
+            let read = read_file(path);
+            note(&self.file_failing, &read, "auth.tokens_file");
+            if let Ok(tokens) = read {
+                self.file.store(Arc::new(tokens));
             }
         }
         if let (true, Some(pool)) = (self.use_database, pool) {
-            match read_table(pool).await {
-                Ok(tokens) => self.database.store(Arc::new(tokens)),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "the api_token table could not be read; its last good tokens stay in use"
-                ),
+            let read = read_table(pool).await;
+            note(&self.table_failing, &read, "the api_token table");
+            if let Ok(tokens) = read {
+                self.database.store(Arc::new(tokens));
             }
         }
     }
@@ -140,6 +142,20 @@ impl Tokens {
             }
             self.refresh(pool.as_ref()).await;
         }
+    }
+}
+
+/// Logs a source's read failing (once, until it succeeds again) and recovering.
+fn note(failing: &AtomicBool, read: &anyhow::Result<ByHash>, source: &str) {
+    match read {
+        Err(e) if !failing.swap(true, Ordering::Relaxed) => tracing::warn!(
+            error = %e,
+            "{source} could not be read; its last good tokens stay in use until it can"
+        ),
+        Ok(_) if failing.swap(false, Ordering::Relaxed) => {
+            tracing::info!("{source} is read again; its tokens are current")
+        }
+        _ => {}
     }
 }
 
