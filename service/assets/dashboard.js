@@ -258,7 +258,7 @@ function onEvent(e) {
 
 // What an event changes at once, before /health/actors is read again.
 function patch(e) {
-  if (e.type === 'link.up' || e.type === 'link.down') st.card.link = e.type.slice(5);
+  if (e.type.startsWith('link.')) st.card.link = e.type.slice(5);
   const rows = st.actors && st.actors.actors;
   const row = rows && rows.find((a) => a.name === e.actor);
   if (!row) { render(); return; }
@@ -330,6 +330,8 @@ function summary(e) {
     case 'link.down':
     case 'link.up':
       return e.type === 'link.up' ? 'primary reachable' + (e.reason ? ': ' + e.reason : '') : 'primary lost: ' + e.reason;
+    case 'link.timeout':
+      return 'primary did not finish a batch in time (batches are split): ' + e.reason;
     case 'dlq.retried':
     case 'dlq.dropped':
       return 'dead letter ' + (e.dead_letter || e.stream_id || '');
@@ -376,7 +378,7 @@ function render() {
   $('dead').textContent = c.dead === undefined ? '-' : c.dead;
   $('dead').className = c.dead > 0 ? 'bad' : '';
   $('link').textContent = c.link || '-';
-  $('link').className = { up: 'ok', down: 'bad' }[c.link] || '';
+  $('link').className = { up: 'ok', down: 'bad', timeout: 'warn' }[c.link] || '';
   renderTree();
   drawChart();
 }

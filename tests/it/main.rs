@@ -22,6 +22,7 @@ mod http_bounds;
 mod idempotency;
 mod ingest;
 mod lease;
+mod liveness;
 mod memory;
 mod metrics;
 mod openapi;

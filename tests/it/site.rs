@@ -118,6 +118,28 @@ impl Site {
             .expect("ledger")
     }
 
+    /// Every dead letter, page by page (a page holds at most 1,000).
+    pub async fn all_dead_letters(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut path = "/admin/dlq?limit=1000".to_owned();
+        loop {
+            let r = self.app.admin_get(&path).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            all.extend(
+                r.body["dead_letters"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            match r.body["next_cursor"].as_str() {
+                Some(cursor) if r.body["more"] == true => {
+                    path = format!("/admin/dlq?limit=1000&cursor={cursor}");
+                }
+                _ => return all,
+            }
+        }
+    }
+
     pub async fn dead_letters(&self) -> Vec<Value> {
         let r = self.app.admin_get("/admin/dlq").await;
         assert_eq!(r.status, 200, "{}", r.text);

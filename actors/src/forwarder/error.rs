@@ -19,7 +19,9 @@ pub enum ForwardError {
     /// The batch is sent as a string literal, whose quoting relies on this setting.
     #[error("primary: standard_conforming_strings must be on")]
     NonStandardStrings,
-    /// The batch's round trip took longer than `forwarder.statement_timeout`.
+    /// The batch's round trip took longer than `forwarder.statement_timeout` plus
+    /// `forwarder.connect_timeout` (the primary's own statement timeout comes first when
+    /// the link works).
     #[error("primary did not answer within {0:?}")]
     StatementTimeout(Duration),
     /// The primary answered something the batch function never returns.
@@ -39,11 +41,12 @@ pub enum ForwardError {
 }
 
 impl ForwardError {
-    /// Whether this says the link to the primary is down (no answer, a broken or timed-out
-    /// connection), rather than something the primary or Redis answered.
+    /// Whether this says the link to the primary is down (no connection, a broken one),
+    /// rather than something the primary or Redis answered. A batch without an answer in
+    /// time is not counted here: it may be a slow batch (see `isolate::Stall`).
     pub fn is_link(&self) -> bool {
         match self {
-            Self::ConnectTimeout(_) | Self::StatementTimeout(_) => true,
+            Self::ConnectTimeout(_) => true,
             Self::Database(e) => !matches!(
                 e,
                 sqlx::Error::Database(_)

@@ -8,6 +8,14 @@
 //! out is right. Any other one is counted against that transaction; once it has failed
 //! `max_attempts` times, the next batch sends it with a reject marker and the primary
 //! answers `dead` (or `skipped`, had an earlier attempt committed it after all).
+//!
+//! A batch that fails without naming a transaction (a [`Stall`]: a timeout, a connection
+//! dropped mid-batch) is split on the next attempts (see `split`), down to a single
+//! transaction. A single transaction the primary cancels at its `statement_timeout` is
+//! counted like any culprit: after `max_attempts` such timeouts it is dead-lettered with
+//! that reason. Lock waits end earlier (the session's `lock_timeout` is half the statement
+//! timeout, SQLSTATE 55P03, about the environment), so a lock held by someone else is
+//! waited out, never blamed on the transaction that waits for it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,6 +23,7 @@ use std::sync::Mutex;
 use sqlx::postgres::PgDatabaseError;
 use uuid::Uuid;
 
+use super::split::{Split, StreamPos};
 use super::ForwardError;
 
 /// SQLSTATE classes about the environment, never blamed on a transaction: connection (08),
@@ -75,10 +84,57 @@ pub fn culprit(err: &ForwardError) -> Option<(usize, Failure)> {
     ))
 }
 
-/// Failures counted per transaction; shared by the forwarder's incarnations.
+/// How a batch failed without naming a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// The primary cancelled the batch at its `statement_timeout` (57014): it answered,
+    /// the batch took too long.
+    ServerTimeout,
+    /// No answer within the forwarder's own bound: a slow batch or a stalled link.
+    ClientTimeout,
+    /// The connection broke after the batch was sent, or the server shut down under it.
+    Dropped,
+}
+
+/// SQLSTATE `query_canceled`: a statement timeout, or a cancel request.
+const QUERY_CANCELED: &str = "57014";
+
+/// Whether a failed batch is a [`Stall`], and which.
+pub fn stall(err: &ForwardError) -> Option<Stall> {
+    match err {
+        ForwardError::StatementTimeout(_) => Some(Stall::ClientTimeout),
+        ForwardError::Database(sqlx::Error::Database(db)) => {
+            let pg = db.try_downcast_ref::<PgDatabaseError>()?;
+            match pg.code() {
+                // Only the statement timeout's cancel is the batch's own doing; a cancel
+                // by an operator is treated like a dropped connection.
+                QUERY_CANCELED if pg.message().contains("statement timeout") => {
+                    Some(Stall::ServerTimeout)
+                }
+                code if code.starts_with("57") => Some(Stall::Dropped),
+                _ => None,
+            }
+        }
+        e if e.is_link() => Some(Stall::Dropped),
+        _ => None,
+    }
+}
+
+/// The failure a lone transaction is counted with when the primary cancels it at its
+/// statement timeout.
+pub fn timed_out(timeout: std::time::Duration) -> Failure {
+    Failure {
+        sqlstate: QUERY_CANCELED.to_owned(),
+        message: format!("did not finish within forwarder.statement_timeout ({timeout:?})"),
+    }
+}
+
+/// What the forwarder learned about failing transactions and batches, shared by its
+/// incarnations: failures counted per transaction, and the batch limit after stalls.
 #[derive(Debug, Default)]
 pub struct Isolation {
     counts: Mutex<HashMap<Uuid, (Failure, u32)>>,
+    split: Mutex<Option<Split>>,
 }
 
 impl Isolation {
@@ -99,6 +155,32 @@ impl Isolation {
     pub fn verdict(&self, tx: Uuid, max_attempts: u32) -> Option<(Failure, u32)> {
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         counts.get(&tx).filter(|(_, n)| *n >= max_attempts).cloned()
+    }
+
+    /// Most transactions the next batch may hold, while batches are split after stalls.
+    pub fn batch_limit(&self) -> Option<usize> {
+        self.split_state().map(|s| s.limit)
+    }
+
+    /// A batch of `len` transactions whose last stream entry is `last` stalled.
+    pub fn stalled(&self, len: usize, last: &str) {
+        let Some(last) = StreamPos::parse(last) else {
+            return;
+        };
+        let mut split = self.split.lock().unwrap_or_else(|e| e.into_inner());
+        *split = Some(Split::after_stall(*split, len, last));
+    }
+
+    /// A batch whose last stream entry is `last` committed.
+    pub fn committed(&self, last: &str) {
+        let mut split = self.split.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(_), Some(last)) = (*split, StreamPos::parse(last)) {
+            *split = Split::after_commit(*split, last);
+        }
+    }
+
+    fn split_state(&self) -> Option<Split> {
+        *self.split.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Forgets the counts of transactions that are settled.

@@ -21,6 +21,7 @@ mod isolate;
 pub mod lease;
 mod reach;
 mod read;
+mod split;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub use apply::{is_permanent, Outcome, PERMANENT_SQLSTATES};
 pub use crash::{CrashPoint, CrashPoints};
 pub use error::ForwardError;
 pub use isolate::Isolation;
+use isolate::Stall;
 pub use reach::probe;
 use read::{Batch, Reader};
 
@@ -90,31 +92,63 @@ pub struct ForwarderMetrics {
     pub last_lsn: AtomicU64,
     /// Who forwards for this site (`/health`).
     pub lease: lease::LeaseStatus,
-    /// The link to the primary as last seen: 0 unknown, 1 up, 2 down.
+    /// The link to the primary as last seen: 0 unknown, else a [`Link`].
     pub link: AtomicU8,
+    /// Most transactions per batch while batches are split after a stall (`/health`;
+    /// 0: not split).
+    pub batch_limit: AtomicU64,
 }
 
-const LINK_UP: u8 = 1;
-const LINK_DOWN: u8 = 2;
+/// The link to the primary as the last batch saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Link {
+    Up = 1,
+    /// No connection, or it broke.
+    Down = 2,
+    /// The primary did not finish a batch within `forwarder.statement_timeout`: a batch
+    /// too slow (then split) or a stalled link.
+    Timeout = 3,
+}
+
+impl Link {
+    fn name(self) -> &'static str {
+        match self {
+            Link::Up => "up",
+            Link::Down => "down",
+            Link::Timeout => "timeout",
+        }
+    }
+
+    /// What a failed batch or connect says about the link, if anything.
+    fn of(e: &ForwardError) -> Option<Link> {
+        match isolate::stall(e) {
+            Some(Stall::ServerTimeout | Stall::ClientTimeout) => Some(Link::Timeout),
+            Some(Stall::Dropped) => Some(Link::Down),
+            None => e.is_link().then_some(Link::Down),
+        }
+    }
+}
 
 impl ForwarderMetrics {
-    /// `up`, `down` or `unknown`.
+    /// `up`, `down`, `timeout` or `unknown`.
     pub fn link(&self) -> &'static str {
         match self.link.load(Ordering::Relaxed) {
-            LINK_UP => "up",
-            LINK_DOWN => "down",
+            1 => Link::Up.name(),
+            2 => Link::Down.name(),
+            3 => Link::Timeout.name(),
             _ => "unknown",
         }
     }
 }
 
-/// Records the link's state; a change is a `link.up` / `link.down` event.
-fn set_link(args: &ForwarderArgs, up: bool, reason: Option<String>) {
-    let new = if up { LINK_UP } else { LINK_DOWN };
+/// Records the link's state; a change is a `link.up`, `link.down` or `link.timeout` event.
+fn set_link(args: &ForwarderArgs, link: Link, reason: Option<String>) {
+    let new = link as u8;
     if args.metrics.link.swap(new, Ordering::Relaxed) != new {
-        let kind = if up { "link.up" } else { "link.down" };
+        let kind = format!("link.{}", link.name());
         args.events
-            .emit(kind, serde_json::json!({ "reason": reason }));
+            .emit(&kind, serde_json::json!({ "reason": reason }));
     }
 }
 
@@ -163,7 +197,7 @@ pub struct ForwarderArgs {
     pub metrics: Arc<ForwarderMetrics>,
     /// Failures counted per transaction, kept across restarts.
     pub isolation: Arc<Isolation>,
-    /// `tx.forwarded`, `tx.dead`, `link.up`, `link.down`.
+    /// `tx.forwarded`, `tx.dead`, `link.up`, `link.down`, `link.timeout`.
     pub events: Arc<EventSink>,
     /// Armed by fault tests; exists only with the `fault-injection` feature.
     #[cfg(feature = "fault-injection")]
@@ -214,8 +248,8 @@ impl Actor for ForwarderActor {
             ForwarderMsg::Next => {
                 // Any error fails the actor, on purpose: see `ForwardError`.
                 if let Err(e) = forward_one_batch(state).await {
-                    if e.is_link() {
-                        set_link(&state.args, false, Some(e.to_string()));
+                    if let Some(link) = Link::of(&e) {
+                        set_link(&state.args, link, Some(e.to_string()));
                     }
                     return Err(e.into());
                 }
@@ -245,9 +279,14 @@ async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, Forwa
     // and must not be logged as a warning with its text.
     // The same bound on the primary's side: an attempt this side gave up on is cancelled
     // there too, rather than left running (and racing its retry for the ledger rows).
-    let timeout_ms = config.statement_timeout.as_millis().max(1);
+    // Lock waits end at half of it (55P03, about the environment: waited out, never
+    // blamed), so a statement timeout is the batch's own slowness (see `isolate`).
+    let timeout_ms = config.statement_timeout.as_millis().max(2);
     let options = options
-        .options([("statement_timeout", timeout_ms)])
+        .options([
+            ("statement_timeout", timeout_ms),
+            ("lock_timeout", timeout_ms / 2),
+        ])
         .application_name("ops-db-api forwarder")
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Debug, config.statement_timeout);
@@ -321,15 +360,19 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
         .fetch_max(message.json_bytes() as u64, Ordering::Relaxed);
     m.round_trips.inc();
     let sql = message.finish();
-    let applied = match apply::apply(pg, &sql, entries.len(), config.statement_timeout).await {
+    // The primary's own statement timeout comes first while the link works: this side
+    // also waits for the batch to travel (megabytes over the WAN) and for the answer.
+    let bound = config.statement_timeout + config.connect_timeout;
+    let applied = match apply::apply(pg, &sql, entries.len(), bound).await {
         Ok(applied) => applied,
         Err(e) => {
             blame(isolation, &config, &entries, &e);
+            stalled(isolation, &config, &entries, &e, m);
             return Err(e);
         }
     };
     drop(sql);
-    set_link(&state.args, true, None);
+    set_link(&state.args, Link::Up, None);
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterCommit)?;
     if !m.lease.held(fresh) {
@@ -341,6 +384,11 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterAck)?;
     isolation.settled(entries.iter().map(|e| e.tx_id));
+    if let Some(last) = entries.last() {
+        isolation.committed(&last.stream_id);
+        let limit = isolation.batch_limit().unwrap_or(0);
+        m.batch_limit.store(limit as u64, Ordering::Relaxed);
+    }
     record(m, &applied);
     announce(&state.args.events, &entries, &applied);
     Ok(())
@@ -396,6 +444,39 @@ fn blame(
         max_attempts = config.max_attempts,
         "the primary failed a batch on this transaction; at max_attempts it is dead-lettered"
     );
+}
+
+/// A batch that failed without a culprit is split on the next attempts; a lone
+/// transaction the primary cancelled at its statement timeout is counted against it.
+fn stalled(
+    isolation: &Isolation,
+    config: &ForwarderConfig,
+    entries: &[read::Entry],
+    e: &ForwardError,
+    m: &ForwarderMetrics,
+) {
+    let (Some(stall), Some(last)) = (isolate::stall(e), entries.last()) else {
+        return;
+    };
+    isolation.stalled(entries.len(), &last.stream_id);
+    let limit = isolation.batch_limit().unwrap_or(0);
+    m.batch_limit.store(limit as u64, Ordering::Relaxed);
+    if let ([entry], Stall::ServerTimeout) = (entries, stall) {
+        let attempts = isolation.fail(entry.tx_id, isolate::timed_out(config.statement_timeout));
+        tracing::warn!(
+            transaction_id = %entry.tx_id,
+            attempts,
+            max_attempts = config.max_attempts,
+            "a transaction alone did not finish within the statement timeout; at max_attempts it is dead-lettered"
+        );
+    } else {
+        tracing::warn!(
+            ?stall,
+            transactions = entries.len(),
+            next_limit = limit,
+            "a batch failed without a culprit; the next batches are split"
+        );
+    }
 }
 
 fn record(m: &ForwarderMetrics, applied: &apply::Applied) {

@@ -57,14 +57,14 @@ impl Batch {
 
     /// Room for `bytes` more of transaction JSON: always in an empty batch (a transaction
     /// larger than the bound goes alone).
-    fn fits(&self, bytes: usize, config: &ForwarderConfig) -> bool {
+    fn fits(&self, bytes: usize, ctx: &Ctx<'_>) -> bool {
         self.is_empty()
-            || (self.len() < config.batch_size
-                && self.message.json_bytes() + bytes <= config.batch_max_bytes)
+            || (self.len() < ctx.max_txs
+                && self.message.json_bytes() + bytes <= ctx.config.batch_max_bytes)
     }
 
-    fn full(&self, config: &ForwarderConfig) -> bool {
-        self.len() >= config.batch_size || self.message.json_bytes() >= config.batch_max_bytes
+    fn full(&self, ctx: &Ctx<'_>) -> bool {
+        self.len() >= ctx.max_txs || self.message.json_bytes() >= ctx.config.batch_max_bytes
     }
 }
 
@@ -222,7 +222,16 @@ impl Reader {
         isolation: &Isolation,
     ) -> Result<Batch, ForwardError> {
         let mut batch = Batch::default();
-        let ctx = Ctx { config, isolation };
+        // Smaller while batches are split after a stall (see `split`).
+        let max_txs = isolation
+            .batch_limit()
+            .map_or(config.batch_size, |limit| limit.min(config.batch_size))
+            .max(1);
+        let ctx = Ctx {
+            config,
+            isolation,
+            max_txs,
+        };
         if self.pending {
             self.fill(&mut batch, &ctx, Source::Pending).await?;
             if !batch.is_empty() {
@@ -231,7 +240,7 @@ impl Reader {
             self.pending = false;
         }
         self.fill(&mut batch, &ctx, Source::New(BLOCK)).await?;
-        if !batch.is_empty() && !batch.full(config) && !config.linger.is_zero() {
+        if !batch.is_empty() && !batch.full(&ctx) && !config.linger.is_zero() {
             // Let a trickle become a batch: fewer, fuller round trips over the WAN.
             tokio::time::sleep(config.linger).await;
             self.fill(&mut batch, &ctx, Source::New(Duration::ZERO))
@@ -251,13 +260,13 @@ impl Reader {
         let config = ctx.config;
         let mut after = String::from("0");
         let mut first = true;
-        while !batch.full(config) {
+        while !batch.full(ctx) {
             let room = config
                 .batch_max_bytes
                 .saturating_sub(batch.message.json_bytes());
             let count = (room / self.estimate)
                 .clamp(1, MAX_READ)
-                .min(config.batch_size - batch.len());
+                .min(ctx.max_txs - batch.len());
             let (entries, got) = match source {
                 Source::Pending => self.read(config, count, Some(&after), None).await?,
                 Source::New(block) => {
@@ -267,7 +276,7 @@ impl Reader {
             };
             first = false;
             for entry in entries {
-                if !batch.fits(entry.size(), config) {
+                if !batch.fits(entry.size(), ctx) {
                     // Delivered but not taken: it waits in the pending list.
                     self.pending = true;
                     return Ok(());
@@ -299,6 +308,8 @@ enum Source {
 struct Ctx<'a> {
     config: &'a ForwarderConfig,
     isolation: &'a Isolation,
+    /// Most transactions in this batch: `forwarder.batch_size`, or less after a stall.
+    max_txs: usize,
 }
 
 /// Adds one entry to the batch: its transaction's id is decoded, its JSON goes into the

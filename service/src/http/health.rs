@@ -149,6 +149,11 @@ fn forwarder(state: &AppState) -> Option<(&'static str, serde_json::Value)> {
         "batch_max_bytes": state.config.forwarder.batch_max_bytes,
         "last_commit_lsn": (lsn > 0).then(|| ops_db_actors::lsn::Lsn(lsn).to_string()),
         "link": m.link(),
+        // Set while batches are split after one failed without a culprit (a timeout).
+        "batch_limit": match m.batch_limit.load(Ordering::Relaxed) {
+            0 => None,
+            limit => Some(limit),
+        },
         "role": m.lease.role(state.config.forwarder.lease_ttl),
         "instance": m.lease.instance,
         "lease_holder": m.lease.holder(),
