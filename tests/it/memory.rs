@@ -345,3 +345,130 @@ async fn a_write_redis_refuses_for_memory_is_a_503_and_stores_nothing() {
     assert_eq!(r.status, 201, "{}", r.text);
     app.stop().await.expect("clean stop");
 }
+
+/// Redis filled past its `maxmemory` by something other than the service's writes (here:
+/// filler keys, then the limit lowered 8 MB under what Redis holds, more than the backlog
+/// takes, so Redis stays over it throughout the drain) while a backlog waits
+/// behind a cut link. Everything that drains the buffer is allowed to run at the limit:
+/// after the heal the forwarder (restarted over and over meanwhile: consumer group, lease)
+/// applies the backlog once, the replica tracker releases the overlay, the notifier does not
+/// crash-loop, and new writes get 503 until memory is back under the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_filled_past_its_maxmemory_still_drains_after_the_heal() {
+    let site = Site::start(true, "").await;
+    let wan = site.wan.as_ref().expect("wan");
+    let app = &site.app;
+    let (eou, first) = start_obs_unit(app, 3).await;
+    site.drained(Duration::from_secs(30)).await;
+    wan.cut();
+    let mut acked = vec![first];
+    for b in 0..10 {
+        let bulk: Vec<Value> = (0..100)
+            .map(|i| {
+                let mut f = file_body(&eou.to_string());
+                f["name"] = json!(format!("b{b}_{i}.fits"));
+                f
+            })
+            .collect();
+        let r = app.post_stored("/raw_data_files/bulk", &json!(bulk)).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        acked.push(uuid(&r.body["transaction_id"]));
+        for i in 0..20 {
+            let mut f = file_body(&eou.to_string());
+            f["name"] = json!(format!("s{b}_{i}.fits"));
+            let r = app.post_stored("/raw_data_files/", &f).await;
+            assert_eq!(r.status, 201, "{}", r.text);
+            acked.push(uuid(&r.body["transaction_id"]));
+        }
+    }
+
+    // Fill Redis up to its maxmemory with keys that are not the service's, then lower the
+    // limit under what it holds.
+    set_maxmemory(app, MAXMEMORY).await;
+    let mut redis = app.redis.conn().await;
+    let chunk = vec![b'x'; 1 << 20];
+    let mut fillers = Vec::new();
+    loop {
+        let key = format!("filler:{}", fillers.len());
+        let set: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&chunk)
+            .query_async(&mut redis)
+            .await;
+        match set {
+            Ok(()) => fillers.push(key),
+            Err(e) if e.code() == Some("OOM") => break,
+            Err(e) => panic!("filling Redis: {e}"),
+        }
+        assert!(fillers.len() < 128, "Redis never refused a filler");
+    }
+    let over = used_memory(app).await - (8 << 20);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(over)
+        .query_async(&mut redis)
+        .await
+        .expect("CONFIG SET");
+    assert!(used_memory(app).await > over, "Redis is over its maxmemory");
+    let r = app
+        .post("/raw_data_files/", &file_body(&eou.to_string()))
+        .await;
+    assert_refused_for_memory(&r);
+    let notifier_restarts = app.tree.health.get("notifier").expect("row").restarts;
+    // The forwarder keeps restarting behind the cut link, now at the limit: each restart
+    // creates (finds) its consumer group, and the lease is renewed meanwhile.
+    let restarts = app.tree.health.get("forwarder").expect("row").restarts;
+    eventually(
+        "the forwarder restarts at the limit",
+        Duration::from_secs(20),
+        || async {
+            let row = app.tree.health.get("forwarder")?;
+            (row.restarts >= restarts + 2).then_some(())
+        },
+    )
+    .await;
+
+    wan.heal();
+    site.drained(Duration::from_secs(60)).await;
+    let mut ledger = site.ledger().await;
+    ledger.sort();
+    acked.sort();
+    assert_eq!(ledger, acked, "every acknowledged write applied once");
+    assert!(site.dead_letters().await.is_empty());
+    eventually(
+        "everything replicated and released",
+        Duration::from_secs(60),
+        || async { (forwarded_left(app).await == 0).then_some(()) },
+    )
+    .await;
+    assert!(
+        used_memory(app).await > over,
+        "Redis was over its maxmemory throughout the drain"
+    );
+    assert_eq!(
+        app.tree.health.get("notifier").expect("row").restarts,
+        notifier_restarts,
+        "the notifier did not crash on OOM"
+    );
+    let h = app.get("/health").await;
+    assert_eq!(h.body["forwarder"]["role"], "active", "{}", h.text);
+
+    // Memory back under the limit: writes go in again.
+    let _: () = redis::cmd("DEL")
+        .arg(&fillers)
+        .query_async(&mut redis)
+        .await
+        .expect("DEL");
+    eventually(
+        "writes are accepted again",
+        Duration::from_secs(10),
+        || async {
+            let r = app
+                .post("/raw_data_files/", &file_body(&eou.to_string()))
+                .await;
+            (r.status == 201).then_some(())
+        },
+    )
+    .await;
+}

@@ -24,12 +24,15 @@ use tokio::task::JoinHandle;
 
 use super::{connect_redis, ForwarderConfig, ForwarderMetrics};
 
-/// Takes or renews the lease if it is free or ours; returns the holder.
+/// Takes or renews the lease if it is free or ours; returns the holder. Flagged
+/// `allow-oom` (a few bytes): over Redis' `maxmemory` the forwarder must keep its lease to
+/// drain the buffer, which is what frees memory.
 ///
 /// KEYS[1] lease; ARGV[1] our instance id, ARGV[2] TTL (ms).
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "local holder = redis.call('GET', KEYS[1]) \
+        "#!lua flags=allow-oom\n\
+         local holder = redis.call('GET', KEYS[1]) \
          if not holder or holder == ARGV[1] then \
            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return ARGV[1] end \
          return holder",

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::apply::Message;
 use super::isolate::{Failure, Isolation};
 use super::{ForwardError, ForwarderConfig, GROUP};
-use crate::overlay::scripts::DEAD_ENTRY;
+use crate::overlay::scripts::{DEAD_ENTRY, GROUP_CREATE};
 
 /// Longest a read waits for a first new entry before the actor takes its next message.
 pub const BLOCK: Duration = Duration::from_millis(500);
@@ -120,19 +120,13 @@ impl Reader {
         mut conn: MultiplexedConnection,
         config: &ForwarderConfig,
     ) -> Result<Self, ForwardError> {
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(config.keys.stream())
+        // Through a script flagged `allow-oom`: a Redis over its `maxmemory` refuses
+        // `XGROUP CREATE` itself, and draining is what frees memory.
+        let _created: i64 = GROUP_CREATE
+            .key(config.keys.stream())
             .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        match created {
-            Ok(()) => {}
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            Err(e) => return Err(e.into()),
-        }
+            .invoke_async(&mut conn)
+            .await?;
         Ok(Self {
             conn,
             pending: true,

@@ -11,6 +11,17 @@
 //!
 //! `overlay_release.lua` defines `release_overlay`, shared by `settle.lua` and
 //! `replicated.lua`: it is prepended to each at compile time, so each is one script.
+//!
+//! **At Redis' `maxmemory`.** Redis refuses a script over its `maxmemory` at its first
+//! command that may grow memory, unless the script is flagged `allow-oom`. The scripts
+//! that drain the buffer or only free memory carry that flag (a `#!lua flags=allow-oom`
+//! line prepended at compile time): `settle.lua` (a stream entry out, a lifecycle field
+//! and a set member in; a dead letter moved, not copied), `replicated.lua` (frees),
+//! `dead_entry.lua` (an entry moved to the dead letters), `group_create.lua` (the
+//! consumer group, a few bytes) and `events.lua` (the capped event log: trimmed as it is
+//! written, so its size stays bounded by `events.stream_cap`). So a Redis filled past its
+//! `maxmemory` (by anything: another tenant, a lowered limit) still drains, and the drain
+//! is what frees memory. `buffer.lua` and the dead-letter retry are not flagged: they add.
 
 use std::sync::LazyLock;
 
@@ -37,6 +48,9 @@ pub(crate) static DEAD_ENTRY: LazyLock<Script> = LazyLock::new(|| Script::new(DE
 /// `events.lua`: events numbered, kept in the capped stream and published.
 pub(crate) static EVENTS: LazyLock<Script> = LazyLock::new(|| Script::new(EVENTS_LUA));
 
+/// `group_create.lua`: the forwarder's consumer group, created if missing.
+pub(crate) static GROUP_CREATE: LazyLock<Script> = LazyLock::new(|| Script::new(GROUP_CREATE_LUA));
+
 /// Most transactions one `replicated.lua` or `settle.lua` call covers. Redis runs a script
 /// alone, so every ingest write waits for the call in progress: a transaction costs about
 /// 4-8 commands plus its records (bounded below). Measured on a 2-core machine (the
@@ -53,32 +67,56 @@ pub(crate) const TXS_PER_CALL: usize = 50;
 pub(crate) const RECORDS_PER_CALL: usize = 100;
 
 const BUFFER_LUA: &str = include_str!("buffer.lua");
+// `concat!` takes literals only: the flag line is spelled out in each (checked by a test).
 const SETTLE_LUA: &str = concat!(
+    "#!lua flags=allow-oom\n",
     include_str!("overlay_release.lua"),
     include_str!("settle.lua")
 );
 const REPLICATED_LUA: &str = concat!(
+    "#!lua flags=allow-oom\n",
     include_str!("overlay_release.lua"),
     include_str!("replicated.lua")
 );
 const DLQ_RETRY_LUA: &str = include_str!("dlq_retry.lua");
 const DLQ_DROP_LUA: &str = include_str!("dlq_drop.lua");
-const DEAD_ENTRY_LUA: &str = include_str!("dead_entry.lua");
-const EVENTS_LUA: &str = include_str!("events.lua");
+const DEAD_ENTRY_LUA: &str = concat!("#!lua flags=allow-oom\n", include_str!("dead_entry.lua"));
+const EVENTS_LUA: &str = concat!("#!lua flags=allow-oom\n", include_str!("events.lua"));
+const GROUP_CREATE_LUA: &str = concat!("#!lua flags=allow-oom\n", include_str!("group_create.lua"));
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ALL: [(&str, &str); 7] = [
+    const ALL: [(&str, &str); 8] = [
         ("buffer.lua", BUFFER_LUA),
         ("settle.lua", include_str!("settle.lua")),
         ("replicated.lua", include_str!("replicated.lua")),
         ("dlq_retry.lua", DLQ_RETRY_LUA),
         ("dlq_drop.lua", DLQ_DROP_LUA),
-        ("dead_entry.lua", DEAD_ENTRY_LUA),
-        ("events.lua", EVENTS_LUA),
+        ("dead_entry.lua", include_str!("dead_entry.lua")),
+        ("events.lua", include_str!("events.lua")),
+        ("group_create.lua", include_str!("group_create.lua")),
     ];
+
+    /// What drains the buffer or only frees memory runs over Redis' `maxmemory`; what
+    /// adds to it does not.
+    #[test]
+    fn only_the_draining_scripts_run_at_the_memory_limit() {
+        const FLAG: &str = "#!lua flags=allow-oom\n";
+        for source in [
+            SETTLE_LUA,
+            REPLICATED_LUA,
+            DEAD_ENTRY_LUA,
+            EVENTS_LUA,
+            GROUP_CREATE_LUA,
+        ] {
+            assert!(source.starts_with(FLAG), "{}", &source[..60]);
+        }
+        for source in [BUFFER_LUA, DLQ_RETRY_LUA, DLQ_DROP_LUA] {
+            assert!(!source.contains("allow-oom"));
+        }
+    }
 
     /// The header comment is the script's contract with its Rust caller.
     #[test]
