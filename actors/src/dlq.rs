@@ -119,13 +119,21 @@ pub async fn retry(
         .await
 }
 
-/// Removes a dead letter for good; `false` if there is no such dead letter.
-pub async fn drop(conn: &mut MultiplexedConnection, keys: &Keys, id: &str) -> RedisResult<bool> {
+/// Removes a dead letter for good; `false` if there is no such dead letter. Its
+/// transaction's lifecycle, kept without expiry while the dead letter could be retried,
+/// expires after `retention` (`replica.retention`).
+pub async fn drop(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    id: &str,
+    retention: std::time::Duration,
+) -> RedisResult<bool> {
     let removed: i64 = DLQ_DROP
         .key(keys.dead_letters())
         .arg(id)
         .arg(keys.lifecycle_prefix())
         .arg(chrono::Utc::now().timestamp_millis())
+        .arg(retention.as_secs().max(1))
         .invoke_async(conn)
         .await?;
     Ok(removed > 0)

@@ -348,7 +348,10 @@ fn children(
         }
     }
     if let Some((replica, policy)) = config.replica {
-        children.push(Box::new(Child {
+        // The replica is local: a connect and one query take milliseconds when it answers.
+        let timeout = replica.connect_timeout.min(Duration::from_secs(2));
+        let probe = crate::replica::probe(&replica, timeout);
+        let child = Child {
             name: REPLICA.into(),
             actor: ReplicaLagActor,
             args: ReplicaArgs {
@@ -358,7 +361,8 @@ fn children(
             },
             slot: Slot::<ReplicaMsg>::new(),
             policy,
-        }));
+        };
+        children.push(Box::new(Probed { child, probe }));
     }
     let (notifier, policy) = config.notifier;
     children.push(Box::new(Child {

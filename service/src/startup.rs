@@ -55,7 +55,6 @@ fn forwarder(config: &Config, keys: &Keys) -> Option<(ForwarderConfig, RestartPo
         connect_timeout: f.connect_timeout,
         statement_timeout: f.statement_timeout,
         redis_timeout: config.redis.timeout,
-        retention: config.replica.retention,
     };
     Some((forwarder, f.restart.policy()))
 }

@@ -203,7 +203,7 @@ async fn an_unreadable_ca_file_stops_the_start_with_its_key() {
     let redis = TestRedis::start().await;
     let layer =
         "[forwarder]\nprimary_url = \"postgres://opsdb@localhost:1/opsdb?sslmode=verify-full\"\n\
-                 ca_file = \"/nonexistent/ca.pem\"\n";
+                 ca_file = \"/nonexistent/ca.pem\"\n[replica]\nurl = \"postgres://opsdb@localhost:2/opsdb\"\n";
     let config = ops_db_service::config::Config::from_toml_layers(&[
         &format!(
             "[site]\nname = \"tls\"\n[redis]\nurl = \"{}\"\n",

@@ -67,8 +67,6 @@ pub struct ForwarderConfig {
     /// Bound on one batch's round trip; a stalled link fails the actor after it.
     pub statement_timeout: Duration,
     pub redis_timeout: Duration,
-    /// How long a finished (dead) transaction's lifecycle stays queryable in Redis.
-    pub retention: Duration,
     /// How many times one transaction may fail alone with the same kind of error (one
     /// that is not about the environment) before it is dead-lettered (see `isolate`).
     pub max_attempts: u32,
@@ -554,7 +552,6 @@ fn settle_invocation<'a>(
         .arg(applied.lsn.score_ceil().to_string())
         .arg(chrono::Utc::now().timestamp_millis())
         .arg(keys.lifecycle_prefix())
-        .arg(config.retention.as_secs().max(1))
         .arg(RECORDS_PER_CALL);
     for (entry, outcome) in chunk {
         let (name, sqlstate, message) = match outcome {

@@ -7,10 +7,13 @@
 //! records whose latest writer it was. It also reports the replica's lag.
 //!
 //! A replica that is down or not a streaming standby fails the actor; the supervisor
-//! restarts it with backoff. Ingest and forwarding are not touched: lifecycles simply stay
+//! restarts it with backoff, cut short by [`probe`] (`reach.rs`) as soon as the replica
+//! answers again, so marking resumes within about a second of that whatever the backoff
+//! has grown to. Ingest and forwarding are not touched: lifecycles simply stay
 //! `forwarded` until the replica catches up.
 
 mod error;
+mod reach;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::ConnectOptions;
 
 pub use error::ReplicaError;
+pub use reach::{probe, PROBE_EVERY};
 
 use crate::lsn::Lsn;
 use crate::overlay::scripts::{RECORDS_PER_CALL, REPLICATED, TXS_PER_CALL};
@@ -121,7 +125,9 @@ impl Actor for ReplicaLagActor {
         args: ReplicaArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         // Connections are made in the first poll: a replica down at boot is an ordinary
-        // crash-and-back-off, not a failure to start the tree.
+        // crash-and-back-off, not a failure to start the tree. That poll comes at once, not
+        // a poll interval later: a restart cut short by the heal probe marks without delay.
+        myself.cast(ReplicaMsg::Poll)?;
         myself.send_interval(args.config.poll_interval, || ReplicaMsg::Poll);
         Ok(ReplicaState {
             args,

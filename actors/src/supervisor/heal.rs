@@ -1,7 +1,8 @@
 //! Heal detection: restart a backing-off child as soon as what it failed to reach is back.
 //!
 //! A child may come with a [`Probe`]: a cheap reachability check of its remote dependency
-//! (the forwarder's: a TCP connect and one protocol byte from the primary). While the child
+//! (the forwarder's: a TCP connect and one protocol byte from the primary; the replica
+//! tracker's: a session and the replica's replay position). While the child
 //! waits out its backoff, the supervisor runs the probe every [`Probe::every`]; the child
 //! restarts at the earlier of its backoff delay and the first probe success that follows a
 //! probe failure. So:

@@ -46,13 +46,20 @@ pub async fn run(
     Ok(())
 }
 
-fn config(redis: &str, secret: &str, primary: &str, batch_size: usize) -> anyhow::Result<Config> {
+fn config(
+    redis: &str,
+    secret: &str,
+    primary: &str,
+    replica: &str,
+    batch_size: usize,
+) -> anyhow::Result<Config> {
     super::service_config(
         "bench",
         redis,
         secret,
         &format!(
-            "[forwarder]\nprimary_url = \"{primary}\"\nbatch_size = {batch_size}\nlinger = \"0ms\"\n"
+            "[forwarder]\nprimary_url = \"{primary}\"\nbatch_size = {batch_size}\nlinger = \"0ms\"\n\
+             [replica]\nurl = \"{replica}\"\n"
         ),
     )
 }
@@ -73,7 +80,8 @@ async fn one(
     let wan = FaultProxy::start(([127, 0, 0, 1], 0).into(), primary).await?;
     wan.set_delay(rtt / 2);
     let url = super::through(&pg, &wan);
-    let app = Application::build(config(&redis.url(), &secret, &url, batch_size)?).await?;
+    let config = config(&redis.url(), &secret, &url, &pg.replica_url(), batch_size)?;
+    let app = Application::build(config).await?;
     let tree = app.tree();
     let base = format!("http://{}", app.http_addr());
     let stop = CancellationToken::new();

@@ -35,7 +35,9 @@ pub async fn run(clients: &[usize], duration: Duration, dir: &Path) -> anyhow::R
     println!("| forwarder | clients | acknowledged writes/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     // The same load twice in one run: without a forwarder, and with one crash-looping
-    // against a primary that refuses connections (restarting every few milliseconds).
+    // against a primary that refuses connections (restarting every few milliseconds). A
+    // secondary that forwards needs a read source: it refuses connections too, so the
+    // replica tracker backs off alongside (with its default policy).
     let refused = free_port()?;
     let phases = [
         ("none", String::new()),
@@ -43,7 +45,8 @@ pub async fn run(clients: &[usize], duration: Duration, dir: &Path) -> anyhow::R
             "crash-looping",
             format!(
                 "[forwarder]\nprimary_url = \"postgres://opsdb@127.0.0.1:{refused}/opsdb\"\n\
-                 [forwarder.restart]\nbackoff_base = \"1ms\"\nbackoff_cap = \"20ms\"\n"
+                 [forwarder.restart]\nbackoff_base = \"1ms\"\nbackoff_cap = \"20ms\"\n\
+                 [replica]\nurl = \"postgres://opsdb@127.0.0.1:{refused}/opsdb\"\n"
             ),
         ),
     ];

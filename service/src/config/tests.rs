@@ -49,6 +49,23 @@ fn a_bad_duration_is_named() {
 }
 
 #[test]
+fn a_secondary_that_forwards_without_a_read_source_is_refused_naming_replica_url() {
+    let forwarder = "[forwarder]\nprimary_url = \"postgres://f@primary.example/opsdb\"\n";
+    let err = load_err(&format!("{SITE}{forwarder}"));
+    assert!(err.starts_with("replica.url: must be set"), "{err}");
+    assert!(err.contains("forwarder.primary_url"), "{err}");
+    // With a read source, or on the main site (whose read source is the primary), or
+    // without forwarding (nothing is released because nothing is forwarded), it loads.
+    let replica = "[replica]\nurl = \"postgres://r@127.0.0.1:5433/opsdb\"\n";
+    Config::from_toml_str(&format!("{SITE}{forwarder}{replica}")).expect("with a replica");
+    Config::from_toml_str(&format!(
+        "[site]\nname = \"c\"\nmode = \"main\"\n{forwarder}"
+    ))
+    .expect("main site");
+    Config::from_toml_str(SITE).expect("no forwarding");
+}
+
+#[test]
 fn semantic_errors_name_their_key() {
     let err = load_err(&format!("{SITE}[buffer]\nmax_batch = 0\n"));
     assert_eq!(err, "buffer.max_batch: must be at least 1");

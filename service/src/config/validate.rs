@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ops_db_actors::pg::PgTarget;
 
-use super::{invalid, Config, ConfigError, RestartPolicy};
+use super::{invalid, Config, ConfigError, RestartPolicy, SiteMode};
 
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -70,6 +70,23 @@ impl Config {
             if ca_file.is_some() && url.is_none() {
                 return Err(invalid(key, "is set but its server's URL is not"));
             }
+        }
+        self.validate_read_source()
+    }
+
+    /// A secondary that forwards needs a read source: only the replica tracker releases
+    /// what a forwarded transaction leaves in Redis (its overlay records, its place in the
+    /// forwarded set, its lifecycle's expiry), so without one Redis would only grow.
+    fn validate_read_source(&self) -> Result<(), ConfigError> {
+        let forwards = self.forwarder.primary_url.is_some();
+        if self.site.mode == SiteMode::Secondary && forwards && self.replica.url.is_none() {
+            return Err(invalid(
+                "replica.url",
+                "must be set on a secondary site that forwards (forwarder.primary_url is \
+                 set): only the replica tracker releases what forwarded transactions leave \
+                 in Redis (overlay, forwarded set, lifecycles), which would otherwise grow \
+                 for ever",
+            ));
         }
         Ok(())
     }

@@ -149,7 +149,7 @@ pub async fn retry_dead_letter(
 /// `DELETE /admin/dlq/{id}`: gone for good (its lifecycle keeps `dead`, with `dropped_at`).
 #[utoipa::path(delete, path = "/admin/dlq/{id}", tag = "admin",
     summary = "Drop a dead letter for good",
-    description = "Its transaction's lifecycle stays `dead`.",
+    description = "Its transaction's lifecycle stays `dead`, now for `replica.retention`.",
     params(("id" = String, Path, description = "The dead letter's `id` (a stream id, `<ms>-<seq>`)")),
     responses(
         (status = 200, description = "Dropped", body = Dropped),
@@ -161,7 +161,8 @@ pub async fn drop_dead_letter(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let mut conn = super::redis(&state).await?;
-    if ops_db_actors::dlq::drop(&mut conn, state.probe.keys(), &id)
+    let retention = state.config.replica.retention;
+    if ops_db_actors::dlq::drop(&mut conn, state.probe.keys(), &id, retention)
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?
     {

@@ -5,8 +5,8 @@
 --
 -- KEYS[1] stream, KEYS[2] dead-letter stream, KEYS[3] forwarded sorted set
 -- ARGV[1] group, ARGV[2] commit LSN text, ARGV[3] its score, ARGV[4] now (unix ms),
--- ARGV[5] lifecycle key prefix, ARGV[6] lifecycle retention (seconds), ARGV[7] most
--- records released per call, then per transaction:
+-- ARGV[5] lifecycle key prefix, ARGV[6] most records released per call, then per
+-- transaction:
 --   stream id, transaction id, outcome (applied|skipped|dead), sqlstate, message
 --
 -- Keys not in KEYS: each transaction's lifecycle hash, derived as ARGV[5] .. transaction
@@ -20,7 +20,7 @@
 -- lifecycle, and the next call (or the replay after a crash) continues it.
 --
 -- Bounded work per call: the caller sends a bounded number of transactions (each: HSET,
--- ZADD, XACK, XDEL; a dead one also XRANGE, XPENDING, XADD, EXPIRE) and at most ARGV[7]
+-- ZADD, XACK, XDEL; a dead one also XRANGE, XPENDING, XADD) and at most ARGV[6]
 -- record releases happen (about 5 commands each); with the forwarder's 50 and 100
 -- (`TXS_PER_CALL`, `RECORDS_PER_CALL`) that is at most about 900 commands.
 --
@@ -28,10 +28,10 @@
 -- record budget ran out (the caller sends the rest again).
 local stream, dlq, forwarded = KEYS[1], KEYS[2], KEYS[3]
 local group, lsn, score, now, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local retention, budget = tonumber(ARGV[6]), tonumber(ARGV[7])
+local budget = tonumber(ARGV[6])
 
 local settled = 0
-for i = 8, #ARGV, 5 do
+for i = 7, #ARGV, 5 do
   local sid, tx, outcome, sqlstate, message = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local lifecycle = prefix .. tx
   if outcome == 'dead' then
@@ -47,9 +47,10 @@ for i = 8, #ARGV, 5 do
     if entry[1] then body = entry[1][2][2] end
     redis.call('XADD', dlq, '*', 'tx', body, 'transaction_id', tx, 'sqlstate', sqlstate,
       'reason', message, 'attempts', attempts, 'stream_id', sid, 'dead_at', now)
+    -- No expiry: the lifecycle stays as long as its dead letter may be retried; dropping
+    -- the dead letter starts its retention (dlq_drop.lua).
     redis.call('HSET', lifecycle, 'state', 'dead', 'dead_at', now, 'reason', message,
       'sqlstate', sqlstate, 'attempts', attempts)
-    redis.call('EXPIRE', lifecycle, retention)
   else
     redis.call('HSET', lifecycle, 'state', 'forwarded', 'forwarded_at', now, 'commit_lsn', lsn)
     redis.call('ZADD', forwarded, score, tx)
