@@ -38,3 +38,4 @@ mod status;
 mod tcp;
 mod tls;
 mod tokens;
+mod undo;

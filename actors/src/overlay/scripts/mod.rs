@@ -121,7 +121,7 @@ mod tests {
     fn release_overlay_is_defined_where_it_is_called() {
         for source in [SETTLE_LUA, REPLICATED_LUA] {
             let defined = source.find("local function release_overlay");
-            let called = source.rfind("release_overlay(lifecycle, tx, budget)");
+            let called = source.rfind("release_overlay(lifecycle, tx, budget, ");
             assert!(defined.is_some() && defined < called);
         }
         assert!(!BUFFER_LUA.contains("release_overlay"));
