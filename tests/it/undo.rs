@@ -1,18 +1,21 @@
 //! Read correctness across dead writers and moved index entries, through the HTTP reads:
 //! a dead transaction never hides an earlier acknowledged write of the same record
-//! (buffered, forwarded or replicated).
+//! (buffered, forwarded or replicated), and an update of an indexed column moves the
+//! record between the lists by that column, before and after replication, and back when
+//! it dies.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ops_db_actors::domain::Table;
-use ops_db_actors::overlay::TxState;
+use chrono::Utc;
+use ops_db_actors::domain::{Step, Table, Transaction};
+use ops_db_actors::overlay::{buffer_transaction, TxState};
 use redis::AsyncCommands;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, start_obs_unit, uuid, TestApp};
+use crate::helpers::{eventually, file_body, start_obs_unit, uuid, TestApp};
 use crate::site::Site;
 
 /// A finish whose `end_time` is before the start: the primary refuses it for good (a check
@@ -252,4 +255,137 @@ async fn a_dead_insert_under_a_buffered_update_leaves_nothing() {
     let members: Vec<String> = redis.zrange(&index, 0, -1).await.expect("zrange");
     assert!(members.is_empty(), "{members:?}");
     assert!(site.ledger().await.is_empty());
+}
+
+/// A package; its id and transaction id.
+async fn package(app: &TestApp, eou: Uuid, name: &str) -> (Uuid, Uuid) {
+    let r = app
+        .post(
+            "/raw_data_package/",
+            &json!({"name": name, "executed_obs_unit_id": eou}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    (uuid(&r.body["id"]), uuid(&r.body["transaction_id"]))
+}
+
+async fn file_in(app: &TestApp, eou: Uuid, pkg: Uuid, name: &str) -> (Uuid, Uuid) {
+    let mut body = file_body(&eou.to_string());
+    body["name"] = json!(name);
+    body["raw_data_package_id"] = json!(pkg);
+    let r = app.post("/raw_data_files/", &body).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    (uuid(&r.body["id"]), uuid(&r.body["transaction_id"]))
+}
+
+/// Buffers an update of a file's package, which no operation builds yet, through the
+/// buffer's own script; its transaction id.
+async fn move_file(app: &TestApp, file: Uuid, to: Uuid) -> Uuid {
+    let mut set = Map::new();
+    set.insert("raw_data_package_id".into(), json!(to));
+    let tx = Transaction {
+        id: Uuid::now_v7(),
+        site: app.site.clone(),
+        op: "raw_data_files.create".into(),
+        created_at: Utc::now(),
+        steps: vec![Step::Update {
+            table: Table::RawDataFile,
+            id: file,
+            set,
+        }],
+    };
+    let mut redis = app.redis.conn().await;
+    let (status, _) = buffer_transaction(&mut redis, &app.keys, &tx)
+        .await
+        .expect("buffered");
+    assert_eq!(status, "ok");
+    tx.id
+}
+
+/// The ids of the files `GET /raw_data_package/{pkg}` lists.
+async fn files_of(app: &TestApp, pkg: Uuid) -> Vec<Uuid> {
+    let r = app.get_auth(&format!("/raw_data_package/{pkg}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["raw_data_files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| uuid(&f["id"]))
+        .collect()
+}
+
+async fn package_of(app: &TestApp, file: Uuid) -> Value {
+    let r = app.get_auth(&format!("/raw_data_files/{file}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["raw_data_package_id"].clone()
+}
+
+/// Both packages list exactly these files.
+async fn lists(app: &TestApp, (p1, p2): (Uuid, Uuid), in_p1: &[Uuid], in_p2: &[Uuid]) {
+    assert_eq!(
+        files_of(app, p1).await,
+        in_p1,
+        "listed by the first package"
+    );
+    assert_eq!(
+        files_of(app, p2).await,
+        in_p2,
+        "listed by the second package"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_of_an_indexed_column_moves_the_record_between_lists() {
+    let site = Site::start(true, "").await;
+    let app = &site.app;
+    let wan = site.wan.as_ref().expect("wan");
+    let (eou, _) = start_obs_unit(app, 1).await;
+    let (p1, _) = package(app, eou, "p1").await;
+    let (p2, _) = package(app, eou, "p2").await;
+    // `old` is replicated before it moves (its update is a partial image over the
+    // replica's row); `new` is still buffered when it moves (its index entry moves).
+    let (old, old_tx) = file_in(app, eou, p1, "old.fits").await;
+    until_state(app, old_tx, TxState::Replicated).await;
+    wan.cut();
+    let (new, _) = file_in(app, eou, p1, "new.fits").await;
+    lists(app, (p1, p2), &[old, new], &[]).await;
+
+    let moves = [move_file(app, old, p2).await, move_file(app, new, p2).await];
+    lists(app, (p1, p2), &[], &[old, new]).await;
+    assert_eq!(package_of(app, old).await, json!(p2));
+
+    // A move that dies (no such package): the file goes back to the first package.
+    let (back, _) = file_in(app, eou, p1, "back.fits").await;
+    let nowhere = Uuid::now_v7();
+    let doomed = move_file(app, back, nowhere).await;
+    lists(app, (p1, p2), &[], &[old, new]).await;
+    assert_eq!(package_of(app, back).await, json!(nowhere));
+
+    wan.heal();
+    for tx in moves {
+        until_state(app, tx, TxState::Replicated).await;
+    }
+    dead_lettered(&site, doomed).await;
+    for tx in moves {
+        let life = app.keys.lifecycle(tx);
+        let undo: bool = app
+            .redis
+            .conn()
+            .await
+            .hexists(&life, "undo")
+            .await
+            .expect("hexists");
+        assert!(!undo, "a forwarded move's undo entries are dropped");
+    }
+    assert_eq!(package_of(app, back).await, json!(p1));
+    lists(app, (p1, p2), &[back], &[old, new]).await;
+    let mut redis = app.redis.conn().await;
+    let stale = app
+        .keys
+        .index(Table::RawDataFile, "raw_data_package_id", &p1.to_string());
+    let members: Vec<String> = redis.zrange(&stale, 0, -1).await.expect("zrange");
+    assert!(
+        !members.contains(&old.to_string()) && !members.contains(&new.to_string()),
+        "no stale index entry: {members:?}"
+    );
 }

@@ -52,6 +52,42 @@ pub(crate) const TXS_PER_CALL: usize = 50;
 /// lifecycle's `records` list (at most 1,000 keys) and encoding what remains of it.
 pub(crate) const RECORDS_PER_CALL: usize = 100;
 
+/// Buffers a hand-built transaction through `buffer.lua` as the BufferActor would (no
+/// idempotency key, no memory check), for tests of writes no operation builds yet (an
+/// update of an indexed column); only with the `fault-injection` feature. Returns the
+/// script's answer (`ok` and the stream id, or why not).
+#[cfg(feature = "fault-injection")]
+pub async fn buffer_transaction(
+    redis: &mut redis::aio::MultiplexedConnection,
+    keys: &super::Keys,
+    tx: &crate::domain::Transaction,
+) -> redis::RedisResult<(String, String)> {
+    let overlay: Vec<super::OverlayWrite> = tx
+        .steps
+        .iter()
+        .map(|step| super::OverlayWrite::of_step(keys, step))
+        .collect();
+    let unserialisable = |e: serde_json::Error| redis::ParsingError::from(e.to_string());
+    let tx_json = serde_json::to_string(tx).map_err(unserialisable)?;
+    let overlay_json = serde_json::to_string(&overlay).map_err(unserialisable)?;
+    BUFFER
+        .key(keys.stream())
+        .key(keys.lifecycle(tx.id))
+        .key("")
+        .arg(u64::MAX)
+        .arg(tx_json)
+        .arg(tx.id.to_string())
+        .arg(&tx.op)
+        .arg("")
+        .arg("")
+        .arg(1)
+        .arg(chrono::Utc::now().timestamp_millis())
+        .arg(overlay_json)
+        .arg("0")
+        .invoke_async(redis)
+        .await
+}
+
 const BUFFER_LUA: &str = include_str!("buffer.lua");
 const SETTLE_LUA: &str = concat!(
     include_str!("overlay_release.lua"),
