@@ -389,3 +389,106 @@ async fn an_update_of_an_indexed_column_moves_the_record_between_lists() {
         "no stale index entry: {members:?}"
     );
 }
+
+/// The longest call in Redis' slow log (every call over 1 ms since `slow_log_from_now`),
+/// in µs.
+async fn slowest_call_micros(app: &TestApp) -> u64 {
+    // Each entry: id, time, duration (µs), arguments, client address, client name.
+    let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(10_000)
+        .query_async(&mut app.redis.conn().await)
+        .await
+        .expect("SLOWLOG GET");
+    entries
+        .iter()
+        .filter_map(|e| redis::from_redis_value::<u64>(e[2].clone()).ok())
+        .max()
+        .unwrap_or_default()
+}
+
+async fn slow_log_from_now(app: &TestApp) {
+    let _: () = redis::pipe()
+        .cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(1000)
+        .ignore()
+        .cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-max-len")
+        .arg(10_000)
+        .ignore()
+        .cmd("SLOWLOG")
+        .arg("RESET")
+        .ignore()
+        .query_async(&mut app.redis.conn().await)
+        .await
+        .expect("slowlog config");
+}
+
+/// A backlog of starts, each under a finish that dies: settled in calls of a few
+/// milliseconds (each undo restores a forwarded start), every start applied once and read
+/// back as running, nothing of the overlay left once they are replicated.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_of_dead_updates_is_undone_in_short_calls_and_leaves_nothing() {
+    const N: usize = 300;
+    let site = Site::start(true, "").await;
+    let app = &site.app;
+    refuse_ends_before_starts(&site).await;
+    let wan = site.wan.as_ref().expect("wan");
+    wan.cut();
+    let (mut eous, mut starts, mut finishes) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..N {
+        let (eou, start) = start_obs_unit(app, 2).await;
+        finishes.push(doomed_finish(app, eou).await);
+        eous.push(eou);
+        starts.push(start);
+    }
+    site.pg.stop_replica().await;
+    slow_log_from_now(app).await;
+    wan.heal();
+    site.drained(Duration::from_secs(60)).await;
+    let slowest = slowest_call_micros(app).await;
+    eprintln!("{N} dead finishes over forwarded starts: slowest Redis call {slowest} µs");
+    // As backlog.rs: about 3 ms alone, 20 ms leaves room for a shared 2-core machine.
+    assert!(slowest < 20_000, "slowest Redis call {slowest} µs");
+    // Each record is the start's image again, its writer the forwarded start (read in
+    // Redis: an HTTP read of an executed obs unit also lists its packages and files,
+    // which waits for the stopped replica's connect timeout).
+    let mut pipe = redis::pipe();
+    for eou in &eous {
+        pipe.cmd("HMGET")
+            .arg(app.keys.record(Table::ExecutedObsUnit, *eou))
+            .arg("_tx")
+            .arg("status");
+    }
+    let images: Vec<(String, String)> = pipe
+        .query_async(&mut app.redis.conn().await)
+        .await
+        .expect("records");
+    for (image, start) in images.iter().zip(&starts) {
+        assert_eq!(*image, (start.to_string(), "\"running\"".to_owned()));
+    }
+    reads_started(app, eous[0], Some(starts[0]), TxState::Forwarded).await;
+    for finish in &finishes {
+        assert_eq!(state_of(app, *finish).await, TxState::Dead);
+    }
+    site.pg.start_replica().await;
+    for start in &starts {
+        until_state(app, *start, TxState::Replicated).await;
+    }
+    let mut pipe = redis::pipe();
+    for eou in &eous {
+        pipe.exists(app.keys.record(Table::ExecutedObsUnit, *eou));
+    }
+    let left: Vec<bool> = pipe
+        .query_async(&mut app.redis.conn().await)
+        .await
+        .expect("exists");
+    assert!(left.iter().all(|l| !l), "records left in the overlay");
+    let mut ledger = site.ledger().await;
+    ledger.sort();
+    starts.sort();
+    assert_eq!(ledger, starts, "every start once, no finish");
+}
