@@ -10,6 +10,9 @@
 //! - every record carries `"sync": {"state", "transaction_id", "lsn"}`: its latest
 //!   writer's lifecycle, or `replicated` for a read-source-only row; the writers of one
 //!   answer are looked up in one pipeline, whatever their count;
+//! - a list by a column holds only records whose merged value of that column is the one
+//!   asked for: a buffered update of the column moves its record from one list to the
+//!   other, whichever side (replica row, overlay index set) brought it;
 //! - every list is a keyset page of at most `limit` records (`page.rs`), and the read
 //!   source's queries time out after [`SOURCE_STATEMENT_TIMEOUT`] (a slow replica is one
 //!   that does not answer);
