@@ -9,8 +9,9 @@
 //!   prefix in `ARGV` (built by [`Keys`](super::Keys)) and an id it reads in Redis. All of
 //!   them are in the site's prefix; none is found by scanning.
 //!
-//! `overlay_release.lua` defines `release_overlay`, shared by `settle.lua` and
-//! `replicated.lua`: it is prepended to each at compile time, so each is one script.
+//! `overlay_release.lua` defines `release_overlay` (and `drop_undo`), shared by
+//! `settle.lua` and `replicated.lua`: it is prepended to each at compile time, so each is
+//! one script.
 
 use std::sync::LazyLock;
 
@@ -46,7 +47,8 @@ pub(crate) static EVENTS: LazyLock<Script> = LazyLock::new(|| Script::new(EVENTS
 pub(crate) const TXS_PER_CALL: usize = 50;
 
 /// Most overlay records one script call releases (about 5 commands each: HGET `_tx`, HGET
-/// `_idx`, ZREM per index, DEL). A bulk registration is one transaction of up to 1,000
+/// `_idx`, ZREM per index, DEL; undoing a dead update's write over a pending image about
+/// 15, dropping a forwarded one's undo entry 1). A bulk registration is one transaction of up to 1,000
 /// records: its release is split over calls (ten for 1,000). With [`TXS_PER_CALL`], one
 /// call runs at most about 50 × 8 + 100 × 5 ≈ 900 Redis commands, plus decoding one
 /// lifecycle's `records` list (at most 1,000 keys) and encoding what remains of it.
