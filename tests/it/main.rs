@@ -40,3 +40,4 @@ mod status;
 mod tcp;
 mod tls;
 mod tokens;
+mod undo;

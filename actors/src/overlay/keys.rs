@@ -29,19 +29,22 @@ impl Keys {
         format!("{}tx", self.prefix)
     }
 
-    /// Hash: a transaction's lifecycle (`state`, `stream_id`, `buffered_at`, `op`, `records`).
+    /// Hash: a transaction's lifecycle (`state`, `stream_id`, `buffered_at`, `op`, `records`,
+    /// `undo` while it has undo entries).
     pub fn lifecycle(&self, tx: Uuid) -> String {
         format!("{}tx:{tx}", self.prefix)
     }
 
     /// Hash: the overlay after-image of one record (columns as JSON values, `_tx` = latest
     /// writer, `_partial` = "1" when only an update of it is buffered, `_idx` = its index
-    /// keys). The id is the key's last `:`-separated part; `overlay_release.lua` relies on it.
+    /// keys, `_u:{tx}` = a buffered writer's undo entry). The id is the key's last `:`-separated part; `overlay_release.lua` relies on it.
     pub fn record(&self, table: Table, id: Uuid) -> String {
         format!("{}rec:{}:{id}", self.prefix, table.name())
     }
 
-    /// Set: ids of the overlay records of `table` whose `column` equals `value`.
+    /// Set: ids of the overlay records of `table` whose `column` equals `value`. The column
+    /// is the key's last but one `:`-separated part (values are ids: UUIDs, integers);
+    /// `buffer.lua` and `overlay_release.lua` rely on it to move a record's entry.
     pub fn index(&self, table: Table, column: &str, value: &str) -> String {
         format!("{}idx:{}:{column}:{value}", self.prefix, table.name())
     }
@@ -123,5 +126,12 @@ mod tests {
         assert_eq!(k.lifecycle(id), format!("{}{id}", k.lifecycle_prefix()));
         let record = k.record(Table::ExecutedObsUnit, id);
         assert_eq!(record.rsplit(':').next(), Some(id.to_string().as_str()));
+        for (column, value) in [
+            ("raw_data_package_id", id.to_string()),
+            ("obs_unit_id", "7".into()),
+        ] {
+            let index = k.index(Table::RawDataFile, column, &value);
+            assert_eq!(index.rsplit(':').nth(1), Some(column), "{index}");
+        }
     }
 }

@@ -59,6 +59,12 @@ pub(super) fn answer(
     Value::Object(record)
 }
 
+/// Whether a merged record's `column` holds `expected` (a list by that column keeps only
+/// those: an index entry or a replica row may be one a buffered update moved away from).
+pub(super) fn has_value(record: &Value, column: &str, expected: &Value) -> bool {
+    record.get(column) == Some(expected)
+}
+
 /// One way to write timestamps, whichever side a record comes from.
 fn normalise(mut record: Map<String, Value>) -> Map<String, Value> {
     for column in TIMESTAMP_COLUMNS {
@@ -180,6 +186,21 @@ mod tests {
         assert_eq!(
             *sync,
             json!({"state": "buffered", "transaction_id": tx, "lsn": null})
+        );
+    }
+
+    #[test]
+    fn a_list_keeps_only_records_whose_current_value_it_is() {
+        let row = json!({"id": "a", "raw_data_package_id": "p1", "obs_unit_id": 1});
+        let moved = overlay(true, json!({"raw_data_package_id": "p2"}));
+        let (record, _) = merge_one(Some(row), Some(moved)).expect("a record");
+        let record = Value::Object(record);
+        assert!(has_value(&record, "raw_data_package_id", &json!("p2")));
+        assert!(!has_value(&record, "raw_data_package_id", &json!("p1")));
+        assert!(has_value(&record, "obs_unit_id", &json!(1)));
+        assert!(
+            !has_value(&record, "obs_unit_id", &json!("1")),
+            "types count"
         );
     }
 

@@ -11,11 +11,14 @@
 //! - a lifecycle state is a [`TxState`] wherever Rust reads or compares one; the scripts
 //!   write the same lowercase names (a test holds them to it);
 //! - reads merge the read source's rows with the overlay ([`Reads`]): the overlay wins
-//!   until its writer is replicated, then the read source answers the same record.
+//!   until its writer is replicated, then the read source answers the same record;
+//! - a dead transaction never hides an earlier write of its record, and a record is in
+//!   the index sets of its current values only (`scripts/overlay_release.lua`).
 //!
 //! Lifecycle of a transaction: `buffered` (`buffer.lua`) → `forwarded` with its commit LSN
 //! (`settle.lua`) → `replicated` (`replicated.lua`, which releases the overlay records it
-//! was the latest writer of), or → `dead` (`settle.lua`, releasing likewise).
+//! was the latest writer of), or → `dead` (`settle.lua`, which undoes its overlay writes:
+//! a record it wrote over an earlier, still pending write reads as that write left it).
 
 mod keys;
 mod merge;
@@ -23,10 +26,13 @@ mod page;
 mod reads;
 mod record;
 pub(crate) mod scripts;
+mod source;
 mod state;
 
 pub use keys::Keys;
 pub use page::{BadLimit, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
 pub use reads::{IndexValue, Listed, ReadError, Reads, SOURCE_STATEMENT_TIMEOUT};
 pub use record::{OverlayRecord, OverlayWrite};
+#[cfg(feature = "fault-injection")]
+pub use scripts::buffer_transaction;
 pub use state::{TxState, UnknownState};

@@ -10,6 +10,9 @@
 //! - every record carries `"sync": {"state", "transaction_id", "lsn"}`: its latest
 //!   writer's lifecycle, or `replicated` for a read-source-only row; the writers of one
 //!   answer are looked up in one pipeline, whatever their count;
+//! - a list by a column holds only records whose merged value of that column is the one
+//!   asked for: a buffered update of the column moves its record from one list to the
+//!   other, whichever side (replica row, overlay index set) brought it;
 //! - every list is a keyset page of at most `limit` records (`page.rs`), and the read
 //!   source's queries time out after [`SOURCE_STATEMENT_TIMEOUT`] (a slow replica is one
 //!   that does not answer);
@@ -26,12 +29,12 @@ use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
 use serde_json::{Map, Value};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::merge::{self, WriterState};
 use super::page::{self, PageRequest};
 use super::record::index_value;
+use super::source::{source_row, source_rows, source_rows_by_id};
 use super::{Keys, OverlayRecord, TxState, UnknownState};
 use crate::domain::Table;
 use crate::pg::PgTarget;
@@ -65,6 +68,14 @@ pub enum IndexValue {
 }
 
 impl IndexValue {
+    /// The value as a record's JSON holds it.
+    fn json(self) -> Value {
+        match self {
+            IndexValue::Int(n) => n.into(),
+            IndexValue::Uuid(id) => id.to_string().into(),
+        }
+    }
+
     /// The text naming its index set, as the write side names it.
     fn text(self) -> String {
         match self {
@@ -218,17 +229,60 @@ impl Reads {
         // The overlay of every id of the page, not only of the indexed ones: an update
         // buffered for a replica row (a finish) is in no index set, and must still win.
         let overlays = self.overlay_records(redis, table, by_id.keys()).await?;
-        let found: Vec<Found> = by_id
+        let ids: Vec<Uuid> = by_id.keys().copied().collect();
+        let mut found: Vec<Found> = by_id
             .into_values()
             .zip(overlays)
             .map(|((row, _), overlay)| (row, overlay))
             .collect();
+        if source_answered {
+            self.rows_under_partials(table, &ids, &mut found).await?;
+        }
         let records = self.merge(redis, found).await?;
+        // The index entry or the replica row that brought a record here may be one a
+        // buffered update moved away from: only records whose current value it is count.
+        let expected = value.json();
+        let records = records
+            .into_iter()
+            .filter(|record| merge::has_value(record, column, &expected))
+            .collect();
         Ok(Listed {
             records,
             next,
             source_answered,
         })
+    }
+
+    /// Fills in the read source's row under each `_partial` overlay record found only
+    /// through an index set (an update that moved a replica row to this value), in one
+    /// query: the update is laid over that row. `ids` are the ids of `found`, in order.
+    async fn rows_under_partials(
+        &self,
+        table: Table,
+        ids: &[Uuid],
+        found: &mut [Found],
+    ) -> Result<(), ReadError> {
+        let Some(pool) = &self.pool else {
+            return Ok(());
+        };
+        let bare =
+            |(row, overlay): &Found| row.is_none() && overlay.as_ref().is_some_and(|o| o.partial);
+        let wanted: Vec<Uuid> = ids
+            .iter()
+            .zip(found.iter())
+            .filter(|(_, f)| bare(f))
+            .map(|(id, _)| *id)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let mut rows = source_rows_by_id(pool, table, &wanted).await?;
+        for (id, f) in ids.iter().zip(found.iter_mut()) {
+            if bare(f) {
+                f.0 = rows.remove(id);
+            }
+        }
+        Ok(())
     }
 
     /// The ids of one page of the index set of `column` = `value`: the first `limit + 1`
@@ -319,47 +373,4 @@ impl Reads {
         let replies: Vec<WriterState> = pipe.query_async(redis).await?;
         Ok(writers.into_iter().zip(replies).collect())
     }
-}
-
-/// One row of the read source, as JSON.
-async fn source_row(pool: &PgPool, table: Table, id: Uuid) -> Result<Option<Value>, ReadError> {
-    let sql = format!("SELECT to_jsonb(t) FROM {} t WHERE id = $1", table.name());
-    let row: Option<Json<Value>> = sqlx::query_scalar(&sql)
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.map(|Json(v)| v))
-}
-
-/// One page of the read source's rows of `table` whose `column` is `value`: the first
-/// `limit + 1` after the cursor, by id.
-async fn source_rows(
-    pool: &PgPool,
-    table: Table,
-    column: &str,
-    value: IndexValue,
-    page: PageRequest,
-) -> Result<Vec<(Uuid, Value)>, sqlx::Error> {
-    // `column` comes from our own fixed list (Table::indexed_columns), never from a caller.
-    // A NULL cursor admits every id: one statement for the first page and the others.
-    let sql = format!(
-        "SELECT to_jsonb(t) FROM {} t WHERE {column} = $1 AND ($2::uuid IS NULL OR id > $2) \
-         ORDER BY id LIMIT $3",
-        table.name()
-    );
-    let query = sqlx::query_scalar::<_, Json<Value>>(&sql);
-    let query = match value {
-        IndexValue::Int(n) => query.bind(n),
-        IndexValue::Uuid(id) => query.bind(id),
-    };
-    // MAX_LIMIT + 1 fits an i64.
-    let fetch = i64::try_from(page.fetch()).unwrap_or(i64::MAX);
-    let rows = query.bind(page.after()).bind(fetch).fetch_all(pool).await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|Json(row)| {
-            let id = row["id"].as_str().and_then(|s| Uuid::parse_str(s).ok())?;
-            Some((id, row))
-        })
-        .collect())
 }

@@ -4,7 +4,11 @@
 //! each written column → the JSON text of its value; `_tx` = the latest writer's
 //! transaction id; `_partial` = `1` when only updates of it are buffered (its insert is
 //! already replicated, so the image is laid over the replica's row); `_idx` = JSON list
-//! of the index sets that hold its id (so whoever releases it can remove those entries).
+//! of the index sets that hold its id, one per indexed column with a value (so an update
+//! of that column moves the entry, and whoever releases the record removes it);
+//! `_u:{tx}` = the undo entry of a writer `tx` that wrote over an image the overlay
+//! already held, kept only while `tx` is buffered (see `scripts/buffer.lua`): what the
+//! record was before `tx`, restored if `tx` dies.
 //!
 //! Write side: [`OverlayWrite`], what the IngestActor hands `buffer.lua` for each step of
 //! a transaction. Read side: [`OverlayRecord`], the hash parsed for merged reads.
@@ -35,9 +39,10 @@ pub struct OverlayWrite {
     /// for one `HSET`.
     #[serde(rename = "f", serialize_with = "flattened")]
     pub columns: Vec<(String, String)>,
-    /// The index sets its id joins: one per indexed column with a non-null value.
+    /// Per indexed column the step writes: the column and the index set its id joins,
+    /// `""` for a null value (it leaves the column's previous set, and joins none).
     #[serde(rename = "i")]
-    pub indexes: Vec<String>,
+    pub indexes: Vec<(String, String)>,
 }
 
 impl OverlayWrite {
@@ -47,8 +52,14 @@ impl OverlayWrite {
         let indexes = table
             .indexed_columns()
             .iter()
-            .filter_map(|c| written.get(*c).filter(|v| !v.is_null()).map(|v| (c, v)))
-            .map(|(c, v)| keys.index(table, c, &index_value(v)))
+            .filter_map(|c| written.get(*c).map(|v| (*c, v)))
+            .map(|(c, v)| {
+                let set = match v {
+                    Value::Null => String::new(),
+                    v => keys.index(table, c, &index_value(v)),
+                };
+                (c.to_owned(), set)
+            })
             .collect();
         Self {
             key: keys.record(table, step.id()),
@@ -148,7 +159,11 @@ mod tests {
                 "u": 0,
                 "f": ["executed_obs_unit_id", q_eou, "id", q_id,
                       "raw_data_package_id", "null", "size", "7"],
-                "i": [keys.index(Table::RawDataFile, "executed_obs_unit_id", &eou.to_string())],
+                "i": [
+                    ["executed_obs_unit_id",
+                     keys.index(Table::RawDataFile, "executed_obs_unit_id", &eou.to_string())],
+                    ["raw_data_package_id", ""],
+                ],
             }),
             "a null indexed column joins no index set"
         );
@@ -166,7 +181,10 @@ mod tests {
         assert!(write.update);
         assert_eq!(
             write.indexes,
-            [keys.index(Table::ExecutedObsUnit, "obs_unit_id", "7")]
+            [(
+                "obs_unit_id".to_owned(),
+                keys.index(Table::ExecutedObsUnit, "obs_unit_id", "7")
+            )]
         );
         assert_eq!(serde_json::to_value(&write).expect("json")["u"], json!(1));
     }
@@ -178,6 +196,7 @@ mod tests {
             ("_tx", tx.to_string()),
             ("_partial", "1".into()),
             ("_idx", r#"["s:idx:a"]"#.into()),
+            ("_u:0000", r#"{"t": "x"}"#.into()),
             ("status", r#""completed""#.into()),
             ("obs_unit_id", "4".into()),
             ("broken", "{".into()),

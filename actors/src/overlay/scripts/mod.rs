@@ -9,8 +9,9 @@
 //!   prefix in `ARGV` (built by [`Keys`](super::Keys)) and an id it reads in Redis. All of
 //!   them are in the site's prefix; none is found by scanning.
 //!
-//! `overlay_release.lua` defines `release_overlay`, shared by `settle.lua` and
-//! `replicated.lua`: it is prepended to each at compile time, so each is one script.
+//! `overlay_release.lua` defines `release_overlay` (and `drop_undo`), shared by
+//! `settle.lua` and `replicated.lua`: it is prepended to each at compile time, so each is
+//! one script.
 //!
 //! **At Redis' `maxmemory`.** Redis refuses a script over its `maxmemory` at its first
 //! command that may grow memory, unless the script is flagged `allow-oom`. The scripts
@@ -60,11 +61,48 @@ pub(crate) static GROUP_CREATE: LazyLock<Script> = LazyLock::new(|| Script::new(
 pub(crate) const TXS_PER_CALL: usize = 50;
 
 /// Most overlay records one script call releases (about 5 commands each: HGET `_tx`, HGET
-/// `_idx`, ZREM per index, DEL). A bulk registration is one transaction of up to 1,000
+/// `_idx`, ZREM per index, DEL; undoing a dead update's write over a pending image about
+/// 15, dropping a forwarded one's undo entry 1). A bulk registration is one transaction of up to 1,000
 /// records: its release is split over calls (ten for 1,000). With [`TXS_PER_CALL`], one
 /// call runs at most about 50 × 8 + 100 × 5 ≈ 900 Redis commands, plus decoding one
 /// lifecycle's `records` list (at most 1,000 keys) and encoding what remains of it.
 pub(crate) const RECORDS_PER_CALL: usize = 100;
+
+/// Buffers a hand-built transaction through `buffer.lua` as the BufferActor would (no
+/// idempotency key, no memory check), for tests of writes no operation builds yet (an
+/// update of an indexed column); only with the `fault-injection` feature. Returns the
+/// script's answer (`ok` and the stream id, or why not).
+#[cfg(feature = "fault-injection")]
+pub async fn buffer_transaction(
+    redis: &mut redis::aio::MultiplexedConnection,
+    keys: &super::Keys,
+    tx: &crate::domain::Transaction,
+) -> redis::RedisResult<(String, String)> {
+    let overlay: Vec<super::OverlayWrite> = tx
+        .steps
+        .iter()
+        .map(|step| super::OverlayWrite::of_step(keys, step))
+        .collect();
+    let unserialisable = |e: serde_json::Error| redis::ParsingError::from(e.to_string());
+    let tx_json = serde_json::to_string(tx).map_err(unserialisable)?;
+    let overlay_json = serde_json::to_string(&overlay).map_err(unserialisable)?;
+    BUFFER
+        .key(keys.stream())
+        .key(keys.lifecycle(tx.id))
+        .key("")
+        .arg(u64::MAX)
+        .arg(tx_json)
+        .arg(tx.id.to_string())
+        .arg(&tx.op)
+        .arg("")
+        .arg("")
+        .arg(1)
+        .arg(chrono::Utc::now().timestamp_millis())
+        .arg(overlay_json)
+        .arg("0")
+        .invoke_async(redis)
+        .await
+}
 
 const BUFFER_LUA: &str = include_str!("buffer.lua");
 // `concat!` takes literals only: the flag line is spelled out in each (checked by a test).
@@ -159,7 +197,7 @@ mod tests {
     fn release_overlay_is_defined_where_it_is_called() {
         for source in [SETTLE_LUA, REPLICATED_LUA] {
             let defined = source.find("local function release_overlay");
-            let called = source.rfind("release_overlay(lifecycle, tx, budget)");
+            let called = source.rfind("release_overlay(lifecycle, tx, budget, ");
             assert!(defined.is_some() && defined < called);
         }
         assert!(!BUFFER_LUA.contains("release_overlay"));

@@ -1,47 +1,243 @@
--- Shared by settle.lua (dead transactions) and replicated.lua (replicated ones), prepended
--- to each at compile time (see `scripts/mod.rs`): releases the overlay records whose
--- latest writer was `tx`, with their index entries. A record written again by a later
--- transaction keeps its overlay.
+-- Shared by settle.lua (dead and forwarded transactions) and replicated.lua (replicated
+-- ones), prepended to each at compile time (see `scripts/mod.rs`).
 --
--- Bounded: it examines at most `budget` records (each: HGET, HGET, one ZREM per index,
--- DEL). When the transaction has more, the lifecycle's `records` is rewritten with the
--- ones still to release and it returns `false`; the caller's next call continues from
--- there (releasing a record twice is harmless: the `_tx` check); once the last is
--- released the `records` field is removed, so `records` always holds what is still to
--- release. Returns the number of
--- records examined and whether the transaction's release is complete.
+-- `release_overlay` releases the overlay records a transaction `tx` wrote:
+-- - replicated (`dead` false): the records whose latest writer it was are removed with
+--   their index entries (the replica answers for them now); a record written again by a
+--   later transaction keeps its overlay;
+-- - dead (`dead` true): its effect is undone, so an earlier write of the same record that
+--   is still pending shows again. As the latest writer, its undo entry (`_u:{tx}`, see
+--   buffer.lua) is restored if the previous writer still holds the record (forwarded, its
+--   release not done yet); otherwise (it made the record, or the previous writer is
+--   replicated: the replica has its image) the record is removed. Under later writers
+--   (still buffered: settlement follows the stream), its undo entry is folded into theirs,
+--   so that their undo goes back to before it: each column to the lowest writer above it
+--   that overwrote the column, the rest into the record at once (a chain of more than
+--   CHAIN buffered writes of one record is left as it is: see `fold`).
+-- `drop_undo` drops the undo entries of a forwarded transaction: it can no longer die.
+--
+-- Bounded: each examines at most `budget` records (a release: HGET, HGET, one ZREM per
+-- index, DEL; an undo: about ten commands more, one lifecycle's `records` searched as
+-- text, and for a writer under later ones at most CHAIN undo entries read and written). When the transaction has more, its lifecycle's list (`records`, `undo`) is
+-- rewritten with the ones still to do and `false` returned; the caller's next call
+-- continues from there (doing a record twice is harmless: the `_tx` check, the undo entry
+-- gone). Once the last is done the list is removed, so it always holds what is still to
+-- do. Returns the number of records examined and whether the transaction is done.
 --
 -- Takes the lifecycle hash key and the transaction id from its caller; every other key it
 -- touches is read from Redis, none is in KEYS: the record hashes from the lifecycle's
--- `records` (JSON list of keys, written by buffer.lua), the index sets from each record's
--- `_idx` (JSON list of keys); the member removed from them is the record id, the record
--- key's last `:`-separated part (see `Keys::record`).
-local function release_overlay(lifecycle, tx, budget)
-  local records = redis.call('HGET', lifecycle, 'records')
-  if not records then return 0, true end
-  local keys = cjson.decode(records)
-  local n = math.min(#keys, budget)
-  for i = 1, n do
-    local key = keys[i]
-    if redis.call('HGET', key, '_tx') == tx then
-      local indexes = redis.call('HGET', key, '_idx')
-      if indexes then
-        local id = string.match(key, '[^:]+$')
-        for _, index in ipairs(cjson.decode(indexes)) do
-          redis.call('ZREM', index, id)
-        end
-      end
-      redis.call('DEL', key)
+-- `records` / `undo` (JSON lists of keys, written by buffer.lua), the index sets from each
+-- record's `_idx` and undo entries (index keys), a previous writer's lifecycle as the
+-- caller's lifecycle key with `tx` replaced by that writer's id (the same prefix); the
+-- member removed from index sets is the record id, the record key's last `:`-separated
+-- part (see `Keys::record`).
+
+local function record_id(key)
+  return string.match(key, '[^:]+$')
+end
+
+-- The record's `_idx` (a JSON list of index keys) as a table column -> index key; a
+-- key's column is its last but one `:`-separated part (see `Keys::index`).
+local function index_of(key)
+  local idx = {}
+  local text = redis.call('HGET', key, '_idx')
+  if text then
+    for _, set in ipairs(cjson.decode(text)) do
+      idx[string.match(set, ':([^:]+):[^:]*$') or set] = set
     end
   end
+  return idx
+end
+
+local function save_index(key, idx)
+  local list = {}
+  for _, set in pairs(idx) do list[#list + 1] = set end
+  if #list == 0 then
+    redis.call('HDEL', key, '_idx')
+  else
+    redis.call('HSET', key, '_idx', cjson.encode(list))
+  end
+end
+
+-- Moves the record's entry for `column` back to `set` (false: no entry).
+local function reindex(key, idx, column, set)
+  local id = record_id(key)
+  if idx[column] then redis.call('ZREM', idx[column], id) end
+  if set then redis.call('ZADD', set, 0, id) end
+  idx[column] = set or nil
+end
+
+local function drop_record(key)
+  local id = record_id(key)
+  for _, index in pairs(index_of(key)) do
+    redis.call('ZREM', index, id)
+  end
+  redis.call('DEL', key)
+end
+
+-- Whether `writer` (its lifecycle key) will still release `key`: forwarded (or buffered)
+-- and `key` still in its `records`.
+local function holds(writer, key)
+  local life = redis.call('HMGET', writer, 'state', 'records')
+  if life[1] ~= 'buffered' and life[1] ~= 'forwarded' then return false end
+  return life[2] and string.find(life[2], key, 1, true) ~= nil
+end
+
+-- The record as it was before the dead latest writer `tx`.
+local function restore(key, tx, undo)
+  for column, value in pairs(undo.c) do
+    if value then
+      redis.call('HSET', key, column, value)
+    else
+      redis.call('HDEL', key, column)
+    end
+  end
+  if undo.x then
+    local idx = index_of(key)
+    for column, set in pairs(undo.x) do reindex(key, idx, column, set) end
+    save_index(key, idx)
+  end
+  redis.call('HSET', key, '_tx', undo.t)
+  if undo.p then
+    redis.call('HSET', key, '_partial', '1')
+  else
+    redis.call('HDEL', key, '_partial')
+  end
+  redis.call('HDEL', key, '_u:' .. tx)
+end
+
+-- How many buffered writers above a dead one `fold` walks to find the one right above it.
+local CHAIN = 16
+
+-- The writers above the dead `tx`, from `top` down to the one right above `tx` (each
+-- {w = writer, u = its undo entry}); nil if the chain is broken or deeper than CHAIN.
+local function chain_above(key, tx, top)
+  local chain, w = {}, top
+  for _ = 1, CHAIN do
+    local text = redis.call('HGET', key, '_u:' .. w)
+    if not text then return nil end
+    local u = cjson.decode(text)
+    chain[#chain + 1] = {w = w, u = u}
+    if u.t == tx then return chain end
+    w = u.t
+  end
+  return nil
+end
+
+-- Sends a column (or index entry, `part` 'x') of what was before the dead writer to the
+-- lowest writer above it that overwrote it (its undo entry now leads there); if none
+-- did, the record shows it again at once. Returns false if the record was patched.
+local function hand_up(chain, part, column, value)
+  for i = #chain, 1, -1 do
+    local entries = chain[i].u[part]
+    if entries and entries[column] ~= nil then
+      entries[column] = value
+      chain[i].dirty = true
+      return true
+    end
+  end
+  return false
+end
+
+-- The dead `tx` lies under the latest writer `top`: the undo entries above it now lead
+-- to what was before `tx`, and what only `tx` wrote goes back at once.
+local function fold(key, tx, top, mine)
+  local chain = chain_above(key, tx, top)
+  if not chain then return end
+  local above = chain[#chain]
+  if not mine then
+    -- `tx` made the record: below it the overlay held nothing, so what is left of it is
+    -- laid over the replica's row (none, for an insert), so are the images the writers
+    -- above would restore, and `above` dying removes it.
+    redis.call('HSET', key, '_partial', '1')
+    redis.call('HDEL', key, '_u:' .. above.w)
+    for i = 1, #chain - 1 do
+      chain[i].u.p = 1
+      redis.call('HSET', key, '_u:' .. chain[i].w, cjson.encode(chain[i].u))
+    end
+    return
+  end
+  local below = cjson.decode(mine)
+  for column, value in pairs(below.c) do
+    if not hand_up(chain, 'c', column, value) then
+      if value then
+        redis.call('HSET', key, column, value)
+      else
+        redis.call('HDEL', key, column)
+      end
+    end
+  end
+  local idx = nil
+  for column, set in pairs(below.x or {}) do
+    if not hand_up(chain, 'x', column, set) then
+      idx = idx or index_of(key)
+      reindex(key, idx, column, set)
+    end
+  end
+  if idx then save_index(key, idx) end
+  above.u.t, above.u.p, above.dirty = below.t, below.p, true
+  for _, link in ipairs(chain) do
+    if link.dirty then redis.call('HSET', key, '_u:' .. link.w, cjson.encode(link.u)) end
+  end
+end
+
+-- Undoes the dead `tx`'s write of one record.
+local function undo_record(key, tx, prefix)
+  local top = redis.call('HGET', key, '_tx')
+  if not top then return end
+  local mine = redis.call('HGET', key, '_u:' .. tx)
+  if top ~= tx then
+    if mine then redis.call('HDEL', key, '_u:' .. tx) end
+    fold(key, tx, top, mine)
+  elseif not mine then
+    drop_record(key)
+  else
+    local undo = cjson.decode(mine)
+    if holds(prefix .. undo.t, key) then
+      restore(key, tx, undo)
+    else
+      drop_record(key)
+    end
+  end
+end
+
+-- Applies `each` to at most `budget` keys of the lifecycle's list `field`; see above.
+local function in_chunks(lifecycle, field, budget, each)
+  local list = redis.call('HGET', lifecycle, field)
+  if not list then return 0, true end
+  local keys = cjson.decode(list)
+  local n = math.min(#keys, budget)
+  if n == 0 and #keys > 0 then return 0, false end
+  for i = 1, n do each(keys[i]) end
   if n < #keys then
     local rest = {}
     for i = n + 1, #keys do rest[#rest + 1] = keys[i] end
-    redis.call('HSET', lifecycle, 'records', cjson.encode(rest))
+    redis.call('HSET', lifecycle, field, cjson.encode(rest))
     return n, false
   end
-  -- Released whole: the list has served (it would only keep the lifecycle large).
-  redis.call('HDEL', lifecycle, 'records')
+  -- Done whole: the list has served (it would only keep the lifecycle large).
+  redis.call('HDEL', lifecycle, field)
   return n, true
+end
+
+local function release_overlay(lifecycle, tx, budget, dead)
+  if dead then
+    local prefix = string.sub(lifecycle, 1, #lifecycle - #tx)
+    local used, done = in_chunks(lifecycle, 'records', budget, function(key)
+      undo_record(key, tx, prefix)
+    end)
+    -- Its undo entries went with the records (restored, folded or removed).
+    if done then redis.call('HDEL', lifecycle, 'undo') end
+    return used, done
+  end
+  return in_chunks(lifecycle, 'records', budget, function(key)
+    if redis.call('HGET', key, '_tx') == tx then drop_record(key) end
+  end)
+end
+
+local function drop_undo(lifecycle, tx, budget)
+  return in_chunks(lifecycle, 'undo', budget, function(key)
+    redis.call('HDEL', key, '_u:' .. tx)
+  end)
 end
 

@@ -26,7 +26,7 @@ local marked, ids = 0, {}
 for _, tx in ipairs(due) do
   if budget <= 0 then return {marked, 1, ids} end
   local lifecycle = ARGV[3] .. tx
-  local used, done = release_overlay(lifecycle, tx, budget)
+  local used, done = release_overlay(lifecycle, tx, budget, false)
   budget = budget - used
   if not done then return {marked, 1, ids} end
   redis.call('HSET', lifecycle, 'state', 'replicated', 'replicated_at', ARGV[2])

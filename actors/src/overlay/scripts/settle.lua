@@ -10,14 +10,15 @@
 --   stream id, transaction id, outcome (applied|skipped|dead), sqlstate, message
 --
 -- Keys not in KEYS: each transaction's lifecycle hash, derived as ARGV[5] .. transaction
--- id; for a dead one, release_overlay's (overlay_release.lua: record hashes and index sets
--- read from Redis).
+-- id; release_overlay's and drop_undo's (overlay_release.lua: record hashes, index sets
+-- and previous writers' lifecycles read from Redis).
 --
--- A dead transaction will never be replicated: the overlay records whose latest writer it
--- was are removed (what reads then show is the replica's row, if any), by release_overlay
--- from overlay_release.lua, BEFORE it is dead-lettered: a release split over calls leaves
--- the transaction pending in the group with the records still to release in its
--- lifecycle, and the next call (or the replay after a crash) continues it.
+-- A dead transaction will never be replicated: its overlay writes are undone (what reads
+-- then show is the previous writer's image if it is still pending, else the replica's
+-- row, if any), by release_overlay from overlay_release.lua, BEFORE it is dead-lettered:
+-- a release split over calls leaves the transaction pending in the group with the records
+-- still to release in its lifecycle, and the next call (or the replay after a crash)
+-- continues it. A forwarded one drops its undo entries first (drop_undo), likewise.
 --
 -- Bounded work per call: the caller sends a bounded number of transactions (each: HSET,
 -- ZADD, XACK, XDEL; a dead one also XRANGE, XPENDING, XADD) and at most ARGV[6]
@@ -36,7 +37,7 @@ for i = 7, #ARGV, 5 do
   local lifecycle = prefix .. tx
   if outcome == 'dead' then
     if budget <= 0 then return settled end
-    local used, done = release_overlay(lifecycle, tx, budget)
+    local used, done = release_overlay(lifecycle, tx, budget, true)
     budget = budget - used
     if not done then return settled end
     local entry = redis.call('XRANGE', stream, sid, sid)
@@ -52,6 +53,10 @@ for i = 7, #ARGV, 5 do
     redis.call('HSET', lifecycle, 'state', 'dead', 'dead_at', now, 'reason', message,
       'sqlstate', sqlstate, 'attempts', attempts)
   else
+    -- Committed: it can no longer die, so its undo entries have served.
+    local used, done = drop_undo(lifecycle, tx, budget)
+    budget = budget - used
+    if not done then return settled end
     redis.call('HSET', lifecycle, 'state', 'forwarded', 'forwarded_at', now, 'commit_lsn', lsn)
     redis.call('ZADD', forwarded, score, tx)
   end
