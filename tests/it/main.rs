@@ -33,6 +33,7 @@ mod reconnect;
 mod redis_conf;
 mod retry;
 mod roles;
+mod shutdown;
 mod site;
 mod status;
 mod tcp;
