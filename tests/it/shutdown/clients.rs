@@ -209,6 +209,17 @@ impl TcpConn {
         }
         open
     }
+
+    /// How the connection ends once the replies are read: `"eof"` (a FIN), or what came
+    /// instead (more data, a reset).
+    pub async fn ended(&mut self) -> String {
+        let mut rest = String::new();
+        match self.reader.read_line(&mut rest).await {
+            Ok(0) => "eof".into(),
+            Ok(_) => format!("more: {rest}"),
+            Err(err) => format!("error: {err}"),
+        }
+    }
 }
 
 fn tcp_line(token: &str, write: &Write) -> String {

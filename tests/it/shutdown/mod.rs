@@ -6,6 +6,7 @@
 //! and once drained, every write is in the primary exactly once.
 
 mod clients;
+mod in_flight;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
