@@ -16,6 +16,11 @@
 //! body; afterwards up to `tcp.max_line_bytes`, and a request without a token uses the
 //! connection's. At most `tcp.max_connections` are served at once (one more gets a 503
 //! line and is closed), and one silent for `tcp.idle_timeout` gets a 408 line and is closed.
+//!
+//! On the stop, a connection answers the line it is handling, answers each line already
+//! received behind it with `503 shutting_down` (not started, nothing stored) and closes with
+//! a FIN; [`serve`] returns once every connection is gone or `shutdown.grace` has passed
+//! (`crate::shutdown`).
 
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
