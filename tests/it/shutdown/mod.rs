@@ -266,8 +266,26 @@ async fn exactly_once(
     problems
 }
 
+/// What the link to the primary does from halfway through the writes to the restart.
+#[derive(Clone, Copy, Debug)]
+enum Link {
+    /// Refused: the forwarder backs off, nothing of it is in flight at the stop.
+    Cut,
+    /// Silent: the forwarder's batch hangs at the stop and is abandoned.
+    Blackhole,
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_16_writing_clients_answers_every_stored_write_and_applies_each_once() {
+    sigterm_under_load(Link::Cut).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_a_batch_hanging_on_the_link_abandons_it_and_replays_it_exactly_once() {
+    sigterm_under_load(Link::Blackhole).await;
+}
+
+async fn sigterm_under_load(link: Link) {
     let redis = TestRedis::start().await;
     let pg = Site::primary_with_replica().await;
     let upstream = format!("127.0.0.1:{}", pg.primary_port())
@@ -318,7 +336,10 @@ async fn sigterm_under_16_writing_clients_answers_every_stored_write_and_applies
     // Half the writes with the link up, half with it cut (the forwarder backing off).
     for written in [WRITES / 2, WRITES] {
         if written == WRITES {
-            wan.cut();
+            match link {
+                Link::Cut => wan.cut(),
+                Link::Blackhole => wan.blackhole(),
+            }
         }
         eventually("clients write", Duration::from_secs(30), || async {
             (progress.load(Ordering::Relaxed) >= written).then_some(())
