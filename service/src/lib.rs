@@ -12,6 +12,7 @@ pub mod http;
 pub mod operations;
 pub mod ops;
 pub mod redis_probe;
+pub mod shutdown;
 pub mod startup;
 pub mod tcp;
 pub mod telemetry;

@@ -187,9 +187,12 @@ impl Application {
         Arc::clone(&self.state.tree)
     }
 
-    /// Serves until `stop` is cancelled or the actor tree gives up. Then stops accepting,
-    /// lets in-flight requests finish, and stops the tree. An escalation is an error, so
-    /// the process exits non-zero and its service manager restarts it.
+    /// Serves until `stop` is cancelled or the actor tree gives up. Then both facades stop
+    /// accepting and answer the requests in flight (at most `shutdown.grace`, see
+    /// `crate::shutdown`), and only then is the tree stopped, the forwarder finishing or
+    /// abandoning its batch (its entries stay pending; the ledger makes the replay exact).
+    /// An escalation is an error, so the process exits non-zero and its service manager
+    /// restarts it; a stop asked for is not.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
         let Self {
             http,
@@ -205,14 +208,18 @@ impl Application {
                 stop.cancel();
             })
         };
-        let tcp_server = tokio::spawn(crate::tcp::serve(tcp, state.clone(), stop.clone()));
         let refresh = tokio::spawn(
             Arc::clone(&state.tokens).refresh_until(state.reads.pool().cloned(), stop.clone()),
         );
-        tracing::info!(http = %http.local_addr()?, "serving");
+        tracing::info!(http = %http.local_addr()?, tcp = %tcp.local_addr()?, "serving");
         let router = http::router(state.clone(), admin_routes);
-        http::serve::serve(http, router, &state.config.http, stop.clone()).await;
-        let _ = tcp_server.await;
+        let grace = state.config.shutdown.grace;
+        // Both facades drain side by side, within one grace period.
+        tokio::join!(
+            http::serve::serve(http, router, &state.config.http, stop.clone(), grace),
+            crate::tcp::serve(tcp, state.clone(), stop.clone()),
+        );
+        tracing::info!("facades closed, stopping the actors");
         refresh.abort();
         tree.shutdown().await;
         watcher.abort();

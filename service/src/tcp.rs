@@ -16,6 +16,11 @@
 //! body; afterwards up to `tcp.max_line_bytes`, and a request without a token uses the
 //! connection's. At most `tcp.max_connections` are served at once (one more gets a 503
 //! line and is closed), and one silent for `tcp.idle_timeout` gets a 408 line and is closed.
+//!
+//! On the stop, a connection answers the line it is handling, answers each line already
+//! received behind it with `503 shutting_down` (not started, nothing stored) and closes with
+//! a FIN; [`serve`] returns once every connection is gone or `shutdown.grace` has passed
+//! (`crate::shutdown`).
 
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -33,6 +38,7 @@ use axum::http::StatusCode;
 use crate::config::{Scope, Tcp};
 use crate::http::AppState;
 use crate::operations::{self, OperationSpec, OPERATIONS};
+use crate::shutdown;
 
 use crate::ops::{self, ApiError};
 
@@ -58,13 +64,16 @@ impl Envelope {
 /// The op that only authenticates the connection.
 const AUTH_OP: &str = "auth";
 
+/// Serves until `stop`; then stops accepting, answers what each connection has received
+/// and closes it (see `crate::shutdown`), and returns once every connection is gone or
+/// `shutdown.grace` has passed.
 pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) {
     let max = state.config.tcp.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -89,6 +98,11 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
+    }
+    // New connections are refused from here on, not left in the backlog.
+    drop(listener);
+    if !shutdown::connections_closed(&slots, max, state.config.shutdown.grace).await {
+        tracing::warn!("tcp connections still open after the grace period");
     }
 }
 
@@ -117,8 +131,10 @@ async fn connection(stream: TcpStream, state: AppState, stop: CancellationToken)
     let mut token: Option<String> = None;
     loop {
         let line = tokio::select! {
+            // Once stopping, no new request is started, even one already received.
+            biased;
+            () = stop.cancelled() => return refuse_received(framed).await,
             line = tokio::time::timeout(tcp.idle_timeout, framed.next()) => line,
-            () = stop.cancelled() => return,
         };
         let (reply, close) = match line {
             Err(_idle) => (error_reply(None, &idle(tcp.idle_timeout)), true),
@@ -145,6 +161,47 @@ async fn connection(stream: TcpStream, state: AppState, stop: CancellationToken)
             return close_gracefully(framed.into_inner()).await;
         }
     }
+}
+
+/// Most lines received before the stop that are answered `503 shutting_down`; a client
+/// that sent more learns of the stop from the connection's end.
+const MAX_REFUSED_AT_STOP: usize = 1024;
+
+/// At the stop, between requests: answers each line already received (none is started:
+/// each gets a `503 shutting_down`, nothing stored), then closes with a FIN. A client that
+/// pipelines thus gets an answer for every line the service read, and the replies already
+/// sent are never destroyed by a reset.
+async fn refuse_received(mut framed: Framed<TcpStream, LinesCodec>) {
+    use futures::FutureExt as _;
+    for _ in 0..MAX_REFUSED_AT_STOP {
+        // Only what has arrived: the stop waits for no client.
+        let Some(Some(Ok(line))) = framed.next().now_or_never() else {
+            break;
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let request_id = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|v| v.get("request_id").cloned());
+        let reply = error_reply(request_id, &shutting_down());
+        if framed.send(reply.to_string()).await.is_err() {
+            return;
+        }
+    }
+    close_gracefully(framed.into_inner()).await;
+}
+
+/// The answer to a request received as the service stops.
+fn shutting_down() -> ApiError {
+    let mut err = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "the service is stopping and did not start this request: nothing was stored; retry \
+         (with the same idempotency key) once it is back",
+    );
+    err.retry_after = Some(ops::RETRY_AFTER_UNAVAILABLE);
+    err
 }
 
 fn idle(after: std::time::Duration) -> ApiError {

@@ -35,6 +35,7 @@ mod redis_conf;
 mod release;
 mod retry;
 mod roles;
+mod shutdown;
 mod site;
 mod status;
 mod tcp;

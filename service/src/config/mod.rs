@@ -49,6 +49,7 @@ pub struct Config {
     pub auth: Auth,
     pub faults: Faults,
     pub log: Log,
+    pub shutdown: Shutdown,
     /// Restart policy of the ingest-side actors (buffer, ingest): with an intensity limit.
     pub supervisor: RestartPolicy,
 }
@@ -98,6 +99,16 @@ pub struct Tcp {
     /// A connection that sends nothing for this long gets an error line and is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+}
+
+/// `[shutdown]`: what a SIGTERM (or Ctrl-C) waits for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shutdown {
+    /// How long the facades wait, once they stop accepting, for the requests in flight on
+    /// their open connections to be answered; then the actors stop regardless.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -21,13 +21,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Http;
 use crate::ops::{ApiError, RETRY_AFTER_UNAVAILABLE};
+use crate::shutdown;
 
-/// How long in-flight requests may finish after the stop, before their connections are
-/// dropped (a websocket would otherwise hold the stop forever).
-const GRACE: Duration = Duration::from_secs(10);
-
-/// Serves `router` on `listener` until `stop`; then lets in-flight requests finish.
-pub async fn serve(listener: TcpListener, router: Router, config: &Http, stop: CancellationToken) {
+/// Serves `router` on `listener` until `stop`; then stops accepting, lets the requests in
+/// flight finish (each connection closes after its current answer) and returns once every
+/// connection is gone or `grace` has passed (`crate::shutdown`).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    config: &Http,
+    stop: CancellationToken,
+    grace: Duration,
+) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let service = TowerToHyperService::new(router);
     loop {
@@ -70,13 +75,10 @@ pub async fn serve(listener: TcpListener, router: Router, config: &Http, stop: C
             log_end(connection.await);
         });
     }
-    // Every slot back means every connection is gone.
-    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
-    if tokio::time::timeout(GRACE, slots.acquire_many(all))
-        .await
-        .is_err()
-    {
-        tracing::warn!("http connections still open after the grace period; dropping them");
+    // New connections are refused from here on, not left in the backlog.
+    drop(listener);
+    if !shutdown::connections_closed(&slots, config.max_connections, grace).await {
+        tracing::warn!("http connections still open after the grace period");
     }
 }
 
