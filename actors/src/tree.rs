@@ -126,6 +126,9 @@ pub struct Tree {
     ingest: Slot<IngestMsg>,
     /// Flips to `true` once the supervisor has stopped, by shutdown or escalation.
     stopped: watch::Receiver<bool>,
+    /// The forwarder's config, to give its lease up at shutdown: a forwarder that was
+    /// backing off, or killed in a hung batch, never ran its own clean stop.
+    forwarder: Option<Arc<ForwarderConfig>>,
 }
 
 impl Tree {
@@ -138,6 +141,7 @@ impl Tree {
         );
         let ingest = Slot::<IngestMsg>::new();
         let instance = config.instance.clone();
+        let forwarder = config.forwarder.as_ref().map(|(f, _)| Arc::new(f.clone()));
         let children = children(config, &shared, &ingest);
         let health = Arc::clone(&shared.health);
         let (supervisor, join) = Actor::spawn(
@@ -171,6 +175,7 @@ impl Tree {
             hub: shared.hub,
             ingest,
             stopped,
+            forwarder,
         })
     }
 
@@ -246,6 +251,12 @@ impl Tree {
             .call(SupervisorMsg::Shutdown, Some(Duration::from_secs(30)))
             .await;
         self.stopped().await;
+        // The forwarder gives its lease up when it stops cleanly; one that was backing off
+        // or was killed in a hung batch did not, and the next instance would stand by for
+        // a whole `forwarder.lease_ttl`. Only this instance's lease is deleted.
+        if let Some(config) = &self.forwarder {
+            crate::forwarder::lease::release(config, &self.forwarder_metrics.lease).await;
+        }
     }
 }
 

@@ -353,6 +353,17 @@ async fn sigterm_under_load(link: Link) {
     }
     let keys = Keys::new(&site);
     let stored = stored(&redis, &keys, &writes).await;
+    // Its forwarder was backing off (cut) or hung in a batch (blackhole) and never stopped
+    // cleanly: the tree gave the lease up all the same, so the restart forwards at once.
+    let lease: bool = redis::cmd("EXISTS")
+        .arg(keys.forwarder_lease())
+        .query_async(&mut redis.conn().await)
+        .await
+        .expect("EXISTS");
+    assert!(
+        !lease,
+        "the stopped instance left its forwarder lease behind"
+    );
 
     let phase = Instant::now();
     let restarted = Service::start(&config_path, &log, &addrs.http).await;
