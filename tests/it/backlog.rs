@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use redis::aio::MultiplexedConnection;
-use serde_json::{json, Value};
+use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, file_body, start_obs_unit, uuid, TestApp};
+use crate::helpers::{bulk_body, eventually, file_body, start_obs_unit, uuid, TestApp};
 use crate::site::Site;
 
 /// Single writes in the backlog: 100 times `TXS_PER_CALL` (50).
@@ -36,14 +36,9 @@ async fn write_file(app: &TestApp, eou: Uuid, name: &str) -> (Uuid, Duration) {
 }
 
 async fn bulk(app: &TestApp, eou: Uuid, n: usize, tag: &str) -> Uuid {
-    let files: Vec<Value> = (0..n)
-        .map(|i| {
-            let mut f = file_body(&eou.to_string());
-            f["name"] = json!(format!("{tag}_{i}.fits"));
-            f
-        })
-        .collect();
-    let r = app.post("/raw_data_files/bulk", &json!(files)).await;
+    let r = app
+        .post("/raw_data_files/bulk", &bulk_body(eou, n, tag))
+        .await;
     assert_eq!(r.status, 201, "{}", r.text);
     uuid(&r.body["transaction_id"])
 }

@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::future::join_all;
-use serde_json::{json, Value};
+use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{file_body, start_obs_unit, uuid, TestApp};
+use crate::helpers::{bulk_body, file_body, start_obs_unit, uuid, TestApp};
 use crate::site::Site;
 
 const BULKS: usize = 60;
@@ -21,16 +21,10 @@ const SINGLES_PER_BULK: usize = 5;
 const BATCH_MAX_BYTES: usize = 256 * 1024;
 
 async fn bulk(app: &TestApp, eou: Uuid, tag: usize) -> Vec<Uuid> {
-    let files: Vec<Value> = (0..BULK_FILES)
-        .map(|i| {
-            let mut f = file_body(&eou.to_string());
-            f["name"] = json!(format!("b{tag}_{i}.fits"));
-            f
-        })
-        .collect();
     // Writes go with an idempotency key and are retried on a 503 from a slow Redis: this
     // test is about the forwarder's batches, not ingest latency under a loaded machine.
-    let r = app.post_stored("/raw_data_files/bulk", &json!(files)).await;
+    let body = bulk_body(eou, BULK_FILES, &format!("b{tag}"));
+    let r = app.post_stored("/raw_data_files/bulk", &body).await;
     assert_eq!(r.status, 201, "{}", r.text);
     let mut acked = vec![uuid(&r.body["transaction_id"])];
     for i in 0..SINGLES_PER_BULK {

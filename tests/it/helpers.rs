@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ops_db_actors::domain::Transaction;
-use ops_db_actors::overlay::Keys;
+use ops_db_actors::overlay::{Keys, TxState};
 use ops_db_actors::tree::Tree;
 use ops_db_devkit::local_redis::LocalRedis;
 use ops_db_devkit::ports::free_port;
@@ -440,6 +440,33 @@ pub fn file_body(eou: &str) -> Value {
         "size": 1024,
         "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
     })
+}
+
+/// The body of a bulk registration of `n` valid files of `eou`, named `{tag}_{i}.fits`.
+pub fn bulk_body(eou: Uuid, n: usize, tag: &str) -> Value {
+    let files: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut f = file_body(&eou.to_string());
+            f["name"] = serde_json::json!(format!("{tag}_{i}.fits"));
+            f
+        })
+        .collect();
+    Value::Array(files)
+}
+
+/// The state `GET /transactions/{id}` answers.
+pub async fn state_of(app: &TestApp, tx: Uuid) -> TxState {
+    let r = app.get_auth(&format!("/transactions/{tx}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    serde_json::from_value(r.body["state"].clone()).expect("a lifecycle state")
+}
+
+/// Waits until `GET /transactions/{id}` answers `wanted`.
+pub async fn until_state(app: &TestApp, tx: Uuid, wanted: TxState, within: Duration) {
+    eventually(&format!("transaction {tx} {wanted}"), within, || async {
+        (state_of(app, tx).await == wanted).then_some(())
+    })
+    .await;
 }
 
 /// A UUID from a JSON answer; panics (fails the test) naming the value otherwise.

@@ -7,11 +7,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, file_body, start_obs_unit, uuid, TestApp};
+use crate::helpers::{bulk_body, eventually, file_body, start_obs_unit, uuid, TestApp};
 use crate::site::Site;
 
 /// A single registration whose `executed_obs_unit_id` exists nowhere: the primary rejects
@@ -33,14 +33,9 @@ async fn file(app: &TestApp, eou: Uuid, name: &str) -> Uuid {
 }
 
 async fn bulk(app: &TestApp, eou: Uuid, n: usize, tag: &str) -> Uuid {
-    let files: Vec<Value> = (0..n)
-        .map(|i| {
-            let mut f = file_body(&eou.to_string());
-            f["name"] = json!(format!("{tag}_{i}.fits"));
-            f
-        })
-        .collect();
-    let r = app.post_stored("/raw_data_files/bulk", &json!(files)).await;
+    let r = app
+        .post_stored("/raw_data_files/bulk", &bulk_body(eou, n, tag))
+        .await;
     assert_eq!(r.status, 201, "{}", r.text);
     uuid(&r.body["transaction_id"])
 }

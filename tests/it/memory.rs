@@ -9,7 +9,7 @@ use futures::future::join_all;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, file_body, start_obs_unit, uuid, Reply, TestApp};
+use crate::helpers::{bulk_body, eventually, file_body, start_obs_unit, uuid, Reply, TestApp};
 use crate::site::Site;
 
 const MAXMEMORY: u64 = 64 << 20;
@@ -145,14 +145,8 @@ async fn write_until_refused(app: &TestApp, eou: Uuid, writer: usize) -> (Vec<Uu
     let mut files = 0;
     let mut refused_since: Option<Instant> = None;
     for round in 0.. {
-        let bulk: Vec<Value> = (0..BULK_FILES)
-            .map(|i| {
-                let mut f = file_body(&eou.to_string());
-                f["name"] = json!(format!("w{writer}_b{round}_{i}.fits"));
-                f
-            })
-            .collect();
-        let mut bodies = vec![("/raw_data_files/bulk", json!(bulk), BULK_FILES)];
+        let bulk = bulk_body(eou, BULK_FILES, &format!("w{writer}_b{round}"));
+        let mut bodies = vec![("/raw_data_files/bulk", bulk, BULK_FILES)];
         for i in 0..SINGLES_PER_BULK {
             let mut f = file_body(&eou.to_string());
             f["name"] = json!(format!("w{writer}_s{round}_{i}.fits"));
@@ -363,14 +357,8 @@ async fn a_redis_filled_past_its_maxmemory_still_drains_after_the_heal() {
     wan.cut();
     let mut acked = vec![first];
     for b in 0..10 {
-        let bulk: Vec<Value> = (0..100)
-            .map(|i| {
-                let mut f = file_body(&eou.to_string());
-                f["name"] = json!(format!("b{b}_{i}.fits"));
-                f
-            })
-            .collect();
-        let r = app.post_stored("/raw_data_files/bulk", &json!(bulk)).await;
+        let bulk = bulk_body(eou, 100, &format!("b{b}"));
+        let r = app.post_stored("/raw_data_files/bulk", &bulk).await;
         assert_eq!(r.status, 201, "{}", r.text);
         acked.push(uuid(&r.body["transaction_id"]));
         for i in 0..20 {

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, file_body, uuid, Reply, TestApp};
+use crate::helpers::{eventually, file_body, state_of, until_state, uuid, Reply, TestApp};
 use crate::site::{Site, FAST_RESTARTS};
 
 /// The record without its sync field, to compare what the overlay and the replica say.
@@ -27,22 +27,6 @@ fn without_sync(mut record: Value) -> Value {
         }
     }
     record
-}
-
-/// The state `GET /transactions/{id}` answers.
-async fn state_of(app: &TestApp, tx: Uuid) -> TxState {
-    let r = app.get_auth(&format!("/transactions/{tx}")).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    serde_json::from_value(r.body["state"].clone()).expect("a lifecycle state")
-}
-
-async fn until_state(app: &TestApp, tx: Uuid, wanted: TxState) {
-    eventually(
-        &format!("transaction {tx} {wanted}"),
-        Duration::from_secs(20),
-        || async { (state_of(app, tx).await == wanted).then_some(()) },
-    )
-    .await;
 }
 
 /// Starts an executed obs unit with a package of two files, then finishes it.
@@ -126,7 +110,7 @@ async fn writes_read_back_at_once_and_read_the_same_from_the_replica_after_repli
 
     // The link heals: forwarded, replayed by the replica, marked replicated, overlay gone.
     wan.heal();
-    until_state(app, finish_tx, TxState::Replicated).await;
+    until_state(app, finish_tx, TxState::Replicated, Duration::from_secs(20)).await;
     let mut redis = app.redis.conn().await;
     let overlay_left: bool = redis
         .exists(
@@ -184,7 +168,7 @@ async fn a_paused_replica_keeps_transactions_forwarded_and_reads_merged_until_it
         .await
         .expect("pause");
     let (eou, _, _, tx) = observation(app, 2).await;
-    until_state(app, tx, TxState::Forwarded).await;
+    until_state(app, tx, TxState::Forwarded, Duration::from_secs(20)).await;
     // Five more polls of the paused replica: the transaction must stay forwarded.
     let polls = &app.tree.replica_metrics.polls;
     let seen = polls.load(std::sync::atomic::Ordering::Relaxed);
@@ -209,7 +193,7 @@ async fn a_paused_replica_keeps_transactions_forwarded_and_reads_merged_until_it
         .execute(&mut replica)
         .await
         .expect("resume");
-    until_state(app, tx, TxState::Replicated).await;
+    until_state(app, tx, TxState::Replicated, Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -218,7 +202,7 @@ async fn a_stopped_replica_backs_off_without_touching_ingest_and_catches_up_afte
     let app = &site.app;
     site.pg.stop_replica().await;
     let (eou, _, _, tx) = observation(app, 3).await;
-    until_state(app, tx, TxState::Forwarded).await;
+    until_state(app, tx, TxState::Forwarded, Duration::from_secs(20)).await;
     eventually(
         "the replica tracker backs off",
         Duration::from_secs(20),
@@ -253,8 +237,14 @@ async fn a_stopped_replica_backs_off_without_touching_ingest_and_catches_up_afte
         .await;
     assert_eq!(more.status, 201, "ingest goes on");
     site.pg.start_replica().await;
-    until_state(app, tx, TxState::Replicated).await;
-    until_state(app, uuid(&more.body["transaction_id"]), TxState::Replicated).await;
+    until_state(app, tx, TxState::Replicated, Duration::from_secs(20)).await;
+    until_state(
+        app,
+        uuid(&more.body["transaction_id"]),
+        TxState::Replicated,
+        Duration::from_secs(20),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -312,7 +302,7 @@ async fn lifecycles_expire_from_redis_and_are_then_answered_from_the_ledger() {
         .post("/executed_obs_units/start", &json!({"obs_unit_id": 4242}))
         .await;
     let dead_tx = uuid(&dead.body["transaction_id"]);
-    until_state(app, tx, TxState::Replicated).await;
+    until_state(app, tx, TxState::Replicated, Duration::from_secs(20)).await;
     let life = app.get_auth(&format!("/transactions/{dead_tx}")).await;
     assert_eq!(life.body["state"], "dead", "{}", life.text);
     assert_eq!(life.body["sqlstate"], "23503");

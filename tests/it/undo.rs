@@ -15,7 +15,7 @@ use redis::AsyncCommands;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, file_body, start_obs_unit, uuid, TestApp};
+use crate::helpers::{eventually, file_body, start_obs_unit, state_of, until_state, uuid, TestApp};
 use crate::site::Site;
 
 /// A finish whose `end_time` is before the start: the primary refuses it for good (a check
@@ -30,21 +30,6 @@ async fn refuse_ends_before_starts(site: &Site) {
     .execute(&mut site.primary().await)
     .await
     .expect("constraint");
-}
-
-async fn state_of(app: &TestApp, tx: Uuid) -> TxState {
-    let r = app.get_auth(&format!("/transactions/{tx}")).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    serde_json::from_value(r.body["state"].clone()).expect("a lifecycle state")
-}
-
-async fn until_state(app: &TestApp, tx: Uuid, wanted: TxState) {
-    eventually(
-        &format!("transaction {tx} {wanted}"),
-        Duration::from_secs(30),
-        || async { (state_of(app, tx).await == wanted).then_some(()) },
-    )
-    .await;
 }
 
 /// A finish that will die; its transaction id.
@@ -126,7 +111,7 @@ async fn reads_started(app: &TestApp, eou: Uuid, writer: Option<Uuid>, state: Tx
 }
 
 async fn dead_lettered(site: &Site, tx: Uuid) {
-    until_state(&site.app, tx, TxState::Dead).await;
+    until_state(&site.app, tx, TxState::Dead, Duration::from_secs(30)).await;
     let dead = site.dead_letters().await;
     assert!(
         dead.iter().any(|d| d["transaction_id"] == json!(tx)),
@@ -159,11 +144,11 @@ async fn dead_updates_never_hide_the_buffered_insert_of_their_record() {
     for finish in &finishes {
         dead_lettered(&site, *finish).await;
     }
-    until_state(app, start, TxState::Forwarded).await;
+    until_state(app, start, TxState::Forwarded, Duration::from_secs(30)).await;
     reads_started(app, eou, Some(start), TxState::Forwarded).await;
 
     site.pg.start_replica().await;
-    until_state(app, start, TxState::Replicated).await;
+    until_state(app, start, TxState::Replicated, Duration::from_secs(30)).await;
     let gone = app.keys.record(Table::ExecutedObsUnit, eou);
     eventually(
         "the overlay is released",
@@ -190,11 +175,11 @@ async fn a_dead_update_never_hides_the_replicated_insert_of_its_record() {
     let wan = site.wan.as_ref().expect("wan");
     site.pg.stop_replica().await;
     let (eou, start) = start_obs_unit(app, 1).await;
-    until_state(app, start, TxState::Forwarded).await;
+    until_state(app, start, TxState::Forwarded, Duration::from_secs(30)).await;
     wan.cut();
     let finish = doomed_finish(app, eou).await;
     site.pg.start_replica().await;
-    until_state(app, start, TxState::Replicated).await;
+    until_state(app, start, TxState::Replicated, Duration::from_secs(30)).await;
 
     let watcher = Watcher::start(app, &format!("/executed_obs_units/{eou}"));
     wan.heal();
@@ -345,7 +330,7 @@ async fn an_update_of_an_indexed_column_moves_the_record_between_lists() {
     // `old` is replicated before it moves (its update is a partial image over the
     // replica's row); `new` is still buffered when it moves (its index entry moves).
     let (old, old_tx) = file_in(app, eou, p1, "old.fits").await;
-    until_state(app, old_tx, TxState::Replicated).await;
+    until_state(app, old_tx, TxState::Replicated, Duration::from_secs(30)).await;
     wan.cut();
     let (new, _) = file_in(app, eou, p1, "new.fits").await;
     lists(app, (p1, p2), &[old, new], &[]).await;
@@ -363,7 +348,7 @@ async fn an_update_of_an_indexed_column_moves_the_record_between_lists() {
 
     wan.heal();
     for tx in moves {
-        until_state(app, tx, TxState::Replicated).await;
+        until_state(app, tx, TxState::Replicated, Duration::from_secs(30)).await;
     }
     dead_lettered(&site, doomed).await;
     for tx in moves {
@@ -476,7 +461,7 @@ async fn a_backlog_of_dead_updates_is_undone_in_short_calls_and_leaves_nothing()
     }
     site.pg.start_replica().await;
     for start in &starts {
-        until_state(app, *start, TxState::Replicated).await;
+        until_state(app, *start, TxState::Replicated, Duration::from_secs(30)).await;
     }
     let mut pipe = redis::pipe();
     for eou in &eous {
