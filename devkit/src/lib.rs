@@ -14,4 +14,5 @@ pub mod local_redis;
 pub mod ports;
 pub mod redis_conf;
 pub mod services;
+pub mod slow_log;
 pub mod wan;

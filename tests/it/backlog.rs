@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use ops_db_devkit::slow_log;
 use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use uuid::Uuid;
@@ -146,52 +147,23 @@ async fn forwarded_left(app: &TestApp) -> u64 {
         .expect("ZCARD")
 }
 
+/// Slow-log entries kept: more than a backlog's calls over 1 ms.
+const SLOW_LOG_LEN: usize = 10_000;
+
 /// Redis' slow log from now on: every command (script call) slower than 1 ms.
 async fn watch_slow_calls(app: &TestApp) {
-    let mut conn = app.redis.conn().await;
-    let _: () = redis::pipe()
-        .cmd("CONFIG")
-        .arg("SET")
-        .arg("slowlog-log-slower-than")
-        .arg(1000)
-        .ignore()
-        .cmd("CONFIG")
-        .arg("SET")
-        .arg("slowlog-max-len")
-        .arg(10_000)
-        .ignore()
-        .cmd("SLOWLOG")
-        .arg("RESET")
-        .ignore()
-        .query_async(&mut conn)
+    slow_log::watch(&mut app.redis.conn().await, SLOW_LOG_LEN)
         .await
         .expect("slowlog config");
 }
 
-/// The longest command since `watch_slow_calls`, in microseconds (0 if none over 1 ms).
-/// The longest call in Redis' slow log, in µs, and its first arguments.
+/// The longest call since `watch_slow_calls`, in µs, and its first arguments (0 and
+/// nothing if none took over 1 ms).
 async fn slowest_call_micros(app: &TestApp) -> (u64, String) {
-    // Each entry: id, time, duration (µs), arguments, client address, client name.
-    let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
-        .arg("GET")
-        .arg(10_000)
-        .query_async(&mut app.redis.conn().await)
+    slow_log::slowest(&mut app.redis.conn().await, SLOW_LOG_LEN)
         .await
-        .expect("SLOWLOG GET");
-    entries
-        .iter()
-        .map(|e| {
-            let micros = redis::from_redis_value::<u64>(e[2].clone()).expect("duration");
-            let args: Vec<String> = redis::from_redis_value(e[3].clone()).unwrap_or_default();
-            let head: Vec<String> = args
-                .iter()
-                .take(3)
-                .map(|a| a.chars().take(60).collect())
-                .collect();
-            (micros, head.join(" "))
-        })
-        .max_by_key(|(micros, _)| *micros)
-        .unwrap_or_default()
+        .expect("SLOWLOG GET")
+        .map_or((0, String::new()), |c| (c.micros, c.head()))
 }
 
 fn p99(mut samples: Vec<Duration>) -> Duration {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::Utc;
 use ops_db_actors::domain::{Step, Table, Transaction};
 use ops_db_actors::overlay::{buffer_transaction, TxState};
+use ops_db_devkit::slow_log;
 use redis::AsyncCommands;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -375,43 +376,6 @@ async fn an_update_of_an_indexed_column_moves_the_record_between_lists() {
     );
 }
 
-/// The longest call in Redis' slow log (every call over 1 ms since `slow_log_from_now`),
-/// in µs.
-async fn slowest_call_micros(app: &TestApp) -> u64 {
-    // Each entry: id, time, duration (µs), arguments, client address, client name.
-    let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
-        .arg("GET")
-        .arg(10_000)
-        .query_async(&mut app.redis.conn().await)
-        .await
-        .expect("SLOWLOG GET");
-    entries
-        .iter()
-        .filter_map(|e| redis::from_redis_value::<u64>(e[2].clone()).ok())
-        .max()
-        .unwrap_or_default()
-}
-
-async fn slow_log_from_now(app: &TestApp) {
-    let _: () = redis::pipe()
-        .cmd("CONFIG")
-        .arg("SET")
-        .arg("slowlog-log-slower-than")
-        .arg(1000)
-        .ignore()
-        .cmd("CONFIG")
-        .arg("SET")
-        .arg("slowlog-max-len")
-        .arg(10_000)
-        .ignore()
-        .cmd("SLOWLOG")
-        .arg("RESET")
-        .ignore()
-        .query_async(&mut app.redis.conn().await)
-        .await
-        .expect("slowlog config");
-}
-
 /// A backlog of starts, each under a finish that dies: settled in calls of a few
 /// milliseconds (each undo restores a forwarded start), every start applied once and read
 /// back as running, nothing of the overlay left once they are replicated.
@@ -431,10 +395,15 @@ async fn a_backlog_of_dead_updates_is_undone_in_short_calls_and_leaves_nothing()
         starts.push(start);
     }
     site.pg.stop_replica().await;
-    slow_log_from_now(app).await;
+    slow_log::watch(&mut app.redis.conn().await, 10_000)
+        .await
+        .expect("slowlog config");
     wan.heal();
     site.drained(Duration::from_secs(60)).await;
-    let slowest = slowest_call_micros(app).await;
+    let slowest = slow_log::slowest(&mut app.redis.conn().await, 10_000)
+        .await
+        .expect("SLOWLOG GET")
+        .map_or(0, |c| c.micros);
     eprintln!("{N} dead finishes over forwarded starts: slowest Redis call {slowest} µs");
     // As backlog.rs: about 3 ms alone, 20 ms leaves room for a shared 2-core machine.
     assert!(slowest < 20_000, "slowest Redis call {slowest} µs");

@@ -54,6 +54,7 @@ use ops_db_service::token;
 
 use super::{file_body, ms, proc_status_mb, redis_info, rss_mb};
 use crate::fault_proxy::FaultProxy;
+use crate::slow_log::{self, SlowCall};
 
 const SITE: &str = "bench";
 /// The probe writer's pace: one write per interval (the next one at once if a write took
@@ -1309,6 +1310,9 @@ async fn check_redis(
     Ok(())
 }
 
+/// Slow-log entries kept: more than an outage's calls over 1 ms.
+const SLOW_LOG_LEN: usize = 100_000;
+
 /// Redis' slow log from now on: every command slower than 1 ms; and its latency monitor:
 /// events (an fsync of the AOF, a fork, ...) slower than 10 ms.
 async fn watch_slow_calls(conn: &mut MultiplexedConnection) -> anyhow::Result<()> {
@@ -1321,21 +1325,9 @@ async fn watch_slow_calls(conn: &mut MultiplexedConnection) -> anyhow::Result<()
         .cmd("LATENCY")
         .arg("RESET")
         .ignore()
-        .cmd("CONFIG")
-        .arg("SET")
-        .arg("slowlog-log-slower-than")
-        .arg(1000)
-        .ignore()
-        .cmd("CONFIG")
-        .arg("SET")
-        .arg("slowlog-max-len")
-        .arg(100_000)
-        .ignore()
-        .cmd("SLOWLOG")
-        .arg("RESET")
-        .ignore()
-        .query_async(conn)
+        .query_async(&mut *conn)
         .await?;
+    slow_log::watch(conn, SLOW_LOG_LEN).await?;
     Ok(())
 }
 
@@ -1359,16 +1351,8 @@ async fn latency_events(conn: &mut MultiplexedConnection) -> anyhow::Result<Stri
 /// The slow log by script (told apart by their first keys; `buffer.lua` also by the
 /// operation, its ARGV[4]): calls over 1 ms, over 10 ms, and the longest.
 async fn slow_calls(conn: &mut MultiplexedConnection, keys: &Keys) -> anyhow::Result<String> {
-    // Each entry: id, time, duration (µs), arguments, client address, client name.
-    let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
-        .arg("GET")
-        .arg(100_000)
-        .query_async(conn)
-        .await?;
     let mut by: HashMap<String, (usize, usize, u64)> = HashMap::new();
-    for e in entries {
-        let micros: u64 = redis::from_redis_value(e[2].clone())?;
-        let args: Vec<String> = redis::from_redis_value(e[3].clone()).unwrap_or_default();
+    for SlowCall { micros, args } in slow_log::calls(conn, SLOW_LOG_LEN).await? {
         let name = match args.first().map(|a| a.to_ascii_uppercase()).as_deref() {
             Some("EVALSHA" | "EVAL") => match (args.get(3), args.get(4)) {
                 (Some(k), _) if *k == keys.forwarded() => "replicated.lua".to_owned(),
