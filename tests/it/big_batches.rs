@@ -66,12 +66,7 @@ async fn bulk_registrations_behind_a_cut_link_drain_in_batches_bounded_by_bytes(
     let ledger: HashSet<Uuid> = site.ledger().await.into_iter().collect();
     let acked: HashSet<Uuid> = acked.into_iter().collect();
     assert_eq!(ledger, acked, "every acknowledged transaction applied");
-    let files: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM raw_data_file WHERE executed_obs_unit_id = $1")
-            .bind(eou)
-            .fetch_one(&mut site.primary().await)
-            .await
-            .expect("count");
+    let files = site.files_on_primary(eou).await;
     assert_eq!(files as usize, BULKS * (BULK_FILES + SINGLES_PER_BULK));
     assert!(site.dead_letters().await.is_empty());
 

@@ -3,7 +3,7 @@
 //! Invariant under test: every acknowledged write is applied on the primary exactly once,
 //! in order; transactions the primary rejects for good are dead-lettered, and nothing else.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ops_db_actors::forwarder::CrashPoint;
@@ -26,36 +26,6 @@ async fn files(app: &TestApp, eou: Uuid, n: usize) -> Vec<Uuid> {
         acked.push(uuid(&r.body["transaction_id"]));
     }
     acked
-}
-
-/// Every acknowledged transaction is in the ledger once, and nothing else is.
-async fn assert_exactly_once(site: &Site, acked: &[Uuid]) {
-    let ledger = site.ledger().await;
-    let unique: HashSet<Uuid> = ledger.iter().copied().collect();
-    assert_eq!(
-        unique.len(),
-        ledger.len(),
-        "the ledger's key makes duplicates impossible"
-    );
-    let acked: HashSet<Uuid> = acked.iter().copied().collect();
-    let missing: Vec<_> = acked.difference(&unique).collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged but never applied: {missing:?}"
-    );
-    let extra: Vec<_> = unique.difference(&acked).collect();
-    assert!(
-        extra.is_empty(),
-        "applied but never acknowledged: {extra:?}"
-    );
-}
-
-async fn count_files(site: &Site, eou: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM raw_data_file WHERE executed_obs_unit_id = $1")
-        .bind(eou)
-        .fetch_one(&mut site.primary().await)
-        .await
-        .expect("count")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -106,9 +76,9 @@ async fn every_write_reaches_the_primary_once_in_order_with_its_commit_lsn() {
     acked.push(uuid(&r.body["transaction_id"]));
 
     site.drained(Duration::from_secs(30)).await;
-    assert_exactly_once(&site, &acked).await;
+    site.assert_exactly_once(&acked).await;
     assert!(site.dead_letters().await.is_empty(), "nothing was rejected");
-    assert_eq!(count_files(&site, eou).await, 35);
+    assert_eq!(site.files_on_primary(eou).await, 35);
     let mut db = site.primary().await;
     let statuses: Vec<(String, i64)> = sqlx::query_as(
         "SELECT status, count(*) FROM executed_obs_unit GROUP BY status ORDER BY status",
@@ -187,8 +157,8 @@ async fn crash_at(point: CrashPoint) {
     acked.extend(files(app, eou, 40).await);
     site.drained(Duration::from_secs(30)).await;
     assert_eq!(app.tree.crash_points.pending(), 0, "the crash happened");
-    assert_exactly_once(&site, &acked).await;
-    assert_eq!(count_files(&site, eou).await, 40);
+    site.assert_exactly_once(&acked).await;
+    assert_eq!(site.files_on_primary(eou).await, 40);
     let row = app.tree.health.get("forwarder").expect("forwarder row");
     assert!(row.restarts >= 1, "the supervisor restarted the forwarder");
     assert!(row
@@ -245,7 +215,7 @@ async fn a_network_cut_during_a_batch_loses_and_duplicates_nothing() {
         wan.heal();
     }
     site.drained(Duration::from_secs(60)).await;
-    assert_exactly_once(&site, &acked).await;
+    site.assert_exactly_once(&acked).await;
     assert!(
         site.dead_letters().await.is_empty(),
         "transient errors are never dead-lettered"
@@ -280,7 +250,7 @@ async fn a_blackholed_link_stalls_then_recovers_without_loss_or_duplicates() {
     );
     wan.heal();
     site.drained(Duration::from_secs(30)).await;
-    assert_exactly_once(&site, &acked).await;
+    site.assert_exactly_once(&acked).await;
     assert!(site.dead_letters().await.is_empty());
 }
 
@@ -296,8 +266,8 @@ async fn a_primary_restart_mid_stream_loses_and_duplicates_nothing() {
     site.pg.restart_primary().await;
     acked.extend(files(app, eou, 30).await);
     site.drained(Duration::from_secs(60)).await;
-    assert_exactly_once(&site, &acked).await;
-    assert_eq!(count_files(&site, eou).await, 90);
+    site.assert_exactly_once(&acked).await;
+    assert_eq!(site.files_on_primary(eou).await, 90);
     assert!(site.dead_letters().await.is_empty());
 }
 
@@ -326,7 +296,7 @@ async fn poison_in_the_middle_of_a_batch_is_dead_lettered_and_the_rest_applied()
     let t5 = uuid(&r.body["transaction_id"]);
     site.drained(Duration::from_secs(30)).await;
 
-    assert_exactly_once(&site, &[t1, t3, t5]).await;
+    site.assert_exactly_once(&[t1, t3, t5]).await;
     let dead = site.dead_letters().await;
     let by_tx: HashMap<Uuid, &Value> = dead
         .iter()
@@ -392,7 +362,7 @@ async fn poison_in_the_middle_of_a_batch_is_dead_lettered_and_the_rest_applied()
         404
     );
     site.drained(Duration::from_secs(30)).await;
-    assert_exactly_once(&site, &[t1, t2, t3, t5]).await;
+    site.assert_exactly_once(&[t1, t2, t3, t5]).await;
     assert!(site.dead_letters().await.is_empty());
 }
 

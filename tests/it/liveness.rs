@@ -113,14 +113,12 @@ async fn bulks_mixed_with_unknown_parents_drain_within_a_minute_of_the_heal() {
     site.drained(Duration::from_secs(60)).await;
     let took = healed.elapsed();
     assert_outcome(&site, &good, &bad, (before, 10_000)).await;
-    let files: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM raw_data_file WHERE executed_obs_unit_id = $1")
-            .bind(eou)
-            .fetch_one(&mut site.primary().await)
-            .await
-            .expect("count");
+    let files = site.files_on_primary(eou).await;
     assert_eq!(files, 10_000, "every file once");
-    eprintln!("drained {} transactions in {took:?} after the heal", 310);
+    eprintln!(
+        "drained {} transactions in {took:?} after the heal",
+        good.len() + bad.len()
+    );
 }
 
 /// 1,000 valid and 1,000 foreign-key-violating registrations, alternating, in one

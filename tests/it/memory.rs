@@ -238,12 +238,7 @@ async fn writes_are_refused_for_memory_before_redis_refuses_anything_and_drain_a
     ledger.sort();
     acked.sort();
     assert_eq!(ledger, acked, "every acknowledged write applied once");
-    let on_primary: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM raw_data_file WHERE executed_obs_unit_id = $1")
-            .bind(eou)
-            .fetch_one(&mut site.primary().await)
-            .await
-            .expect("count");
+    let on_primary = site.files_on_primary(eou).await;
     assert_eq!(on_primary as usize, files);
     assert!(site.dead_letters().await.is_empty());
 
@@ -419,10 +414,7 @@ async fn a_redis_filled_past_its_maxmemory_still_drains_after_the_heal() {
 
     wan.heal();
     site.drained(Duration::from_secs(60)).await;
-    let mut ledger = site.ledger().await;
-    ledger.sort();
-    acked.sort();
-    assert_eq!(ledger, acked, "every acknowledged write applied once");
+    site.assert_exactly_once(&acked).await;
     assert!(site.dead_letters().await.is_empty());
     eventually(
         "everything replicated and released",

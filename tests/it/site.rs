@@ -1,6 +1,7 @@
 //! A whole site for tests: the application on its own Redis, a primary with its streaming
 //! replica, and optionally the emulated WAN between the forwarder and the primary.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,6 +117,37 @@ impl Site {
             .fetch_all(&mut self.primary().await)
             .await
             .expect("ledger")
+    }
+
+    /// Every acknowledged transaction is in the ledger once, and nothing else is.
+    pub async fn assert_exactly_once(&self, acked: &[Uuid]) {
+        let ledger = self.ledger().await;
+        let unique: HashSet<Uuid> = ledger.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            ledger.len(),
+            "the ledger's key makes duplicates impossible"
+        );
+        let acked: HashSet<Uuid> = acked.iter().copied().collect();
+        let missing: Vec<_> = acked.difference(&unique).collect();
+        assert!(
+            missing.is_empty(),
+            "acknowledged but never applied: {missing:?}"
+        );
+        let extra: Vec<_> = unique.difference(&acked).collect();
+        assert!(
+            extra.is_empty(),
+            "applied but never acknowledged: {extra:?}"
+        );
+    }
+
+    /// The raw data files of executed obs unit `eou` on the primary.
+    pub async fn files_on_primary(&self, eou: Uuid) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM raw_data_file WHERE executed_obs_unit_id = $1")
+            .bind(eou)
+            .fetch_one(&mut self.primary().await)
+            .await
+            .expect("count")
     }
 
     /// Every dead letter, page by page (a page holds at most 1,000).
