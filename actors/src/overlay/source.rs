@@ -39,13 +39,7 @@ pub(super) async fn source_rows_by_id(
         table.name()
     );
     let rows: Vec<Json<Value>> = sqlx::query_scalar(&sql).bind(ids).fetch_all(pool).await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|Json(row)| {
-            let id = row["id"].as_str().and_then(|s| Uuid::parse_str(s).ok())?;
-            Some((id, row))
-        })
-        .collect())
+    Ok(with_ids(rows).collect())
 }
 
 /// One page of the read source's rows of `table` whose `column` is `value`: the first
@@ -72,11 +66,13 @@ pub(super) async fn source_rows(
     // MAX_LIMIT + 1 fits an i64.
     let fetch = i64::try_from(page.fetch()).unwrap_or(i64::MAX);
     let rows = query.bind(page.after()).bind(fetch).fetch_all(pool).await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|Json(row)| {
-            let id = row["id"].as_str().and_then(|s| Uuid::parse_str(s).ok())?;
-            Some((id, row))
-        })
-        .collect())
+    Ok(with_ids(rows).collect())
+}
+
+/// Each row with its `id` (a row without a UUID `id` is left out: the tables' ids are UUIDs).
+fn with_ids(rows: Vec<Json<Value>>) -> impl Iterator<Item = (Uuid, Value)> {
+    rows.into_iter().filter_map(|Json(row)| {
+        let id = row["id"].as_str().and_then(|s| Uuid::parse_str(s).ok())?;
+        Some((id, row))
+    })
 }

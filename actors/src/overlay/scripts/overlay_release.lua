@@ -83,15 +83,18 @@ local function holds(writer, key)
   return life[2] and string.find(life[2], key, 1, true) ~= nil
 end
 
+-- Puts a column of an undo entry back: its previous JSON text, or absent (`false`).
+local function set_column(key, column, value)
+  if value then
+    redis.call('HSET', key, column, value)
+  else
+    redis.call('HDEL', key, column)
+  end
+end
+
 -- The record as it was before the dead latest writer `tx`.
 local function restore(key, tx, undo)
-  for column, value in pairs(undo.c) do
-    if value then
-      redis.call('HSET', key, column, value)
-    else
-      redis.call('HDEL', key, column)
-    end
-  end
+  for column, value in pairs(undo.c) do set_column(key, column, value) end
   if undo.x then
     local idx = index_of(key)
     for column, set in pairs(undo.x) do reindex(key, idx, column, set) end
@@ -159,13 +162,7 @@ local function fold(key, tx, top, mine)
   end
   local below = cjson.decode(mine)
   for column, value in pairs(below.c) do
-    if not hand_up(chain, 'c', column, value) then
-      if value then
-        redis.call('HSET', key, column, value)
-      else
-        redis.call('HDEL', key, column)
-      end
-    end
+    if not hand_up(chain, 'c', column, value) then set_column(key, column, value) end
   end
   local idx = nil
   for column, set in pairs(below.x or {}) do
