@@ -118,3 +118,24 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
     );
     site.app.stop().await.expect("clean stop");
 }
+
+/// `CREATE OR REPLACE FUNCTION` resets `SECURITY DEFINER` and `SET search_path` unless the
+/// new definition states them again: after every migration, the batch function still runs
+/// as its owner with the pinned search path (the forwarder's role has no table rights, and
+/// an unpinned path would let a caller's objects stand in for ours).
+#[tokio::test]
+async fn after_every_migration_the_batch_function_runs_as_its_owner_with_a_pinned_path() {
+    let pg = Site::primary_with_replica().await;
+    let (definer, config): (bool, Option<Vec<String>>) = sqlx::query_as(
+        "SELECT prosecdef, proconfig FROM pg_proc WHERE proname = 'opsdb_apply_batch'",
+    )
+    .fetch_one(&mut pg.primary().await)
+    .await
+    .expect("the batch function");
+    assert!(definer, "opsdb_apply_batch lost SECURITY DEFINER");
+    let config = config.unwrap_or_default();
+    assert!(
+        config.iter().any(|c| c.starts_with("search_path=")),
+        "opsdb_apply_batch lost its pinned search_path: {config:?}"
+    );
+}
