@@ -50,6 +50,7 @@ pub struct Config {
     pub faults: Faults,
     pub log: Log,
     pub shutdown: Shutdown,
+    pub schema: Schema,
     /// Restart policy of the ingest-side actors (buffer, ingest): with an intensity limit.
     pub supervisor: RestartPolicy,
 }
@@ -247,6 +248,41 @@ pub struct Auth {
 #[serde(deny_unknown_fields)]
 pub struct TokensFile {
     pub tokens: Vec<Token>,
+}
+
+/// What ingest does with a reference to a parent row it finds neither in the overlay nor
+/// on the read source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum References {
+    /// Not checked.
+    Off,
+    /// Accepted, and reported (a response header, a metric).
+    Warn,
+    /// Refused with 422.
+    Reject,
+}
+
+/// Where the service's own objects and ops-db's tables live on the primary, which of
+/// ops-db's tables writes may touch, and how the model registry is kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schema {
+    /// The service's own schema (ledger, batch function, token table, allowlist).
+    pub name: String,
+    /// ops-db's schema, where the writable tables are.
+    pub domain: String,
+    /// The tables of `domain` writes may touch: the model registry's, and the allowlist
+    /// `migrate` keeps on the primary.
+    pub tables: Vec<String>,
+    /// How often the model registry is read again from the read source.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+    /// Referential checks at ingest.
+    pub references: References,
+    /// A TOML file replacing the compiled-in presets (`config/presets.toml`): how the
+    /// fixed write endpoints map onto tables and columns.
+    pub presets: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -24,7 +24,41 @@ impl Config {
         self.events
             .restart
             .validate("events.restart", Escalation::Never)?;
-        self.validate_tokens()
+        self.validate_tokens()?;
+        self.validate_schema()
+    }
+
+    fn validate_schema(&self) -> Result<(), ConfigError> {
+        use ops_db_actors::registry::is_identifier;
+        let rule = "must be a lower-case SQL name: a-z, 0-9 and '_', not starting with a digit, at most 63 bytes";
+        if !is_identifier(&self.schema.name) {
+            return Err(invalid("schema.name", rule));
+        }
+        if !is_identifier(&self.schema.domain) {
+            return Err(invalid("schema.domain", rule));
+        }
+        if self.schema.name == self.schema.domain {
+            return Err(invalid(
+                "schema.name",
+                "must not be ops-db's schema (schema.domain): the service keeps its own objects apart",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for table in &self.schema.tables {
+            if !is_identifier(table) {
+                return Err(invalid("schema.tables", format!("{table:?} {rule}")));
+            }
+            if !seen.insert(table) {
+                return Err(invalid(
+                    "schema.tables",
+                    format!("{table:?} is listed twice"),
+                ));
+            }
+        }
+        if self.schema.refresh.is_zero() {
+            return Err(invalid("schema.refresh", "must be more than 0"));
+        }
+        Ok(())
     }
 
     fn validate_site(&self) -> Result<(), ConfigError> {
