@@ -12,9 +12,18 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::buffer::{Ack, BufferMsg, Idempotent, IngestError, PreparedWrite, WriteRequest};
-use crate::domain::{Built, IdempotencyKey, Limits, Operation};
+use crate::domain::{builder, Built, IdempotencyKey, Limits, Operation, Presets};
 use crate::overlay::{Keys, OverlayWrite};
+use crate::registry;
 use crate::slot::Slot;
+
+/// One write, as both facades hand it to the tree and the tree to the IngestActor: what to
+/// write and the client's idempotency key (already scoped to the client).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    pub operation: Operation,
+    pub idempotency: Option<IdempotencyKey>,
+}
 
 #[derive(Clone)]
 pub struct IngestActor;
@@ -25,12 +34,15 @@ pub struct IngestArgs {
     pub keys: Keys,
     pub limits: Limits,
     pub buffer: Slot<BufferMsg>,
+    /// How the fixed operations map onto tables and columns.
+    pub presets: Arc<Presets>,
+    /// The writable tables' shape, every write is checked against.
+    pub registry: registry::Handle,
 }
 
 pub enum IngestMsg {
     Write {
-        op: Operation,
-        idempotency: Option<IdempotencyKey>,
+        write: Write,
         reply: RpcReplyPort<Result<Ack, IngestError>>,
     },
 }
@@ -55,23 +67,14 @@ impl Actor for IngestActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            IngestMsg::Write {
-                op,
-                idempotency,
-                reply,
-            } => write(state, op, idempotency, reply),
+            IngestMsg::Write { write: w, reply } => write(state, w, reply),
         }
         Ok(())
     }
 }
 
-fn write(
-    state: &IngestArgs,
-    op: Operation,
-    idempotency: Option<IdempotencyKey>,
-    reply: RpcReplyPort<Result<Ack, IngestError>>,
-) {
-    if let Err(err) = op.validate(&state.limits) {
+fn write(state: &IngestArgs, w: Write, reply: RpcReplyPort<Result<Ack, IngestError>>) {
+    if let Err(err) = w.operation.validate(&state.limits) {
         let _ = reply.send(Err(err.into()));
         return;
     }
@@ -81,14 +84,10 @@ fn write(
         )));
         return;
     };
-    let write = match prepare(state, &op, idempotency) {
+    let write = match prepare(state, &w) {
         Ok(write) => write,
         Err(err) => {
-            // Our own types always serialise; if one ever does not, say so loudly.
-            tracing::error!(error = %err, op = op.name(), "write could not be serialised, refused");
-            let _ = reply.send(Err(IngestError::Internal(format!(
-                "serialising the write: {err}"
-            ))));
+            let _ = reply.send(Err(err));
             return;
         }
     };
@@ -98,17 +97,43 @@ fn write(
     }
 }
 
-/// Builds the transaction and serialises, once, everything the buffer script needs.
-pub fn prepare(
-    state: &IngestArgs,
-    op: &Operation,
-    idempotency: Option<IdempotencyKey>,
-) -> Result<PreparedWrite, serde_json::Error> {
+/// Builds the transaction (checked against the registry) and serialises, once, everything
+/// the buffer script needs.
+pub fn prepare(state: &IngestArgs, w: &Write) -> Result<PreparedWrite, IngestError> {
+    let op = &w.operation;
+    let registry = state.registry.known().then(|| state.registry.current());
+    if registry.is_none() && matches!(op, Operation::Transaction(_)) {
+        return Err(IngestError::RegistryUnknown);
+    }
     let Built {
         tx,
         created,
         response,
-    } = op.build(&state.site, Utc::now(), Uuid::now_v7);
+        summary,
+    } = builder::build(
+        op,
+        &state.site,
+        Utc::now(),
+        &state.presets,
+        registry.as_deref(),
+        &state.limits,
+        &mut Uuid::now_v7,
+    )?;
+    serialise(state, w, tx, created, response, summary).map_err(|err| {
+        // Our own types always serialise; if one ever does not, say so loudly.
+        tracing::error!(error = %err, op = op.name(), "write could not be serialised, refused");
+        IngestError::Internal(format!("serialising the write: {err}"))
+    })
+}
+
+fn serialise(
+    state: &IngestArgs,
+    w: &Write,
+    tx: crate::domain::Transaction,
+    created: bool,
+    response: serde_json::Value,
+    summary: Option<serde_json::Value>,
+) -> Result<PreparedWrite, serde_json::Error> {
     let overlay: Vec<OverlayWrite> = tx
         .steps
         .iter()
@@ -119,19 +144,20 @@ pub fn prepare(
         body: response,
         replayed: false,
     };
-    let idempotency = match idempotency {
+    let idempotency = match &w.idempotency {
         Some(key) => Some(Idempotent {
             key: key.as_str().to_owned(),
-            fingerprint: fingerprint(op)?,
+            fingerprint: fingerprint(&w.operation)?,
             answer_json: serde_json::to_string(&ack)?,
         }),
         None => None,
     };
     Ok(PreparedWrite {
         tx_id: tx.id,
-        op: op.name(),
+        op: w.operation.name(),
         tx_json: serde_json::to_string(&tx)?,
         overlay_json: serde_json::to_string(&overlay)?,
+        summary_json: summary.map(|s| s.to_string()),
         idempotency,
         ack,
     })

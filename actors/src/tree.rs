@@ -15,7 +15,7 @@ use crate::buffer::memory::BufferMemory;
 use crate::buffer::{
     Ack, BufferActor, BufferArgs, BufferConfig, BufferMetrics, BufferMsg, IngestError,
 };
-use crate::domain::{IdempotencyKey, Limits, Operation};
+use crate::domain::{Limits, Presets};
 use crate::events::{EventSink, Hub};
 #[cfg(feature = "fault-injection")]
 use crate::forwarder::CrashPoints;
@@ -23,8 +23,9 @@ use crate::forwarder::{
     ForwarderActor, ForwarderArgs, ForwarderConfig, ForwarderMetrics, ForwarderMsg,
 };
 use crate::health::HealthRegistry;
-use crate::ingest::{IngestActor, IngestArgs, IngestMsg};
+use crate::ingest::{IngestActor, IngestArgs, IngestMsg, Write};
 use crate::notifier::{NotifierActor, NotifierArgs, NotifierConfig, NotifierMsg, Summary};
+use crate::registry;
 use crate::replica::{ReplicaArgs, ReplicaConfig, ReplicaLagActor, ReplicaMetrics, ReplicaMsg};
 use crate::slot::Slot;
 use crate::supervisor::policy::RestartPolicy;
@@ -90,6 +91,10 @@ pub struct TreeConfig {
     pub instance: String,
     pub site: String,
     pub limits: Limits,
+    /// How the fixed operations map onto tables and columns.
+    pub presets: Arc<Presets>,
+    /// The writable tables' shape, kept up to date by the service.
+    pub registry: registry::Handle,
     pub buffer: BufferConfig,
     pub ingest_policy: RestartPolicy,
     pub buffer_policy: RestartPolicy,
@@ -194,24 +199,12 @@ impl Tree {
     }
 
     /// Submits one write and waits (at most `timeout`) for its acknowledgement.
-    pub async fn ingest(
-        &self,
-        op: Operation,
-        idempotency: Option<IdempotencyKey>,
-        timeout: Duration,
-    ) -> Result<Ack, IngestError> {
+    pub async fn ingest(&self, write: Write, timeout: Duration) -> Result<Ack, IngestError> {
         let actor = self
             .ingest
             .get()
             .ok_or_else(|| IngestError::Unavailable("ingest actor not running".into()))?;
-        let call = actor.call(
-            |reply| IngestMsg::Write {
-                op,
-                idempotency,
-                reply,
-            },
-            Some(timeout),
-        );
+        let call = actor.call(|reply| IngestMsg::Write { write, reply }, Some(timeout));
         match call.await {
             Ok(CallResult::Success(result)) => result,
             Ok(CallResult::Timeout) => Err(IngestError::Unavailable("write timed out".into())),
@@ -329,6 +322,8 @@ fn children(
                 keys,
                 limits: config.limits,
                 buffer,
+                presets: config.presets,
+                registry: config.registry,
             },
             slot: ingest.clone(),
             policy: config.ingest_policy,

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod redis_probe;
 pub mod shutdown;
 pub mod startup;
+pub mod submit;
 pub mod tcp;
 pub mod telemetry;
 pub mod token;

@@ -4,17 +4,18 @@
 //! router (one generic write handler), the OpenAPI document's write paths, the TCP facade
 //! and the README's endpoint table follow it; a test keeps the README in step.
 
+use axum::http::StatusCode;
 use axum::routing::MethodFilter;
 use ops_db_actors::domain::{
     FinalizeRawDataPackage, FinishExecutedObsUnit, Operation, OperationKind, RawDataFileCreate,
-    RawDataPackageCreate, StartExecutedObsUnit,
+    RawDataPackageCreate, StartExecutedObsUnit, TransactionRequest,
 };
 use utoipa::openapi::schema::{ArrayBuilder, Schema};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::ops::{decode, ApiError};
+use crate::ops::{decode, parse_id, ApiError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -108,7 +109,7 @@ impl OperationSpec {
     }
 }
 
-pub const OPERATIONS: [OperationSpec; 6] = [
+pub const OPERATIONS: [OperationSpec; 7] = [
     OperationSpec {
         kind: OperationKind::StartExecutedObsUnit,
         summary: "Start an executed obs unit",
@@ -182,7 +183,36 @@ pub const OPERATIONS: [OperationSpec; 6] = [
         },
         schema: body_or_empty::<FinalizeRawDataPackage>,
     },
+    OperationSpec {
+        kind: OperationKind::Transaction,
+        summary: "Write several rows of ops-db's tables in one transaction",
+        method: Method::Post,
+        paths: &["/transactions"],
+        parse: |_, body| {
+            let request = decode::<TransactionRequest>(body)?;
+            Ok(Operation::Transaction(request))
+        },
+        schema: body::<TransactionRequest>,
+    },
 ];
+
+/// Parses the body (and the path id, for updates) of a write into an [`Operation`], by
+/// the operation's row.
+pub fn parse(kind: OperationKind, id: Option<&str>, body: &[u8]) -> Result<Operation, ApiError> {
+    let id = match (kind.needs_id(), id) {
+        (true, Some(raw)) => parse_id(raw)?,
+        (true, None) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing_field",
+                "this operation needs the record's id",
+            )
+            .with_field("id"))
+        }
+        (false, _) => Uuid::nil(),
+    };
+    spec(kind).parse(id, body)
+}
 
 /// The row of `kind`.
 pub fn spec(kind: OperationKind) -> &'static OperationSpec {
@@ -203,6 +233,87 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+
+    #[test]
+    fn decode_errors_are_classified_and_name_fields() {
+        use OperationKind::{BulkCreateRawDataFiles as Bulk, StartExecutedObsUnit as Start};
+        let cases: [(OperationKind, &str, u16, &str, Option<&str>); 7] = [
+            (Start, r#"{"obs_unit_id": "#, 400, "malformed_json", None),
+            (
+                Start,
+                r#"{"obs_unit_id": 1} trailing"#,
+                400,
+                "malformed_json",
+                None,
+            ),
+            (Start, "{}", 422, "missing_field", Some("obs_unit_id")),
+            (
+                Start,
+                r#"{"obs_unit_id": 1, "colour": "red"}"#,
+                422,
+                "unknown_field",
+                Some("colour"),
+            ),
+            (
+                Start,
+                r#"{"obs_unit_id": "one"}"#,
+                422,
+                "invalid_field",
+                Some("obs_unit_id"),
+            ),
+            (
+                Start,
+                r#"{"obs_unit_id": 1, "start_time": "yesterday"}"#,
+                422,
+                "invalid_field",
+                Some("start_time"),
+            ),
+            (
+                Bulk,
+                r#"[{"name": "a"}]"#,
+                422,
+                "missing_field",
+                Some("[0].relative_path"),
+            ),
+        ];
+        for (kind, body, status, code, field) in cases {
+            let e = parse(kind, None, body.as_bytes()).expect_err(body);
+            assert_eq!(
+                (e.status.as_u16(), e.code, e.field.as_deref()),
+                (status, code, field),
+                "{body}"
+            );
+            assert!(
+                !e.message.contains(" at line "),
+                "positions are stripped: {}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn updates_need_a_uuid_id() {
+        let e = parse(
+            OperationKind::FinishExecutedObsUnit,
+            Some("42"),
+            br#"{"status":"completed"}"#,
+        )
+        .expect_err("bad id");
+        assert_eq!((e.code, e.field.as_deref()), ("invalid_id", Some("id")));
+        let e = parse(
+            OperationKind::FinishExecutedObsUnit,
+            None,
+            br#"{"status":"completed"}"#,
+        )
+        .expect_err("no id");
+        assert_eq!((e.code, e.field.as_deref()), ("missing_field", Some("id")));
+        let ok = parse(
+            OperationKind::FinalizeRawDataPackage,
+            Some(&Uuid::nil().to_string()),
+            b"",
+        );
+        assert!(ok.is_ok(), "finalize accepts an empty body");
+    }
 
     #[test]
     fn every_kind_has_one_row() {

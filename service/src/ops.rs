@@ -1,12 +1,11 @@
-//! What both facades share: parsing a request into an [`Operation`], calling the tree, and
-//! turning every outcome into a status code and a JSON body.
-
-use std::time::{Duration, Instant};
+//! What every route and both facades share: error answers ([`ApiError`], and the mapping
+//! of every ingest outcome to a status code), request decoding with field paths, ids and
+//! idempotency keys. Submitting a write is `submit.rs`; the table of operations,
+//! `operations.rs` (which uses this module, never the other way round).
 
 use axum::http::StatusCode;
-use ops_db_actors::buffer::{Ack, IngestError};
-use ops_db_actors::domain::{IdempotencyKey, Operation, OperationKind};
-use ops_db_actors::tree::Tree;
+use ops_db_actors::buffer::IngestError;
+use ops_db_actors::domain::IdempotencyKey;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -147,6 +146,14 @@ impl From<IngestError> for ApiError {
                     "the local buffer has used its share of Redis' memory; nothing was stored, retry later",
                 )
             },
+            IngestError::RegistryUnknown => Self {
+                retry_after: Some(RETRY_AFTER_UNAVAILABLE),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "registry_unavailable",
+                    "the service has not read ops-db's schema yet (the read source has not answered since it started); nothing was stored, retry later",
+                )
+            },
             IngestError::Unavailable(reason) => {
                 tracing::warn!(%reason, "write not acknowledged");
                 Self {
@@ -250,158 +257,9 @@ pub fn parse_idempotency_key(raw: &[u8]) -> Result<IdempotencyKey, ApiError> {
         .map_err(|v| ApiError::new(StatusCode::BAD_REQUEST, v.code, v.message).with_field(v.field))
 }
 
-/// Parses the body (and the path id, for updates) of a write into an [`Operation`], by
-/// the operation's row of [`crate::operations::OPERATIONS`].
-pub fn parse_operation(
-    kind: OperationKind,
-    id: Option<&str>,
-    body: &[u8],
-) -> Result<Operation, ApiError> {
-    let id = match (kind.needs_id(), id) {
-        (true, Some(raw)) => parse_id(raw)?,
-        (true, None) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "missing_field",
-                "this operation needs the record's id",
-            )
-            .with_field("id"))
-        }
-        (false, _) => Uuid::nil(),
-    };
-    crate::operations::spec(kind).parse(id, body)
-}
-
-/// Parses and submits one write; the answer's status and body. Both facades come through
-/// here, so this is where the ingest latency (`opsdb_ingest_duration_seconds`) is recorded.
-///
-/// `client`: the name of the token the write came with. Idempotency keys are the client's
-/// own: another client's same key is another request, never its answer.
-pub async fn write(
-    tree: &Tree,
-    timeout: Duration,
-    client: &str,
-    kind: OperationKind,
-    id: Option<&str>,
-    body: &[u8],
-    idempotency_key: Option<&[u8]>,
-) -> Result<(StatusCode, Ack), ApiError> {
-    let started = Instant::now();
-    let answer = submit(tree, timeout, client, kind, id, body, idempotency_key).await;
-    let status = answer.as_ref().map_or_else(|e| e.status, |(s, _)| *s);
-    tree.ingest_metrics
-        .observe(kind.name(), status.as_u16(), started.elapsed());
-    answer
-}
-
-/// The write itself, timed by [`write`].
-async fn submit(
-    tree: &Tree,
-    timeout: Duration,
-    client: &str,
-    kind: OperationKind,
-    id: Option<&str>,
-    body: &[u8],
-    idempotency_key: Option<&[u8]>,
-) -> Result<(StatusCode, Ack), ApiError> {
-    let idempotency = idempotency_key
-        .map(parse_idempotency_key)
-        .transpose()?
-        .map(|key| key.for_client(client));
-    let operation = parse_operation(kind, id, body)?;
-    let ack = tree.ingest(operation, idempotency, timeout).await?;
-    let status = if ack.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, ack))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decode_errors_are_classified_and_name_fields() {
-        use OperationKind::{BulkCreateRawDataFiles as Bulk, StartExecutedObsUnit as Start};
-        let cases: [(OperationKind, &str, u16, &str, Option<&str>); 7] = [
-            (Start, r#"{"obs_unit_id": "#, 400, "malformed_json", None),
-            (
-                Start,
-                r#"{"obs_unit_id": 1} trailing"#,
-                400,
-                "malformed_json",
-                None,
-            ),
-            (Start, "{}", 422, "missing_field", Some("obs_unit_id")),
-            (
-                Start,
-                r#"{"obs_unit_id": 1, "colour": "red"}"#,
-                422,
-                "unknown_field",
-                Some("colour"),
-            ),
-            (
-                Start,
-                r#"{"obs_unit_id": "one"}"#,
-                422,
-                "invalid_field",
-                Some("obs_unit_id"),
-            ),
-            (
-                Start,
-                r#"{"obs_unit_id": 1, "start_time": "yesterday"}"#,
-                422,
-                "invalid_field",
-                Some("start_time"),
-            ),
-            (
-                Bulk,
-                r#"[{"name": "a"}]"#,
-                422,
-                "missing_field",
-                Some("[0].relative_path"),
-            ),
-        ];
-        for (kind, body, status, code, field) in cases {
-            let e = parse_operation(kind, None, body.as_bytes()).expect_err(body);
-            assert_eq!(
-                (e.status.as_u16(), e.code, e.field.as_deref()),
-                (status, code, field),
-                "{body}"
-            );
-            assert!(
-                !e.message.contains(" at line "),
-                "positions are stripped: {}",
-                e.message
-            );
-        }
-    }
-
-    #[test]
-    fn updates_need_a_uuid_id() {
-        let e = parse_operation(
-            OperationKind::FinishExecutedObsUnit,
-            Some("42"),
-            br#"{"status":"completed"}"#,
-        )
-        .expect_err("bad id");
-        assert_eq!((e.code, e.field.as_deref()), ("invalid_id", Some("id")));
-        let e = parse_operation(
-            OperationKind::FinishExecutedObsUnit,
-            None,
-            br#"{"status":"completed"}"#,
-        )
-        .expect_err("no id");
-        assert_eq!((e.code, e.field.as_deref()), ("missing_field", Some("id")));
-        let ok = parse_operation(
-            OperationKind::FinalizeRawDataPackage,
-            Some(&Uuid::nil().to_string()),
-            b"",
-        );
-        assert!(ok.is_ok(), "finalize accepts an empty body");
-    }
 
     #[test]
     fn ingest_errors_map_to_their_status_codes() {

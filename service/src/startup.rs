@@ -92,12 +92,16 @@ impl Application {
             .with_context(|| format!("tcp.listen {}: cannot bind", config.tcp.listen))?;
         let keys = Keys::new(&config.site.name);
         let instance = format!("opsdb-{}-{:08x}", config.site.name, rand::random::<u32>());
+        let presets = Arc::new(config.schema.presets()?);
+        let registry = ops_db_actors::registry::Handle::default();
         let tree = Tree::start(TreeConfig {
             instance,
             site: config.site.name.clone(),
             limits: Limits {
                 max_bulk_files: config.buffer.max_bulk_files,
             },
+            presets,
+            registry: registry.clone(),
             buffer: BufferConfig {
                 redis_url: config.redis.url.clone(),
                 keys: keys.clone(),

@@ -41,6 +41,7 @@ use crate::operations::{self, OperationSpec, OPERATIONS};
 use crate::shutdown;
 
 use crate::ops::{self, ApiError};
+use crate::submit::{submit, Received};
 
 /// One request line.
 #[derive(Deserialize)]
@@ -340,7 +341,7 @@ async fn handle(
             "authenticated": true,
             "max_line_bytes": state.config.tcp.max_line_bytes,
         }})),
-        Ok(Some(spec)) => write(state, &client.name, spec, &envelope).await,
+        Ok(Some(spec)) => submit_line(state, &client.name, spec, &envelope).await,
         Err(err) => Err(err),
     };
     let reply = match reply {
@@ -354,22 +355,19 @@ async fn handle(
 }
 
 /// A write whose token has passed.
-async fn write(
+async fn submit_line(
     state: &AppState,
     client: &str,
     spec: &OperationSpec,
     envelope: &Envelope,
 ) -> Result<Value, ApiError> {
-    let key = envelope.idempotency_key.as_deref().map(str::as_bytes);
-    let (status, ack) = ops::write(
-        &state.tree,
-        state.write_timeout,
+    let received = Received {
+        kind: spec.kind,
+        id: envelope.id.as_deref(),
+        body: envelope.body(),
+        idempotency_key: envelope.idempotency_key.as_deref().map(str::as_bytes),
         client,
-        spec.kind,
-        envelope.id.as_deref(),
-        envelope.body(),
-        key,
-    )
-    .await?;
+    };
+    let (status, ack) = submit(&state.tree, state.write_timeout, received).await?;
     Ok(json!({ "status": status.as_u16(), "body": ack.body }))
 }

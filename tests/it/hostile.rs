@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ops_db_actors::domain::Limits;
 use ops_db_service::hostile::{self, Verdict};
-use ops_db_service::operations::{Method, OPERATIONS};
+use ops_db_service::operations::Method;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::{json, Value};
@@ -54,7 +54,7 @@ fn path_segment(id: &str) -> String {
 
 async fn hostile_http(app: &TestApp, seed: u64) -> usize {
     let mut sent = 0;
-    for spec in &OPERATIONS {
+    for spec in hostile::generated() {
         let strategy = (
             hostile::body(spec.kind),
             hostile::path_id(),
@@ -67,9 +67,14 @@ async fn hostile_http(app: &TestApp, seed: u64) -> usize {
             // Header values cannot hold every byte: send the key only when it can be sent.
             let key = key.filter(|k| reqwest::header::HeaderValue::from_bytes(k).is_ok());
             let id = spec.kind.needs_id().then_some(id);
-            let Err(expected) =
-                hostile::expected(spec.kind, id.as_deref(), &body, key.as_deref(), &LIMITS)
-            else {
+            let Err(expected) = hostile::expected(
+                spec.kind,
+                id.as_deref(),
+                &body,
+                key.as_deref(),
+                &LIMITS,
+                &Default::default(),
+            ) else {
                 continue;
             };
             let template = spec.paths[n % spec.paths.len()];
@@ -179,7 +184,7 @@ async fn hostile_requests_get_the_predicted_4xx_and_buffer_nothing() {
     let tcp = hostile_tcp(&app, seed).await;
     // Most cases are refused (a few would be accepted, and a few TCP lines are blank).
     assert!(
-        http >= OPERATIONS.len() * BODIES_PER_OPERATION / 2,
+        http >= hostile::generated().count() * BODIES_PER_OPERATION / 2,
         "seed {seed}: {http} sent"
     );
     assert!(tcp >= TCP_LINES / 2, "seed {seed}: {tcp} sent");

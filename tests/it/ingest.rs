@@ -94,14 +94,18 @@ async fn every_write_endpoint_round_trips_into_the_stream_in_order() {
     );
     assert_eq!(buffered[0].id, start_tx);
     assert!(buffered.iter().all(|t| t.site == app.site));
-    let bulk_steps: Vec<Uuid> = buffered[3].steps.iter().map(Step::id).collect();
+    let bulk_steps: Vec<Uuid> = buffered[3]
+        .steps
+        .iter()
+        .filter_map(|s| s.id().as_uuid())
+        .collect();
     assert_eq!(
         bulk_steps, bulk_ids,
         "one transaction, steps in request order"
     );
     assert!(
-        matches!(&buffered[5].steps[0], Step::Update { table: Table::ExecutedObsUnit, id, set }
-        if *id == eou && set["status"] == "completed")
+        matches!(&buffered[5].steps[0], Step::Update { table, id, set }
+        if table == "executed_obs_unit" && id.as_uuid() == Some(eou) && set["status"] == "completed")
     );
 
     let mut conn = app.redis.conn().await;

@@ -275,8 +275,8 @@ async fn move_file(app: &TestApp, file: Uuid, to: Uuid) -> Uuid {
         op: "raw_data_files.create".into(),
         created_at: Utc::now(),
         steps: vec![Step::Update {
-            table: Table::RawDataFile,
-            id: file,
+            table: Table::RawDataFile.name().into(),
+            id: file.into(),
             set,
         }],
     };

@@ -285,7 +285,8 @@ impl Flush {
                 .arg(&ttl)
                 .arg(&now)
                 .arg(overlay_json)
-                .arg(if admitted { "0" } else { "1" });
+                .arg(if admitted { "0" } else { "1" })
+                .arg(w.summary_json.as_deref().unwrap_or(""));
         }
         pipe
     }

@@ -63,6 +63,10 @@ pub enum IngestError {
         used: Option<u64>,
         limit: Option<u64>,
     },
+    /// `POST /transactions` before any model registry is known (none read from the read
+    /// source, no stored copy): nothing was stored.
+    #[error("no model registry is known yet")]
+    RegistryUnknown,
     /// Nothing was acknowledged; the reason is for logs, not for callers.
     #[error("buffer unavailable: {0}")]
     Unavailable(String),
@@ -159,6 +163,8 @@ pub struct PreparedWrite {
     pub op: &'static str,
     pub tx_json: String,
     pub overlay_json: String,
+    /// `POST /transactions`: the steps, for the lifecycle (`steps`).
+    pub summary_json: Option<String>,
     pub idempotency: Option<Idempotent>,
     pub ack: Ack,
 }

@@ -5,13 +5,19 @@
 //! table) with a summit-generated, time-ordered (v7) id. It is the unit that is buffered,
 //! forwarded and committed atomically on the primary.
 
+pub mod builder;
+mod presets;
+mod request;
 mod requests;
 mod transaction;
 mod validate;
+mod values;
 
+pub use presets::{Preset, PresetError, Presets};
+pub use request::{StepOp, StepRequest, TransactionRequest};
 pub use requests::{
     ChecksumAlgorithm, FinalizeRawDataPackage, FinishExecutedObsUnit, FinishStatus, Operation,
     OperationKind, RawDataFileCreate, RawDataPackageCreate, StartExecutedObsUnit,
 };
-pub use transaction::{Built, Step, Table, Transaction};
+pub use transaction::{micros, Built, RowId, Step, Table, Transaction};
 pub use validate::{IdempotencyKey, Limits, ValidationError};

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::request::TransactionRequest;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -139,6 +141,8 @@ pub enum Operation {
         id: Uuid,
         body: FinalizeRawDataPackage,
     },
+    /// `POST /transactions`: steps over the model registry's tables.
+    Transaction(TransactionRequest),
 }
 
 /// The kinds of write, by the names both facades and the stored transactions use.
@@ -150,16 +154,18 @@ pub enum OperationKind {
     BulkCreateRawDataFiles,
     CreateRawDataPackage,
     FinalizeRawDataPackage,
+    Transaction,
 }
 
 impl OperationKind {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::StartExecutedObsUnit,
         Self::FinishExecutedObsUnit,
         Self::CreateRawDataFile,
         Self::BulkCreateRawDataFiles,
         Self::CreateRawDataPackage,
         Self::FinalizeRawDataPackage,
+        Self::Transaction,
     ];
 
     /// The stable name, as stored with each transaction and used by the TCP facade.
@@ -171,6 +177,7 @@ impl OperationKind {
             Self::BulkCreateRawDataFiles => "raw_data_files.bulk",
             Self::CreateRawDataPackage => "raw_data_package.create",
             Self::FinalizeRawDataPackage => "raw_data_package.finalize",
+            Self::Transaction => "transactions",
         }
     }
 
@@ -196,6 +203,7 @@ impl Operation {
             Self::BulkCreateRawDataFiles { .. } => OperationKind::BulkCreateRawDataFiles,
             Self::CreateRawDataPackage(_) => OperationKind::CreateRawDataPackage,
             Self::FinalizeRawDataPackage { .. } => OperationKind::FinalizeRawDataPackage,
+            Self::Transaction(_) => OperationKind::Transaction,
         }
     }
 

@@ -117,14 +117,7 @@ fn checksum(prefix: &str, value: &str, algorithm: ChecksumAlgorithm) -> Check {
 
 /// PostgreSQL's `jsonb` rejects `\u0000`; catch it at the door.
 fn meta(prefix: &str, value: Option<&Map<String, Value>>) -> Check {
-    fn has_nul(v: &Value) -> bool {
-        match v {
-            Value::String(s) => s.contains('\0'),
-            Value::Array(a) => a.iter().any(has_nul),
-            Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-            _ => false,
-        }
-    }
+    use super::values::has_nul;
     match value {
         Some(m) if m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) => {
             Err(ValidationError::new(
@@ -239,6 +232,8 @@ impl Operation {
             }
             Self::CreateRawDataPackage(r) => r.validate(),
             Self::FinalizeRawDataPackage { body, .. } => body.validate(),
+            // Checked against the model registry as it is built (builder.rs).
+            Self::Transaction(_) => Ok(()),
         }
     }
 }

@@ -39,14 +39,25 @@ impl Keys {
     /// writer, `_partial` = "1" when only an update of it is buffered, `_idx` = its index
     /// keys, `_u:{tx}` = a buffered writer's undo entry). The id is the key's last `:`-separated part; `overlay_release.lua` relies on it.
     pub fn record(&self, table: Table, id: Uuid) -> String {
-        format!("{}rec:{}:{id}", self.prefix, table.name())
+        self.record_of(table.name(), &id.to_string())
+    }
+
+    /// [`Keys::record`] of any table of the model registry, by names (plain SQL names) and
+    /// the key's text (without `:`, see the builder).
+    pub fn record_of(&self, table: &str, id: &str) -> String {
+        format!("{}rec:{table}:{id}", self.prefix)
     }
 
     /// Set: ids of the overlay records of `table` whose `column` equals `value`. The column
     /// is the key's last but one `:`-separated part (values are ids: UUIDs, integers);
     /// `buffer.lua` and `overlay_release.lua` rely on it to move a record's entry.
     pub fn index(&self, table: Table, column: &str, value: &str) -> String {
-        format!("{}idx:{}:{column}:{value}", self.prefix, table.name())
+        self.index_of(table.name(), column, value)
+    }
+
+    /// [`Keys::index`] by the table's name.
+    pub fn index_of(&self, table: &str, column: &str, value: &str) -> String {
+        format!("{}idx:{table}:{column}:{value}", self.prefix)
     }
 
     /// Hash: an idempotency key's request fingerprint (`fp`) and first response (`resp`).

@@ -30,6 +30,10 @@ pub(super) fn merge_one(
             None => None,
         };
     };
+    if overlay.deleted {
+        // A buffered delete: gone, whatever the read source still has.
+        return None;
+    }
     let mut record = match replica {
         // An update buffered for a record the replica does not have (yet): nothing to show.
         None if overlay.partial => return None,
@@ -85,7 +89,7 @@ pub(super) fn lifecycle(id: Uuid, life: &HashMap<String, String>) -> Result<Valu
     let state: Option<TxState> = life.get("state").map(|s| s.parse()).transpose()?;
     let text = |k: &str| life.get(k).map_or(Value::Null, |v| json!(v));
     let time = |k: &str| life.get(k).map_or(Value::Null, |v| iso_ms(v));
-    Ok(json!({
+    let mut answer = json!({
         "transaction_id": id,
         "state": state,
         "op": text("op"),
@@ -98,7 +102,15 @@ pub(super) fn lifecycle(id: Uuid, life: &HashMap<String, String>) -> Result<Valu
         "sqlstate": text("sqlstate"),
         "attempts": life.get("attempts").and_then(|a| a.parse::<u64>().ok()),
         "source": "buffer",
-    }))
+    });
+    // POST /transactions: its steps (step id, op, table, row id or row count).
+    if let Some(steps) = life
+        .get("steps")
+        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+    {
+        answer["steps"] = steps;
+    }
+    Ok(answer)
 }
 
 /// A transaction Redis no longer keeps, from the ledger on the read source.
@@ -131,8 +143,18 @@ mod tests {
             writer: Some(Uuid::from_u128(7)),
             partial,
             indexes: Vec::new(),
+            deleted: false,
             columns: columns.as_object().cloned().expect("an object"),
         }
+    }
+
+    #[test]
+    fn a_buffered_delete_hides_the_record_whatever_the_replica_has() {
+        let mut gone = overlay(true, json!({}));
+        gone.deleted = true;
+        assert_eq!(merged(Some(json!({"id": 1})), Some(gone.clone())), None);
+        gone.partial = false;
+        assert_eq!(merged(None, Some(gone)), None);
     }
 
     fn merged(replica: Option<Value>, overlay: Option<OverlayRecord>) -> Option<Value> {

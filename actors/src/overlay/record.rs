@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::Keys;
-use crate::domain::Step;
+use crate::domain::{Step, Table};
 
 /// One step's overlay write; a JSON list of them is `buffer.lua`'s ARGV[9]. The short
 /// field names are the script's.
@@ -29,14 +29,15 @@ pub struct OverlayWrite {
     /// The record hash.
     #[serde(rename = "k")]
     pub key: String,
-    /// The member added to the index sets.
-    pub id: Uuid,
-    /// An update (`u = 1`): written over a record the overlay does not hold, it is kept
-    /// `_partial`.
+    /// The member added to the index sets: the row's key as text.
+    pub id: String,
+    /// An update or a delete (`u = 1`): written over a record the overlay does not hold,
+    /// it is kept `_partial`.
     #[serde(rename = "u", serialize_with = "as_flag")]
     pub update: bool,
     /// Column names and the JSON text of their values, flattened to `[col, json, ...]`
-    /// for one `HSET`.
+    /// for one `HSET`. A delete writes only `_del` = `1`: the record reads as missing
+    /// until the delete is replicated (or restored if it dies, as any write).
     #[serde(rename = "f", serialize_with = "flattened")]
     pub columns: Vec<(String, String)>,
     /// Per indexed column the step writes: the column and the index set its id joins,
@@ -45,30 +46,47 @@ pub struct OverlayWrite {
     pub indexes: Vec<(String, String)>,
 }
 
+/// The field of a deleted record.
+pub const DELETED: &str = "_del";
+
 impl OverlayWrite {
     pub fn of_step(keys: &Keys, step: &Step) -> Self {
         let table = step.table();
-        let written = step.columns();
-        let indexes = table
-            .indexed_columns()
-            .iter()
-            .filter_map(|c| written.get(*c).map(|v| (*c, v)))
-            .map(|(c, v)| {
-                let set = match v {
-                    Value::Null => String::new(),
-                    v => keys.index(table, c, &index_value(v)),
-                };
-                (c.to_owned(), set)
-            })
-            .collect();
+        let indexed = Table::indexed_columns_of(table);
+        let id = step.id().text();
+        let (columns, indexes) = match step.columns() {
+            Some(written) => {
+                let indexes = indexed
+                    .iter()
+                    .filter_map(|c| written.get(*c).map(|v| (*c, v)))
+                    .map(|(c, v)| {
+                        let set = match v {
+                            Value::Null => String::new(),
+                            v => keys.index_of(table, c, &index_value(v)),
+                        };
+                        (c.to_owned(), set)
+                    })
+                    .collect();
+                let columns = written
+                    .iter()
+                    .map(|(column, value)| (column.clone(), value.to_string()))
+                    .collect();
+                (columns, indexes)
+            }
+            // A deleted record leaves every index set.
+            None => (
+                vec![(DELETED.to_owned(), "1".to_owned())],
+                indexed
+                    .iter()
+                    .map(|c| ((*c).to_owned(), String::new()))
+                    .collect(),
+            ),
+        };
         Self {
-            key: keys.record(table, step.id()),
-            id: step.id(),
-            update: matches!(step, Step::Update { .. }),
-            columns: written
-                .iter()
-                .map(|(column, value)| (column.clone(), value.to_string()))
-                .collect(),
+            key: keys.record_of(table, &id),
+            id,
+            update: !matches!(step, Step::Insert { .. }),
+            columns,
             indexes,
         }
     }
@@ -99,6 +117,8 @@ pub struct OverlayRecord {
     pub partial: bool,
     /// `_idx`: the index sets holding its id.
     pub indexes: Vec<String>,
+    /// `_del`: a buffered delete: the record reads as missing.
+    pub deleted: bool,
     /// Every other field, its JSON text parsed (`null` if unreadable).
     pub columns: Map<String, Value>,
 }
@@ -116,6 +136,7 @@ impl OverlayRecord {
                 "_tx" => record.writer = Uuid::parse_str(&text).ok(),
                 "_partial" => record.partial = true,
                 "_idx" => record.indexes = serde_json::from_str(&text).unwrap_or_default(),
+                DELETED => record.deleted = true,
                 // Fields of ours start with `_`; no column does.
                 f if f.starts_with('_') => {}
                 _ => {
@@ -144,8 +165,8 @@ mod tests {
         let keys = Keys::new("s");
         let (id, eou) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let step = Step::Insert {
-            table: Table::RawDataFile,
-            id,
+            table: "raw_data_file".into(),
+            id: id.into(),
             values: object(json!({"id": id, "executed_obs_unit_id": eou,
                 "raw_data_package_id": null, "size": 7})),
         };
@@ -173,8 +194,8 @@ mod tests {
     fn an_update_is_flagged_and_integers_name_their_index_by_their_text() {
         let keys = Keys::new("s");
         let step = Step::Update {
-            table: Table::ExecutedObsUnit,
-            id: Uuid::from_u128(3),
+            table: "executed_obs_unit".into(),
+            id: Uuid::from_u128(3).into(),
             set: object(json!({"obs_unit_id": 7})),
         };
         let write = OverlayWrite::of_step(&keys, &step);

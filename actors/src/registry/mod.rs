@@ -6,8 +6,10 @@
 //! validates every write against it at ingest. The batch function on the primary checks
 //! each step's table against the allowlist held there, never against the JSON alone.
 
+mod handle;
 mod model;
 
+pub use handle::Handle;
 pub use model::{Column, ColumnType, ForeignKey, Registry, TableModel};
 
 /// Whether `name` is a name the service accepts for a schema, table or column: a lower-case

@@ -10,6 +10,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use ops_db_actors::backoff::Backoff;
+use ops_db_actors::domain::Presets;
 use ops_db_actors::pg::{redact_url, PgTarget};
 use ops_db_actors::supervisor::policy::{Intensity, RestartPolicy as SupervisorPolicy};
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,36 @@ mod validate;
 pub use validate::validate_tokens;
 
 const DEFAULTS: &str = include_str!("../../../config/default.toml");
+const PRESETS: &str = include_str!("../../../config/presets.toml");
+
+/// The compiled-in presets (`config/presets.toml`), checked by a test.
+pub fn default_presets() -> Presets {
+    parse_presets(Toml::string(PRESETS)).unwrap_or_else(|_| Presets(Default::default()))
+}
+
+fn parse_presets(source: impl figment::Provider) -> Result<Presets, ConfigError> {
+    let presets: Presets = Figment::from(source)
+        .extract()
+        .map_err(|e| invalid("schema.presets", e.to_string()))?;
+    presets
+        .check()
+        .map_err(|e| invalid("schema.presets", e.to_string()))?;
+    Ok(presets)
+}
+
+impl Schema {
+    /// The presets: `schema.presets` if set, else the compiled-in ones; checked.
+    pub fn presets(&self) -> Result<Presets, ConfigError> {
+        match &self.presets {
+            Some(path) if !path.is_file() => Err(invalid(
+                "schema.presets",
+                format!("{} is not a readable file", path.display()),
+            )),
+            Some(path) => parse_presets(Toml::file(path)),
+            None => parse_presets(Toml::string(PRESETS)),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -188,3 +188,9 @@ fn check_config_shows_no_password() {
         .as_deref()
         .is_some_and(|u| u.contains("pg-secret")));
 }
+
+#[test]
+fn the_compiled_in_presets_parse_and_pass_their_check() {
+    let presets = parse_presets(Toml::string(PRESETS)).expect("config/presets.toml");
+    assert_eq!(presets.0.len(), 6);
+}

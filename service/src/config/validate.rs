@@ -58,7 +58,7 @@ impl Config {
         if self.schema.refresh.is_zero() {
             return Err(invalid("schema.refresh", "must be more than 0"));
         }
-        Ok(())
+        self.schema.presets().map(|_| ())
     }
 
     fn validate_site(&self) -> Result<(), ConfigError> {

@@ -8,34 +8,46 @@ use ops_db_actors::overlay::Keys;
 use ops_db_actors::slot::Slot;
 use serde_json::Value;
 
-use crate::ops::{self, ApiError};
+use std::sync::Arc;
+
+use ops_db_actors::registry;
+
+use crate::ops::ApiError;
+use crate::submit::Received;
 use crate::tcp;
 
 /// `Ok` if the write would go on to the buffer (and be stored), else its error: what
-/// `ops::write` checks (the `Idempotency-Key`, then the body by the operation's row), then
-/// the IngestActor (validation, then serialising the transaction: a failure there is a
-/// 500).
+/// `submit` checks (the `Idempotency-Key`, then the body by the operation's row), then
+/// the IngestActor (validation, building against `registry`, serialising).
 pub fn expected(
     kind: OperationKind,
     id: Option<&str>,
     body: &[u8],
     idempotency_key: Option<&[u8]>,
     limits: &Limits,
+    registry: &registry::Handle,
 ) -> Result<(), ApiError> {
-    let key = idempotency_key
-        .map(ops::parse_idempotency_key)
-        .transpose()?;
-    let op = ops::parse_operation(kind, id, body)?;
-    op.validate(limits)
+    let received = Received {
+        kind,
+        id,
+        body,
+        idempotency_key,
+        client: "hostile",
+    };
+    let write = received.parse()?;
+    write
+        .operation
+        .validate(limits)
         .map_err(|v| ApiError::from(IngestError::Invalid(v)))?;
     let args = IngestArgs {
         site: "hostile".into(),
         keys: Keys::new("hostile"),
         limits: *limits,
         buffer: Slot::new(),
+        presets: Arc::new(crate::config::default_presets()),
+        registry: registry.clone(),
     };
-    ingest::prepare(&args, &op, key)
-        .map_err(|e| ApiError::from(IngestError::Internal(e.to_string())))?;
+    ingest::prepare(&args, &write)?;
     Ok(())
 }
 
@@ -82,6 +94,7 @@ pub fn expected_line(line: &[u8], token: &str, limits: &Limits) -> Verdict {
         envelope.body(),
         key,
         limits,
+        &registry::Handle::default(),
     ) {
         Ok(()) => Verdict::Accepted,
         Err(err) => refused(&err),

@@ -14,7 +14,6 @@ use tokio_util::codec::{Decoder, LinesCodec};
 
 use super::*;
 use crate::config::Tcp;
-use crate::operations::OPERATIONS;
 use crate::ops::ApiError;
 use crate::tcp;
 
@@ -71,12 +70,19 @@ fn error_line(reply: &Value) -> Result<(), String> {
 
 #[test]
 fn every_valid_body_passes() {
-    for spec in &OPERATIONS {
+    for spec in super::generated() {
         let body = valid_body(spec.kind).to_string();
         let id = spec.kind.needs_id().then_some(EOU);
         let key = Some(b"key-1".as_slice());
         assert_eq!(
-            expected(spec.kind, id, body.as_bytes(), key, &LIMITS),
+            expected(
+                spec.kind,
+                id,
+                body.as_bytes(),
+                key,
+                &LIMITS,
+                &Default::default()
+            ),
             Ok(()),
             "{}",
             spec.name()
@@ -88,7 +94,7 @@ fn every_valid_body_passes() {
 /// reach all three answers (a valid body, malformed JSON, an invalid field) for each.
 #[test]
 fn every_operation_answers_hostile_bodies_with_ok_or_a_4xx_json_error() {
-    for spec in &OPERATIONS {
+    for spec in super::generated() {
         let seen = [Cell::new(0u32), Cell::new(0), Cell::new(0)];
         let cases = (
             body(spec.kind).prop_map(Shown),
@@ -97,7 +103,14 @@ fn every_operation_answers_hostile_bodies_with_ok_or_a_4xx_json_error() {
         );
         check(spec.name(), cases, |(Shown(body), id, key)| {
             let id = spec.kind.needs_id().then_some(id.as_str());
-            match expected(spec.kind, id, &body, key.as_deref(), &LIMITS) {
+            match expected(
+                spec.kind,
+                id,
+                &body,
+                key.as_deref(),
+                &LIMITS,
+                &Default::default(),
+            ) {
                 Ok(()) => seen[0].set(seen[0].get() + 1),
                 Err(err) => {
                     client_error(&err)?;
@@ -128,7 +141,7 @@ fn tcp_config() -> Tcp {
 
 #[test]
 fn a_valid_line_of_every_operation_is_a_request() {
-    for spec in &OPERATIONS {
+    for spec in super::generated() {
         let line = json!({"op": spec.name(), "token": TOKEN, "request_id": 1, "id": EOU,
                           "idempotency_key": "k", "body": valid_body(spec.kind)});
         let line = line.to_string();

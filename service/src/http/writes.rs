@@ -23,6 +23,7 @@ use super::AppState;
 use crate::operations::OperationSpec;
 
 use crate::ops::{self, ApiError};
+use crate::submit::{submit, Received};
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -128,7 +129,7 @@ pub fn route(spec: &'static OperationSpec) -> MethodRouter<AppState> {
                   wait: Wait,
                   headers: HeaderMap,
                   body: Body| async move {
-                write(&s, client, spec, Some(id), wait, &headers, body).await
+                handle(&s, client, spec, Some(id), wait, &headers, body).await
             },
         )
     } else {
@@ -139,13 +140,13 @@ pub fn route(spec: &'static OperationSpec) -> MethodRouter<AppState> {
                   wait: Wait,
                   headers: HeaderMap,
                   body: Body| async move {
-                write(&s, client, spec, None, wait, &headers, body).await
+                handle(&s, client, spec, None, wait, &headers, body).await
             },
         )
     }
 }
 
-async fn write(
+async fn handle(
     state: &AppState,
     client: Client,
     spec: &'static OperationSpec,
@@ -158,13 +159,13 @@ async fn write(
     let Some(Extension(client)) = client else {
         return ApiError::unauthorized().into_response();
     };
-    match write_and_wait(state, &client, spec.kind, id, wait, headers, body).await {
+    match submit_and_wait(state, &client, spec.kind, id, wait, headers, body).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     }
 }
 
-async fn write_and_wait(
+async fn submit_and_wait(
     state: &AppState,
     client: &Principal,
     kind: OperationKind,
@@ -179,17 +180,14 @@ async fn write_and_wait(
         .map_err(|_| ops::invalid_id("(undecodable)"))?
         .map(|Path(id)| id);
     let wait = parse_wait(wait)?;
-    let key = headers.get(IDEMPOTENCY_KEY).map(|v| v.as_bytes());
-    let (status, ack) = ops::write(
-        &state.tree,
-        state.write_timeout,
-        &client.name,
+    let received = Received {
         kind,
-        id.as_deref(),
-        &body,
-        key,
-    )
-    .await?;
+        id: id.as_deref(),
+        body: &body,
+        idempotency_key: headers.get(IDEMPOTENCY_KEY).map(|v| v.as_bytes()),
+        client: &client.name,
+    };
+    let (status, ack) = submit(&state.tree, state.write_timeout, received).await?;
     let mut answer = ack.body;
     let Some((target, timeout)) = wait else {
         return Ok((status, Json(answer)).into_response());

@@ -11,6 +11,8 @@
 --         (`OverlayWrite`, record.rs)
 -- ARGV[10] '1' when Redis' memory is at the buffer's limit (buffer/memory.rs): then
 --         ARGV[2] is '' and ARGV[9] '[]', and nothing is written
+-- ARGV[11] POST /transactions: the steps (JSON list of {step_id, op, table, id | rows})
+--         kept in the lifecycle as `steps`; '' for the fixed endpoints
 --
 -- Keys not in KEYS: the overlay record hashes (`k`) and index sets (`i`) arrive whole,
 -- built by `Keys`, inside ARGV[9]; none is derived here.
@@ -129,6 +131,9 @@ redis.call('HSET', lifecycle, 'state', 'buffered', 'stream_id', sid, 'op', ARGV[
   'buffered_at', ARGV[8], 'records', cjson.encode(records))
 if #undone > 0 then
   redis.call('HSET', lifecycle, 'undo', cjson.encode(undone))
+end
+if ARGV[11] and ARGV[11] ~= '' then
+  redis.call('HSET', lifecycle, 'steps', ARGV[11])
 end
 if idem ~= '' then
   redis.call('HSET', idem, 'fp', ARGV[5], 'resp', ARGV[6])

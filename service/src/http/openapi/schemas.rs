@@ -102,6 +102,34 @@ pub struct Lifecycle {
     pub attempts: Option<u64>,
     /// From the ledger: when the primary applied it.
     pub applied_at: Option<String>,
+    /// A `POST /transactions` transaction's steps, while the buffer keeps its lifecycle.
+    pub steps: Option<Vec<StepSummary>>,
+}
+
+/// One step of a `POST /transactions` transaction, in its lifecycle.
+#[derive(ToSchema)]
+pub struct StepSummary {
+    pub step_id: String,
+    /// `create`, `update`, `delete`, `bulk_create` or `bulk_update`.
+    pub op: String,
+    pub table: String,
+    /// The row's key (steps of one row).
+    #[schema(value_type = Option<Object>)]
+    pub id: Option<Value>,
+    /// How many rows (bulk steps).
+    pub rows: Option<u64>,
+}
+
+/// The answer to `POST /transactions`: one transaction, the rows of each step.
+#[derive(ToSchema)]
+pub struct TransactionAck {
+    pub transaction_id: Uuid,
+    /// `buffered`; with `?wait=`, how far the transaction got.
+    pub status: TxState,
+    /// Per `step_id`: `{"id": key}` for a step of one row, `{"ids": [keys]}` for a bulk
+    /// step (in row order). Keys are UUIDs made at the summit, or the keys given.
+    #[schema(value_type = Object)]
+    pub steps: Value,
 }
 
 /// `/health/ready`'s answer.

@@ -117,7 +117,16 @@ fn properties(doc: &Value, schema: &str) -> BTreeSet<String> {
 }
 
 fn answered(write: &Write) -> BTreeSet<String> {
-    let built = write.build("test", Utc::now(), Uuid::now_v7);
+    let built = ops_db_actors::domain::builder::build(
+        write,
+        "test",
+        Utc::now(),
+        &crate::config::default_presets(),
+        None,
+        &ops_db_actors::domain::Limits { max_bulk_files: 10 },
+        &mut Uuid::now_v7,
+    )
+    .expect("built");
     built
         .response
         .as_object()
@@ -152,6 +161,11 @@ fn the_acknowledgements_describe_what_writes_answer() {
     };
     let bulk = Write::BulkCreateRawDataFiles { files: vec![file] };
     assert_eq!(answered(&bulk), properties(&doc, "BulkWriteAck"));
+    let steps = serde_json::from_value(serde_json::json!({"steps": [
+        {"step_id": "d", "op": "delete", "table": "raw_data_file", "id": Uuid::now_v7()}]}))
+    .expect("a transaction");
+    let transaction = Write::Transaction(steps);
+    assert_eq!(answered(&transaction), properties(&doc, "TransactionAck"));
 }
 
 /// Every write path of the table, with its row's request type as the body.

@@ -14,7 +14,7 @@ use utoipa::openapi::schema::{Object, Type};
 use utoipa::openapi::{OpenApi, Ref, RefOr, Required};
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 
-use super::schemas::{uuid, BulkWriteAck, WriteAck};
+use super::schemas::{uuid, BulkWriteAck, TransactionAck, WriteAck};
 use super::{add_schemas, error_response, http_method};
 use crate::http::routes::Method;
 use crate::http::writes::{WaitFor, WaitQuery, IDEMPOTENCY_KEY};
@@ -34,6 +34,7 @@ pub fn add(doc: &mut OpenApi) {
             | OperationKind::CreateRawDataFile
             | OperationKind::CreateRawDataPackage
             | OperationKind::FinalizeRawDataPackage => named::<WriteAck>(doc),
+            OperationKind::Transaction => named::<TransactionAck>(doc),
         };
         for (i, path) in spec.paths.iter().enumerate() {
             let operation = operation(spec, i, body.schema.clone(), body.required, &ack);
@@ -112,7 +113,10 @@ fn operation(
         .response("413", error_response("`body_too_large`: over `http.body_limit_bytes`"))
         .response("422", error_response(
             "`missing_field`, `unknown_field`, `invalid_field`, `invalid_value`, `invalid_checksum`, \
-             `invalid_id`, `idempotency_key_reused`; `field` names the part at fault",
+             `invalid_id`, `idempotency_key_reused`; for `/transactions` also `unknown_table`, \
+             `unknown_column`, `missing_value`, `unexpected_field`, `unknown_reference`, \
+             `invalid_reference`, `duplicate_step_id`, `too_many_steps`, `too_many_rows`; \
+             `field` names the part at fault (`steps[2].values.name`)",
         ))
         .response("500", error_response("`internal_error`: nothing was stored"))
         .response("503", unavailable())
