@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::buffer::{Ack, BufferMsg, Idempotent, IngestError, PreparedWrite, WriteRequest};
 use crate::domain::{builder, Built, IdempotencyKey, Limits, Operation, Presets};
 use crate::overlay::{Keys, OverlayWrite};
+use crate::references::{self, Outcome, References};
 use crate::registry;
 use crate::slot::Slot;
 
@@ -38,6 +39,8 @@ pub struct IngestArgs {
     pub presets: Arc<Presets>,
     /// The writable tables' shape, every write is checked against.
     pub registry: registry::Handle,
+    /// Referential checks (`None`: off).
+    pub references: Option<Arc<References>>,
 }
 
 pub enum IngestMsg {
@@ -78,18 +81,69 @@ fn write(state: &IngestArgs, w: Write, reply: RpcReplyPort<Result<Ack, IngestErr
         let _ = reply.send(Err(err.into()));
         return;
     }
-    let Some(buffer) = state.buffer.get() else {
-        let _ = reply.send(Err(IngestError::Unavailable(
-            "buffer actor not running".into(),
-        )));
-        return;
-    };
-    let write = match prepare(state, &w) {
-        Ok(write) => write,
+    let (write, parents) = match prepare(state, &w) {
+        Ok(prepared) => prepared,
         Err(err) => {
             let _ = reply.send(Err(err));
             return;
         }
+    };
+    let buffer = state.buffer.clone();
+    match (&state.references, parents) {
+        (Some(checker), Some(parents)) => {
+            // The lookup waits on the read source: never in the actor's turn.
+            let checker = Arc::clone(checker);
+            tokio::spawn(async move {
+                let checked = check(&checker, &w.operation, parents, write).await;
+                match checked {
+                    Ok(write) => hand_over(&buffer, write, reply),
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                    }
+                }
+            });
+        }
+        _ => hand_over(&buffer, write, reply),
+    }
+}
+
+/// The write with its warnings, or the refusal `schema.references = reject` asks for.
+async fn check(
+    checker: &References,
+    op: &Operation,
+    parents: Parents,
+    mut write: PreparedWrite,
+) -> Result<PreparedWrite, IngestError> {
+    let Parents { refs, rows } = parents;
+    let Outcome::Missing(missing) = checker.check(refs).await else {
+        return Ok(write);
+    };
+    let field = |m: &references::Missing| builder::field_of(op, &rows, m.step, &m.column);
+    if checker.mode == references::Mode::Reject {
+        let first = &missing[0];
+        return Err(IngestError::Invalid(crate::domain::ValidationError::new(
+            "unknown_parent",
+            field(first),
+            first.describe(),
+        )));
+    }
+    write.ack.warnings = missing
+        .iter()
+        .map(|m| format!("{}: {}", field(m), m.describe()))
+        .collect();
+    Ok(write)
+}
+
+fn hand_over(
+    buffer: &Slot<BufferMsg>,
+    write: PreparedWrite,
+    reply: RpcReplyPort<Result<Ack, IngestError>>,
+) {
+    let Some(buffer) = buffer.get() else {
+        let _ = reply.send(Err(IngestError::Unavailable(
+            "buffer actor not running".into(),
+        )));
+        return;
     };
     if let Err(err) = buffer.cast(BufferMsg::Write(WriteRequest { write, reply })) {
         // The reply port went down with the message; the caller sees its call fail.
@@ -97,9 +151,19 @@ fn write(state: &IngestArgs, w: Write, reply: RpcReplyPort<Result<Ack, IngestErr
     }
 }
 
+/// The parent rows a write names, to look up before it is buffered.
+pub struct Parents {
+    refs: Vec<(usize, String, references::Parent)>,
+    /// Rows per request step, to name the request's field.
+    rows: Vec<usize>,
+}
+
 /// Builds the transaction (checked against the registry) and serialises, once, everything
 /// the buffer script needs.
-pub fn prepare(state: &IngestArgs, w: &Write) -> Result<PreparedWrite, IngestError> {
+pub fn prepare(
+    state: &IngestArgs,
+    w: &Write,
+) -> Result<(PreparedWrite, Option<Parents>), IngestError> {
     let op = &w.operation;
     let registry = state.registry.known().then(|| state.registry.current());
     if registry.is_none() && matches!(op, Operation::Transaction(_)) {
@@ -110,6 +174,7 @@ pub fn prepare(state: &IngestArgs, w: &Write) -> Result<PreparedWrite, IngestErr
         created,
         response,
         summary,
+        rows,
     } = builder::build(
         op,
         &state.site,
@@ -119,11 +184,19 @@ pub fn prepare(state: &IngestArgs, w: &Write) -> Result<PreparedWrite, IngestErr
         &state.limits,
         &mut Uuid::now_v7,
     )?;
-    serialise(state, w, tx, created, response, summary).map_err(|err| {
+    let parents = match (&state.references, registry.as_deref()) {
+        (Some(_), Some(registry)) => {
+            let refs = references::parents(&tx, registry);
+            (!refs.is_empty()).then_some(Parents { refs, rows })
+        }
+        _ => None,
+    };
+    let write = serialise(state, w, tx, created, response, summary).map_err(|err| {
         // Our own types always serialise; if one ever does not, say so loudly.
         tracing::error!(error = %err, op = op.name(), "write could not be serialised, refused");
         IngestError::Internal(format!("serialising the write: {err}"))
-    })
+    })?;
+    Ok((write, parents))
 }
 
 fn serialise(
@@ -143,6 +216,7 @@ fn serialise(
         created,
         body: response,
         replayed: false,
+        warnings: Vec::new(),
     };
     let idempotency = match &w.idempotency {
         Some(key) => Some(Idempotent {

@@ -17,6 +17,7 @@ pub mod notifier;
 pub mod overlay;
 pub mod pg;
 pub mod redis_conn;
+pub mod references;
 pub mod registry;
 pub mod replica;
 pub mod slot;

@@ -25,6 +25,7 @@ use crate::forwarder::{
 use crate::health::HealthRegistry;
 use crate::ingest::{IngestActor, IngestArgs, IngestMsg, Write};
 use crate::notifier::{NotifierActor, NotifierArgs, NotifierConfig, NotifierMsg, Summary};
+use crate::references::References;
 use crate::registry;
 use crate::replica::{ReplicaArgs, ReplicaConfig, ReplicaLagActor, ReplicaMetrics, ReplicaMsg};
 use crate::slot::Slot;
@@ -95,6 +96,8 @@ pub struct TreeConfig {
     pub presets: Arc<Presets>,
     /// The writable tables' shape, kept up to date by the service.
     pub registry: registry::Handle,
+    /// Referential checks at ingest (`None`: off).
+    pub references: Option<Arc<References>>,
     pub buffer: BufferConfig,
     pub ingest_policy: RestartPolicy,
     pub buffer_policy: RestartPolicy,
@@ -324,6 +327,7 @@ fn children(
                 buffer,
                 presets: config.presets,
                 registry: config.registry,
+                references: config.references,
             },
             slot: ingest.clone(),
             policy: config.ingest_policy,

@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ops_db_actors::references::{Mode, References};
+
 use anyhow::Context as _;
 use ops_db_actors::buffer::BufferConfig;
 use ops_db_actors::domain::Limits;
@@ -74,6 +76,23 @@ fn replica(config: &Config, keys: &Keys) -> Option<(ReplicaConfig, RestartPolicy
     Some((tracker, r.restart.policy()))
 }
 
+/// The referential checker, unless `schema.references = off`.
+fn references(config: &Config, keys: &Keys) -> anyhow::Result<Option<Arc<References>>> {
+    let mode = match config.schema.references {
+        crate::config::References::Off => return Ok(None),
+        crate::config::References::Warn => Mode::Warn,
+        crate::config::References::Reject => Mode::Reject,
+    };
+    let checker = References::new(
+        mode,
+        config.read_source().as_ref(),
+        config.redis.url.clone(),
+        keys.clone(),
+    )
+    .context("schema.references: the read source's URL")?;
+    Ok(Some(Arc::new(checker)))
+}
+
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         for (key, file) in [
@@ -94,6 +113,7 @@ impl Application {
         let instance = format!("opsdb-{}-{:08x}", config.site.name, rand::random::<u32>());
         let presets = Arc::new(config.schema.presets()?);
         let registry = ops_db_actors::registry::Handle::default();
+        let references = references(&config, &keys)?;
         let tree = Tree::start(TreeConfig {
             instance,
             site: config.site.name.clone(),
@@ -102,6 +122,7 @@ impl Application {
             },
             presets,
             registry: registry.clone(),
+            references: references.clone(),
             buffer: BufferConfig {
                 redis_url: config.redis.url.clone(),
                 keys: keys.clone(),
@@ -139,6 +160,9 @@ impl Application {
         // One registry: each part registers the metrics it owns.
         let mut metrics = Registry::default();
         tree.register_metrics(&mut metrics);
+        if let Some(checker) = &references {
+            checker.register_metrics(&mut metrics);
+        }
         probe.register(&mut metrics);
         let tokens = Tokens::new(&config.auth);
         if let Some(path) = &config.auth.tokens_file {

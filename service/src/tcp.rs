@@ -369,5 +369,9 @@ async fn submit_line(
         client,
     };
     let (status, ack) = submit(&state.tree, state.write_timeout, received).await?;
-    Ok(json!({ "status": status.as_u16(), "body": ack.body }))
+    let mut reply = json!({ "status": status.as_u16(), "body": ack.body });
+    if !ack.warnings.is_empty() {
+        reply["warnings"] = json!(ack.warnings);
+    }
+    Ok(reply)
 }

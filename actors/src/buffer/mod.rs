@@ -46,6 +46,10 @@ pub struct Ack {
     /// idempotency key.
     #[serde(skip)]
     pub replayed: bool,
+    /// Parent rows the write names that were found nowhere (`schema.references = warn`):
+    /// answered as a header (HTTP) or `warnings` (TCP), not stored with the answer.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// Why a write was not acknowledged.

@@ -553,6 +553,14 @@ pub fn build(
     };
     response["transaction_id"] = json!(tx_id);
     response["status"] = json!("buffered");
+    let rows = plan
+        .ids
+        .iter()
+        .map(|(_, ids)| match ids {
+            StepIds::One(_) => 1,
+            StepIds::Many(ids) => ids.len(),
+        })
+        .collect();
     Ok(Built {
         tx: Transaction {
             id: tx_id,
@@ -564,7 +572,35 @@ pub fn build(
         created: !op.kind().needs_id(),
         response,
         summary,
+        rows,
     })
+}
+
+/// The request's field a transaction step's `column` came from: `steps[2].rows[7].size`
+/// for `POST /transactions`, `[7].size` for a bulk preset, else the column.
+pub fn field_of(op: &Operation, rows: &[usize], tx_step: usize, column: &str) -> String {
+    let mut first = 0;
+    for (i, n) in rows.iter().enumerate() {
+        if tx_step < first + n {
+            let j = tx_step - first;
+            return match op {
+                Operation::Transaction(request) => match request.steps.get(i) {
+                    Some(step) if step.op.is_bulk() => format!("steps[{i}].rows[{j}].{column}"),
+                    Some(StepRequest {
+                        op: StepOp::Create | StepOp::Update,
+                        ..
+                    }) => {
+                        format!("steps[{i}].values.{column}")
+                    }
+                    _ => format!("steps[{i}].{column}"),
+                },
+                Operation::BulkCreateRawDataFiles { .. } => format!("[{j}].{column}"),
+                _ => column.to_owned(),
+            };
+        }
+        first += n;
+    }
+    column.to_owned()
 }
 
 #[cfg(test)]

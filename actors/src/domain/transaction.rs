@@ -176,6 +176,8 @@ pub struct Built {
     /// For `POST /transactions`: each step's id, op, table and its row's id (or its row
     /// count), kept with the lifecycle.
     pub summary: Option<Value>,
+    /// How many rows (transaction steps) each request step made, in order.
+    pub rows: Vec<usize>,
 }
 
 /// A timestamp truncated to microseconds, PostgreSQL's precision.

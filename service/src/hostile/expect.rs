@@ -46,6 +46,7 @@ pub fn expected(
         buffer: Slot::new(),
         presets: Arc::new(crate::config::default_presets()),
         registry: registry.clone(),
+        references: None,
     };
     ingest::prepare(&args, &write)?;
     Ok(())

@@ -26,6 +26,8 @@ use crate::ops::{self, ApiError};
 use crate::submit::{submit, Received};
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on a write whose parent rows were found neither buffered nor on the read source.
+pub const REFERENCE_WARNING: &str = "x-opsdb-reference-warning";
 
 type Body = Result<Bytes, BytesRejection>;
 type Id = Result<Path<String>, PathRejection>;
@@ -188,9 +190,10 @@ async fn submit_and_wait(
         client: &client.name,
     };
     let (status, ack) = submit(&state.tree, state.write_timeout, received).await?;
+    let warning = reference_warning(&ack.warnings);
     let mut answer = ack.body;
     let Some((target, timeout)) = wait else {
-        return Ok((status, Json(answer)).into_response());
+        return Ok((status, warning, Json(answer)).into_response());
     };
     let tx = answer["transaction_id"]
         .as_str()
@@ -206,5 +209,26 @@ async fn submit_and_wait(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((status, Json(answer)).into_response())
+    Ok((status, warning, Json(answer)).into_response())
+}
+
+/// `schema.references = warn`: the parents the write names that were found nowhere, as
+/// the header `x-opsdb-reference-warning` (visible ASCII only; at most 2 KiB).
+fn reference_warning(warnings: &[String]) -> Option<[(&'static str, String); 1]> {
+    if warnings.is_empty() {
+        return None;
+    }
+    let text: String = warnings
+        .join("; ")
+        .chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(2048)
+        .collect();
+    Some([(REFERENCE_WARNING, text)])
 }
