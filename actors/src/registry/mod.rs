@@ -7,7 +7,7 @@
 //! each step's table against the allowlist held there, never against the JSON alone.
 //!
 //! - `read.rs`: one read of the catalog (`pg_catalog`) into a [`Registry`], and the listed
-//!   tables it leaves out ([`Skipped`]);
+//!   tables it leaves out ([`Skipped`]); `types.rs`: the type mapping;
 //! - `handle.rs`: [`Handle`], the registry in use, where it came from, the last error;
 //! - `refresh.rs`: [`Refresher`], the stored copy in Redis at start, then a read every
 //!   `schema.refresh`, the copy rewritten when the read differs.
@@ -16,6 +16,7 @@ mod handle;
 mod model;
 mod read;
 mod refresh;
+mod types;
 
 pub use handle::{Handle, Source, Status};
 pub use model::{Column, ColumnType, ForeignKey, Registry, TableModel};
