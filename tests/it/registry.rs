@@ -59,6 +59,7 @@ ALTER TABLE regtest.everything DROP COLUMN gone;
 CREATE TABLE regtest.pair (a integer, b integer, PRIMARY KEY (a, b));
 CREATE TABLE regtest.loose (x integer);
 CREATE VIEW regtest.a_view AS SELECT 1 AS x;
+CREATE ROLE regtest_nobody LOGIN;
 ";
 
 /// The listed tables: two good ones, and one for each reason to leave a table out.
@@ -272,6 +273,19 @@ async fn the_registry_read_from_the_replica_is_exactly_the_catalog() {
     assert_eq!(read.registry.tables, expected_tables());
     assert_eq!(read.skipped, expected_skipped());
     assert!(read.registry.read_at.is_some());
+
+    // A role granted nothing on the tables reads the same shape: the catalog, unlike
+    // information_schema, does not hide what the role cannot write.
+    let nobody_url = pg.replica_url().replace("//opsdb@", "//regtest_nobody@");
+    let nobody = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&nobody_url)
+        .await
+        .expect("replica pool as a role without grants");
+    let as_nobody = registry::read(&nobody, "regtest", &listed())
+        .await
+        .expect("read without grants");
+    assert_eq!(as_nobody.registry.tables, expected_tables());
 
     // The service reads the same at start, reports it, and keeps it in Redis.
     let app = TestApp::spawn_layers(TestRedis::start().await, &[&layer(&pg, "regread")]).await;
