@@ -13,6 +13,7 @@ use ops_db_actors::domain::Limits;
 use ops_db_actors::forwarder::ForwarderConfig;
 use ops_db_actors::notifier::NotifierConfig;
 use ops_db_actors::overlay::{Keys, Reads};
+use ops_db_actors::registry::{self as model_registry, RefreshConfig, Refresher};
 use ops_db_actors::replica::ReplicaConfig;
 use ops_db_actors::supervisor::policy::RestartPolicy;
 use ops_db_actors::tree::{Tree, TreeConfig};
@@ -30,6 +31,8 @@ pub struct Application {
     state: AppState,
     /// Routes mounted by whoever starts the application, behind the admin scope.
     admin_routes: Option<axum::Router>,
+    /// Keeps `state.registry` current while the application runs.
+    registry_refresher: Refresher,
 }
 
 /// A CA file that cannot be read would only show as a failing forwarder (or replica
@@ -93,6 +96,26 @@ fn references(config: &Config, keys: &Keys) -> anyhow::Result<Option<Arc<Referen
     Ok(Some(Arc::new(checker)))
 }
 
+/// The model registry's refresher: the read source as reads use it (its statement timeout,
+/// its pool), the stored copy in the site's Redis.
+fn registry_refresher(
+    config: &Config,
+    keys: Keys,
+    reads: &Reads,
+    handle: &model_registry::Handle,
+) -> Refresher {
+    let config = RefreshConfig {
+        source: reads.pool().cloned(),
+        redis_url: config.redis.url.clone(),
+        keys,
+        domain: config.schema.domain.clone(),
+        tables: config.schema.tables.clone(),
+        every: config.schema.refresh,
+        redis_timeout: config.redis.timeout,
+    };
+    Refresher::new(config, handle.clone())
+}
+
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         for (key, file) in [
@@ -110,9 +133,10 @@ impl Application {
             .await
             .with_context(|| format!("tcp.listen {}: cannot bind", config.tcp.listen))?;
         let keys = Keys::new(&config.site.name);
+        // Known before the tree starts, so the tree's actors can be handed it.
+        let registry = model_registry::Handle::new();
         let instance = format!("opsdb-{}-{:08x}", config.site.name, rand::random::<u32>());
         let presets = Arc::new(config.schema.presets()?);
-        let registry = ops_db_actors::registry::Handle::default();
         let references = references(&config, &keys)?;
         let tree = Tree::start(TreeConfig {
             instance,
@@ -155,8 +179,8 @@ impl Application {
         .context("starting the actor tree")?;
         let reads =
             Reads::new(config.read_source().as_ref(), keys.clone()).context("replica.url")?;
-        let probe =
-            RedisProbe::new(&config.redis.url, keys, config.redis.timeout).context("redis.url")?;
+        let probe = RedisProbe::new(&config.redis.url, keys.clone(), config.redis.timeout)
+            .context("redis.url")?;
         // One registry: each part registers the metrics it owns.
         let mut metrics = Registry::default();
         tree.register_metrics(&mut metrics);
@@ -164,6 +188,7 @@ impl Application {
             checker.register_metrics(&mut metrics);
         }
         probe.register(&mut metrics);
+        registry.register(&mut metrics);
         let tokens = Tokens::new(&config.auth);
         if let Some(path) = &config.auth.tokens_file {
             // At start a bad file is the operator's mistake to hear about; later, a bad
@@ -172,11 +197,16 @@ impl Application {
                 .with_context(|| format!("auth.tokens_file {}", path.display()))?;
         }
         tokens.refresh(reads.pool()).await;
+        // The stored copy, then one read: the registry is as current as it can be before
+        // the facades take the first request.
+        let mut registry_refresher = registry_refresher(&config, keys, &reads, &registry);
+        registry_refresher.start().await;
         let state = AppState {
             tree: Arc::new(tree),
             tokens: Arc::new(tokens),
             probe: Arc::new(probe),
             reads: Arc::new(reads),
+            registry,
             write_timeout: config.http.request_timeout,
             metrics: Arc::new(metrics),
             config: Arc::new(config),
@@ -186,6 +216,7 @@ impl Application {
             tcp,
             state,
             admin_routes: None,
+            registry_refresher,
         })
     }
 
@@ -215,6 +246,11 @@ impl Application {
         Arc::clone(&self.state.tree)
     }
 
+    /// The model registry in use (also `AppState::registry`).
+    pub fn registry(&self) -> model_registry::Handle {
+        self.state.registry.clone()
+    }
+
     /// Serves until `stop` is cancelled or the actor tree gives up. Then both facades stop
     /// accepting and answer the requests in flight (at most `shutdown.grace`, see
     /// `crate::shutdown`), and only then is the tree stopped, the forwarder finishing or
@@ -227,6 +263,7 @@ impl Application {
             tcp,
             state,
             admin_routes,
+            registry_refresher,
         } = self;
         let tree = Arc::clone(&state.tree);
         let watcher = {
@@ -239,6 +276,7 @@ impl Application {
         let refresh = tokio::spawn(
             Arc::clone(&state.tokens).refresh_until(state.reads.pool().cloned(), stop.clone()),
         );
+        let registry_refresh = tokio::spawn(registry_refresher.run(stop.clone().cancelled_owned()));
         tracing::info!(http = %http.local_addr()?, tcp = %tcp.local_addr()?, "serving");
         let router = http::router(state.clone(), admin_routes);
         let grace = state.config.shutdown.grace;
@@ -249,6 +287,7 @@ impl Application {
         );
         tracing::info!("facades closed, stopping the actors");
         refresh.abort();
+        registry_refresh.abort();
         tree.shutdown().await;
         watcher.abort();
         match tree.health.escalation() {

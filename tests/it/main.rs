@@ -32,6 +32,7 @@ mod poison;
 mod reads;
 mod reconnect;
 mod redis_conf;
+mod registry;
 mod release;
 mod retry;
 mod roles;

@@ -102,6 +102,12 @@ impl Keys {
     pub fn forwarder_lease(&self) -> String {
         format!("{}forwarder:lease", self.prefix)
     }
+
+    /// String: the model registry's last good copy (JSON of `registry::Registry`), so the
+    /// service starts and validates while its read source is down.
+    pub fn registry(&self) -> String {
+        format!("{}registry", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -120,6 +126,7 @@ mod tests {
             k.idempotency("abc"),
             k.dead_letters(),
             k.forwarded(),
+            k.registry(),
         ] {
             assert!(key.starts_with("opsdb:summit:"), "{key}");
         }

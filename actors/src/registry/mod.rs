@@ -5,12 +5,23 @@
 //! key and the foreign keys from its read source, keeps the last good copy durably, and
 //! validates every write against it at ingest. The batch function on the primary checks
 //! each step's table against the allowlist held there, never against the JSON alone.
+//!
+//! - `read.rs`: one read of the catalog (`pg_catalog`) into a [`Registry`], and the listed
+//!   tables it leaves out ([`Skipped`]); `types.rs`: the type mapping;
+//! - `handle.rs`: [`Handle`], the registry in use, where it came from, the last error;
+//! - `refresh.rs`: [`Refresher`], the stored copy in Redis at start, then a read every
+//!   `schema.refresh`, the copy rewritten when the read differs.
 
 mod handle;
 mod model;
+mod read;
+mod refresh;
+mod types;
 
-pub use handle::Handle;
+pub use handle::{Handle, Source, Status};
 pub use model::{Column, ColumnType, ForeignKey, Registry, TableModel};
+pub use read::{read, Read, ReadError, SkipReason, Skipped, READ_TIMEOUT, STATEMENT_TIMEOUT};
+pub use refresh::{RefreshConfig, Refresher};
 
 /// Whether `name` is a name the service accepts for a schema, table or column: a lower-case
 /// SQL identifier that needs no quoting (`[a-z_][a-z0-9_]*`, at most 63 bytes, PostgreSQL's

@@ -55,7 +55,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     summary = "The service's health",
     description = "`status` (`healthy`, `degraded`: Redis not durable, `unhealthy`: Redis down or \
         the ingest actors not running), Redis and its durability, the buffer, the database \
-        link, the forwarder, the replica, the events, each actor's state. Always 200: \
+        link, the forwarder, the replica, the events, the model registry, each actor's state. Always 200: \
         readiness is `/health/ready`.",
     responses((status = 200, description = "The health report (see the README)", body = Object)))]
 pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -104,6 +104,7 @@ pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
             "queued": state.tree.events.queued(),
             "dropped": state.tree.events.dropped.load(Ordering::Relaxed),
         },
+        "registry": state.registry.status(),
         "actors": actors,
     }))
 }

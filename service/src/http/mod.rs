@@ -42,6 +42,8 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     pub probe: Arc<RedisProbe>,
     pub reads: Arc<Reads>,
+    /// The model registry in use (kept current by the refresher `startup.rs` runs).
+    pub registry: ops_db_actors::registry::Handle,
     pub write_timeout: Duration,
     /// Every metric, registered once at startup; `/metrics` encodes it.
     pub metrics: Arc<prometheus_client::registry::Registry>,
