@@ -487,3 +487,21 @@ pub async fn start_obs_unit(app: &TestApp, obs_unit: i64) -> (Uuid, Uuid) {
     assert_eq!(r.status, 201, "{}", r.text);
     (uuid(&r.body["id"]), uuid(&r.body["transaction_id"]))
 }
+
+/// One write over the TCP facade; its reply line.
+pub async fn tcp_write(addr: std::net::SocketAddr, request: &Value) -> Value {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("tcp connect");
+    let (r, mut w) = stream.into_split();
+    w.write_all(format!("{request}\n").as_bytes())
+        .await
+        .expect("sent");
+    let mut line = String::new();
+    tokio::io::BufReader::new(r)
+        .read_line(&mut line)
+        .await
+        .expect("reply line");
+    serde_json::from_str(&line).expect("reply is JSON")
+}

@@ -42,4 +42,5 @@ mod status;
 mod tcp;
 mod tls;
 mod tokens;
+mod transactions;
 mod undo;

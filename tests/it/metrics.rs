@@ -2,10 +2,9 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use serde_json::json;
 
+use crate::helpers::tcp_write;
 use crate::site::Site;
 
 /// The metric names of the README's metrics table (the first column's backticked name).
@@ -35,21 +34,6 @@ fn exported(text: &str) -> BTreeSet<String> {
             None => panic!("malformed TYPE line: {rest}"),
         })
         .collect()
-}
-
-/// One write over the TCP facade; its reply line.
-async fn tcp_write(addr: std::net::SocketAddr, request: &Value) -> Value {
-    let stream = TcpStream::connect(addr).await.expect("tcp connect");
-    let (r, mut w) = stream.into_split();
-    w.write_all(format!("{request}\n").as_bytes())
-        .await
-        .expect("sent");
-    let mut line = String::new();
-    BufReader::new(r)
-        .read_line(&mut line)
-        .await
-        .expect("reply line");
-    serde_json::from_str(&line).expect("reply is JSON")
 }
 
 #[tokio::test(flavor = "multi_thread")]
