@@ -298,6 +298,7 @@ impl<'a> Builder<'a> {
                 )
             })?,
         };
+        check_key(&at.field(key), &id)?;
         row.insert(key.to_owned(), id.json());
         if let Some(model) = model {
             complete(at, model, &mut row)?;
@@ -414,7 +415,7 @@ impl<'a> Builder<'a> {
             None => value,
         };
         match RowId::from_json(&value) {
-            Some(id) if !value.is_null() => Ok(id),
+            Some(id) if !value.is_null() => check_key(field, &id).map(|()| id),
             _ => Err(invalid(
                 "invalid_value",
                 field.to_owned(),
@@ -436,6 +437,19 @@ impl<'a> Builder<'a> {
             )),
             _ => Ok(RowId::from((self.new_id)())),
         }
+    }
+}
+
+/// A key names its overlay record (`…:rec:{table}:{key}`): text keys are not empty and
+/// hold no `:`.
+fn check_key(field: &str, id: &RowId) -> Check {
+    match id {
+        RowId::Text(s) if s.is_empty() || s.contains(':') => Err(invalid(
+            "invalid_value",
+            field.to_owned(),
+            "a text key written through the service is not empty and holds no ':'",
+        )),
+        _ => Ok(()),
     }
 }
 

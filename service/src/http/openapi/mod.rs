@@ -18,12 +18,15 @@
 pub mod schemas;
 #[cfg(test)]
 mod tests;
+mod transactions;
 mod writes;
 
 use std::sync::LazyLock;
 
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use ops_db_actors::domain::TransactionRequest;
 use utoipa::openapi::content::Content;
 use utoipa::openapi::path::{HttpMethod, Operation, PathItem};
 use utoipa::openapi::response::ResponseBuilder;
@@ -32,6 +35,7 @@ use utoipa::openapi::{Components, OpenApi, Ref, RefOr};
 use utoipa::{OpenApi as _, ToSchema};
 
 use super::routes::{Access, Method, Route};
+use super::AppState;
 use crate::ops::{ApiError, ErrorBody};
 
 pub const PATH: &str = "/openapi.json";
@@ -122,9 +126,24 @@ pub fn build() -> OpenApi {
     doc
 }
 
-/// The document as served: built and serialised once.
-static DOCUMENT: LazyLock<Result<String, String>> =
-    LazyLock::new(|| build().to_json().map_err(|e| e.to_string()));
+/// The document as built from the code, once.
+static DOCUMENT: LazyLock<Result<serde_json::Value, String>> =
+    LazyLock::new(|| serde_json::to_value(build()).map_err(|e| e.to_string()));
+
+/// The document as served: `POST /transactions`' body as the live model registry makes it
+/// (`transactions.rs`), once one is known.
+fn served(state: &AppState) -> Result<serde_json::Value, String> {
+    let mut doc = DOCUMENT.clone()?;
+    if state.registry.known() {
+        let registry = state.registry.current();
+        let (request, json_value) =
+            transactions::request(&registry, state.config.buffer.max_bulk_files);
+        let schemas = &mut doc["components"]["schemas"];
+        schemas[TransactionRequest::name().as_ref()] = request;
+        schemas[transactions::JSON_VALUE] = json_value;
+    }
+    Ok(doc)
+}
 
 /// This document
 #[utoipa::path(get, path = "/openapi.json", tag = "ui", operation_id = "openapi",
@@ -132,9 +151,13 @@ static DOCUMENT: LazyLock<Result<String, String>> =
         (status = 200, description = "The HTTP API as OpenAPI 3.1", content_type = "application/json"),
         (status = 500, description = "`internal_error`: the document could not be built", body = ErrorBody),
     ))]
-pub async fn document() -> Response {
-    match &*DOCUMENT {
-        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json.as_str()).into_response(),
+pub async fn document(State(state): State<AppState>) -> Response {
+    match served(&state) {
+        Ok(doc) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            doc.to_string(),
+        )
+            .into_response(),
         Err(err) => {
             tracing::error!(error = %err, "the OpenAPI document could not be serialised");
             ApiError::new(
