@@ -17,3 +17,4 @@ pub mod startup;
 pub mod tcp;
 pub mod telemetry;
 pub mod token;
+pub mod token_table;
