@@ -102,6 +102,7 @@ DECLARE
     rel  text := entry ->> 'rel';
     key  text := entry ->> 'key';
     id   jsonb := step -> 'id';
+    live jsonb := entry -> 'columns';
     vals jsonb;
     bad  text;
     cols text;
@@ -127,8 +128,9 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = '22023',
                 MESSAGE = format('%s step on %s sets no column', kind, rel);
         END IF;
-        SELECT k INTO bad FROM jsonb_object_keys(vals) AS k
-         WHERE NOT (entry -> 'columns') ? k LIMIT 1;
+        -- One pass over the names: the column list, and the first name that is not live.
+        SELECT string_agg(format('%I', k), ', '), min(k) FILTER (WHERE NOT live ? k)
+          INTO cols, bad FROM jsonb_object_keys(vals) AS k;
         IF bad IS NOT NULL THEN
             RAISE EXCEPTION USING ERRCODE = '22023',
                 MESSAGE = format('column %s is not a column of %s', bad, rel);
@@ -136,12 +138,12 @@ BEGIN
         IF kind = 'insert' AND id IS NOT NULL THEN
             IF NOT vals ? key THEN
                 vals := vals || jsonb_build_object(key, id);
+                cols := cols || format(', %I', key);
             ELSIF vals ->> key IS DISTINCT FROM id #>> '{}' THEN
                 RAISE EXCEPTION USING ERRCODE = '22023',
                     MESSAGE = format('insert into %s: its %s is not the step''s id', rel, key);
             END IF;
         END IF;
-        SELECT string_agg(format('%I', k), ', ') INTO cols FROM jsonb_object_keys(vals) AS k;
         IF kind = 'insert' THEN
             EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM jsonb_populate_record(NULL::%s, $1)',
                            rel, cols, cols, rel)
