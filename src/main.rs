@@ -48,13 +48,12 @@ enum Command {
         #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
         wan_delay: std::time::Duration,
     },
-    /// Bring the primary's schema up to date (as forwarder.migrate_url, else primary_url).
+    /// Bring the service's own schema (schema.name) on the primary up to date and its
+    /// allowlist of writable tables in step with schema.tables (as forwarder.migrate_url,
+    /// else primary_url). Never creates or alters a table of ops-db.
     Migrate {
         #[arg(long)]
         config: PathBuf,
-        /// Also insert the planning rows dev and tests use (obs_unit 1 to 10).
-        #[arg(long)]
-        seed: bool,
     },
     /// Dead letters: list, retry or drop them through a running service's admin API, with
     /// the admin token in OPSDB_TOKEN (never an argument: arguments are visible to all).
@@ -111,8 +110,9 @@ enum TokenCommand {
         #[arg(long, value_delimiter = ',', default_value = "write,read")]
         scopes: Vec<String>,
     },
-    /// Make a new token in the primary's api_token table (at the main site, through
-    /// forwarder.migrate_url); it replicates to every site. Prints the token once.
+    /// Make a new token in the service's own api_token table on the primary (at the main
+    /// site, through forwarder.migrate_url); it replicates to every site. Prints the token
+    /// once. Refused where ops-db has its own api_token (ops-db issues tokens then).
     Create {
         #[arg(long)]
         config: PathBuf,
@@ -125,7 +125,7 @@ enum TokenCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<std::time::Duration>,
     },
-    /// Revoke every active token of that name in the api_token table.
+    /// Revoke every active token of that name in the service's own api_token table.
     Revoke {
         #[arg(long)]
         config: PathBuf,
@@ -195,7 +195,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             dev::run(options, stop_on_signals()).await
         }
-        Command::Migrate { config, seed } => migrate(&config, seed).await,
+        Command::Migrate { config } => migrate(&config).await,
         Command::Dlq { url, command } => {
             let token = std::env::var("OPSDB_TOKEN")
                 .map_err(|_| anyhow::anyhow!("set OPSDB_TOKEN to a token with the admin scope"))?;
@@ -228,15 +228,17 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     app.run_until_stopped(stop_on_signals()).await
 }
 
-async fn migrate(path: &std::path::Path, seed: bool) -> anyhow::Result<()> {
-    let target = load(path)?.migrate_target().ok_or_else(|| {
+async fn migrate(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let target = config.migrate_target().ok_or_else(|| {
         anyhow::anyhow!("config: neither forwarder.migrate_url nor forwarder.primary_url is set")
     })?;
-    db::migrate(&target).await?;
-    if seed {
-        db::seed(&target).await?;
-    }
-    println!("migrated{}", if seed { " and seeded" } else { "" });
+    db::migrate(&target, &config.schema).await?;
+    println!(
+        "migrated schema {}; writable tables: {}",
+        config.schema.name,
+        config.schema.tables.join(", ")
+    );
     Ok(())
 }
 
@@ -273,7 +275,8 @@ async fn tokens(command: TokenCommand) -> anyhow::Result<()> {
             expires_in,
         } => {
             let scopes = scopes(&names)?;
-            let target = load(&config)?
+            let config = load(&config)?;
+            let target = config
                 .migrate_target()
                 .ok_or_else(|| anyhow::anyhow!("config: forwarder.migrate_url is not set"))?;
             let expires_at = expires_in
@@ -284,7 +287,7 @@ async fn tokens(command: TokenCommand) -> anyhow::Result<()> {
                         .ok_or_else(|| anyhow::anyhow!("--expires-in {d:?} is too far away"))
                 })
                 .transpose()?;
-            let secret = token::create(&target, &name, &scopes, expires_at).await?;
+            let secret = token::create(&target, &config.schema, &name, &scopes, expires_at).await?;
             println!("token:  {secret}");
             println!("name:   {name}");
             match expires_at {
@@ -293,10 +296,11 @@ async fn tokens(command: TokenCommand) -> anyhow::Result<()> {
             }
         }
         TokenCommand::Revoke { config, name } => {
-            let target = load(&config)?
+            let config = load(&config)?;
+            let target = config
                 .migrate_target()
                 .ok_or_else(|| anyhow::anyhow!("config: forwarder.migrate_url is not set"))?;
-            let n = token::revoke(&target, &name).await?;
+            let n = token::revoke(&target, &config.schema, &name).await?;
             println!("revoked {n} token(s) named {name:?}");
         }
         TokenCommand::Hash => {

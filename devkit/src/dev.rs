@@ -1,6 +1,6 @@
 //! `ops-db-api dev`: the summit in a box, from this machine's binaries: a durable Redis
-//! (AOF, `appendfsync always`), a PostgreSQL primary with a streaming replica (migrated,
-//! seeded; reads come from the replica), an emulated WAN (fault proxy) between the forwarder and the primary, and the
+//! (AOF, `appendfsync always`), a PostgreSQL primary with a streaming replica (the
+//! stand-in ops-db tables loaded and seeded, then migrated; reads come from the replica), an emulated WAN (fault proxy) between the forwarder and the primary, and the
 //! service wired to them, with fault drills enabled. Prints `READY {json}` once everything
 //! answers; stops everything it started on Ctrl-C or SIGTERM. State lives in `DIR` (Redis
 //! AOF, database files, logs) and is reused by the next run.

@@ -15,4 +15,5 @@ pub mod ports;
 pub mod redis_conf;
 pub mod services;
 pub mod slow_log;
+pub mod standin;
 pub mod wan;

@@ -18,3 +18,4 @@ pub mod submit;
 pub mod tcp;
 pub mod telemetry;
 pub mod token;
+pub mod token_table;

@@ -52,6 +52,7 @@ fn forwarder(config: &Config, keys: &Keys) -> Option<(ForwarderConfig, RestartPo
         primary: config.primary()?,
         redis_url: config.redis.url.clone(),
         keys: keys.clone(),
+        schema: config.schema.name.clone(),
         batch_size: f.batch_size,
         batch_max_bytes: f.batch_max_bytes,
         max_attempts: f.max_attempts,
@@ -177,8 +178,12 @@ impl Application {
         })
         .await
         .context("starting the actor tree")?;
-        let reads =
-            Reads::new(config.read_source().as_ref(), keys.clone()).context("replica.url")?;
+        let reads = Reads::new(
+            config.read_source().as_ref(),
+            keys.clone(),
+            &config.schema.name,
+        )
+        .context("replica.url")?;
         let probe = RedisProbe::new(&config.redis.url, keys.clone(), config.redis.timeout)
             .context("redis.url")?;
         // One registry: each part registers the metrics it owns.
@@ -189,7 +194,7 @@ impl Application {
         }
         probe.register(&mut metrics);
         registry.register(&mut metrics);
-        let tokens = Tokens::new(&config.auth);
+        let tokens = Tokens::new(&config.auth, &config.schema);
         if let Some(path) = &config.auth.tokens_file {
             // At start a bad file is the operator's mistake to hear about; later, a bad
             // read keeps the last good set.

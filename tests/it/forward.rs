@@ -129,12 +129,13 @@ async fn every_write_reaches_the_primary_once_in_order_with_its_commit_lsn() {
     );
     // The replica follows: once it has replayed the recorded LSN, the rows are there.
     site.pg.wait_for_replay(&life["commit_lsn"]).await;
-    let on_replica: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM applied_transaction WHERE transaction_id = $1")
-            .bind(acked[0])
-            .fetch_one(&mut site.pg.replica().await)
-            .await
-            .expect("replica count");
+    let on_replica: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM opsdb_api.applied_transaction WHERE transaction_id = $1",
+    )
+    .bind(acked[0])
+    .fetch_one(&mut site.pg.replica().await)
+    .await
+    .expect("replica count");
     assert_eq!(on_replica, 1);
     let m = &app.tree.forwarder_metrics;
     let (batches, trips) = (m.batches.get(), m.round_trips.get());

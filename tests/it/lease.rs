@@ -81,10 +81,11 @@ async fn a_second_instance_stands_by_and_takes_over_when_the_first_stops() {
     let mut primary = PgConnection::connect(&pg.primary_url())
         .await
         .expect("primary");
-    let ledger: Vec<Uuid> = sqlx::query_scalar("SELECT transaction_id FROM applied_transaction")
-        .fetch_all(&mut primary)
-        .await
-        .expect("ledger");
+    let ledger: Vec<Uuid> =
+        sqlx::query_scalar("SELECT transaction_id FROM opsdb_api.applied_transaction")
+            .fetch_all(&mut primary)
+            .await
+            .expect("ledger");
     let unique: HashSet<Uuid> = ledger.iter().copied().collect();
     assert_eq!(unique.len(), ledger.len(), "no duplicates");
     assert_eq!(

@@ -10,6 +10,7 @@ mod pg;
 
 mod backlog;
 mod bad_input;
+mod batch_function;
 mod big_batches;
 mod dashboard;
 mod events;
@@ -36,6 +37,7 @@ mod registry;
 mod release;
 mod retry;
 mod roles;
+mod schema;
 mod shutdown;
 mod site;
 mod status;

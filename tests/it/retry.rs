@@ -34,7 +34,7 @@ fn batch(tx: Uuid, eou: Uuid) -> String {
 
 async fn apply(conn: &mut PgConnection, batch: &str) -> String {
     let permanent: Vec<String> = PERMANENT_SQLSTATES.iter().map(|s| s.to_string()).collect();
-    sqlx::query_scalar("SELECT outcome FROM opsdb_apply_batch($1::jsonb, $2)")
+    sqlx::query_scalar("SELECT outcome FROM opsdb_api.apply_batch($1::jsonb, $2)")
         .bind(batch)
         .bind(&permanent)
         .fetch_one(conn)
@@ -42,14 +42,14 @@ async fn apply(conn: &mut PgConnection, batch: &str) -> String {
         .expect("apply")
 }
 
-/// Whether some backend is waiting for a lock while running `opsdb_apply_batch`.
+/// Whether some backend is waiting for a lock while running `apply_batch`.
 async fn waiting_on_a_lock(url: &str) -> bool {
     let mut conn = PgConnection::connect(url)
         .await
         .expect("connect to the primary");
     sqlx::query_scalar(
         "SELECT count(*) > 0 FROM pg_stat_activity \
-         WHERE wait_event_type = 'Lock' AND query LIKE '%opsdb_apply_batch%' \
+         WHERE wait_event_type = 'Lock' AND query LIKE '%apply_batch%' \
            AND pid <> pg_backend_pid()",
     )
     .fetch_one(&mut conn)
@@ -94,7 +94,7 @@ async fn a_batch_retried_while_its_first_attempt_runs_is_skipped_or_applied_neve
             .unwrap();
         assert_eq!(rows, 1, "applied exactly once (first attempt: {end})");
         let ledger: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM applied_transaction WHERE transaction_id = $1",
+            "SELECT count(*) FROM opsdb_api.applied_transaction WHERE transaction_id = $1",
         )
         .bind(tx)
         .fetch_one(&mut observer)

@@ -81,26 +81,50 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
     // The forwarder's role: the batch function and nothing else.
     for sql in [
         "SELECT 1 FROM raw_data_file LIMIT 1",
-        "INSERT INTO applied_transaction (transaction_id, site, stream_id, op) \
+        "SELECT 1 FROM opsdb_api.applied_transaction LIMIT 1",
+        "INSERT INTO opsdb_api.applied_transaction (transaction_id, site, stream_id, op) \
          VALUES (gen_random_uuid(), 'x', '0-0', 'x')",
-        "DELETE FROM applied_transaction",
-        "SELECT opsdb_apply_step('{}'::jsonb)",
+        "DELETE FROM opsdb_api.applied_transaction",
+        "SELECT opsdb_api.apply_step('{}'::jsonb, '{}'::jsonb)",
+        "SELECT opsdb_api.writable_entry('raw_data_file')",
+        "INSERT INTO opsdb_api.writable_table VALUES ('obs_unit', 'public', 'id')",
         "CREATE TABLE intruder (id int)",
-        "DROP TABLE applied_transaction",
-        "SELECT sha256 FROM api_token",
+        "CREATE TABLE public.intruder (id int)",
+        "CREATE TABLE opsdb_api.intruder (id int)",
+        "DROP TABLE opsdb_api.applied_transaction",
+        "SELECT sha256 FROM opsdb_api.api_token",
     ] {
         assert_eq!(refused(&pg, "opsdb_forwarder", sql).await, "42501", "{sql}");
     }
     // The reader's role: reads only.
     for sql in [
-        "SELECT * FROM opsdb_apply_batch('[]'::jsonb, ARRAY[]::text[])",
-        "INSERT INTO applied_transaction (transaction_id, site, stream_id, op) \
+        "SELECT * FROM opsdb_api.apply_batch('[]'::jsonb, ARRAY[]::text[])",
+        "INSERT INTO opsdb_api.applied_transaction (transaction_id, site, stream_id, op) \
          VALUES (gen_random_uuid(), 'x', '0-0', 'x')",
         "UPDATE raw_data_file SET name = 'x'",
-        "INSERT INTO api_token (sha256, name, scopes) VALUES (repeat('a', 64), 'x', ARRAY['admin'])",
+        "DELETE FROM opsdb_api.writable_table",
+        "INSERT INTO opsdb_api.api_token (sha256, name, scopes) \
+         VALUES (repeat('a', 64), 'x', ARRAY['admin'])",
         "CREATE TABLE intruder (id int)",
+        "CREATE TABLE public.intruder (id int)",
+        "CREATE TABLE opsdb_api.intruder (id int)",
     ] {
         assert_eq!(refused(&pg, "opsdb_reader", sql).await, "42501", "{sql}");
+    }
+    // What the reader may read: the allowed tables, their parents, the ledger, the tokens.
+    let mut reader = connect(&as_role(&pg.primary_url(), "opsdb_reader")).await;
+    for table in [
+        "raw_data_file",
+        "raw_data_package",
+        "executed_obs_unit",
+        "obs_unit",
+        "opsdb_api.applied_transaction",
+        "opsdb_api.api_token",
+    ] {
+        sqlx::raw_sql(&format!("SELECT 1 FROM {table} LIMIT 1"))
+            .execute(&mut reader)
+            .await
+            .unwrap_or_else(|e| panic!("the reader may read {table}: {e}"));
     }
     // And PUBLIC lost EXECUTE on both functions: a role of no standing cannot call them.
     sqlx::raw_sql("CREATE ROLE nobody_special LOGIN")
@@ -111,7 +135,7 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
         refused(
             &pg,
             "nobody_special",
-            "SELECT * FROM opsdb_apply_batch('[]'::jsonb, ARRAY[]::text[])"
+            "SELECT * FROM opsdb_api.apply_batch('[]'::jsonb, ARRAY[]::text[])"
         )
         .await,
         "42501"
@@ -121,21 +145,32 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
 
 /// `CREATE OR REPLACE FUNCTION` resets `SECURITY DEFINER` and `SET search_path` unless the
 /// new definition states them again: after every migration, the batch function still runs
-/// as its owner with the pinned search path (the forwarder's role has no table rights, and
-/// an unpinned path would let a caller's objects stand in for ours).
+/// as its owner with the search path pinned to `pg_catalog, pg_temp` (the forwarder's role
+/// has no table rights, and a path with a writable schema in it would let another role's
+/// objects stand in for ours), and so do its helpers' paths.
 #[tokio::test]
 async fn after_every_migration_the_batch_function_runs_as_its_owner_with_a_pinned_path() {
     let pg = Site::primary_with_replica().await;
-    let (definer, config): (bool, Option<Vec<String>>) = sqlx::query_as(
-        "SELECT prosecdef, proconfig FROM pg_proc WHERE proname = 'opsdb_apply_batch'",
+    let functions: Vec<(String, bool, Option<Vec<String>>)> = sqlx::query_as(
+        "SELECT p.proname::text, p.prosecdef, p.proconfig FROM pg_proc p \
+         JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'opsdb_api' \
+         ORDER BY 1",
     )
-    .fetch_one(&mut pg.primary().await)
+    .fetch_all(&mut pg.primary().await)
     .await
-    .expect("the batch function");
-    assert!(definer, "opsdb_apply_batch lost SECURITY DEFINER");
-    let config = config.unwrap_or_default();
-    assert!(
-        config.iter().any(|c| c.starts_with("search_path=")),
-        "opsdb_apply_batch lost its pinned search_path: {config:?}"
-    );
+    .expect("the service's functions");
+    let names: Vec<&str> = functions.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(names, ["apply_batch", "apply_step", "writable_entry"]);
+    for (name, definer, config) in &functions {
+        assert_eq!(
+            *definer,
+            name == "apply_batch",
+            "{name}: only the batch function runs as its owner"
+        );
+        assert_eq!(
+            config.clone().unwrap_or_default(),
+            ["search_path=pg_catalog, pg_temp"],
+            "{name} lost its pinned search_path"
+        );
+    }
 }

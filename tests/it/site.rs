@@ -25,6 +25,17 @@ pub struct Site {
     layers: Vec<String>,
 }
 
+/// What the dev kit does to a new primary: the stand-in ops-db tables (with their seed),
+/// then `migrate` with the default `[schema]` (its allowlist needs the tables).
+pub async fn prepare(target: &PgTarget) {
+    ops_db_devkit::standin::load(target)
+        .await
+        .expect("stand-in tables");
+    ops_db_service::db::migrate(target, &ops_db_service::config::Schema::default())
+        .await
+        .expect("migrate");
+}
+
 /// A restart policy section body for the forwarder and the replica tracker in tests.
 pub const FAST_RESTARTS: &str =
     "backoff_base = \"20ms\"\nbackoff_cap = \"200ms\"\nreset_after = \"60s\"\n";
@@ -32,12 +43,7 @@ pub const FAST_RESTARTS: &str =
 impl Site {
     pub async fn start(with_wan: bool, forwarder: &str) -> Self {
         let pg = TestPg::start().await;
-        ops_db_service::db::migrate(&PgTarget::plain(pg.primary_url()))
-            .await
-            .expect("migrate");
-        ops_db_service::db::seed(&PgTarget::plain(pg.primary_url()))
-            .await
-            .expect("seed");
+        prepare(&PgTarget::plain(pg.primary_url())).await;
         let (wan, primary_url) = if with_wan {
             let upstream: SocketAddr = format!("127.0.0.1:{}", pg.primary_port())
                 .parse()
@@ -86,15 +92,11 @@ impl Site {
         TestApp::spawn_layers(Arc::clone(&self.app.redis), &layers).await
     }
 
-    /// A migrated and seeded primary with its streaming replica.
+    /// A primary with its streaming replica: the stand-in ops-db tables loaded (seeded),
+    /// then migrated with the default `[schema]`.
     pub async fn primary_with_replica() -> Arc<TestPg> {
         let pg = TestPg::start().await;
-        ops_db_service::db::migrate(&PgTarget::plain(pg.primary_url()))
-            .await
-            .expect("migrate");
-        ops_db_service::db::seed(&PgTarget::plain(pg.primary_url()))
-            .await
-            .expect("seed");
+        prepare(&PgTarget::plain(pg.primary_url())).await;
         pg
     }
 
@@ -113,7 +115,7 @@ impl Site {
     }
 
     pub async fn ledger(&self) -> Vec<Uuid> {
-        sqlx::query_scalar("SELECT transaction_id FROM applied_transaction")
+        sqlx::query_scalar("SELECT transaction_id FROM opsdb_api.applied_transaction")
             .fetch_all(&mut self.primary().await)
             .await
             .expect("ledger")

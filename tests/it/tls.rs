@@ -98,8 +98,7 @@ async fn fixture() -> Fixture {
     let (cert, key) = server_certificate(&ca);
     let pg = TestPg::start_tls(&cert, &key).await;
     let plain = ops_db_actors::pg::PgTarget::plain(pg.primary_url());
-    ops_db_service::db::migrate(&plain).await.expect("migrate");
-    ops_db_service::db::seed(&plain).await.expect("seed");
+    crate::site::prepare(&plain).await;
     let dir = tempdir::Dir::new();
     let ca_file = write_pem(&dir.0, "ca.pem", &ca.pem());
     Fixture { pg, dir, ca_file }
@@ -226,11 +225,12 @@ async fn an_unreadable_ca_file_stops_the_start_with_its_key() {
 
 /// The transaction `tx` is not in the primary's ledger.
 async fn assert_not_applied(pg: &TestPg, tx: uuid::Uuid) {
-    let applied: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM applied_transaction WHERE transaction_id = $1")
-            .bind(tx)
-            .fetch_one(&mut pg.primary().await)
-            .await
-            .expect("ledger");
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM opsdb_api.applied_transaction WHERE transaction_id = $1",
+    )
+    .bind(tx)
+    .fetch_one(&mut pg.primary().await)
+    .await
+    .expect("ledger");
     assert_eq!(applied, 0, "nothing reached the primary");
 }

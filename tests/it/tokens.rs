@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use ops_db_actors::pg::PgTarget;
-use ops_db_service::config::Scope;
+use ops_db_service::config::{Schema, Scope};
 use ops_db_service::token;
 use serde_json::json;
 
@@ -116,11 +116,11 @@ async fn table_tokens_replicate_survive_outages_and_stop_within_the_ttl_once_rev
     let pg = Site::primary_with_replica().await;
     let owner = PgTarget::plain(pg.primary_url());
     let both = [Scope::Write, Scope::Read];
-    let secret = token::create(&owner, "db-client", &both, None)
+    let secret = token::create(&owner, &Schema::default(), "db-client", &both, None)
         .await
         .expect("create");
     let past = chrono::Utc::now() - chrono::Duration::minutes(1);
-    let expired = token::create(&owner, "expired", &both, Some(past))
+    let expired = token::create(&owner, &Schema::default(), "expired", &both, Some(past))
         .await
         .expect("create");
     pg.wait_for_replay(&pg.current_lsn().await).await;
@@ -149,7 +149,7 @@ async fn table_tokens_replicate_survive_outages_and_stop_within_the_ttl_once_rev
     assert_eq!(status(app, post.clone(), start, &expired).await, 401);
 
     // A token made while the service runs works once it has replicated and the cache expired.
-    let later = token::create(&owner, "later", &[Scope::Write], None)
+    let later = token::create(&owner, &Schema::default(), "later", &[Scope::Write], None)
         .await
         .expect("create");
     eventually(
@@ -178,7 +178,12 @@ async fn table_tokens_replicate_survive_outages_and_stop_within_the_ttl_once_rev
     pg.start_replica().await;
 
     // Revoked at the primary: refused within the replication delay plus the TTL.
-    assert_eq!(token::revoke(&owner, "db-client").await.expect("revoke"), 1);
+    assert_eq!(
+        token::revoke(&owner, &Schema::default(), "db-client")
+            .await
+            .expect("revoke"),
+        1
+    );
     let revoked_at = Instant::now();
     pg.wait_for_replay(&pg.current_lsn().await).await;
     let replicated_after = revoked_at.elapsed();

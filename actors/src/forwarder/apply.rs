@@ -49,9 +49,6 @@ fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-const MESSAGE_HEAD: &str =
-    "BEGIN; SELECT idx, outcome, sqlstate, message FROM opsdb_apply_batch('[";
-
 /// The one SQL message of a batch, built while its entries are read: each transaction goes
 /// straight into the batch's string literal, quoted on the way, so the forwarder holds one
 /// copy of a batch (not a JSON array, then its quoted form, then the message around it).
@@ -63,17 +60,19 @@ pub struct Message {
     json_bytes: usize,
 }
 
-impl Default for Message {
-    fn default() -> Self {
+impl Message {
+    /// An empty batch for the batch function of the service's schema `schema` (a
+    /// validated identifier: `schema.name`).
+    pub fn new(schema: &str) -> Self {
         Self {
-            sql: MESSAGE_HEAD.to_owned(),
+            sql: format!(
+                "BEGIN; SELECT idx, outcome, sqlstate, message FROM \"{schema}\".apply_batch('["
+            ),
             count: 0,
             json_bytes: 0,
         }
     }
-}
 
-impl Message {
     /// Appends one transaction (a JSON object) with its stream id spliced in as its first
     /// member: `{"stream_id":"…",` + the rest of the object. With `reject`, an
     /// `"opsdb_reject":{"sqlstate":…,"message":…}` member follows: the primary answers
@@ -194,7 +193,7 @@ mod tests {
     /// stream id first, quotes doubled, wrapped in BEGIN/COMMIT and the LSN query.
     #[test]
     fn a_message_carries_the_batch_as_one_quoted_json_array() {
-        let mut m = Message::default();
+        let mut m = Message::new("opsdb_api");
         m.push("1-0", r#"{"id":"a","note":"it's"}"#, None);
         let reject = Failure {
             sqlstate: "P0001".into(),
@@ -207,7 +206,7 @@ mod tests {
         assert_eq!(
             sql,
             format!(
-                "BEGIN; SELECT idx, outcome, sqlstate, message FROM opsdb_apply_batch('{inner}'::jsonb, \
+                "BEGIN; SELECT idx, outcome, sqlstate, message FROM \"opsdb_api\".apply_batch('{inner}'::jsonb, \
                  ARRAY['22','23','P0002']::text[]); COMMIT; SELECT pg_current_wal_lsn()::text"
             )
         );

@@ -38,7 +38,7 @@ const ENVIRONMENTAL: [&str; 14] = [
 
 /// The marker the batch function puts on the last line of the DETAIL of an error it
 /// raises again.
-const INDEX_MARKER: &str = "opsdb_apply_batch: batch index ";
+const INDEX_MARKER: &str = "apply_batch: batch index ";
 
 /// More than this many counted transactions and the oldest counts are forgotten (they
 /// only start again from zero): the map stays small whatever happens.

@@ -57,6 +57,9 @@ pub struct ForwarderConfig {
     pub primary: PgTarget,
     pub redis_url: String,
     pub keys: Keys,
+    /// The service's own schema on the primary (`schema.name`, a validated identifier):
+    /// where the batch function and the ledger are.
+    pub schema: String,
     /// Most transactions in one batch.
     pub batch_size: usize,
     /// Most bytes of transaction JSON in one batch; a larger transaction goes alone.

@@ -36,7 +36,6 @@ pub struct Entry {
     pub tx_id: Uuid,
 }
 
-#[derive(Default)]
 pub struct Batch {
     pub entries: Vec<Entry>,
     /// The SQL message sent to the primary, built as entries are read.
@@ -47,6 +46,15 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// An empty batch for the batch function in the service's schema `schema`.
+    pub fn new(schema: &str) -> Self {
+        Self {
+            entries: Vec::new(),
+            message: Message::new(schema),
+            poisoned: Vec::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -215,7 +223,7 @@ impl Reader {
         config: &ForwarderConfig,
         isolation: &Isolation,
     ) -> Result<Batch, ForwardError> {
-        let mut batch = Batch::default();
+        let mut batch = Batch::new(&config.schema);
         // Smaller while batches are split after a stall (see `split`).
         let max_txs = isolation
             .batch_limit()

@@ -107,12 +107,14 @@ pub struct Reads {
     /// The read source (replica; the primary on the main site); `None` if not configured.
     pool: Option<PgPool>,
     keys: Keys,
+    /// The ledger query, in the service's own schema (`schema.name`).
+    ledger_sql: String,
 }
 
 impl Reads {
     /// Connects lazily: a read source down at boot fails reads, not the start; only an
     /// unusable URL is an error here.
-    pub fn new(source: Option<&PgTarget>, keys: Keys) -> Result<Self, sqlx::Error> {
+    pub fn new(source: Option<&PgTarget>, keys: Keys, schema: &str) -> Result<Self, sqlx::Error> {
         let pool = source
             .map(|source| {
                 let timeout = SOURCE_STATEMENT_TIMEOUT.as_millis().to_string();
@@ -127,7 +129,15 @@ impl Reads {
                 )
             })
             .transpose()?;
-        Ok(Self { pool, keys })
+        let ledger_sql = format!(
+            "SELECT op, stream_id, applied_at FROM \"{schema}\".applied_transaction \
+             WHERE transaction_id = $1"
+        );
+        Ok(Self {
+            pool,
+            keys,
+            ledger_sql,
+        })
     }
 
     /// The read source's pool (also where the `api_token` table is read).
@@ -152,12 +162,10 @@ impl Reads {
         let Some(pool) = &self.pool else {
             return Err(ReadError::NoSuchTransaction(id));
         };
-        let row: Option<(String, String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT op, stream_id, applied_at FROM applied_transaction WHERE transaction_id = $1",
-        )
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
+        let row: Option<(String, String, DateTime<Utc>)> = sqlx::query_as(&self.ledger_sql)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
         let (op, _stream_id, applied_at) = row.ok_or(ReadError::NoSuchTransaction(id))?;
         Ok(merge::ledger(id, &op, applied_at))
     }

@@ -1176,9 +1176,10 @@ async fn check_primary(
     failures: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let mut primary = PgConnection::connect(&pg.primary_url()).await?;
-    let ledger: Vec<Uuid> = sqlx::query_scalar("SELECT transaction_id FROM applied_transaction")
-        .fetch_all(&mut primary)
-        .await?;
+    let ledger: Vec<Uuid> =
+        sqlx::query_scalar("SELECT transaction_id FROM opsdb_api.applied_transaction")
+            .fetch_all(&mut primary)
+            .await?;
     let ledger_set: HashSet<Uuid> = ledger.iter().copied().collect();
     let acked_set: HashSet<Uuid> = acked.iter().copied().collect();
     let missing = acked_set.difference(&ledger_set).count();
@@ -1223,7 +1224,7 @@ async fn check_primary(
         ));
     }
     let mut replica = PgConnection::connect(&pg.replica_url()).await?;
-    let on_replica = count("SELECT count(*) FROM applied_transaction")
+    let on_replica = count("SELECT count(*) FROM opsdb_api.applied_transaction")
         .fetch_one(&mut replica)
         .await?;
     if on_replica != ledger.len() as i64 {

@@ -316,6 +316,17 @@ pub struct Schema {
     pub presets: Option<PathBuf>,
 }
 
+impl Default for Schema {
+    /// The compiled-in `[schema]` of `config/default.toml` (for tests and the dev kit).
+    fn default() -> Self {
+        // The compiled-in defaults parse: `the_default_schema_is_the_compiled_in_one`.
+        #[allow(clippy::expect_used)]
+        Figment::from(Toml::string(DEFAULTS))
+            .extract_inner("schema")
+            .expect("the compiled-in [schema] is valid")
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Faults {

@@ -24,6 +24,16 @@ fn the_shipped_site_files_load() {
 }
 
 #[test]
+fn the_default_schema_is_the_compiled_in_one() {
+    let schema = Schema::default();
+    let config = Config::from_toml_str(SITE).expect("defaults and a site name");
+    assert_eq!(schema.name, "opsdb_api");
+    assert_eq!(schema.name, config.schema.name);
+    assert_eq!(schema.domain, config.schema.domain);
+    assert_eq!(schema.tables, config.schema.tables);
+}
+
+#[test]
 fn a_missing_site_name_is_named() {
     let err = load_err("");
     assert!(

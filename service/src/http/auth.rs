@@ -1,6 +1,7 @@
 //! Bearer tokens, by SHA-256, from three sources: the config (`auth.tokens`, fixed for the
 //! process' life), a tokens file (`auth.tokens_file`) and the `api_token` table on the read
-//! source (`auth.database`). The last two are read at start and again every
+//! source (`auth.database`: ops-db's where it has one, else the service's own, see
+//! `token_table`). The last two are read at start and again every
 //! `auth.cache_ttl`; a failed read keeps the last good set, so a token keeps working
 //! while its source is away (the replica down, the WAN cut: the table is read locally).
 
@@ -21,8 +22,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
-use crate::config::{validate_tokens, Auth, Scope, Token, TokensFile};
+use crate::config::{validate_tokens, Auth, Schema, Scope, Token, TokensFile};
 use crate::ops::ApiError;
+use crate::token_table;
 
 /// Who a valid token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +44,8 @@ pub struct Tokens {
     database: ArcSwap<ByHash>,
     file_path: Option<PathBuf>,
     use_database: bool,
+    /// Where the token tables are (`schema.name`, `schema.domain`).
+    schema: Schema,
     pub cache_ttl: Duration,
     /// Whether the last read of the file, of the table, failed: a failure is logged when it
     /// begins and when it ends, not at every `cache_ttl` of a days-long outage.
@@ -66,13 +70,14 @@ fn by_hash(tokens: &[Token], expires_at: impl Fn(&Token) -> Option<DateTime<Utc>
 
 impl Tokens {
     /// The config's tokens only (until the first [`Tokens::refresh`]).
-    pub fn new(auth: &Auth) -> Self {
+    pub fn new(auth: &Auth, schema: &Schema) -> Self {
         Self {
             config: by_hash(&auth.tokens, |_| None),
             file: ArcSwap::from_pointee(ByHash::new()),
             database: ArcSwap::from_pointee(ByHash::new()),
             file_path: auth.tokens_file.clone(),
             use_database: auth.database,
+            schema: schema.clone(),
             cache_ttl: auth.cache_ttl,
             file_failing: AtomicBool::new(false),
             table_failing: AtomicBool::new(false),
@@ -122,7 +127,7 @@ impl Tokens {
             }
         }
         if let (true, Some(pool)) = (self.use_database, pool) {
-            let read = read_table(pool).await;
+            let read = read_table(pool, &self.schema).await;
             note(&self.table_failing, &read, "the api_token table");
             if let Ok(tokens) = read {
                 self.database.store(Arc::new(tokens));
@@ -174,24 +179,28 @@ fn toml_from_str(text: &str) -> anyhow::Result<TokensFile> {
 /// Bounds one read of the table, so a hung read source does not hold the refresh.
 const TABLE_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn read_table(pool: &PgPool) -> anyhow::Result<ByHash> {
-    type Row = (String, String, Vec<String>, Option<DateTime<Utc>>);
-    let query = sqlx::query_as::<_, Row>(
-        "SELECT sha256, name, scopes, expires_at FROM api_token WHERE active",
-    )
-    .fetch_all(pool);
-    let rows = tokio::time::timeout(TABLE_TIMEOUT, query)
+async fn read_table(pool: &PgPool, schema: &Schema) -> anyhow::Result<ByHash> {
+    let read = async {
+        let source = token_table::source(pool, schema).await?;
+        token_table::read(pool, source, schema).await
+    };
+    let rows = tokio::time::timeout(TABLE_TIMEOUT, read)
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {TABLE_TIMEOUT:?}"))??;
     let mut tokens = ByHash::new();
-    for (sha256, name, scopes, expires_at) in rows {
+    for token_table::Row {
+        sha256,
+        name,
+        scopes,
+        expires_at,
+    } in rows
+    {
         let Some(bytes) = hex::decode(&sha256)
             .ok()
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
         else {
             continue;
         };
-        let scopes = scopes.iter().filter_map(|s| Scope::from_name(s)).collect();
         let principal = Principal {
             name,
             scopes,
@@ -273,7 +282,10 @@ mod tests {
 
     #[test]
     fn scopes_are_checked_and_expired_tokens_refused() {
-        let tokens = Tokens::new(&auth(vec![token("w", "s1", vec![Scope::Write])]));
+        let tokens = Tokens::new(
+            &auth(vec![token("w", "s1", vec![Scope::Write])]),
+            &Schema::default(),
+        );
         assert_eq!(
             tokens
                 .check(Some("s1"), Scope::Write)
@@ -318,7 +330,7 @@ mod tests {
         std::fs::write(&path, line("first")).expect("write");
         let mut a = auth(Vec::new());
         a.tokens_file = Some(path.clone());
-        let tokens = Tokens::new(&a);
+        let tokens = Tokens::new(&a, &Schema::default());
         assert!(
             tokens.lookup("first").is_none(),
             "not read before the first refresh"

@@ -36,7 +36,7 @@ const CLIENTS_PER_FACADE: usize = 8;
 const WRITES: usize = 600;
 /// The token's name: idempotency keys are scoped by it.
 const CLIENT: &str = "writer";
-const LEDGER: &str = "SELECT transaction_id FROM applied_transaction";
+const LEDGER: &str = "SELECT transaction_id FROM opsdb_api.applied_transaction";
 
 /// The binary running `serve`, its stderr in a file.
 struct Service {
