@@ -11,7 +11,9 @@
 //! Bounded: the parents of one write are looked up together (one Redis pipeline, one query
 //! per parent table), within [`BUDGET`]; a read source or Redis that does not answer in time
 //! leaves the write unchecked (counted in `opsdb_reference_unchecked_total`), never waiting
-//! longer and never refusing for it: ingest must not depend on the replica. Parents found are
+//! longer and never refusing for it: ingest must not depend on the replica. After such a
+//! lookup the checks pause for [`PAUSE`] (writes go unchecked at once), so a replica that
+//! is down costs one write in five seconds the budget, not every write. Parents found are
 //! remembered (at most [`KNOWN`]), so a stream of writes under one executed obs unit costs
 //! one lookup. Parents the same transaction writes are not looked up.
 //!
@@ -37,6 +39,10 @@ pub const BUDGET: Duration = Duration::from_millis(250);
 
 /// How many parents found to exist are remembered.
 pub const KNOWN: usize = 10_000;
+
+/// After a lookup that did not finish within the budget, writes are left unchecked this
+/// long without trying: a replica that is down must not cost every write the budget.
+pub const PAUSE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -147,6 +153,8 @@ pub struct References {
     redis: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     keys: Keys,
     known: Mutex<Known>,
+    /// Until when lookups are not tried (see [`PAUSE`]).
+    paused_until: Mutex<Option<tokio::time::Instant>>,
     pub metrics: Arc<ReferenceMetrics>,
 }
 
@@ -198,6 +206,7 @@ impl References {
             redis: tokio::sync::Mutex::new(None),
             keys,
             known: Mutex::new(Known::default()),
+            paused_until: Mutex::new(None),
             metrics: Arc::default(),
         })
     }
@@ -226,6 +235,15 @@ impl References {
         if unknown.is_empty() {
             return Outcome::Found;
         }
+        let now = tokio::time::Instant::now();
+        let paused = {
+            let until = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+            until.is_some_and(|until| now < until)
+        };
+        if paused {
+            self.metrics.unchecked.inc();
+            return Outcome::Unchecked;
+        }
         let outcome = match tokio::time::timeout(BUDGET, self.look_up(unknown)).await {
             Ok(Ok(missing)) if missing.is_empty() => Outcome::Found,
             Ok(Ok(missing)) => Outcome::Missing(missing),
@@ -236,10 +254,20 @@ impl References {
             Err(_) => Outcome::Unchecked,
         };
         match &outcome {
-            Outcome::Missing(_) => self.metrics.missing.inc(),
-            Outcome::Unchecked => self.metrics.unchecked.inc(),
-            Outcome::Found => 0,
-        };
+            Outcome::Missing(_) => {
+                self.metrics.missing.inc();
+            }
+            Outcome::Unchecked => {
+                self.metrics.unchecked.inc();
+                let mut until = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+                *until = Some(tokio::time::Instant::now() + PAUSE);
+                tracing::warn!(
+                    pause = ?PAUSE,
+                    "referential check: the read source or Redis did not answer within the budget; writes go unchecked for a while"
+                );
+            }
+            Outcome::Found => {}
+        }
         outcome
     }
 

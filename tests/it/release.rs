@@ -185,6 +185,11 @@ async fn leftovers(app: &TestApp, defaults: &Config) -> Leftovers {
             }
             // One counter per site.
             "events:seq" => {}
+            // The model registry's stored copy: one key per site, the tables' shape.
+            "registry" => {
+                let bytes = memory(&mut conn, &key).await;
+                assert!(bytes < 64 * 1024, "{key}: {bytes} bytes");
+            }
             "forwarder:lease" => {
                 let ms: i64 = query(&mut conn, redis::cmd("PTTL").arg(&key)).await;
                 let lease = defaults.forwarder.lease_ttl.as_millis() as i64;

@@ -128,6 +128,19 @@ async fn the_originals_example_is_one_transaction_through_http_and_tcp() {
     let replica = app.get_auth(&format!("/executed_obs_units/{obs}")).await;
     assert_eq!(replica.body["sync"]["state"], "replicated");
     assert_eq!(replica.body["status"], "completed");
+
+    // ?wait= as for any write.
+    let waited = app
+        .post(
+            "/transactions?wait=replicated&timeout=30s",
+            &observation(2, "waited"),
+        )
+        .await;
+    assert_eq!(waited.status, 201, "{}", waited.text);
+    assert_eq!(waited.body["status"], "replicated");
+    let unit = uuid(&waited.body["steps"]["obs"]["id"]);
+    let read = app.get_auth(&format!("/executed_obs_units/{unit}")).await;
+    assert_eq!(read.body["sync"]["state"], "replicated", "{}", read.text);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -416,7 +429,6 @@ async fn a_parent_found_nowhere_is_reported_at_once_or_refused() {
     let strict = site
         .second_instance("[schema]\nreferences = \"reject\"\n")
         .await;
-    let before = strict.buffered_count().await;
     let r = strict
         .post(
             "/raw_data_files/bulk",
@@ -445,9 +457,75 @@ async fn a_parent_found_nowhere_is_reported_at_once_or_refused() {
         },
     )
     .await;
-    assert_eq!(
-        strict.buffered_count().await,
-        before + 1,
-        "only the good one"
-    );
+    site.drained(Duration::from_secs(30)).await;
+    let refused: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM raw_data_file WHERE name LIKE 'x!_%' ESCAPE '!'")
+            .fetch_one(&mut site.primary().await)
+            .await
+            .expect("count");
+    assert_eq!(refused, 0, "nothing of the refused bulk was stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_replica_down_writes_go_unchecked_and_are_stored() {
+    let site = Site::start(false, "").await;
+    let app = &site.app;
+    // Parents on the primary and the replica, released from the overlay: only the replica
+    // could say they exist, and none was looked up yet.
+    let (mut units, mut acked) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let r = app
+            .post(
+                "/executed_obs_units/start?wait=replicated&timeout=30s",
+                &json!({"obs_unit_id": 1}),
+            )
+            .await;
+        assert_eq!(r.body["status"], "replicated", "{}", r.text);
+        units.push(uuid(&r.body["id"]));
+        acked.push(uuid(&r.body["transaction_id"]));
+    }
+    eventually(
+        "the overlay is released",
+        Duration::from_secs(30),
+        || async {
+            let mut redis = app.redis.conn().await;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("opsdb:{}:rec:*", app.site))
+                .query_async(&mut redis)
+                .await
+                .expect("keys");
+            keys.is_empty().then_some(())
+        },
+    )
+    .await;
+    site.pg.stop_replica().await;
+    for (i, unit) in units.iter().enumerate() {
+        let r = app
+            .post(
+                "/raw_data_files/",
+                &crate::helpers::file_body(&unit.to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 201, "write {i}: {}", r.text);
+        assert!(
+            r.headers.get("x-opsdb-reference-warning").is_none(),
+            "unchecked, not missing"
+        );
+        acked.push(uuid(&r.body["transaction_id"]));
+    }
+    let metrics = app.get("/metrics").await.text;
+    let unchecked: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("opsdb_reference_unchecked_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the counter");
+    assert_eq!(unchecked, 20, "every write counted unchecked:\n{metrics}");
+    let missing = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("opsdb_reference_missing_total "))
+        .map(str::trim);
+    assert_eq!(missing, Some("0"));
+    site.drained(Duration::from_secs(30)).await;
+    site.assert_exactly_once(&acked).await;
+    site.pg.start_replica().await;
 }
