@@ -13,6 +13,8 @@ PACKAGES=(
   # The dashboard test drives a real headless Chromium through chromedriver; the fonts
   # (only recommended by chromium) make its screenshot legible.
   chromium chromium-driver fonts-liberation
+  # The OpenAPI test runs schemathesis (scripts/install-schemathesis.sh) in a venv.
+  python3 python3-venv
 )
 
 missing=()

@@ -172,3 +172,73 @@ async fn docs_are_served_without_a_token_from_this_origin_alone() {
     assert!(script.contains("validatorUrl: null"), "{script}");
     assert!(!script.contains("http"), "{script}");
 }
+
+/// schemathesis, installed by `scripts/install-schemathesis.sh` (or `OPSDB_SCHEMATHESIS`).
+fn schemathesis() -> std::path::PathBuf {
+    let path = std::env::var_os("OPSDB_SCHEMATHESIS").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/schemathesis/bin/st"),
+        std::path::PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/install-schemathesis.sh (python3 and python3-venv from \
+         scripts/install-deps.sh), or point OPSDB_SCHEMATHESIS at an `st` binary",
+        path.display()
+    );
+    path
+}
+
+/// An OpenAPI-driven generator, every check on, against `POST /transactions` as the live
+/// model registry documents it: no request the document allows is refused, none it forbids
+/// is accepted, every answer fits the document. The hooks (`tests/schemathesis/hooks.py`)
+/// keep generated idempotency keys and step ids from repeating, the two rules the document
+/// states but JSON Schema cannot.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_nothing_wrong_with_transactions() {
+    let st = schemathesis();
+    let site = crate::site::Site::start(false, "").await;
+    let app = &site.app;
+    let health = app.get("/health").await;
+    assert_eq!(
+        health.body["registry"]["source"], "read_source",
+        "{}",
+        health.text
+    );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis");
+    // Its caches land in the working directory: a temporary one, not the repository.
+    let work = crate::helpers::tempdir::Dir::new();
+    let output = tokio::process::Command::new(&st)
+        .current_dir(&work.0)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("SCHEMATHESIS_HOOKS", "hooks")
+        .env("PYTHONPATH", &dir)
+        .env("OPSDB_TOKEN", &app.token)
+        .env("NO_COLOR", "1")
+        .arg("--config-file")
+        .arg(dir.join("schemathesis.toml"))
+        .arg("run")
+        .arg(app.url("/openapi.json"))
+        .args([
+            "--checks",
+            "all",
+            "--include-operation-id",
+            "transactions",
+            "--max-examples",
+            "300",
+            "--phases",
+            "coverage,fuzzing",
+            "--continue-on-failure",
+            "--generation-database",
+            "none",
+        ])
+        .output()
+        .await
+        .expect("schemathesis runs");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(report.contains("No issues found"), "{report}");
+}

@@ -45,9 +45,10 @@ fn fit_type(ty: &ColumnType, value: &Value, type_name: &str) -> Result<Value, Mi
             .is_boolean()
             .then(|| value.clone())
             .ok_or_else(|| expected("true or false")),
-        ColumnType::Integer { min, max } => match value.as_i64() {
-            Some(n) if (*min..=*max).contains(&n) => Ok(value.clone()),
+        ColumnType::Integer { min, max } => match integer(value) {
+            Some(n) if (*min..=*max).contains(&n) => Ok(n.into()),
             Some(_) => Err(format!("must be from {min} to {max} ({type_name})")),
+            None if whole(value) => Err(format!("must be from {min} to {max} ({type_name})")),
             None => Err(expected("an integer")),
         },
         ColumnType::Number => value
@@ -113,6 +114,24 @@ fn fit_type(ty: &ColumnType, value: &Value, type_name: &str) -> Result<Value, Mi
     }
 }
 
+/// An integer, also when written with a zero fraction (`3.0`: JSON Schema's integers
+/// include it); `None` beyond i64 or with a fraction.
+fn integer(value: &Value) -> Option<i64> {
+    value.as_i64().or_else(|| {
+        let f = value.as_f64()?;
+        // 2^63 is exact in f64: every float below it in magnitude with no fraction fits.
+        (f.fract() == 0.0 && f.abs() < 9_223_372_036_854_775_808.0).then_some(f as i64)
+    })
+}
+
+/// A number without a fraction, however large.
+fn whole(value: &Value) -> bool {
+    value.as_u64().is_some()
+        || value
+            .as_f64()
+            .is_some_and(|f| f.is_finite() && f.fract() == 0.0)
+}
+
 /// An RFC 3339 time (or, for `timestamp` columns written without a zone, a local
 /// date-time taken as UTC) in microseconds, written as the overlay and reads write it.
 fn timestamp(text: &str) -> Option<String> {
@@ -166,6 +185,7 @@ mod tests {
         };
         let ok: Vec<(ColumnType, Value, Value)> = vec![
             (int4.clone(), json!(7), json!(7)),
+            (int4.clone(), json!(7.0), json!(7)),
             (ColumnType::Number, json!(1.5), json!(1.5)),
             (ColumnType::Boolean, json!(true), json!(true)),
             (ColumnType::Text, json!("x"), json!("x")),
@@ -204,7 +224,9 @@ mod tests {
             );
         }
         let bad: Vec<(ColumnType, Value)> = vec![
-            (int4, json!(1_i64 << 40)),
+            (int4.clone(), json!(1_i64 << 40)),
+            (int4.clone(), json!(1.5)),
+            (int4, json!(1e300)),
             (ColumnType::Number, json!("1")),
             (ColumnType::Text, json!(1)),
             (ColumnType::Text, json!("a\u{0}b")),

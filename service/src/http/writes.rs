@@ -51,7 +51,9 @@ pub enum WaitFor {
 pub struct WaitQuery {
     /// Answer once the transaction got this far (the write is durable either way).
     wait: Option<WaitFor>,
-    /// How long to wait, e.g. `5s` (the default), at most `60s`.
+    /// How long to wait, e.g. `5s` (the default), at most `60s`: whole seconds (`s`) or
+    /// milliseconds (`ms`).
+    #[param(pattern = "^(([1-5]?[0-9]|60)s|[0-9]{1,4}ms)$")]
     timeout: Option<String>,
 }
 
@@ -59,8 +61,12 @@ fn parse_wait(query: Wait) -> Result<Option<(WaitFor, Duration)>, ApiError> {
     let invalid = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m);
     let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
     let timeout = match &query.timeout {
-        Some(t) => humantime::parse_duration(t)
-            .map_err(|e| invalid(format!("timeout: {e}")).with_field("timeout"))?,
+        Some(t) => parse_timeout(t).ok_or_else(|| {
+            invalid(format!(
+                "timeout: {t:?} is not whole seconds (`5s`) or milliseconds (`500ms`)"
+            ))
+            .with_field("timeout")
+        })?,
         None => Duration::from_secs(5),
     };
     if timeout > MAX_WAIT {
@@ -71,6 +77,19 @@ fn parse_wait(query: Wait) -> Result<Option<(WaitFor, Duration)>, ApiError> {
         .with_field("timeout"));
     }
     Ok(query.wait.map(|w| (w, timeout)))
+}
+
+/// `5s` or `500ms`, as the document's pattern says (a few digits, so no overflow).
+fn parse_timeout(text: &str) -> Option<Duration> {
+    let (digits, unit): (&str, fn(u64) -> Duration) = if let Some(d) = text.strip_suffix("ms") {
+        (d, Duration::from_millis)
+    } else {
+        (text.strip_suffix('s')?, Duration::from_secs)
+    };
+    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().map(unit)
 }
 
 /// Polls the transaction's lifecycle until it reaches `target` (or is dead) or `timeout`.

@@ -120,6 +120,21 @@ fn values(table: &TableModel, create: bool) -> Value {
 }
 
 fn column(c: &Column, nullable: bool) -> Value {
+    if c.ty == ColumnType::Json {
+        // A value of the column itself (not one nested in it) that is an object of `$ref`
+        // alone is a reference; and JSON's `null` is SQL's NULL for a NOT NULL column.
+        let mut not = vec![
+            json!({"type": "object", "required": ["$ref"], "maxProperties": 1,
+                                  "properties": {"$ref": {"type": "string"}}}),
+        ];
+        if !nullable {
+            not.push(json!({"type": "null"}));
+        }
+        return json!({
+            "allOf": [of_type(&c.ty), {"not": {"anyOf": not}}],
+            "description": c.type_name,
+        });
+    }
     let mut schema = of_type(&c.ty);
     if let (Some(max), true) = (c.max_chars, schema["type"] == "string") {
         schema["maxLength"] = json!(max);
@@ -166,7 +181,7 @@ fn of_type(ty: &ColumnType) -> Value {
 fn json_value() -> Value {
     let me = format!("#/components/schemas/{JSON_VALUE}");
     json!({
-        "description": "Any JSON value without NUL characters; an object of the one member `$ref` is a reference, not a value",
+        "description": "Any JSON value without NUL characters",
         "anyOf": [
             {"type": "string", "pattern": NO_NUL},
             {"type": "number"},
@@ -174,8 +189,7 @@ fn json_value() -> Value {
             {"type": "null"},
             {"type": "array", "items": {"$ref": me}},
             {"type": "object", "propertyNames": {"pattern": NO_NUL},
-             "additionalProperties": {"$ref": me},
-             "not": {"required": ["$ref"], "maxProperties": 1}},
+             "additionalProperties": {"$ref": me}},
         ],
     })
 }

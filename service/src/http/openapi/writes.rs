@@ -10,9 +10,9 @@ use utoipa::openapi::path::{
 };
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::response::{Response, ResponseBuilder};
-use utoipa::openapi::schema::{Object, Type};
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::openapi::{OpenApi, Ref, RefOr, Required};
-use utoipa::{IntoParams, PartialSchema, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 
 use super::schemas::{uuid, BulkWriteAck, TransactionAck, WriteAck};
 use super::{add_schemas, error_response, http_method};
@@ -146,7 +146,12 @@ fn parameters(spec: &OperationSpec) -> Vec<Parameter> {
                 "1 to 255 visible ASCII characters: a retry with the same key gets the first \
                  answer instead of a second write",
             ))
-            .schema(Some(String::schema()))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[!-~]{1,255}$"))
+                    .build(),
+            ))
             .build(),
     );
     parameters
