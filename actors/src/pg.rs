@@ -42,6 +42,25 @@ impl PgTarget {
         })
     }
 
+    /// A pool that connects on first use (a server down at start fails queries, not the
+    /// start), whose sessions cancel any statement after `statement_timeout` and whose
+    /// callers wait at most `acquire_timeout` for a connection.
+    pub fn lazy_pool(
+        &self,
+        max_connections: u32,
+        statement_timeout: std::time::Duration,
+        acquire_timeout: std::time::Duration,
+    ) -> Result<sqlx::postgres::PgPool, sqlx::Error> {
+        let timeout = statement_timeout.as_millis().to_string();
+        let options = self
+            .options()?
+            .options([("statement_timeout", timeout.as_str())]);
+        Ok(sqlx::postgres::PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            .connect_lazy_with(options))
+    }
+
     /// The URL with any password replaced by `***`: for logs, errors and printed config.
     pub fn redacted(&self) -> String {
         redact_url(&self.url)

@@ -27,7 +27,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry as Metrics;
 use redis::aio::MultiplexedConnection;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 
 use crate::domain::{Step, Transaction};
 use crate::overlay::Keys;
@@ -186,18 +186,7 @@ impl References {
         keys: Keys,
     ) -> Result<Self, sqlx::Error> {
         let pool = source
-            .map(|source| {
-                let timeout = BUDGET.as_millis().to_string();
-                let options = source
-                    .options()?
-                    .options([("statement_timeout", timeout.as_str())]);
-                Ok::<_, sqlx::Error>(
-                    PgPoolOptions::new()
-                        .max_connections(4)
-                        .acquire_timeout(BUDGET)
-                        .connect_lazy_with(options),
-                )
-            })
+            .map(|source| source.lazy_pool(4, BUDGET, BUDGET))
             .transpose()?;
         Ok(Self {
             mode,

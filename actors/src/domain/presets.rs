@@ -271,15 +271,11 @@ fn finalize_fields(b: &FinalizeRawDataPackage, now: DateTime<Utc>) -> Map<String
 }
 
 impl OperationKind {
-    /// The fixed operations (every kind but `transactions`).
-    pub const PRESETS: [Self; 6] = [
-        Self::StartExecutedObsUnit,
-        Self::FinishExecutedObsUnit,
-        Self::CreateRawDataFile,
-        Self::BulkCreateRawDataFiles,
-        Self::CreateRawDataPackage,
-        Self::FinalizeRawDataPackage,
-    ];
+    /// The fixed operations (every kind but `transactions`, the last of `ALL`).
+    pub const PRESETS: &'static [Self] = match Self::ALL.split_last() {
+        Some((_, fixed)) => fixed,
+        None => &[],
+    };
 
     /// The fields a preset of this operation may use (`$field`).
     pub fn fields(self) -> &'static [&'static str] {

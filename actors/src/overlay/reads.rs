@@ -28,7 +28,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use redis::aio::MultiplexedConnection;
 use serde_json::{Map, Value};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use uuid::Uuid;
 
 use super::merge::{self, WriterState};
@@ -116,18 +116,7 @@ impl Reads {
     /// unusable URL is an error here.
     pub fn new(source: Option<&PgTarget>, keys: Keys, schema: &str) -> Result<Self, sqlx::Error> {
         let pool = source
-            .map(|source| {
-                let timeout = SOURCE_STATEMENT_TIMEOUT.as_millis().to_string();
-                let options = source
-                    .options()?
-                    .options([("statement_timeout", timeout.as_str())]);
-                Ok::<_, sqlx::Error>(
-                    PgPoolOptions::new()
-                        .max_connections(8)
-                        .acquire_timeout(Duration::from_secs(2))
-                        .connect_lazy_with(options),
-                )
-            })
+            .map(|source| source.lazy_pool(8, SOURCE_STATEMENT_TIMEOUT, Duration::from_secs(2)))
             .transpose()?;
         let ledger_sql = format!(
             "SELECT op, stream_id, applied_at FROM \"{schema}\".applied_transaction \
