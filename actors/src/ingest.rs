@@ -183,7 +183,8 @@ pub fn prepare(
         registry.as_deref(),
         &state.limits,
         &mut Uuid::now_v7,
-    )?;
+    )
+    .map_err(|err| preset_misfit(op, err))?;
     let parents = match (&state.references, registry.as_deref()) {
         (Some(_), Some(registry)) => {
             let refs = references::parents(&tx, registry);
@@ -235,6 +236,21 @@ fn serialise(
         idempotency,
         ack,
     })
+}
+
+/// A fixed operation's preset names a table or column the registry does not have: the
+/// site's presets do not fit ops-db's schema, which is no fault of the caller's.
+fn preset_misfit(op: &Operation, err: crate::domain::ValidationError) -> IngestError {
+    let misfit = matches!(err.code, "unknown_table" | "unknown_column");
+    if misfit && !matches!(op, Operation::Transaction(_)) {
+        tracing::error!(
+            op = op.name(),
+            error = %err,
+            "the preset does not fit ops-db's schema: fix schema.presets (config/presets.toml)"
+        );
+        return IngestError::PresetMisfit(op.name());
+    }
+    err.into()
 }
 
 /// Identifies a request's content, so a reused idempotency key with another body is

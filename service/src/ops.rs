@@ -166,6 +166,14 @@ impl From<IngestError> for ApiError {
                 }
             }
             // Logged where it happened; the caller learns only that it is not its fault.
+            IngestError::PresetMisfit(op) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "preset_misfit",
+                format!(
+                    "this endpoint's preset ({op}) names a table or column ops-db does not have; \
+                     an operator must fix schema.presets; nothing was stored"
+                ),
+            ),
             IngestError::Internal(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",

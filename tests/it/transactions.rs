@@ -366,6 +366,26 @@ async fn presets_adapt_to_another_schema_without_code() {
         r.assert_error(422, "invalid_value")["field"],
         "steps[0].values.status"
     );
+
+    // A preset naming a column ops-db lacks is the site's mistake, not the caller's.
+    let misfit = dir.0.join("misfit.toml");
+    let text = include_str!("../../config/presets.toml")
+        .replace("status = \"building\"", "state = \"WAITING\"");
+    std::fs::write(&misfit, text).expect("presets file");
+    let other = site
+        .second_instance(&format!("[schema]\npresets = \"{}\"\n", misfit.display()))
+        .await;
+    let r = other
+        .post(
+            "/raw_data_package/",
+            &json!({"name": "q.tar", "executed_obs_unit_id": eou}),
+        )
+        .await;
+    let e = r.assert_error(500, "preset_misfit");
+    assert!(e["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("raw_data_package.create"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

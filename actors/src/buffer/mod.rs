@@ -67,6 +67,10 @@ pub enum IngestError {
         used: Option<u64>,
         limit: Option<u64>,
     },
+    /// The preset of this fixed operation names a table or column ops-db does not have
+    /// (`schema.presets`): an operator's to fix; nothing was stored.
+    #[error("the preset of {0} does not fit ops-db's schema")]
+    PresetMisfit(&'static str),
     /// `POST /transactions` before any model registry is known (none read from the read
     /// source, no stored copy): nothing was stored.
     #[error("no model registry is known yet")]

@@ -118,7 +118,10 @@ fn operation(
              `invalid_reference`, `duplicate_step_id`, `too_many_steps`, `too_many_rows`; \
              `field` names the part at fault (`steps[2].values.name`)",
         ))
-        .response("500", error_response("`internal_error`: nothing was stored"))
+        .response("500", error_response(
+            "`internal_error`, or `preset_misfit` (this endpoint's preset, `schema.presets`, \
+             names a table or column ops-db does not have): nothing was stored",
+        ))
         .response("503", unavailable())
         .build()
 }
