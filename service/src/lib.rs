@@ -18,4 +18,5 @@ pub mod submit;
 pub mod tcp;
 pub mod telemetry;
 pub mod token;
+pub mod token_store;
 pub mod token_table;

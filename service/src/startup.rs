@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::http::{self, AppState, Tokens};
 use crate::redis_probe::RedisProbe;
+use crate::token_store::TokenStore;
 
 pub struct Application {
     http: TcpListener,
@@ -194,13 +195,18 @@ impl Application {
         }
         probe.register(&mut metrics);
         registry.register(&mut metrics);
-        let tokens = Tokens::new(&config.auth, &config.schema);
+        let store = TokenStore::new(config.redis.url.clone(), keys.clone(), config.redis.timeout);
+        let tokens =
+            Tokens::new(&config.auth, &config.schema, reads.pool().is_some()).with_store(store);
         if let Some(path) = &config.auth.tokens_file {
             // At start a bad file is the operator's mistake to hear about; later, a bad
             // read keeps the last good set.
             Tokens::check_file(path)
                 .with_context(|| format!("auth.tokens_file {}", path.display()))?;
         }
+        // The stored copies, then one read: a source that does not answer now keeps the
+        // set of the last run.
+        tokens.load_stored().await;
         tokens.refresh(reads.pool()).await;
         // The stored copy, then one read: the registry is as current as it can be before
         // the facades take the first request.

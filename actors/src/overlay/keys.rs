@@ -108,6 +108,17 @@ impl Keys {
     pub fn registry(&self) -> String {
         format!("{}registry", self.prefix)
     }
+
+    /// String: the last good set read from the tokens file (JSON: name, SHA-256, scopes,
+    /// expiry of each token), so its tokens work after a restart while it cannot be read.
+    pub fn tokens_file(&self) -> String {
+        format!("{}tokens:file", self.prefix)
+    }
+
+    /// String: the same for the database's `api_token` table (read on the replica).
+    pub fn tokens_table(&self) -> String {
+        format!("{}tokens:table", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +138,8 @@ mod tests {
             k.dead_letters(),
             k.forwarded(),
             k.registry(),
+            k.tokens_file(),
+            k.tokens_table(),
         ] {
             assert!(key.starts_with("opsdb:summit:"), "{key}");
         }

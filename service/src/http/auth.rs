@@ -4,26 +4,33 @@
 //! `token_table`). The last two are read at start and again every
 //! `auth.cache_ttl`; a failed read keeps the last good set, so a token keeps working
 //! while its source is away (the replica down, the WAN cut: the table is read locally).
+//!
+//! Each last good set is also kept in the site's Redis (`token_store`) and loaded at start,
+//! before any read: a restart while the replica is down keeps the table's tokens. While a
+//! configured source has neither been read since start nor had a stored copy, a token no
+//! source knows gets `503 token_source_unavailable` (with `Retry-After`), not `401`: the
+//! service cannot tell yet whether it is valid.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use super::token_source::{Source, Status};
 use super::AppState;
 use crate::config::{validate_tokens, Auth, Schema, Scope, Token, TokensFile};
 use crate::ops::ApiError;
+use crate::token_store::{TokenStore, Which};
 use crate::token_table;
 
 /// Who a valid token belongs to.
@@ -35,22 +42,30 @@ pub struct Principal {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-type ByHash = HashMap<[u8; 32], Arc<Principal>>;
+pub(super) type ByHash = HashMap<[u8; 32], Arc<Principal>>;
 
 /// The accepted tokens, by hash.
 pub struct Tokens {
     config: ByHash,
-    file: ArcSwap<ByHash>,
-    database: ArcSwap<ByHash>,
+    file: Source,
+    database: Source,
     file_path: Option<PathBuf>,
     use_database: bool,
+    /// Whether there is a read source to read the table on (`auth.database` alone is not
+    /// enough).
+    read_source: bool,
     /// Where the token tables are (`schema.name`, `schema.domain`).
     schema: Schema,
     pub cache_ttl: Duration,
-    /// Whether the last read of the file, of the table, failed: a failure is logged when it
-    /// begins and when it ends, not at every `cache_ttl` of a days-long outage.
-    file_failing: AtomicBool,
-    table_failing: AtomicBool,
+    /// Where the last good sets are kept; `None` in unit tests.
+    store: Option<TokenStore>,
+}
+
+/// What `/health` shows of the token sources: each configured one's [`Status`].
+#[derive(Debug, Clone, Serialize)]
+pub struct TokensHealth {
+    pub file: Option<Status>,
+    pub table: Option<Status>,
 }
 
 fn by_hash(tokens: &[Token], expires_at: impl Fn(&Token) -> Option<DateTime<Utc>>) -> ByHash {
@@ -69,41 +84,98 @@ fn by_hash(tokens: &[Token], expires_at: impl Fn(&Token) -> Option<DateTime<Utc>
 }
 
 impl Tokens {
-    /// The config's tokens only (until the first [`Tokens::refresh`]).
-    pub fn new(auth: &Auth, schema: &Schema) -> Self {
+    /// The config's tokens only (until [`Tokens::load_stored`] and the first
+    /// [`Tokens::refresh`]). `read_source`: whether the table can be read at all.
+    pub fn new(auth: &Auth, schema: &Schema, read_source: bool) -> Self {
         Self {
             config: by_hash(&auth.tokens, |_| None),
-            file: ArcSwap::from_pointee(ByHash::new()),
-            database: ArcSwap::from_pointee(ByHash::new()),
+            file: Source::new(Which::File, "auth.tokens_file"),
+            database: Source::new(Which::Table, "the api_token table"),
             file_path: auth.tokens_file.clone(),
             use_database: auth.database,
+            read_source,
             schema: schema.clone(),
             cache_ttl: auth.cache_ttl,
-            file_failing: AtomicBool::new(false),
-            table_failing: AtomicBool::new(false),
+            store: None,
+        }
+    }
+
+    /// Keeps the last good sets in `store`.
+    pub fn with_store(mut self, store: TokenStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    fn file_configured(&self) -> bool {
+        self.file_path.is_some()
+    }
+
+    fn table_configured(&self) -> bool {
+        self.use_database && self.read_source
+    }
+
+    /// At start, before the first read: each configured source's stored copy, if any.
+    pub async fn load_stored(&self) {
+        let Some(store) = &self.store else { return };
+        if self.file_configured() {
+            self.file.load(store).await;
+        }
+        if self.table_configured() {
+            self.database.load(store).await;
+        }
+    }
+
+    /// Whether a configured source has no set yet (neither read nor a stored copy).
+    fn unsettled(&self) -> bool {
+        (self.file_configured() && !self.file.settled())
+            || (self.table_configured() && !self.database.settled())
+    }
+
+    /// Each configured source's state, for `/health`.
+    pub fn health(&self) -> TokensHealth {
+        TokensHealth {
+            file: self.file_configured().then(|| self.file.status()),
+            table: self.table_configured().then(|| self.database.status()),
         }
     }
 
     /// The token's owner, if `presented` is a valid token that has not expired.
     pub fn lookup(&self, presented: &str) -> Option<Arc<Principal>> {
+        self.find(presented).filter(not_expired)
+    }
+
+    /// The owner of `presented` in any source, expired or not.
+    fn find(&self, presented: &str) -> Option<Arc<Principal>> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let found = self
-            .config
+        self.config
             .get(&digest)
             .cloned()
-            .or_else(|| self.file.load().get(&digest).cloned())
-            .or_else(|| self.database.load().get(&digest).cloned())?;
-        match found.expires_at {
-            Some(at) if at <= Utc::now() => None,
-            _ => Some(found),
+            .or_else(|| self.file.set.load().get(&digest).cloned())
+            .or_else(|| self.database.set.load().get(&digest).cloned())
+    }
+
+    /// 503: a token no source knows while a source is not known yet.
+    fn source_unavailable(&self) -> ApiError {
+        ApiError {
+            retry_after: Some(self.cache_ttl.as_secs().max(1)),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token_source_unavailable",
+                "the service cannot check this token yet (a token source has not been read since it started); retry later",
+            )
         }
     }
 
-    /// Checks a presented token for `scope`: 401 without a valid one, 403 without the scope.
+    /// Checks a presented token for `scope`: 401 without a valid one, 403 without the scope,
+    /// 503 for one no source knows while a configured source is not known yet.
     pub fn check(&self, presented: Option<&str>, scope: Scope) -> Result<Arc<Principal>, ApiError> {
-        let principal = presented
-            .and_then(|t| self.lookup(t))
-            .ok_or_else(ApiError::unauthorized)?;
+        let presented = presented.ok_or_else(ApiError::unauthorized)?;
+        let principal = match self.find(presented) {
+            Some(p) if not_expired(&p) => p,
+            Some(_) => return Err(ApiError::unauthorized()),
+            None if self.unsettled() => return Err(self.source_unavailable()),
+            None => return Err(ApiError::unauthorized()),
+        };
         if principal.scopes.contains(&scope) {
             Ok(principal)
         } else {
@@ -117,21 +189,16 @@ impl Tokens {
     }
 
     /// Reads the tokens file and the table again; a source that cannot be read keeps its
-    /// last good set (and is logged).
+    /// last good set (and is logged); a good read that differs from the stored copy is
+    /// stored.
     pub async fn refresh(&self, pool: Option<&PgPool>) {
+        let store = self.store.as_ref();
         if let Some(path) = &self.file_path {
-            let read = read_file(path);
-            note(&self.file_failing, &read, "auth.tokens_file");
-            if let Ok(tokens) = read {
-                self.file.store(Arc::new(tokens));
-            }
+            self.file.record(read_file(path), store).await;
         }
         if let (true, Some(pool)) = (self.use_database, pool) {
             let read = read_table(pool, &self.schema).await;
-            note(&self.table_failing, &read, "the api_token table");
-            if let Ok(tokens) = read {
-                self.database.store(Arc::new(tokens));
-            }
+            self.database.record(read, store).await;
         }
     }
 
@@ -150,18 +217,8 @@ impl Tokens {
     }
 }
 
-/// Logs a source's read failing (once, until it succeeds again) and recovering.
-fn note(failing: &AtomicBool, read: &anyhow::Result<ByHash>, source: &str) {
-    match read {
-        Err(e) if !failing.swap(true, Ordering::Relaxed) => tracing::warn!(
-            error = %e,
-            "{source} could not be read; its last good tokens stay in use until it can"
-        ),
-        Ok(_) if failing.swap(false, Ordering::Relaxed) => {
-            tracing::info!("{source} is read again; its tokens are current")
-        }
-        _ => {}
-    }
+fn not_expired(principal: &Arc<Principal>) -> bool {
+    principal.expires_at.is_none_or(|at| at > Utc::now())
 }
 
 fn read_file(path: &std::path::Path) -> anyhow::Result<ByHash> {
@@ -260,96 +317,5 @@ pub async fn require_admin(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn auth(tokens: Vec<Token>) -> Auth {
-        Auth {
-            tokens,
-            tokens_file: None,
-            database: false,
-            cache_ttl: Duration::from_secs(30),
-        }
-    }
-
-    fn token(name: &str, secret: &str, scopes: Vec<Scope>) -> Token {
-        Token {
-            name: name.into(),
-            sha256: crate::token::hash(secret),
-            scopes,
-        }
-    }
-
-    #[test]
-    fn scopes_are_checked_and_expired_tokens_refused() {
-        let tokens = Tokens::new(
-            &auth(vec![token("w", "s1", vec![Scope::Write])]),
-            &Schema::default(),
-        );
-        assert_eq!(
-            tokens
-                .check(Some("s1"), Scope::Write)
-                .map(|p| p.name.clone()),
-            Ok("w".into())
-        );
-        assert_eq!(
-            tokens.check(Some("s1"), Scope::Read).unwrap_err().status,
-            403
-        );
-        assert_eq!(
-            tokens.check(Some("nope"), Scope::Write).unwrap_err().status,
-            401
-        );
-        assert_eq!(tokens.check(None, Scope::Write).unwrap_err().status, 401);
-        let expired = Principal {
-            name: "old".into(),
-            scopes: vec![Scope::Read],
-            expires_at: Some(Utc::now() - chrono::Duration::seconds(1)),
-        };
-        let digest: [u8; 32] = Sha256::digest(b"s2").into();
-        tokens
-            .database
-            .store(Arc::new(HashMap::from([(digest, Arc::new(expired))])));
-        assert_eq!(
-            tokens.check(Some("s2"), Scope::Read).unwrap_err().status,
-            401
-        );
-    }
-
-    #[tokio::test]
-    async fn the_tokens_file_is_read_again_and_a_bad_read_keeps_the_last_set() {
-        let dir = std::env::temp_dir().join(format!("opsdb-tokens-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("tokens.toml");
-        let line = |secret: &str| {
-            format!(
-                "tokens = [{{ name = \"f\", sha256 = \"{}\", scopes = [\"read\"] }}]\n",
-                crate::token::hash(secret)
-            )
-        };
-        std::fs::write(&path, line("first")).expect("write");
-        let mut a = auth(Vec::new());
-        a.tokens_file = Some(path.clone());
-        let tokens = Tokens::new(&a, &Schema::default());
-        assert!(
-            tokens.lookup("first").is_none(),
-            "not read before the first refresh"
-        );
-        tokens.refresh(None).await;
-        assert!(tokens.lookup("first").is_some());
-        std::fs::write(&path, line("second")).expect("write");
-        tokens.refresh(None).await;
-        assert!(
-            tokens.lookup("first").is_none(),
-            "a token removed from the file is gone"
-        );
-        assert!(tokens.lookup("second").is_some());
-        std::fs::write(&path, "tokens = [ broken").expect("write");
-        tokens.refresh(None).await;
-        assert!(
-            tokens.lookup("second").is_some(),
-            "a bad file keeps the last set"
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+#[path = "auth_tests.rs"]
+mod tests;

@@ -55,7 +55,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     summary = "The service's health",
     description = "`status` (`healthy`, `degraded`: Redis not durable, `unhealthy`: Redis down or \
         the ingest actors not running), Redis and its durability, the buffer, the database \
-        link, the forwarder, the replica, the events, the model registry, each actor's state. Always 200: \
+        link, the forwarder, the replica, the events, the model registry, the token sources, each actor's state. Always 200: \
         readiness is `/health/ready`.",
     responses((status = 200, description = "The health report (see the README)", body = Object)))]
 pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -105,6 +105,7 @@ pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
             "dropped": state.tree.events.dropped.load(Ordering::Relaxed),
         },
         "registry": state.registry.status(),
+        "tokens": state.tokens.health(),
         "actors": actors,
     }))
 }

@@ -12,6 +12,7 @@ mod paging;
 mod reads;
 pub mod routes;
 pub mod serve;
+mod token_source;
 mod writes;
 
 use std::sync::Arc;

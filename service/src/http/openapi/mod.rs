@@ -52,7 +52,9 @@ const BEARER: &str = "bearer";
             Every error is JSON: `{\"error\": {\"code\", \"message\", \"field\"}}` (schema `Error`); \
             an unknown path is `404 not_found`, a method a path does not take `405 \
             method_not_allowed`. Tokens: `Authorization: Bearer <token>`; each operation says \
-            which scope it needs."
+            which scope it needs. A token no source knows while a token source (the tokens \
+            file, the `api_token` table) has not been read since start nor has a stored copy: \
+            `503 token_source_unavailable` with `Retry-After` (retry later), not `401`."
     ),
     paths(
         super::reads::transaction,
