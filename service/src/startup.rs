@@ -198,15 +198,19 @@ impl Application {
         let store = TokenStore::new(config.redis.url.clone(), keys.clone(), config.redis.timeout);
         let tokens =
             Tokens::new(&config.auth, &config.schema, reads.pool().is_some()).with_store(store);
-        if let Some(path) = &config.auth.tokens_file {
-            // At start a bad file is the operator's mistake to hear about; later, a bad
-            // read keeps the last good set.
-            Tokens::check_file(path)
-                .with_context(|| format!("auth.tokens_file {}", path.display()))?;
-        }
         // The stored copies, then one read: a source that does not answer now keeps the
         // set of the last run.
         tokens.load_stored().await;
+        if let Some(path) = &config.auth.tokens_file {
+            // A bad file with no stored copy is the operator's mistake to hear about at
+            // once; with one (or later, at any read), the last good set stays in use.
+            if let Err(e) = Tokens::check_file(path) {
+                if !tokens.file_known() {
+                    return Err(e).with_context(|| format!("auth.tokens_file {}", path.display()));
+                }
+                tracing::warn!(error = %e, path = %path.display(), "auth.tokens_file cannot be read; its stored copy is in use");
+            }
+        }
         tokens.refresh(reads.pool()).await;
         // The stored copy, then one read: the registry is as current as it can be before
         // the facades take the first request.

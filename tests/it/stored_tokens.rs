@@ -204,3 +204,76 @@ async fn a_table_never_read_answers_503_for_tokens_it_may_hold_until_it_is_read(
     assert_eq!(table_health(&app).await["source"], "read");
     app.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn a_tokens_file_unreadable_at_start_uses_its_stored_copy_and_without_one_stops_the_start() {
+    let dir = crate::helpers::tempdir::Dir::new();
+    let path = dir.0.join("tokens.toml");
+    let line = |name: &str, secret: &str| {
+        format!(
+            "tokens = [{{ name = \"{name}\", sha256 = \"{}\", scopes = [\"write\", \"read\"] }}]\n",
+            token::hash(secret)
+        )
+    };
+    let (first_secret, second_secret) = (token::generate(), token::generate());
+    std::fs::write(&path, line("first", &first_secret)).expect("write");
+    let redis = TestRedis::start().await;
+    let site = format!("t{:08x}", rand::random::<u32>());
+    let layer = format!(
+        "[site]\nname = \"{site}\"\n[auth]\ntokens_file = \"{}\"\ncache_ttl = \"200ms\"\n",
+        path.display()
+    );
+    let first = TestApp::spawn_layers(Arc::clone(&redis), &[&layer]).await;
+    assert_eq!(ws(&first, &first_secret).await, 400);
+    first.stop().await.expect("clean stop");
+
+    // Unreadable at the next start: the stored copy answers; /health says so.
+    std::fs::write(&path, "tokens = [ broken").expect("write");
+    let second = TestApp::spawn_layers(Arc::clone(&redis), &[&layer]).await;
+    assert_eq!(
+        ws(&second, &first_secret).await,
+        400,
+        "from the stored copy"
+    );
+    assert_eq!(ws(&second, "opsdb_unknown").await, 401);
+    let health = second.get("/health").await;
+    let file = &health.body["tokens"]["file"];
+    assert_eq!(file["source"], "stored_copy", "{file}");
+    assert!(file["last_error"].is_string(), "{file}");
+    assert!(
+        health.body["tokens"]["table"].is_null(),
+        "no read source: no table"
+    );
+
+    // Mended: read again, the stored set replaced by the file's.
+    std::fs::write(&path, line("second", &second_secret)).expect("write");
+    eventually(
+        "the mended file is read",
+        Duration::from_secs(10),
+        || async { (ws(&second, &second_secret).await == 400).then_some(()) },
+    )
+    .await;
+    assert_eq!(ws(&second, &first_secret).await, 401, "gone from the file");
+    assert_eq!(
+        second.get("/health").await.body["tokens"]["file"]["source"],
+        "read"
+    );
+    second.stop().await.expect("clean stop");
+
+    // A bad file and no stored copy (another site): the start is refused, naming the key.
+    std::fs::write(&path, "tokens = [ broken").expect("write");
+    let toml = format!(
+        "[site]\nname = \"t{:08x}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [tcp]\nlisten = \"127.0.0.1:0\"\n[redis]\nurl = \"{}\"\ntimeout = \"1s\"\n\
+         [auth]\ntokens_file = \"{}\"\n",
+        rand::random::<u32>(),
+        redis.url(),
+        path.display()
+    );
+    let config =
+        ops_db_service::config::Config::from_toml_layers(&[toml.as_str()]).expect("config");
+    match ops_db_service::startup::Application::build(config).await {
+        Ok(_) => panic!("a bad tokens file with no stored copy must stop the start"),
+        Err(e) => assert!(format!("{e:#}").contains("auth.tokens_file"), "{e:#}"),
+    }
+}

@@ -125,6 +125,11 @@ impl Tokens {
         }
     }
 
+    /// Whether the tokens file has a set (read, or its stored copy).
+    pub fn file_known(&self) -> bool {
+        self.file.settled()
+    }
+
     /// Whether a configured source has no set yet (neither read nor a stored copy).
     fn unsettled(&self) -> bool {
         (self.file_configured() && !self.file.settled())
