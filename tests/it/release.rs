@@ -185,6 +185,11 @@ async fn leftovers(app: &TestApp, defaults: &Config) -> Leftovers {
             }
             // One counter per site.
             "events:seq" => {}
+            // The token sources' last good sets: one key per source, a few bytes a token.
+            "tokens:file" | "tokens:table" => {
+                let bytes = memory(&mut conn, &key).await;
+                assert!(bytes < 64 * 1024, "{key}: {bytes} bytes");
+            }
             // The model registry's stored copy: one key per site, the tables' shape.
             "registry" => {
                 let bytes = memory(&mut conn, &key).await;
