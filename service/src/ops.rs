@@ -12,6 +12,9 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+mod stored;
+pub use stored::Stored;
+
 /// Seconds a client should wait before retrying a write refused for lack of storage.
 pub const RETRY_AFTER_UNAVAILABLE: u64 = 1;
 pub const RETRY_AFTER_FULL: u64 = 30;
@@ -38,48 +41,8 @@ pub struct ErrorDetail<'a> {
     /// an idempotency key is safe), `"unknown"` when the write may have been stored
     /// (retry with the same idempotency key: the retry gets the first answer if it was).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = stored_schema)]
+    #[schema(schema_with = stored::schema)]
     pub stored: Option<Stored>,
-}
-
-/// Whether a write answered 503 may have been stored: serialised as `false` or
-/// `"unknown"` (never `true`: a stored write is acknowledged, or replayed on a retry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
-    /// Nothing was stored.
-    No,
-    /// The write may have been stored.
-    Unknown,
-}
-
-impl Serialize for Stored {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Self::No => serializer.serialize_bool(false),
-            Self::Unknown => serializer.serialize_str("unknown"),
-        }
-    }
-}
-
-fn stored_schema() -> utoipa::openapi::schema::Schema {
-    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
-    let one_of = OneOfBuilder::new()
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::Boolean)
-                .enum_values(Some([false]))
-                .description(Some("nothing was stored")),
-        )
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .enum_values(Some(["unknown"]))
-                .description(Some(
-                    "the write may have been stored: retry with the same idempotency key",
-                )),
-        )
-        .build();
-    Schema::OneOf(one_of)
 }
 
 /// An answer that is not an acknowledgement. Messages are for callers: they never carry
