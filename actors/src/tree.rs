@@ -210,10 +210,12 @@ impl Tree {
         let call = actor.call(|reply| IngestMsg::Write { write, reply }, Some(timeout));
         match call.await {
             Ok(CallResult::Success(result)) => result,
-            Ok(CallResult::Timeout) => Err(IngestError::Unavailable("write timed out".into())),
-            Ok(CallResult::SenderError) => Err(IngestError::Unavailable(
+            // The write was queued or in flight: it may have been stored.
+            Ok(CallResult::Timeout) => Err(IngestError::MaybeStored("write timed out".into())),
+            Ok(CallResult::SenderError) => Err(IngestError::MaybeStored(
                 "an actor died with the write".into(),
             )),
+            // The message was never delivered.
             Err(err) => Err(IngestError::Unavailable(format!(
                 "ingest actor unreachable: {err}"
             ))),

@@ -12,6 +12,9 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+mod stored;
+pub use stored::Stored;
+
 /// Seconds a client should wait before retrying a write refused for lack of storage.
 pub const RETRY_AFTER_UNAVAILABLE: u64 = 1;
 pub const RETRY_AFTER_FULL: u64 = 30;
@@ -34,6 +37,12 @@ pub struct ErrorDetail<'a> {
     /// parameter, `id`, `Idempotency-Key`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<&'a str>,
+    /// On every 503 answer to a write: `false` when nothing was stored (a retry without
+    /// an idempotency key is safe), `"unknown"` when the write may have been stored
+    /// (retry with the same idempotency key: the retry gets the first answer if it was).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = stored::schema)]
+    pub stored: Option<Stored>,
 }
 
 /// An answer that is not an acknowledgement. Messages are for callers: they never carry
@@ -45,6 +54,8 @@ pub struct ApiError {
     pub message: String,
     pub field: Option<String>,
     pub retry_after: Option<u64>,
+    /// Set on every 503 answer to a write (see [`ErrorDetail::stored`]).
+    pub stored: Option<Stored>,
 }
 
 impl ApiError {
@@ -55,7 +66,14 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            stored: None,
         }
+    }
+
+    /// Says whether the refused write may have been stored.
+    pub fn with_stored(mut self, stored: Stored) -> Self {
+        self.stored = Some(stored);
+        self
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -69,6 +87,7 @@ impl ApiError {
                 code: self.code,
                 message: &self.message,
                 field: self.field.as_deref(),
+                stored: self.stored,
             },
         })
     }
@@ -132,6 +151,7 @@ impl From<IngestError> for ApiError {
             .with_field("Idempotency-Key"),
             IngestError::BufferFull(n) => Self {
                 retry_after: Some(RETRY_AFTER_FULL),
+                stored: Some(Stored::No),
                 ..Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "buffer_full",
@@ -140,6 +160,7 @@ impl From<IngestError> for ApiError {
             },
             IngestError::MemoryFull { .. } => Self {
                 retry_after: Some(RETRY_AFTER_FULL),
+                stored: Some(Stored::No),
                 ..Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "buffer_full",
@@ -148,6 +169,7 @@ impl From<IngestError> for ApiError {
             },
             IngestError::RegistryUnknown => Self {
                 retry_after: Some(RETRY_AFTER_UNAVAILABLE),
+                stored: Some(Stored::No),
                 ..Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "registry_unavailable",
@@ -155,13 +177,26 @@ impl From<IngestError> for ApiError {
                 )
             },
             IngestError::Unavailable(reason) => {
-                tracing::warn!(%reason, "write not acknowledged");
+                tracing::warn!(%reason, "write not acknowledged, nothing stored");
                 Self {
                     retry_after: Some(RETRY_AFTER_UNAVAILABLE),
+                    stored: Some(Stored::No),
                     ..Self::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "buffer_unavailable",
-                        "the write could not be made durable and was not acknowledged; retry (with the same Idempotency-Key to be safe)",
+                        "the local buffer could not take the write; nothing was stored, retry later",
+                    )
+                }
+            }
+            IngestError::MaybeStored(reason) => {
+                tracing::warn!(%reason, "write not acknowledged, may have been stored");
+                Self {
+                    retry_after: Some(RETRY_AFTER_UNAVAILABLE),
+                    stored: Some(Stored::Unknown),
+                    ..Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "buffer_unavailable",
+                        "the write was not acknowledged but may have been stored; retry with the same Idempotency-Key to learn which",
                     )
                 }
             }
@@ -268,6 +303,53 @@ pub fn parse_idempotency_key(raw: &[u8]) -> Result<IdempotencyKey, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every ingest outcome that answers 503 says whether the write may have been stored;
+    /// no other says anything.
+    #[test]
+    fn every_503_of_a_write_says_whether_it_was_stored() {
+        use ops_db_actors::domain::ValidationError;
+        let cases = [
+            (IngestError::BufferFull(3), Some(Stored::No)),
+            (
+                IngestError::MemoryFull {
+                    used: None,
+                    limit: None,
+                },
+                Some(Stored::No),
+            ),
+            (IngestError::RegistryUnknown, Some(Stored::No)),
+            (IngestError::Unavailable("refused".into()), Some(Stored::No)),
+            (
+                IngestError::MaybeStored("timed out".into()),
+                Some(Stored::Unknown),
+            ),
+            (
+                IngestError::Invalid(ValidationError::new("invalid_field", "f", "bad")),
+                None,
+            ),
+            (IngestError::IdempotencyConflict, None),
+            (IngestError::PresetMisfit("op"), None),
+            (IngestError::Internal("bug".into()), None),
+        ];
+        for (err, stored) in cases {
+            let what = format!("{err:?}");
+            let answer = ApiError::from(err);
+            assert_eq!(answer.stored, stored, "{what}");
+            assert_eq!(
+                answer.status == StatusCode::SERVICE_UNAVAILABLE,
+                stored.is_some(),
+                "{what}"
+            );
+            let body = answer.body();
+            let field = &body["error"]["stored"];
+            match stored {
+                Some(Stored::No) => assert_eq!(field, &json!(false), "{what}"),
+                Some(Stored::Unknown) => assert_eq!(field, &json!("unknown"), "{what}"),
+                None => assert!(field.is_null(), "{what}"),
+            }
+        }
+    }
 
     #[test]
     fn ingest_errors_map_to_their_status_codes() {

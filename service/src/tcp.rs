@@ -6,6 +6,10 @@
 //! Reply:    `{"request_id": 7, "status": 201, "body": {...}}`
 //!       or  `{"request_id": 7, "status": 422, "error": {"code", "message", "field"}}`
 //!
+//! A line without `idempotency_key` uses its `request_id` (as text, if a valid key) as
+//! one, scoped to the token like any key: a line resent after a lost reply gets the first
+//! answer, not a second write ([`Envelope::idempotency_key`]).
+//!
 //! A bad line gets an error line and the connection stays usable; a line longer than
 //! `tcp.max_line_bytes` (or one that is not UTF-8) gets an error line and the connection
 //! is closed, since the stream can no longer be trusted to be in step.
@@ -42,6 +46,9 @@ use crate::shutdown;
 
 use crate::ops::{self, ApiError};
 use crate::submit::{submit, Received};
+
+mod key;
+pub(crate) use key::LineKey;
 
 /// One request line.
 #[derive(Deserialize)]
@@ -116,6 +123,8 @@ async fn refuse(stream: TcpStream, max: usize) {
         format!("at most {max} connections are served at once; retry later"),
     );
     err.retry_after = Some(ops::RETRY_AFTER_UNAVAILABLE);
+    // No line was read: nothing was stored.
+    err.stored = Some(ops::Stored::No);
     let mut stream = stream;
     let line = format!("{}\n", error_reply(None, &err));
     if stream.write_all(line.as_bytes()).await.is_ok() {
@@ -202,6 +211,7 @@ fn shutting_down() -> ApiError {
          (with the same idempotency key) once it is back",
     );
     err.retry_after = Some(ops::RETRY_AFTER_UNAVAILABLE);
+    err.stored = Some(ops::Stored::No);
     err
 }
 
@@ -361,14 +371,23 @@ async fn submit_line(
     spec: &OperationSpec,
     envelope: &Envelope,
 ) -> Result<Value, ApiError> {
+    let key = envelope.idempotency_key();
     let received = Received {
         kind: spec.kind,
         id: envelope.id.as_deref(),
         body: envelope.body(),
-        idempotency_key: envelope.idempotency_key.as_deref().map(str::as_bytes),
+        idempotency_key: key.bytes(),
         client,
     };
-    let (status, ack) = submit(&state.tree, state.write_timeout, received).await?;
+    let (status, ack) = submit(&state.tree, state.write_timeout, received)
+        .await
+        .map_err(|err| match key {
+            // The key the client reused is its request_id.
+            LineKey::RequestId(_) if err.code == "idempotency_key_reused" => {
+                err.with_field("request_id")
+            }
+            _ => err,
+        })?;
     let mut reply = json!({ "status": status.as_u16(), "body": ack.body });
     if !ack.warnings.is_empty() {
         reply["warnings"] = json!(ack.warnings);

@@ -41,6 +41,7 @@ mod schema;
 mod shutdown;
 mod site;
 mod status;
+mod stored;
 mod stored_tokens;
 mod tcp;
 mod tls;

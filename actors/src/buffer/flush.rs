@@ -20,7 +20,7 @@ use redis::{RedisError, RedisResult};
 use serde_json::json;
 
 use super::memory::{estimate, BufferMemory};
-use super::stale::{classify, Stale, StaleWrite};
+use super::stale::{classify, refused_unrun, Stale, StaleWrite};
 use super::{Ack, BufferConfig, BufferMetrics, IngestError, WriteRequest};
 use crate::events::EventSink;
 use crate::overlay::scripts::BUFFER;
@@ -54,8 +54,23 @@ pub(super) struct Flush {
     pub memory: Arc<BufferMemory>,
 }
 
+/// Nothing was sent, or Redis refused before the script ran: nothing was stored.
 fn unavailable(err: &RedisError) -> IngestError {
     IngestError::Unavailable(err.to_string())
+}
+
+/// The write was sent and its answer lost: it may have been stored.
+fn maybe_stored(err: &RedisError) -> IngestError {
+    IngestError::MaybeStored(err.to_string())
+}
+
+/// A stale write that is not resent: `NOSCRIPT` ran nothing; a dropped connection may have
+/// run it.
+fn stale_failure(w: &StaleWrite) -> IngestError {
+    match w.why {
+        Stale::NoScript => unavailable(&w.error),
+        Stale::Dropped => maybe_stored(&w.error),
+    }
 }
 
 /// What one pipeline left behind.
@@ -137,18 +152,15 @@ impl Flush {
         }
         let mut conns = match self.connect().await {
             Ok(conns) => conns,
-            Err(err) => {
-                self.fail_all(waiting.into_iter().map(|w| w.request).collect(), &err);
+            Err(_) => {
+                for w in waiting {
+                    let err = stale_failure(&w);
+                    self.fail_all(vec![w.request], &err);
+                }
                 return None;
             }
         };
-        let resend = match self.not_run(&mut conns[0], waiting).await {
-            Ok(resend) => resend,
-            Err(err) => {
-                self.fail_all(err.0, &err.1);
-                return None;
-            }
-        };
+        let resend = self.not_run(&mut conns[0], waiting).await?;
         BufferMetrics::add(&self.metrics.retried, resend.len());
         tracing::info!(
             writes = resend.len(),
@@ -156,18 +168,20 @@ impl Flush {
         );
         let (conns, still_stale) = self.send(conns, resend).await;
         for w in still_stale {
-            self.fail_all(vec![w.request], &unavailable(&w.error));
+            let err = stale_failure(&w);
+            self.fail_all(vec![w.request], &err);
         }
         conns
     }
 
     /// The writes among `stale` that certainly did not run; the others are answered 503
-    /// (they may have been stored: not acknowledged, as after a timeout).
+    /// (they may have been stored: not acknowledged, as after a timeout). `None` when the
+    /// check failed: then every one is answered 503, `MaybeStored` unless it ran nothing.
     async fn not_run(
         &self,
         conn: &mut MultiplexedConnection,
         stale: Vec<StaleWrite>,
-    ) -> Result<Vec<WriteRequest>, (Vec<WriteRequest>, IngestError)> {
+    ) -> Option<Vec<WriteRequest>> {
         let mut pipe = redis::pipe();
         for w in &stale {
             pipe.exists(self.config.keys.lifecycle(w.request.write.tx_id));
@@ -179,21 +193,24 @@ impl Flush {
         .await;
         let exists = match checked {
             Ok(Ok(exists)) if exists.len() == stale.len() => exists,
-            Ok(Err(err)) => return Err((requests(stale), unavailable(&err))),
             _ => {
-                let err = IngestError::Unavailable("redis: checking stale writes failed".into());
-                return Err((requests(stale), err));
+                tracing::warn!(writes = stale.len(), "redis: checking stale writes failed");
+                for w in stale {
+                    let err = stale_failure(&w);
+                    self.fail_all(vec![w.request], &err);
+                }
+                return None;
             }
         };
         let mut resend = Vec::with_capacity(stale.len());
         for (w, ran) in stale.into_iter().zip(exists) {
             if ran && w.why == Stale::Dropped {
-                self.fail_all(vec![w.request], &unavailable(&w.error));
+                self.fail_all(vec![w.request], &maybe_stored(&w.error));
             } else {
                 resend.push(w.request);
             }
         }
-        Ok(resend)
+        Some(resend)
     }
 
     /// One pipeline on one connection.
@@ -209,7 +226,7 @@ impl Flush {
             Ok(Ok(results)) if results.len() == batch.len() => {
                 return self.answer(batch, results);
             }
-            Ok(Ok(results)) => IngestError::Unavailable(format!(
+            Ok(Ok(results)) => IngestError::MaybeStored(format!(
                 "{} replies to {} writes",
                 results.len(),
                 batch.len()
@@ -229,7 +246,7 @@ impl Flush {
                 }
                 None => {
                     tracing::warn!(error = %err, writes = batch.len(), "redis pipeline failed, writes refused");
-                    unavailable(&err)
+                    maybe_stored(&err)
                 }
             },
             Err(_) => {
@@ -237,7 +254,7 @@ impl Flush {
                     writes = batch.len(),
                     "redis pipeline timed out, writes refused"
                 );
-                IngestError::Unavailable("redis timed out".into())
+                IngestError::MaybeStored("redis timed out".into())
             }
         };
         self.fail_all(batch, &failure);
@@ -349,7 +366,7 @@ impl Flush {
                 "dup" => {
                     BufferMetrics::add(&m.replayed, 1);
                     let mut first: Ack = serde_json::from_str(&payload).map_err(|e| {
-                        IngestError::Unavailable(format!("stored response unreadable: {e}"))
+                        IngestError::MaybeStored(format!("stored response unreadable: {e}"))
                     })?;
                     first.replayed = true;
                     Ok(first)
@@ -368,7 +385,7 @@ impl Flush {
                     BufferMetrics::add(&m.rejected, 1);
                     Err(self.memory_full())
                 }
-                other => Err(IngestError::Unavailable(format!(
+                other => Err(IngestError::MaybeStored(format!(
                     "unexpected script status {other:?}"
                 ))),
             },
@@ -387,7 +404,11 @@ impl Flush {
                 // connections (which reload the script).
                 *keep_conn = false;
                 tracing::warn!(error = %err, "buffer script failed, write refused");
-                Err(unavailable(&err))
+                if refused_unrun(&err) {
+                    Err(unavailable(&err))
+                } else {
+                    Err(maybe_stored(&err))
+                }
             }
         }
     }
@@ -406,8 +427,4 @@ impl Flush {
             let _ = request.reply.send(Err(err.clone()));
         }
     }
-}
-
-fn requests(stale: Vec<StaleWrite>) -> Vec<WriteRequest> {
-    stale.into_iter().map(|w| w.request).collect()
 }

@@ -75,9 +75,16 @@ pub enum IngestError {
     /// source, no stored copy): nothing was stored.
     #[error("no model registry is known yet")]
     RegistryUnknown,
-    /// Nothing was acknowledged; the reason is for logs, not for callers.
+    /// Nothing was acknowledged and nothing was stored: the write never reached Redis, or
+    /// Redis refused it before the script wrote anything. The reason is for logs, not for
+    /// callers.
     #[error("buffer unavailable: {0}")]
     Unavailable(String),
+    /// Nothing was acknowledged, but the write may have been stored: it was sent (or was
+    /// queued or in flight inside the tree) when the answer was lost or timed out. A
+    /// retry with the same idempotency key learns which. The reason is for logs.
+    #[error("buffer unavailable, the write may have been stored: {0}")]
+    MaybeStored(String),
     /// A bug: the write could not be prepared (nothing was stored). Never the caller's fault.
     #[error("internal error: {0}")]
     Internal(String),

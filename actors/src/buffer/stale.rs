@@ -32,6 +32,22 @@ pub(super) fn classify(err: &RedisError) -> Option<Stale> {
     err.is_connection_dropped().then_some(Stale::Dropped)
 }
 
+/// Error replies Redis gives before a command (or a script's first write, which comes
+/// after every check in `buffer.lua`) changes anything: the write was not stored.
+pub(super) fn refused_unrun(err: &RedisError) -> bool {
+    const REFUSALS: [&str; 8] = [
+        "MISCONF",
+        "READONLY",
+        "LOADING",
+        "BUSY",
+        "MASTERDOWN",
+        "NOAUTH",
+        "NOPERM",
+        "WRONGPASS",
+    ];
+    err.code().is_some_and(|code| REFUSALS.contains(&code))
+}
+
 /// A write that failed in a way [`classify`] allows to retry.
 pub(super) struct StaleWrite {
     pub request: WriteRequest,
@@ -68,5 +84,31 @@ mod tests {
         // The server answered with an error: the script ran (or refused) once already.
         let oom = RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "OOM"));
         assert_eq!(classify(&oom), None);
+    }
+
+    /// The error Redis answers with `reply` (a RESP error line).
+    fn server_error(reply: &str) -> RedisError {
+        match redis::parse_redis_value(format!("-{reply}\r\n").as_bytes()) {
+            Ok(redis::Value::ServerError(err)) => err.into(),
+            other => panic!("not a server error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refusals_before_the_script_ran_are_told_from_script_failures() {
+        for code in [
+            "MISCONF",
+            "READONLY",
+            "LOADING",
+            "BUSY",
+            "NOAUTH",
+            "MASTERDOWN",
+        ] {
+            let refused = server_error(&format!("{code} no writes now"));
+            assert!(refused_unrun(&refused), "{code}");
+        }
+        let script = server_error("ERR user_script:12: attempt to index a nil value");
+        assert!(!refused_unrun(&script));
+        assert!(!refused_unrun(&io_error(io::ErrorKind::TimedOut)));
     }
 }

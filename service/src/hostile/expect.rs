@@ -88,12 +88,12 @@ pub fn expected_line(line: &[u8], token: &str, limits: &Limits) -> Verdict {
         Ok(None) => return Verdict::Accepted,
         Err(err) => return refused(&err),
     };
-    let key = envelope.idempotency_key.as_deref().map(str::as_bytes);
+    let key = envelope.idempotency_key();
     match expected(
         spec.kind,
         envelope.id.as_deref(),
         envelope.body(),
-        key,
+        key.bytes(),
         limits,
         &registry::Handle::default(),
     ) {
@@ -102,8 +102,9 @@ pub fn expected_line(line: &[u8], token: &str, limits: &Limits) -> Verdict {
     }
 }
 
-/// Checks an error answer's documented shape: `{"error": {"code", "message", "field"?}}`
-/// with a non-empty code and message, a string field, nothing else in `error`, and at the
+/// Checks an error answer's documented shape: `{"error": {"code", "message", "field"?,
+/// "stored"?}}` with a non-empty code and message, a string field, `stored` false or
+/// `"unknown"`, nothing else in `error`, and at the
 /// top level only `error` and the names in `also` (the TCP reply's `request_id`,
 /// `status`, `retry_after`).
 pub fn error_shape(body: &Value, also: &[&str]) -> Result<(), String> {
@@ -130,9 +131,15 @@ pub fn error_shape(body: &Value, also: &[&str]) -> Result<(), String> {
     if error.get("field").is_some_and(|f| !f.is_string()) {
         return Err("error.field is not a string".into());
     }
+    if error
+        .get("stored")
+        .is_some_and(|s| *s != Value::Bool(false) && s.as_str() != Some("unknown"))
+    {
+        return Err("error.stored is neither false nor \"unknown\"".into());
+    }
     if let Some(key) = error
         .keys()
-        .find(|k| !matches!(k.as_str(), "code" | "message" | "field"))
+        .find(|k| !matches!(k.as_str(), "code" | "message" | "field" | "stored"))
     {
         return Err(format!("unexpected member error.{key}"));
     }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::token_source::{Source, Status};
 use super::AppState;
 use crate::config::{validate_tokens, Auth, Schema, Scope, Token, TokensFile};
-use crate::ops::ApiError;
+use crate::ops::{ApiError, Stored};
 use crate::token_store::{TokenStore, Which};
 use crate::token_table;
 
@@ -178,6 +178,10 @@ impl Tokens {
         let principal = match self.find(presented) {
             Some(p) if not_expired(&p) => p,
             Some(_) => return Err(ApiError::unauthorized()),
+            // Refused before anything was handed to ingest: for a write, nothing stored.
+            None if self.unsettled() && scope == Scope::Write => {
+                return Err(self.source_unavailable().with_stored(Stored::No))
+            }
             None if self.unsettled() => return Err(self.source_unavailable()),
             None => return Err(ApiError::unauthorized()),
         };

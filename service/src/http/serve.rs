@@ -97,6 +97,8 @@ async fn refuse(mut stream: TcpStream, max: usize) {
         format!("at most {max} connections are served at once; retry later"),
     );
     err.retry_after = Some(RETRY_AFTER_UNAVAILABLE);
+    // The request was never read: a write on it was not stored.
+    err.stored = Some(crate::ops::Stored::No);
     let body = err.body().to_string();
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\

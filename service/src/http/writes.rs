@@ -92,28 +92,47 @@ fn parse_timeout(text: &str) -> Option<Duration> {
     digits.parse().ok().map(unit)
 }
 
-/// Polls the transaction's lifecycle until it reaches `target` (or is dead) or `timeout`.
+/// Polls the transaction's lifecycle until it reaches `target` (or is dead) or `timeout`:
+/// whether it got there, and the state last seen (`None`: none was). Never fails: the
+/// write is acknowledged already, so a poll Redis does not answer ends the wait early,
+/// and one that hangs ends at the timeout.
 async fn wait_for(
     state: &AppState,
     tx: Uuid,
     target: WaitFor,
     timeout: Duration,
-) -> Result<(bool, TxState), ApiError> {
-    let mut conn = super::redis(state).await?;
+) -> (bool, Option<TxState>) {
+    let mut last = None;
     let deadline = tokio::time::Instant::now() + timeout;
+    let polled = tokio::time::timeout_at(deadline, poll(state, tx, target, &mut last)).await;
+    match polled {
+        Ok(Ok(reached)) => (reached, last),
+        Ok(Err(())) | Err(_) => (false, last),
+    }
+}
+
+/// Polls until the target (or dead) is reached, noting each state seen in `last`; `Err`
+/// (logged) when Redis does not answer.
+async fn poll(
+    state: &AppState,
+    tx: Uuid,
+    target: WaitFor,
+    last: &mut Option<TxState>,
+) -> Result<bool, ()> {
+    let mut conn = super::redis(state).await.map_err(|_| ())?;
     loop {
-        let current = state
-            .reads
-            .state(&mut conn, tx)
-            .await?
-            .unwrap_or(TxState::Replicated);
-        let reached = match (target, current) {
-            (_, TxState::Replicated) | (WaitFor::Forwarded, TxState::Forwarded) => true,
-            (_, TxState::Dead) => return Ok((true, current)),
-            _ => false,
+        let current = match state.reads.state(&mut conn, tx).await {
+            Ok(current) => current.unwrap_or(TxState::Replicated),
+            Err(err) => {
+                tracing::warn!(error = %err, %tx, "polling an acknowledged write's state failed");
+                return Err(());
+            }
         };
-        if reached || tokio::time::Instant::now() >= deadline {
-            return Ok((reached, current));
+        *last = Some(current);
+        match (target, current) {
+            (_, TxState::Replicated) | (WaitFor::Forwarded, TxState::Forwarded) => return Ok(true),
+            (_, TxState::Dead) => return Ok(true),
+            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -220,9 +239,10 @@ async fn submit_and_wait(
     let Some(tx) = tx else {
         return Ok((status, Json(answer)).into_response());
     };
-    // The write is durable already; waiting only reports how far it got.
-    let (reached, current) = wait_for(state, tx, target, timeout).await?;
-    answer["status"] = json!(current);
+    // The write is durable already; waiting only reports how far it got. A wait that
+    // fails answers 202 with the acknowledgement and the state last seen, never a 503.
+    let (reached, current) = wait_for(state, tx, target, timeout).await;
+    answer["status"] = json!(current.unwrap_or(TxState::Buffered));
     let status = if reached {
         status
     } else {

@@ -184,3 +184,19 @@ fn every_write_path_of_the_table_is_documented_with_its_request_type() {
         }
     }
 }
+
+/// The error schema describes `stored` as what a write's 503 says: `false` or `"unknown"`.
+#[test]
+fn the_error_schema_describes_stored() {
+    let doc = json();
+    let stored = &doc["components"]["schemas"]["ErrorDetail"]["properties"]["stored"];
+    let text = stored.to_string();
+    assert!(
+        stored["oneOf"].as_array().is_some_and(|one| one.len() == 2),
+        "{text}"
+    );
+    assert!(
+        text.contains("[false]") && text.contains("[\"unknown\"]"),
+        "{text}"
+    );
+}

@@ -160,11 +160,15 @@ fn parameters(spec: &OperationSpec) -> Vec<Parameter> {
     parameters
 }
 
-/// 503: nothing was stored; retry after `Retry-After`.
+/// 503: not acknowledged; `stored` says whether it may have been stored.
 fn unavailable() -> Response {
     let mut response = error_response(
-        "Not stored: `buffer_unavailable` (Redis down; retry after 1 s, with the same \
-         `Idempotency-Key` to be safe), `buffer_full` (30 s), `redis_unavailable` (`?wait=`)",
+        "Not acknowledged: `buffer_unavailable` (Redis did not take or did not answer the \
+         write; retry after 1 s), `buffer_full` (30 s), `registry_unavailable`, \
+         `too_many_connections`. `stored` is `false` when nothing was stored (a retry \
+         without an `Idempotency-Key` is safe) or `\"unknown\"` when the write may have been \
+         stored: retry with the same `Idempotency-Key`, which answers with the first \
+         acknowledgement if it was. Retrying any 503 with the same key is always safe.",
     );
     response.headers.insert(
         "Retry-After".to_owned(),
