@@ -128,16 +128,8 @@ mod tests {
             prop_oneof![0u32..64, any::<u32>(), Just(u32::MAX)]
         }
 
-        fn config() -> ProptestConfig {
-            ProptestConfig {
-                cases: 256,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            }
-        }
-
         proptest! {
-            #![proptest_config(config())]
+            #![proptest_config(crate::proptest_config())]
 
             #[test]
             fn delays_stay_under_the_ceiling_and_the_cap(

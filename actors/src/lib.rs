@@ -23,3 +23,15 @@ pub mod replica;
 pub mod slot;
 pub mod supervisor;
 pub mod tree;
+
+/// The config of this crate's property tests: 256 cases (pure functions of microseconds
+/// each), and no regression file written into the source tree (a failure prints its
+/// minimal input).
+#[cfg(test)]
+pub(crate) fn proptest_config() -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: 256,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

@@ -182,16 +182,8 @@ mod tests {
             score as u128
         }
 
-        fn config() -> ProptestConfig {
-            ProptestConfig {
-                cases: 256,
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            }
-        }
-
         proptest! {
-            #![proptest_config(config())]
+            #![proptest_config(crate::proptest_config())]
 
             #[test]
             fn text_round_trips_for_every_position(v in position()) {
