@@ -201,17 +201,16 @@ impl Application {
         // The stored copies, then one read: a source that does not answer now keeps the
         // set of the last run.
         tokens.load_stored().await;
-        if let Some(path) = &config.auth.tokens_file {
-            // A bad file with no stored copy is the operator's mistake to hear about at
-            // once; with one (or later, at any read), the last good set stays in use.
-            if let Err(e) = Tokens::check_file(path) {
-                if !tokens.file_known() {
-                    return Err(e).with_context(|| format!("auth.tokens_file {}", path.display()));
-                }
-                tracing::warn!(error = %e, path = %path.display(), "auth.tokens_file cannot be read; its stored copy is in use");
+        // The file is read once here: a bad file with no stored copy is the operator's
+        // mistake to hear about at once; with one (or later, at any read), the last good
+        // set stays in use.
+        if let (Some(e), Some(path)) = (tokens.refresh_file().await, &config.auth.tokens_file) {
+            if !tokens.file_known() {
+                return Err(e).with_context(|| format!("auth.tokens_file {}", path.display()));
             }
+            tracing::warn!(error = %e, path = %path.display(), "auth.tokens_file cannot be read; its stored copy is in use");
         }
-        tokens.refresh(reads.pool()).await;
+        tokens.refresh_table(reads.pool()).await;
         // The stored copy, then one read: the registry is as current as it can be before
         // the facades take the first request.
         let mut registry_refresher = registry_refresher(&config, keys, &reads, &registry);

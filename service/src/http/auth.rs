@@ -192,23 +192,30 @@ impl Tokens {
         }
     }
 
-    /// Whether `path` is a usable tokens file.
-    pub fn check_file(path: &std::path::Path) -> anyhow::Result<()> {
-        read_file(path).map(|_| ())
+    /// Reads the tokens file again, if one is configured; the read's error, if it failed
+    /// (the last good set stays in use, and the failure is logged when it starts).
+    pub async fn refresh_file(&self) -> Option<anyhow::Error> {
+        let path = self.file_path.as_ref()?;
+        let read = read_file(path);
+        let error = read.as_ref().err().map(|e| anyhow::anyhow!("{e:#}"));
+        self.file.record(read, self.store.as_ref()).await;
+        error
+    }
+
+    /// Reads the table again, if the database is a token source.
+    pub async fn refresh_table(&self, pool: Option<&PgPool>) {
+        if let (true, Some(pool)) = (self.use_database, pool) {
+            let read = read_table(pool, &self.schema).await;
+            self.database.record(read, self.store.as_ref()).await;
+        }
     }
 
     /// Reads the tokens file and the table again; a source that cannot be read keeps its
     /// last good set (and is logged); a good read that differs from the stored copy is
     /// stored.
     pub async fn refresh(&self, pool: Option<&PgPool>) {
-        let store = self.store.as_ref();
-        if let Some(path) = &self.file_path {
-            self.file.record(read_file(path), store).await;
-        }
-        if let (true, Some(pool)) = (self.use_database, pool) {
-            let read = read_table(pool, &self.schema).await;
-            self.database.record(read, store).await;
-        }
+        self.refresh_file().await;
+        self.refresh_table(pool).await;
     }
 
     /// Refreshes every `cache_ttl` until `stop`.
