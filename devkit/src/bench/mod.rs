@@ -144,10 +144,20 @@ pub(crate) fn through(pg: &LocalPostgres, wan: &FaultProxy) -> String {
 
 /// Starts an executed obs unit (of obs unit 1); its id and its transaction's.
 pub(crate) async fn start_obs_unit(base: &str, secret: &str) -> anyhow::Result<(Uuid, Uuid)> {
-    let started: serde_json::Value = reqwest::Client::new()
+    start_unit(&reqwest::Client::new(), base, secret, 1).await
+}
+
+/// Starts an executed obs unit of `obs_unit` through `http`; its id and its transaction's.
+pub(crate) async fn start_unit(
+    http: &reqwest::Client,
+    base: &str,
+    secret: &str,
+    obs_unit: i64,
+) -> anyhow::Result<(Uuid, Uuid)> {
+    let started: serde_json::Value = http
         .post(format!("{base}/executed_obs_units/start"))
         .bearer_auth(secret)
-        .json(&json!({"obs_unit_id": 1}))
+        .json(&json!({ "obs_unit_id": obs_unit }))
         .send()
         .await?
         .json()

@@ -247,22 +247,16 @@ async fn seed_unit_with_two_files(
     base: &str,
     secret: &str,
 ) -> anyhow::Result<(String, String)> {
-    let start: serde_json::Value = http
-        .post(format!("{base}/executed_obs_units/start"))
-        .bearer_auth(secret)
-        .json(&json!({"obs_unit_id": 2}))
-        .send()
+    let eou = super::start_unit(http, base, secret, 2)
         .await?
-        .json()
-        .await?;
-    let eou = start["id"].as_str().context("no id")?.to_owned();
+        .0
+        .to_string();
     let mut file_id = String::new();
     for _ in 0..2 {
         let f: serde_json::Value = http
             .post(format!("{base}/raw_data_files/"))
             .bearer_auth(secret)
-            .json(&json!({"name": "a.fits", "relative_path": "a.fits", "executed_obs_unit_id": eou, "size": 1,
-                          "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}))
+            .json(&super::file_body(&eou, "a.fits"))
             .send()
             .await?
             .json()
