@@ -196,6 +196,38 @@ mod tests {
     }
 
     #[test]
+    fn the_admission_refuses_for_disk_without_a_redis_call_and_the_gauges_say_so() {
+        use std::sync::Arc;
+
+        use super::super::memory::BufferMemory;
+        let memory = Arc::new(BufferMemory::new(0.8, 1000));
+        assert!(memory.admit(1), "no disk sample yet: nothing known");
+        memory.stored(Storage::parse(INFO, Some(5999)));
+        assert!(!memory.admit(1), "5999 free < 5000 AOF + 1000");
+        assert!(!memory.view().refusing_writes, "memory is not what refuses");
+        assert_eq!(
+            memory.disk_refusal(),
+            Some(DiskRefusal::Low {
+                free: 5999,
+                needed: 6000
+            })
+        );
+        let mut registry = prometheus_client::registry::Registry::default();
+        memory.register(&mut registry);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        for line in [
+            "opsdb_redis_aof_bytes 5000",
+            "opsdb_redis_disk_free_bytes 5999",
+            "opsdb_redis_aof_write_ok 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+        }
+        memory.stored(Storage::parse(INFO, Some(6000)));
+        assert!(memory.admit(1), "room again at the next sample");
+    }
+
+    #[test]
     fn the_free_space_is_read_only_for_a_local_directory() {
         assert!(free_bytes("/").is_some_and(|b| b > 0));
         assert_eq!(free_bytes("/no/such/dir/here"), None);
