@@ -146,6 +146,7 @@ impl Tree {
             config.replica.is_some(),
             EventSink::with_switch(config.event_queue, config.events_enabled),
             config.buffer.max_memory_fraction,
+            config.buffer.min_disk_free_bytes,
         );
         let ingest = Slot::<IngestMsg>::new();
         let instance = config.instance.clone();
@@ -279,6 +280,7 @@ impl Shared {
         has_replica: bool,
         events: EventSink,
         max_memory_fraction: f64,
+        min_disk_free_bytes: u64,
     ) -> Self {
         let events = Arc::new(events);
         Self {
@@ -286,7 +288,7 @@ impl Shared {
             events,
             hub: Arc::default(),
             buffer_metrics: Arc::new(BufferMetrics::default()),
-            buffer_memory: Arc::new(BufferMemory::new(max_memory_fraction)),
+            buffer_memory: Arc::new(BufferMemory::new(max_memory_fraction, min_disk_free_bytes)),
             forwarder_metrics: Arc::new(ForwarderMetrics::default()),
             replica_metrics: Arc::new(ReplicaMetrics::default()),
             #[cfg(feature = "fault-injection")]

@@ -167,6 +167,15 @@ impl From<IngestError> for ApiError {
                     "the local buffer has used its share of Redis' memory; nothing was stored, retry later",
                 )
             },
+            IngestError::DiskFull(_) => Self {
+                retry_after: Some(RETRY_AFTER_FULL),
+                stored: Some(Stored::No),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "buffer_full",
+                    "the disk of the local buffer is nearly full; nothing was stored, retry later",
+                )
+            },
             IngestError::RegistryUnknown => Self {
                 retry_after: Some(RETRY_AFTER_UNAVAILABLE),
                 stored: Some(Stored::No),
@@ -318,6 +327,7 @@ mod tests {
                 },
                 Some(Stored::No),
             ),
+            (IngestError::DiskFull("low".into()), Some(Stored::No)),
             (IngestError::RegistryUnknown, Some(Stored::No)),
             (IngestError::Unavailable("refused".into()), Some(Stored::No)),
             (

@@ -154,6 +154,7 @@ impl Application {
                 keys: keys.clone(),
                 max_buffered: config.buffer.max_buffered,
                 max_memory_fraction: config.buffer.max_memory_fraction,
+                min_disk_free_bytes: config.buffer.min_disk_free_bytes,
                 idempotency_ttl: config.buffer.idempotency_ttl,
                 max_batch: config.buffer.max_batch,
                 connections: config.buffer.connections,

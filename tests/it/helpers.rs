@@ -101,6 +101,24 @@ impl TestRedis {
         redis
     }
 
+    /// A `redis-server` of this machine (whatever `OPSDB_TEST_BACKEND` says) with its data
+    /// in `dir`, which is removed (its contents) on drop; `restart` reloads its AOF.
+    pub async fn start_local_in(dir: std::path::PathBuf) -> Arc<Self> {
+        let port = free_port().expect("a free port");
+        let server = LocalRedis::start(&dir, port)
+            .await
+            .unwrap_or_else(|e| panic!("this test needs redis-server installed: {e:#}"));
+        let redis = Arc::new(Self {
+            port,
+            backend: Mutex::new(Backend::Local {
+                dir: tempdir::Dir(dir),
+                server: Some(server),
+            }),
+        });
+        redis.wait_ready().await;
+        redis
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }

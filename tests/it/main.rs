@@ -13,6 +13,7 @@ mod bad_input;
 mod batch_function;
 mod big_batches;
 mod dashboard;
+mod disk;
 mod events;
 mod faults;
 mod forward;

@@ -21,6 +21,7 @@ use serde_json::json;
 
 use super::memory::{estimate, BufferMemory};
 use super::stale::{classify, refused_unrun, Stale, StaleWrite};
+use super::storage::DiskRefusal;
 use super::{Ack, BufferConfig, BufferMetrics, IngestError, WriteRequest};
 use crate::events::EventSink;
 use crate::overlay::scripts::BUFFER;
@@ -413,7 +414,19 @@ impl Flush {
         }
     }
 
+    /// Why the admission refused a write: the disk when it is refusing, else memory.
     fn memory_full(&self) -> IngestError {
+        match self.memory.disk_refusal() {
+            Some(DiskRefusal::AofWriteFailed) => {
+                return IngestError::DiskFull("redis' last AOF write failed".into())
+            }
+            Some(DiskRefusal::Low { free, needed }) => {
+                return IngestError::DiskFull(format!(
+                    "{free} bytes free, writes stop below {needed} (AOF size + buffer.min_disk_free_bytes)"
+                ))
+            }
+            None => {}
+        }
         let view = self.memory.view();
         IngestError::MemoryFull {
             used: view.used_bytes,

@@ -9,13 +9,16 @@
 //! the drain and for client buffers (a forwarder read holds about one batch).
 //!
 //! How: the BufferActor samples `INFO memory` every [`SAMPLE_INTERVAL`] on a connection of
-//! its own. Between samples every admitted write adds an estimate of what it costs Redis
+//! its own (`sample.rs`). Between samples every admitted write adds an estimate of what it costs Redis
 //! ([`estimate`]), so a burst cannot run far past the limit before the next sample. The
 //! estimate counts from the end of the last group commit that finished before the sample
 //! was asked for: a write in flight while Redis answered `INFO` is counted twice rather than
 //! not at all. Memory freed meanwhile (the forwarder and the replica tracker releasing) is
 //! seen at the next sample. With `maxmemory 0` (no limit) the check is off. If Redis
 //! answers OOM all the same, writes are refused until a sample asked for after that.
+//!
+//! The same sample reads Redis' disk (see `storage.rs`): writes are refused as well while
+//! the disk is short of room for the next AOF rewrite.
 //!
 //! A refused write still goes through the buffer script (without its payload), which
 //! answers a repeated idempotency key with the first response before it says "full", as
@@ -29,10 +32,9 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use redis::aio::MultiplexedConnection;
-use redis::RedisResult;
 use serde::Serialize;
 
+use super::storage::{DiskRefusal, Storage, StorageView};
 use super::PreparedWrite;
 
 /// How often Redis' memory is read: often enough that the estimate between two samples
@@ -113,6 +115,8 @@ struct Tally {
     asks: u64,
     /// Redis answered OOM while `asks` was this: refuse until a later sample.
     oom_at_ask: Option<u64>,
+    /// Redis' persistence and free disk at the last sample that read them.
+    storage: Option<Storage>,
 }
 
 impl Tally {
@@ -141,15 +145,18 @@ impl Tally {
 #[derive(Debug)]
 pub struct BufferMemory {
     fraction: f64,
+    /// `buffer.min_disk_free_bytes`: see `storage.rs`.
+    min_disk_free: u64,
     tally: Mutex<Tally>,
 }
 
 impl BufferMemory {
     /// `fraction`: the share of `maxmemory` writes may fill, in (0, 1) (validated by the
-    /// configuration).
-    pub fn new(fraction: f64) -> Self {
+    /// configuration). `min_disk_free`: the margin over the AOF's size (see `storage.rs`).
+    pub fn new(fraction: f64, min_disk_free: u64) -> Self {
         Self {
             fraction,
+            min_disk_free,
             tally: Mutex::new(Tally::default()),
         }
     }
@@ -161,7 +168,7 @@ impl BufferMemory {
     /// Whether a write of `bytes` (its [`estimate`]) may go ahead; if so it is counted.
     pub fn admit(&self, bytes: u64) -> bool {
         let mut tally = self.tally();
-        if tally.refusing(self.fraction) {
+        if tally.refusing(self.fraction) || self.disk_refusal_of(&tally).is_some() {
             return false;
         }
         tally.admitted = tally.admitted.saturating_add(bytes);
@@ -191,6 +198,25 @@ impl BufferMemory {
         }
     }
 
+    /// A sample of Redis' disk came back (`None`: Redis did not tell; the check is off).
+    pub fn stored(&self, storage: Option<Storage>) {
+        self.tally().storage = storage;
+    }
+
+    fn disk_refusal_of(&self, tally: &Tally) -> Option<DiskRefusal> {
+        tally.storage.as_ref()?.refusal(self.min_disk_free)
+    }
+
+    /// Why writes are refused for Redis' disk, if they are.
+    pub fn disk_refusal(&self) -> Option<DiskRefusal> {
+        self.disk_refusal_of(&self.tally())
+    }
+
+    /// What `/health` shows as `redis_storage`.
+    pub fn storage_view(&self) -> StorageView {
+        StorageView::of(self.tally().storage.as_ref(), self.min_disk_free)
+    }
+
     /// Redis refused a write for memory (OOM). Returns `true` the first time, for the log.
     pub fn oom(&self) -> bool {
         let mut tally = self.tally();
@@ -210,40 +236,11 @@ impl BufferMemory {
         }
     }
 
-    /// Registers `opsdb_buffer_memory_used_bytes`, `opsdb_buffer_memory_limit_bytes` and
-    /// `opsdb_buffer_memory_full`, read at scrape time.
+    /// Registers `opsdb_buffer_memory_used_bytes`, `opsdb_buffer_memory_limit_bytes`,
+    /// `opsdb_buffer_memory_full` and the disk's (see [`StorageView::encode`]), read at
+    /// scrape time.
     pub fn register(self: &Arc<Self>, registry: &mut Registry) {
         registry.register_collector(Box::new(MemoryMetrics(Arc::clone(self))));
-    }
-}
-
-/// Reads Redis' memory on `conn` (connecting first if there is none); the connection comes
-/// back if it is still good.
-pub(super) async fn sample(
-    client: &redis::Client,
-    conn: Option<MultiplexedConnection>,
-    timeout: Duration,
-) -> (Option<MultiplexedConnection>, RedisResult<Option<Sample>>) {
-    let read = async {
-        let mut conn = match conn {
-            Some(conn) => conn,
-            None => crate::redis_conn::open(client, timeout, timeout).await?,
-        };
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut conn)
-            .await?;
-        Ok::<_, redis::RedisError>((conn, Sample::parse(&info)))
-    };
-    match tokio::time::timeout(timeout, read).await {
-        Ok(Ok((conn, sample))) => (Some(conn), Ok(sample)),
-        Ok(Err(err)) => (None, Err(err)),
-        Err(_) => (
-            None,
-            Err(redis::RedisError::from(std::io::Error::from(
-                std::io::ErrorKind::TimedOut,
-            ))),
-        ),
     }
 }
 
@@ -277,7 +274,8 @@ impl Collector for MemoryMetrics {
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(i64::from(view.refusing_writes)).encode(metric)
+        ConstGauge::new(i64::from(view.refusing_writes)).encode(metric)?;
+        self.0.storage_view().encode(&mut encoder)
     }
 }
 
@@ -308,7 +306,7 @@ mod tests {
 
     #[test]
     fn without_a_sample_or_without_maxmemory_nothing_is_refused() {
-        let memory = BufferMemory::new(0.8);
+        let memory = BufferMemory::new(0.8, 0);
         assert!(memory.admit(100 * MB), "no sample yet: nothing known");
         sampled(&memory, 500 * MB, 0);
         assert!(memory.admit(100 * MB), "maxmemory 0: no limit");
@@ -318,7 +316,7 @@ mod tests {
 
     #[test]
     fn writes_are_refused_from_the_fraction_of_maxmemory_on() {
-        let memory = BufferMemory::new(0.8);
+        let memory = BufferMemory::new(0.8, 0);
         sampled(&memory, 50 * MB, 64 * MB);
         assert_eq!(memory.view().limit_bytes, Some(53_687_091));
         assert!(memory.admit(MB));
@@ -335,7 +333,7 @@ mod tests {
 
     #[test]
     fn a_burst_between_samples_is_counted_by_its_estimate() {
-        let memory = BufferMemory::new(0.5);
+        let memory = BufferMemory::new(0.5, 0);
         sampled(&memory, 10 * MB, 100 * MB);
         let admitted = (0..100).take_while(|_| memory.admit(MB)).count();
         assert_eq!(
@@ -347,7 +345,7 @@ mod tests {
 
     #[test]
     fn writes_in_flight_when_a_sample_is_taken_stay_counted() {
-        let memory = BufferMemory::new(0.5);
+        let memory = BufferMemory::new(0.5, 0);
         sampled(&memory, 0, 100 * MB);
         assert!(memory.admit(30 * MB)); // a group commit in flight ...
         memory.asking(); // ... while INFO is asked on another connection,
@@ -367,7 +365,7 @@ mod tests {
 
     #[test]
     fn an_oom_answer_refuses_writes_until_a_sample_asked_for_after_it() {
-        let memory = BufferMemory::new(0.8);
+        let memory = BufferMemory::new(0.8, 0);
         sampled(&memory, MB, 0);
         memory.asking(); // a sample in flight, asked for before the OOM
         assert!(memory.oom(), "the first OOM is logged");
@@ -380,7 +378,7 @@ mod tests {
 
     #[test]
     fn the_gauges_follow_the_view() {
-        let memory = Arc::new(BufferMemory::new(0.5));
+        let memory = Arc::new(BufferMemory::new(0.5, 0));
         let scrape = |memory: &Arc<BufferMemory>| {
             let mut registry = Registry::default();
             memory.register(&mut registry);

@@ -12,7 +12,8 @@
 //!   once (see `stale.rs`); one that may have run (a timeout) is refused, never resent;
 //! - writes are refused (`BufferFull`, `MemoryFull`) before Redis runs out of what it may
 //!   hold: at a count of unforwarded transactions, and at a share of Redis' `maxmemory`
-//!   (see `memory.rs`), so the forwarder and the replica tracker can always drain it.
+//!   (see `memory.rs`), so the forwarder and the replica tracker can always drain it; and
+//!   (`DiskFull`) before Redis' disk is too full for the next AOF rewrite (see `storage.rs`).
 //!
 //! Group commit: while one pipeline is in flight, new writes queue up and go out together
 //! in the next one, so concurrent writers share round trips and fsyncs. Only one pipeline
@@ -20,7 +21,9 @@
 
 mod flush;
 pub mod memory;
+mod sample;
 mod stale;
+pub mod storage;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -67,6 +70,9 @@ pub enum IngestError {
         used: Option<u64>,
         limit: Option<u64>,
     },
+    /// Redis' disk is short of room for the next AOF rewrite, or its last AOF write failed.
+    #[error("redis' disk: {0}")]
+    DiskFull(String),
     /// The preset of this fixed operation names a table or column ops-db does not have
     /// (`schema.presets`): an operator's to fix; nothing was stored.
     #[error("the preset of {0} does not fit ops-db's schema")]
@@ -97,6 +103,8 @@ pub struct BufferConfig {
     pub max_buffered: u64,
     /// Share of Redis' `maxmemory` writes may fill (see `memory.rs`).
     pub max_memory_fraction: f64,
+    /// Free disk kept under Redis' directory beyond the AOF's size (see `storage.rs`).
+    pub min_disk_free_bytes: u64,
     pub idempotency_ttl: Duration,
     /// Most writes in one group commit.
     pub max_batch: usize,
@@ -288,7 +296,7 @@ impl Actor for BufferActor {
     }
 }
 
-/// Reads Redis' memory into the shared gauge, unless a read is already in flight.
+/// Reads Redis' memory and disk into the shared gauge, unless a read is already in flight.
 fn sample_memory(myself: &ActorRef<BufferMsg>, state: &mut BufferState) {
     if state.sampling {
         return;
@@ -302,12 +310,18 @@ fn sample_memory(myself: &ActorRef<BufferMsg>, state: &mut BufferState) {
     gauge.asking();
     // Outside the handler, like a group commit: writes never wait for a sample.
     tokio::spawn(async move {
-        let (conn, sample) = memory::sample(&client, conn, timeout).await;
+        let (conn, sample) = sample::sample(&client, conn, timeout).await;
         match sample {
-            Ok(Some(sample)) => gauge.sampled(sample),
-            // Redis down (writes fail on their own) or INFO refused: the last sample stays,
-            // and without any the check is off; `/health` shows what is known.
-            Ok(None) => tracing::debug!("redis INFO memory lacks used_memory or maxmemory"),
+            Ok((memory, storage)) => {
+                gauge.stored(storage);
+                match memory {
+                    Some(memory) => gauge.sampled(memory),
+                    // INFO refused: the last sample stays, and without any the check is
+                    // off; `/health` shows what is known.
+                    None => tracing::debug!("redis INFO memory lacks used_memory or maxmemory"),
+                }
+            }
+            // Redis down: writes fail on their own; the last samples stay.
             Err(err) => tracing::debug!(error = %err, "redis memory not sampled"),
         }
         let _ = myself.cast(BufferMsg::MemorySampled(conn));

@@ -157,6 +157,9 @@ pub struct Buffer {
     pub max_buffered: u64,
     /// Share of Redis' `maxmemory` writes may fill, in (0, 1); the rest is for draining.
     pub max_memory_fraction: f64,
+    /// Free disk kept under Redis' directory beyond its AOF's size: room for the next AOF
+    /// rewrite plus what is written meanwhile; below it writes are refused.
+    pub min_disk_free_bytes: u64,
     pub max_batch: usize,
     pub connections: usize,
     #[serde(with = "humantime_serde")]

@@ -88,6 +88,7 @@ pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "database": database,
         "redis": if redis.reachable { "connected" } else { "disconnected" },
         "redis_durability": redis.durability,
+        "redis_storage": state.tree.buffer_memory.storage_view(),
         "transaction_buffer": {
             "size": redis.buffered,
             "failed": redis.dead_letters,
