@@ -92,7 +92,9 @@ pub enum Outcome {
     Unchecked,
 }
 
-/// Every parent `tx` refers to that it does not write itself, with the steps that refer.
+/// Every parent `tx` refers to that it does not write itself, once each, with the first
+/// step and column that refer to it (a bulk registration of 1,000 files under one unit is
+/// one parent to look up, not 1,000).
 pub fn parents(tx: &Transaction, registry: &Registry) -> Vec<(usize, String, Parent)> {
     let written: HashSet<(&str, String)> = tx
         .steps
@@ -101,6 +103,7 @@ pub fn parents(tx: &Transaction, registry: &Registry) -> Vec<(usize, String, Par
         .map(|s| (s.table(), s.id().text()))
         .collect();
     let mut out = Vec::new();
+    let mut seen: HashSet<(&str, &str, String)> = HashSet::new();
     for (i, step) in tx.steps.iter().enumerate() {
         let (Some(model), Some(columns)) = (registry.table(step.table()), step.columns()) else {
             continue;
@@ -117,6 +120,9 @@ pub fn parents(tx: &Transaction, registry: &Registry) -> Vec<(usize, String, Par
             let parent_model = registry.table(&fk.ref_table);
             let keyed = parent_model.is_some_and(|m| m.key == fk.ref_column);
             if keyed && written.contains(&(fk.ref_table.as_str(), value.clone())) {
+                continue;
+            }
+            if !seen.insert((&fk.ref_table, &fk.ref_column, value.clone())) {
                 continue;
             }
             let type_name = model
@@ -264,12 +270,8 @@ impl References {
         &self,
         refs: Vec<(usize, String, Parent)>,
     ) -> Result<Vec<Missing>, Box<dyn std::error::Error + Send + Sync>> {
-        let distinct: Vec<Parent> = refs
-            .iter()
-            .map(|(_, _, p)| p.clone())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        // `parents` gives each parent once.
+        let distinct: Vec<Parent> = refs.iter().map(|(_, _, p)| p.clone()).collect();
         let mut found: HashSet<Parent> = self.in_overlay(&distinct).await?;
         let rest: Vec<&Parent> = distinct.iter().filter(|p| !found.contains(*p)).collect();
         if !rest.is_empty() {
@@ -367,4 +369,63 @@ async fn on_source(pool: &PgPool, parents: &[&Parent]) -> Result<HashSet<Parent>
         );
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::builder::tests::registry;
+
+    fn insert(table: &str, id: Uuid, values: serde_json::Value) -> Step {
+        Step::Insert {
+            table: table.into(),
+            id: id.into(),
+            values: values.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn each_parent_is_looked_up_once_and_not_when_the_transaction_writes_it() {
+        let (unit, elsewhere, package) =
+            (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let mut steps = vec![insert(
+            "raw_data_package",
+            package,
+            json!({"executed_obs_unit_id": elsewhere}),
+        )];
+        for n in 0..1000u128 {
+            steps.push(insert(
+                "raw_data_file",
+                Uuid::from_u128(100 + n),
+                json!({"executed_obs_unit_id": unit, "raw_data_package_id": package}),
+            ));
+        }
+        let tx = Transaction {
+            id: Uuid::nil(),
+            site: "s".into(),
+            op: "transactions".into(),
+            created_at: Utc::now(),
+            steps,
+        };
+        let found = parents(&tx, &registry());
+        let named: Vec<(usize, &str, &str)> = found
+            .iter()
+            .map(|(step, column, p)| (*step, column.as_str(), p.value.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (0, "executed_obs_unit_id", elsewhere.to_string().as_str()),
+                (1, "executed_obs_unit_id", unit.to_string().as_str()),
+            ],
+            "the package the transaction writes is no parent to look up; the unit is one"
+        );
+        assert!(found
+            .iter()
+            .all(|(_, _, p)| p.keyed && p.type_name == "Uuid"));
+    }
 }

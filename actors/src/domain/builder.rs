@@ -618,4 +618,4 @@ pub fn field_of(op: &Operation, rows: &[usize], tx_step: usize, column: &str) ->
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
