@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, file_body, start_obs_unit, uuid, TestApp, TestRedis};
+use crate::helpers::{
+    assert_buffer_full, eventually, file_body, start_obs_unit, uuid, TestApp, TestRedis,
+};
 
 const TMPFS_BYTES: u64 = 64 << 20;
 const MIN_DISK_FREE: u64 = 32 << 20;
@@ -120,21 +122,7 @@ async fn writes_stop_short_of_a_full_disk_and_resume_when_it_has_room() {
     for i in 0..3 {
         let name = format!("refused_{i}.fits");
         let r = write_file(&app, eou, &name).await;
-        let error = r.assert_error(503, "buffer_full");
-        assert_eq!(error["stored"], false, "{}", r.text);
-        assert!(
-            error["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("disk")),
-            "{}",
-            r.text
-        );
-        assert_eq!(
-            r.headers.get("retry-after").and_then(|v| v.to_str().ok()),
-            Some("30"),
-            "{}",
-            r.text
-        );
+        assert_buffer_full(&r, "disk");
         refused.push(name);
     }
 

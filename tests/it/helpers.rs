@@ -449,6 +449,25 @@ impl Reply {
     }
 }
 
+/// A 503 `buffer_full` whose message names `what` ran short (`memory`, `disk`), with
+/// `Retry-After: 30` and `stored: false`; returns the error object.
+pub fn assert_buffer_full<'r>(r: &'r Reply, what: &str) -> &'r Value {
+    let error = r.assert_error(503, "buffer_full");
+    assert!(
+        error["message"].as_str().is_some_and(|m| m.contains(what)),
+        "{what}: {}",
+        r.text
+    );
+    assert_eq!(error["stored"], false, "{}", r.text);
+    assert_eq!(
+        r.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("30"),
+        "{}",
+        r.text
+    );
+    error
+}
+
 /// A valid raw data file payload.
 pub fn file_body(eou: &str) -> Value {
     serde_json::json!({

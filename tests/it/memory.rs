@@ -9,7 +9,9 @@ use futures::future::join_all;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{bulk_body, eventually, file_body, start_obs_unit, uuid, Reply, TestApp};
+use crate::helpers::{
+    assert_buffer_full, bulk_body, eventually, file_body, start_obs_unit, uuid, TestApp,
+};
 use crate::site::Site;
 
 const MAXMEMORY: u64 = 64 << 20;
@@ -88,24 +90,6 @@ async fn memory_health(app: &TestApp) -> Value {
     h.body["transaction_buffer"]["memory"].clone()
 }
 
-/// A 503 for memory: `buffer_full` with `Retry-After`, saying so.
-fn assert_refused_for_memory(r: &Reply) {
-    let error = r.assert_error(503, "buffer_full");
-    assert!(
-        error["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("memory")),
-        "{}",
-        r.text
-    );
-    assert_eq!(
-        r.headers.get("retry-after").and_then(|v| v.to_str().ok()),
-        Some("30"),
-        "{}",
-        r.text
-    );
-}
-
 /// How one write ended.
 enum Outcome {
     Acked(Uuid),
@@ -124,7 +108,7 @@ async fn write_once(app: &TestApp, path: &str, body: &Value, key: &str) -> Outco
         match r.status {
             201 => return Outcome::Acked(uuid(&r.body["transaction_id"])),
             503 if r.body["error"]["code"] == "buffer_full" => {
-                assert_refused_for_memory(&r);
+                assert_buffer_full(&r, "memory");
                 return Outcome::RefusedForMemory;
             }
             503 => {
@@ -216,7 +200,7 @@ async fn writes_are_refused_for_memory_before_redis_refuses_anything_and_drain_a
     let r = app
         .post("/raw_data_files/", &file_body(&eou.to_string()))
         .await;
-    assert_refused_for_memory(&r);
+    assert_buffer_full(&r, "memory");
     let metrics = app.get("/metrics").await;
     assert!(
         metrics
@@ -306,7 +290,7 @@ async fn a_write_redis_refuses_for_memory_is_a_503_and_stores_nothing() {
             .expect("CONFIG SET");
         let writes = (0..8).map(|_| app.post("/executed_obs_units/start", &body));
         for r in join_all(writes).await {
-            assert_refused_for_memory(&r);
+            assert_buffer_full(&r, "memory");
         }
         if oom_refusals(&app).await > 0 {
             eprintln!("Redis refused writes itself at attempt {attempt}");
@@ -397,7 +381,7 @@ async fn a_redis_filled_past_its_maxmemory_still_drains_after_the_heal() {
     let r = app
         .post("/raw_data_files/", &file_body(&eou.to_string()))
         .await;
-    assert_refused_for_memory(&r);
+    assert_buffer_full(&r, "memory");
     let notifier_restarts = app.tree.health.get("notifier").expect("row").restarts;
     // The forwarder keeps restarting behind the cut link, now at the limit: each restart
     // creates (finds) its consumer group, and the lease is renewed meanwhile.
