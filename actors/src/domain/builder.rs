@@ -62,30 +62,39 @@ impl StepIds {
     }
 }
 
+/// One request step as built: its id, op, table and the rows it wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    pub step_id: String,
+    pub op: StepOp,
+    pub table: String,
+    pub ids: StepIds,
+}
+
 /// What the builder made of a request: the steps of the transaction, and per request step
 /// its rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub steps: Vec<Step>,
-    pub ids: Vec<(String, StepIds)>,
+    pub planned: Vec<Planned>,
 }
 
 impl Plan {
     /// The answer's `steps`: step id → `{"id": …}` or `{"ids": […]}`.
     pub fn answer(&self) -> Value {
         Value::Object(
-            self.ids
+            self.planned
                 .iter()
-                .map(|(step, ids)| (step.clone(), ids.answer()))
+                .map(|p| (p.step_id.clone(), p.ids.answer()))
                 .collect(),
         )
     }
 
     /// What the lifecycle keeps: each step's id, op, table and row (or row count).
-    pub fn summary(&self, request: &TransactionRequest) -> Value {
-        let steps = request.steps.iter().zip(&self.ids).map(|(step, (_, ids))| {
-            let mut s = json!({"step_id": step.step_id, "op": step.op, "table": step.table});
-            match ids {
+    pub fn summary(&self) -> Value {
+        let steps = self.planned.iter().map(|p| {
+            let mut s = json!({"step_id": p.step_id, "op": p.op, "table": p.table});
+            match &p.ids {
                 StepIds::One(id) => s["id"] = id.json(),
                 StepIds::Many(ids) => s["rows"] = ids.len().into(),
             }
@@ -93,11 +102,23 @@ impl Plan {
         });
         Value::Array(steps.collect())
     }
+
+    /// How many rows (transaction steps) each request step made, in order.
+    pub fn rows(&self) -> Vec<usize> {
+        self.planned
+            .iter()
+            .map(|p| match &p.ids {
+                StepIds::One(_) => 1,
+                StepIds::Many(ids) => ids.len(),
+            })
+            .collect()
+    }
 }
 
-/// Checks `request` against `registry` and builds its steps; `new_id` makes UUID keys.
+/// Checks `request` against `registry` and builds its steps (taking its values, not
+/// copying them); `new_id` makes UUID keys.
 pub fn plan(
-    request: &TransactionRequest,
+    request: TransactionRequest,
     registry: Option<&Registry>,
     limits: &Limits,
     new_id: &mut dyn FnMut() -> Uuid,
@@ -126,10 +147,10 @@ pub fn plan(
         seen: HashMap::new(),
         plan: Plan {
             steps: Vec::new(),
-            ids: Vec::new(),
+            planned: Vec::new(),
         },
     };
-    for (i, step) in request.steps.iter().enumerate() {
+    for (i, step) in request.steps.into_iter().enumerate() {
         builder.step(i, step)?;
     }
     Ok(builder.plan)
@@ -144,23 +165,32 @@ struct Builder<'a> {
     plan: Plan,
 }
 
-/// Where a step's values live in the request, for field paths.
+/// Where a step's values live in the request, for field paths (written only for an error:
+/// a bulk step's thousand rows cost nothing here).
 struct At<'s> {
     /// `steps[2]`
-    step: String,
-    /// `values` or `rows[7]`
-    part: String,
+    step: &'s str,
+    /// `values`, or the row of `rows`.
+    row: Option<usize>,
     table: &'s str,
 }
 
 impl At<'_> {
+    /// `steps[2].values` or `steps[2].rows[7]`.
+    fn part(&self) -> String {
+        match self.row {
+            None => format!("{}.values", self.step),
+            Some(j) => format!("{}.rows[{j}]", self.step),
+        }
+    }
+
     fn field(&self, column: &str) -> String {
-        format!("{}.{}.{column}", self.step, self.part)
+        format!("{}.{column}", self.part())
     }
 }
 
 impl<'a> Builder<'a> {
-    fn step(&mut self, i: usize, step: &StepRequest) -> Check {
+    fn step(&mut self, i: usize, mut step: StepRequest) -> Check {
         let at = format!("steps[{i}]");
         check_step_id(&at, &step.step_id)?;
         if self.seen.contains_key(&step.step_id) {
@@ -171,26 +201,18 @@ impl<'a> Builder<'a> {
             ));
         }
         let model = self.table(&at, &step.table)?;
-        fields_for_op(&at, step)?;
+        fields_for_op(&at, &step)?;
+        let values = step.values.take().unwrap_or_default();
+        let place = At {
+            step: &at,
+            row: None,
+            table: &step.table,
+        };
         let ids = match step.op {
-            StepOp::Create => {
-                let values = step.values.as_ref().map_or_else(Map::new, Map::clone);
-                let at = At {
-                    step: at.clone(),
-                    part: "values".into(),
-                    table: &step.table,
-                };
-                StepIds::One(self.insert(&at, model, values)?)
-            }
+            StepOp::Create => StepIds::One(self.insert(&place, model, values)?),
             StepOp::Update => {
                 let id = self.key(&format!("{at}.id"), model, step.id.as_ref())?;
-                let values = step.values.as_ref().map_or_else(Map::new, Map::clone);
-                let at = At {
-                    step: at.clone(),
-                    part: "values".into(),
-                    table: &step.table,
-                };
-                self.update(&at, model, id.clone(), values)?;
+                self.update(&place, model, id.clone(), values)?;
                 StepIds::One(id)
             }
             StepOp::Delete => {
@@ -202,8 +224,8 @@ impl<'a> Builder<'a> {
                 StepIds::One(id)
             }
             StepOp::BulkCreate | StepOp::BulkUpdate => {
-                let rows = step.rows.as_deref().unwrap_or_default();
-                self.bulk(&at, step, model, rows)?
+                let rows = step.rows.take().unwrap_or_default();
+                self.bulk(&at, &step, model, rows)?
             }
         };
         let one = match &ids {
@@ -211,7 +233,12 @@ impl<'a> Builder<'a> {
             StepIds::Many(_) => None,
         };
         self.seen.insert(step.step_id.clone(), one);
-        self.plan.ids.push((step.step_id.clone(), ids));
+        self.plan.planned.push(Planned {
+            step_id: step.step_id,
+            op: step.op,
+            table: step.table,
+            ids,
+        });
         Ok(())
     }
 
@@ -237,7 +264,7 @@ impl<'a> Builder<'a> {
         at: &str,
         step: &StepRequest,
         model: Option<&TableModel>,
-        rows: &[Map<String, Value>],
+        rows: Vec<Map<String, Value>>,
     ) -> Check<StepIds> {
         if rows.is_empty() {
             return Err(invalid(
@@ -258,17 +285,16 @@ impl<'a> Builder<'a> {
             ));
         }
         let mut ids = Vec::with_capacity(rows.len());
-        for (j, row) in rows.iter().enumerate() {
+        for (j, mut row) in rows.into_iter().enumerate() {
             let place = At {
-                step: at.to_owned(),
-                part: format!("rows[{j}]"),
+                step: at,
+                row: Some(j),
                 table: &step.table,
             };
             let id = if step.op == StepOp::BulkCreate {
-                self.insert(&place, model, row.clone())?
+                self.insert(&place, model, row)?
             } else {
                 let key = key_name(model);
-                let mut row = row.clone();
                 let given = row.remove(key);
                 let id = self.key(&place.field(key), model, given.as_ref())?;
                 self.update(&place, model, id.clone(), row)?;
@@ -329,7 +355,7 @@ impl<'a> Builder<'a> {
         if values.is_empty() {
             return Err(invalid(
                 "missing_field",
-                format!("{}.{}", at.step, at.part),
+                at.part(),
                 "an update must change at least one column",
             ));
         }
@@ -549,13 +575,9 @@ pub fn build(
 ) -> Check<Built> {
     let now = micros(now);
     let tx_id = new_id();
-    let request = presets.request(op, now);
-    let plan = plan(&request, registry, limits, new_id)?;
+    let plan = plan(presets.request(op, now), registry, limits, new_id)?;
     let (mut response, summary) = match op {
-        Operation::Transaction(request) => (
-            json!({ "steps": plan.answer() }),
-            Some(plan.summary(request)),
-        ),
+        Operation::Transaction(_) => (json!({ "steps": plan.answer() }), Some(plan.summary())),
         Operation::BulkCreateRawDataFiles { .. } => {
             let ids: Vec<Value> = plan.steps.iter().map(|s| s.id().json()).collect();
             (json!({ "ids": ids, "count": ids.len() }), None)
@@ -567,14 +589,7 @@ pub fn build(
     };
     response["transaction_id"] = json!(tx_id);
     response["status"] = json!("buffered");
-    let rows = plan
-        .ids
-        .iter()
-        .map(|(_, ids)| match ids {
-            StepIds::One(_) => 1,
-            StepIds::Many(ids) => ids.len(),
-        })
-        .collect();
+    let rows = plan.rows();
     Ok(Built {
         tx: Transaction {
             id: tx_id,
