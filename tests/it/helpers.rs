@@ -479,6 +479,15 @@ pub fn file_body(eou: &str) -> Value {
     })
 }
 
+/// Registers one file `name` of `eou`, which must be acknowledged; its transaction id.
+pub async fn register_file(app: &TestApp, eou: Uuid, name: &str) -> Uuid {
+    let mut body = file_body(&eou.to_string());
+    body["name"] = serde_json::json!(name);
+    let r = app.post("/raw_data_files/", &body).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    uuid(&r.body["transaction_id"])
+}
+
 /// The body of a bulk registration of `n` valid files of `eou`, named `{tag}_{i}.fits`.
 pub fn bulk_body(eou: Uuid, n: usize, tag: &str) -> Value {
     let files: Vec<Value> = (0..n)

@@ -11,21 +11,15 @@ use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::helpers::{bulk_body, eventually, file_body, start_obs_unit, uuid, TestApp};
+use crate::helpers::{
+    bulk_body, eventually, file_body, register_file, start_obs_unit, uuid, TestApp,
+};
 use crate::site::Site;
 
 /// A single registration whose `executed_obs_unit_id` exists nowhere: the primary rejects
 /// it for good (foreign key, 23503).
 async fn orphan_file(app: &TestApp, name: &str) -> Uuid {
     let mut body = file_body(&Uuid::now_v7().to_string());
-    body["name"] = json!(name);
-    let r = app.post("/raw_data_files/", &body).await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    uuid(&r.body["transaction_id"])
-}
-
-async fn file(app: &TestApp, eou: Uuid, name: &str) -> Uuid {
-    let mut body = file_body(&eou.to_string());
     body["name"] = json!(name);
     let r = app.post("/raw_data_files/", &body).await;
     assert_eq!(r.status, 201, "{}", r.text);
@@ -135,7 +129,7 @@ async fn interleaved_good_and_bad_transactions_drain_with_exactly_the_bad_ones_d
 
     let (mut good, mut bad) = (Vec::new(), Vec::new());
     for i in 0..1000 {
-        good.push(file(app, eou, &format!("good_{i}.fits")).await);
+        good.push(register_file(app, eou, &format!("good_{i}.fits")).await);
         bad.push(orphan_file(app, &format!("bad_{i}.fits")).await);
     }
     wan.heal();
@@ -171,11 +165,11 @@ async fn a_batch_that_times_out_is_split_until_the_slow_transaction_is_dead_lett
 
     let mut good = vec![t0];
     for i in 0..40 {
-        good.push(file(app, eou, &format!("a{i}.fits")).await);
+        good.push(register_file(app, eou, &format!("a{i}.fits")).await);
     }
-    let slow = file(app, eou, "slow.fits").await;
+    let slow = register_file(app, eou, "slow.fits").await;
     for i in 0..40 {
-        good.push(file(app, eou, &format!("b{i}.fits")).await);
+        good.push(register_file(app, eou, &format!("b{i}.fits")).await);
     }
     let health = eventually(
         "/health shows the timeout and the split",
@@ -212,7 +206,7 @@ async fn a_batch_that_times_out_is_split_until_the_slow_transaction_is_dead_lett
     );
 
     // Whole batches again, and the link is up.
-    let later = file(app, eou, "later.fits").await;
+    let later = register_file(app, eou, "later.fits").await;
     site.drained(Duration::from_secs(30)).await;
     assert!(site.ledger().await.contains(&later));
     let r = app.get("/health").await;

@@ -8,19 +8,11 @@ use std::time::Duration;
 
 use ops_db_actors::overlay::TxState;
 use redis::AsyncCommands;
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, file_body, start_obs_unit, uuid, TestApp};
+use crate::helpers::{eventually, register_file, start_obs_unit, uuid, TestApp};
 use crate::site::Site;
-
-async fn file(app: &TestApp, eou: Uuid, name: &str) -> Uuid {
-    let mut body = file_body(&eou.to_string());
-    body["name"] = json!(name);
-    let r = app.post("/raw_data_files/", &body).await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    uuid(&r.body["transaction_id"])
-}
 
 fn restarts(app: &TestApp) -> u64 {
     app.tree
@@ -47,13 +39,13 @@ async fn stream_entries_that_are_not_transactions_are_dead_lettered_at_once() {
     ];
     let mut poison_ids = Vec::new();
     for (i, (field, value)) in poisons.iter().enumerate() {
-        acked.push(file(app, eou, &format!("before-{i}.fits")).await);
+        acked.push(register_file(app, eou, &format!("before-{i}.fits")).await);
         let id: String = redis
             .xadd(app.keys.stream(), "*", &[(*field, *value)])
             .await
             .expect("xadd");
         poison_ids.push(id);
-        acked.push(file(app, eou, &format!("after-{i}.fits")).await);
+        acked.push(register_file(app, eou, &format!("after-{i}.fits")).await);
     }
     site.drained(Duration::from_secs(30)).await;
 
@@ -123,11 +115,11 @@ async fn a_transaction_the_primary_fails_every_time_is_dead_lettered_after_max_a
     let (eou, t0) = start_obs_unit(app, 6).await;
     let mut acked = vec![t0];
     for i in 0..20 {
-        acked.push(file(app, eou, &format!("f{i}.fits")).await);
+        acked.push(register_file(app, eou, &format!("f{i}.fits")).await);
     }
-    let cursed = file(app, eou, "cursed.fits").await;
+    let cursed = register_file(app, eou, "cursed.fits").await;
     for i in 20..40 {
-        acked.push(file(app, eou, &format!("f{i}.fits")).await);
+        acked.push(register_file(app, eou, &format!("f{i}.fits")).await);
     }
     site.drained(Duration::from_secs(60)).await;
 
@@ -161,7 +153,7 @@ async fn a_transaction_the_primary_fails_every_time_is_dead_lettered_after_max_a
     assert_eq!(state, Some(TxState::Dead));
 
     // The forwarder goes on: a later write is applied without any further restart.
-    let later = file(app, eou, "later.fits").await;
+    let later = register_file(app, eou, "later.fits").await;
     site.drained(Duration::from_secs(30)).await;
     assert!(site.ledger().await.contains(&later));
     assert_eq!(restarts(app), crashes);
@@ -185,7 +177,7 @@ async fn an_environmental_error_is_waited_out_never_dead_lettered() {
     .execute(&mut site.primary().await)
     .await
     .expect("trigger");
-    let t1 = file(app, eou, "a.fits").await;
+    let t1 = register_file(app, eou, "a.fits").await;
     eventually(
         "the forwarder failed several times",
         Duration::from_secs(30),
