@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 #[cfg(test)]
 mod packaging;
+mod resend;
 mod status;
 
 #[derive(Parser)]
@@ -64,6 +65,10 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Send again what the primary lost (a failover, a restore): every transaction of the
+    /// resend window from --since that the read source's ledger lacks goes back into the
+    /// stream (see docs/OPERATIONS.md). Admin token in OPSDB_TOKEN.
+    Resend(resend::ResendArgs),
     /// One screen on a running service's health; exit code 0 ready, 1 not ready, 2 unreachable.
     Status(status::StatusArgs),
     /// Check a config file and print the effective configuration (passwords in URLs hidden).
@@ -200,6 +205,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let token = std::env::var("OPSDB_TOKEN")
                 .map_err(|_| anyhow::anyhow!("set OPSDB_TOKEN to a token with the admin scope"))?;
             dlq(&url, &token, command).await
+        }
+        Command::Resend(args) => {
+            let token = std::env::var("OPSDB_TOKEN")
+                .map_err(|_| anyhow::anyhow!("set OPSDB_TOKEN to a token with the admin scope"))?;
+            resend::run(args, &token).await
         }
         Command::CheckConfig { config } => {
             let config = load(&config)?;

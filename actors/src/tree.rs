@@ -127,6 +127,8 @@ pub struct Tree {
     pub has_forwarder: bool,
     pub replica_metrics: Arc<ReplicaMetrics>,
     pub has_replica: bool,
+    /// Whether the primary and the replica still hold what was forwarded (`history`).
+    pub history: Arc<crate::history::History>,
     /// Where actors and facades emit events (`dlq.retried`, say).
     pub events: Arc<EventSink>,
     /// Where websocket clients subscribe to live events.
@@ -180,6 +182,7 @@ impl Tree {
             has_forwarder: shared.has_forwarder,
             replica_metrics: shared.replica_metrics,
             has_replica: shared.has_replica,
+            history: shared.history,
             events: shared.events,
             hub: shared.hub,
             ingest,
@@ -266,6 +269,7 @@ struct Shared {
     buffer_memory: Arc<BufferMemory>,
     forwarder_metrics: Arc<ForwarderMetrics>,
     replica_metrics: Arc<ReplicaMetrics>,
+    history: Arc<crate::history::History>,
     #[cfg(feature = "fault-injection")]
     crash_points: Arc<CrashPoints>,
     has_forwarder: bool,
@@ -291,6 +295,7 @@ impl Shared {
             buffer_memory: Arc::new(BufferMemory::new(max_memory_fraction, min_disk_free_bytes)),
             forwarder_metrics: Arc::new(ForwarderMetrics::default()),
             replica_metrics: Arc::new(ReplicaMetrics::default()),
+            history: Arc::default(),
             #[cfg(feature = "fault-injection")]
             crash_points: Arc::new(CrashPoints::default()),
             has_forwarder,
@@ -350,6 +355,7 @@ fn children(
                 metrics: Arc::clone(&shared.forwarder_metrics),
                 isolation: Arc::default(),
                 events: Arc::clone(&shared.events),
+                history: Arc::clone(&shared.history),
                 #[cfg(feature = "fault-injection")]
                 crash: Arc::clone(&shared.crash_points),
             },
@@ -372,6 +378,7 @@ fn children(
                 config: Arc::new(replica),
                 metrics: Arc::clone(&shared.replica_metrics),
                 events: Arc::clone(&shared.events),
+                history: Arc::clone(&shared.history),
             },
             slot: Slot::<ReplicaMsg>::new(),
             policy,

@@ -136,6 +136,46 @@ impl LocalPostgres {
         self.replica.start(&self.tools).await
     }
 
+    /// A base backup of the primary into `dest` (which must not exist yet), as an operator
+    /// keeps one: for [`LocalPostgres::restore_primary`].
+    pub async fn backup_primary(&self, dest: &Path) -> anyhow::Result<()> {
+        let log = self.dir().join("backup.log");
+        self.tools.backup(self.primary.port, dest, &log).await
+    }
+
+    /// Restores the primary from `backup` (made by [`LocalPostgres::backup_primary`] in this
+    /// directory; moved, not copied): the primary is shut down immediately, its data
+    /// replaced, and started: it recovers to the end of the backup and goes on as a primary
+    /// on the same timeline, without whatever was committed after the backup. The replica
+    /// is left as it is (it is ahead of the restored primary: re-clone it).
+    pub async fn restore_primary(&mut self, backup: &Path) -> anyhow::Result<()> {
+        self.primary.shut_down(Shutdown::Immediate).await?;
+        std::fs::remove_dir_all(&self.primary.data)
+            .with_context(|| format!("removing {}", self.primary.data.display()))?;
+        std::fs::rename(backup, &self.primary.data)
+            .with_context(|| format!("moving {} into place", backup.display()))?;
+        self.primary.start(&self.tools).await
+    }
+
+    /// Replaces the replica with a new clone of the primary as it is now (after a restore
+    /// or a failover): stopped, its data removed, cloned again (its slot made if missing),
+    /// started.
+    pub async fn reclone_replica(&mut self) -> anyhow::Result<()> {
+        self.replica.shut_down(Shutdown::Fast).await?;
+        std::fs::remove_dir_all(&self.replica.data)
+            .with_context(|| format!("removing {}", self.replica.data.display()))?;
+        let log = self.dir().join("basebackup.log");
+        self.tools
+            .basebackup(self.primary.port, &self.replica.data, &log)
+            .await?;
+        self.replica.start(&self.tools).await
+    }
+
+    /// The directory both data directories are in.
+    fn dir(&self) -> &Path {
+        self.primary.data.parent().unwrap_or(Path::new("."))
+    }
+
     /// Fast shutdown of both servers, the primary first: its walsender then hands the
     /// shutdown checkpoint to the replica, so both stop at the same point.
     pub async fn stop(mut self) -> anyhow::Result<()> {

@@ -62,6 +62,7 @@ fn forwarder(config: &Config, keys: &Keys) -> Option<(ForwarderConfig, RestartPo
         connect_timeout: f.connect_timeout,
         statement_timeout: f.statement_timeout,
         redis_timeout: config.redis.timeout,
+        window: config.resend.window(),
     };
     Some((forwarder, f.restart.policy()))
 }
@@ -73,10 +74,12 @@ fn replica(config: &Config, keys: &Keys) -> Option<(ReplicaConfig, RestartPolicy
         source: config.read_source()?,
         redis_url: config.redis.url.clone(),
         keys: keys.clone(),
+        schema: config.schema.name.clone(),
         poll_interval: r.poll_interval,
         connect_timeout: r.connect_timeout,
         redis_timeout: config.redis.timeout,
         retention: r.retention,
+        audit_interval: r.audit_interval,
     };
     Some((tracker, r.restart.policy()))
 }

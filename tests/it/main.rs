@@ -36,6 +36,7 @@ mod reconnect;
 mod redis_conf;
 mod registry;
 mod release;
+mod restore;
 mod retry;
 mod roles;
 mod schema;

@@ -160,6 +160,8 @@ struct Leftovers {
     idempotency: Vec<(String, u64)>,
     /// Bytes per event of the capped event log.
     per_event: u64,
+    /// The resend window: its `MEMORY USAGE` and what it counts against `resend.max_bytes`.
+    window: (u64, u64),
 }
 
 /// Checks every key of the site against what may stay once everything is replicated, and
@@ -185,6 +187,18 @@ async fn leftovers(app: &TestApp, defaults: &Config) -> Leftovers {
             }
             // One counter per site.
             "events:seq" => {}
+            // The resend window: every forwarded body, compressed, bounded by its bytes
+            // (`resend.max_bytes`) and its age (`resend.window`).
+            "sent" => left.window.0 = memory(&mut conn, &key).await,
+            // The primary's and the replica's identity: one small hash per site.
+            "history" => {
+                let bytes = memory(&mut conn, &key).await;
+                assert!(bytes < 4 * 1024, "{key}: {bytes} bytes");
+            }
+            "sent:bytes" => {
+                left.window.1 = query(&mut conn, redis::cmd("GET").arg(&key)).await;
+                assert!(left.window.1 <= defaults.resend.max_bytes, "{key}");
+            }
             // The token sources' last good sets: one key per source, a few bytes a token.
             "tokens:file" | "tokens:table" => {
                 let bytes = memory(&mut conn, &key).await;
@@ -320,17 +334,26 @@ async fn a_minute_after_replication_redis_holds_only_lifecycles_and_idempotency_
     let events = defaults.events.stream_cap as u64 * left.per_event;
     let outage = defaults.buffer.max_buffered * BUFFERED_BYTES;
     let limit = (MAXMEMORY as f64 * defaults.buffer.max_memory_fraction) as u64;
-    let total = idem_bytes + life_bytes + events + outage;
+    // The window at its bound: what Redis holds for it, scaled from what it counts.
+    let (window_memory, window_counted) = left.window;
+    assert!(
+        window_counted > 0 && window_memory <= 2 * window_counted,
+        "the window's count ({window_counted}) must be close to what Redis holds for it \
+         ({window_memory})"
+    );
+    let window = defaults.resend.max_bytes * window_memory / window_counted;
+    let total = idem_bytes + life_bytes + events + outage + window;
     println!(
         "a week at {WRITES_PER_SEC}/s: idempotency records {idem_bytes} + lifecycles \
          {life_bytes} + event log at its cap {events} ({} bytes per event) + a full outage \
-         {outage} = {total} bytes, limit {limit}",
+         {outage} + the resend window at its bound {window} ({window_memory} bytes held for \
+         {window_counted} counted) = {total} bytes, limit {limit}",
         left.per_event
     );
     assert!(
         total <= limit,
         "finished transactions crowd out the buffer: idempotency {idem_bytes} + lifecycles \
-         {life_bytes} + events {events} + outage {outage} > {limit}"
+         {life_bytes} + events {events} + outage {outage} + window {window} > {limit}"
     );
 }
 

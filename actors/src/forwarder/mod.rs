@@ -75,6 +75,8 @@ pub struct ForwarderConfig {
     pub max_attempts: u32,
     /// How long the forwarder lease lasts without renewal (see `lease`).
     pub lease_ttl: Duration,
+    /// What of the forwarded bodies is kept for a resend (`crate::resend`).
+    pub window: crate::resend::WindowConfig,
 }
 
 /// Counters for `/metrics` (see [`ForwarderMetrics::register`]); `/health` reads them too.
@@ -198,8 +200,10 @@ pub struct ForwarderArgs {
     pub metrics: Arc<ForwarderMetrics>,
     /// Failures counted per transaction, kept across restarts.
     pub isolation: Arc<Isolation>,
-    /// `tx.forwarded`, `tx.dead`, `link.up`, `link.down`, `link.timeout`.
+    /// `tx.forwarded`, `tx.dead`, `link.up`, `link.down`, `link.timeout`, `history.changed`.
     pub events: Arc<EventSink>,
+    /// The primary's identity, recorded at each connect (`/health`'s `history`).
+    pub history: Arc<crate::history::History>,
     /// Armed by fault tests; exists only with the `fault-injection` feature.
     #[cfg(feature = "fault-injection")]
     pub crash: Arc<CrashPoints>,
@@ -337,7 +341,20 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
     };
     let pg = match state.pg.as_mut() {
         Some(pg) => pg,
-        None => state.pg.insert(connect_primary(&config).await?),
+        None => {
+            let mut pg = connect_primary(&config).await?;
+            // At each connect: a primary that failed over or was replaced is seen before
+            // the first batch goes to it.
+            let identity = crate::history::read_identity(&mut pg).await?;
+            let side = crate::history::Side::Primary;
+            let events = &state.args.events;
+            state
+                .args
+                .history
+                .record(settle, &config.keys, side, identity, events)
+                .await?;
+            state.pg.insert(pg)
+        }
     };
     let isolation = &state.args.isolation;
     let m = &state.args.metrics;
@@ -550,12 +567,17 @@ fn settle_invocation<'a>(
         .key(keys.stream())
         .key(keys.dead_letters())
         .key(keys.forwarded())
+        .key(keys.sent())
+        .key(keys.sent_bytes())
         .arg(GROUP)
         .arg(applied.lsn.to_string())
         .arg(applied.lsn.score_ceil().to_string())
         .arg(chrono::Utc::now().timestamp_millis())
         .arg(keys.lifecycle_prefix())
-        .arg(RECORDS_PER_CALL);
+        .arg(RECORDS_PER_CALL)
+        .arg(config.window.window.as_millis() as u64)
+        .arg(config.window.max_bytes)
+        .arg(crate::resend::ENTRY_OVERHEAD);
     for (entry, outcome) in chunk {
         let (name, sqlstate, message) = match outcome {
             Outcome::Applied => ("applied", "", ""),
@@ -567,7 +589,8 @@ fn settle_invocation<'a>(
             .arg(entry.tx_id.to_string())
             .arg(name)
             .arg(sqlstate)
-            .arg(message);
+            .arg(message)
+            .arg(entry.packed.as_slice());
     }
     invocation
 }

@@ -34,6 +34,9 @@ const SMALLEST_ESTIMATE: usize = 256;
 pub struct Entry {
     pub stream_id: String,
     pub tx_id: Uuid,
+    /// Its JSON compressed for the resend window (empty when the window is off), made
+    /// while the batch is read: the body itself goes into the batch's message.
+    pub packed: Vec<u8>,
 }
 
 pub struct Batch {
@@ -360,9 +363,15 @@ fn add(batch: &mut Batch, entry: RawEntry, ctx: &Ctx<'_>) -> Result<(), Poison> 
         tracing::warn!(transaction_id = %tx_id, "sending a transaction that keeps failing as dead");
     }
     batch.message.push(&id, &tx, reject.as_ref());
+    let packed = if ctx.config.window.enabled() {
+        crate::resend::pack(tx.as_bytes())
+    } else {
+        Vec::new()
+    };
     batch.entries.push(Entry {
         stream_id: id,
         tx_id,
+        packed,
     });
     Ok(())
 }

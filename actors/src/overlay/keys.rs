@@ -119,6 +119,25 @@ impl Keys {
     pub fn tokens_table(&self) -> String {
         format!("{}tokens:table", self.prefix)
     }
+
+    /// Stream: the resend window, one entry per forwarded transaction (`sid` its stream id,
+    /// `tx` its id, `z` its body compressed), id = when it was settled; trimmed by age and
+    /// by bytes (`resend.window`, `resend.max_bytes`).
+    pub fn sent(&self) -> String {
+        format!("{}sent", self.prefix)
+    }
+
+    /// String: the bytes the resend window's entries hold (its byte bound's count).
+    pub fn sent_bytes(&self) -> String {
+        format!("{}sent:bytes", self.prefix)
+    }
+
+    /// Hash: the primary's and the replica's identity as last seen (`primary`, `replica`:
+    /// JSON of `history::Identity`) and the unacknowledged changes of history
+    /// (`primary_change`, `replica_change`), kept until a resend or an operator clears them.
+    pub fn history(&self) -> String {
+        format!("{}history", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! has grown to. Ingest and forwarding are not touched: lifecycles simply stay
 //! `forwarded` until the replica catches up.
 
+pub mod confirm;
 mod error;
 mod reach;
 
@@ -30,15 +31,10 @@ use sqlx::ConnectOptions;
 pub use error::ReplicaError;
 pub use reach::{probe, PROBE_EVERY};
 
+use crate::history::{History, Side};
 use crate::lsn::Lsn;
-use crate::overlay::scripts::{RECORDS_PER_CALL, REPLICATED, TXS_PER_CALL};
 use crate::overlay::Keys;
 use crate::pg::PgTarget;
-
-/// Most `replicated.lua` calls per poll (each bounded by `TXS_PER_CALL` transactions and
-/// `RECORDS_PER_CALL` record releases): up to 5,000 transactions (well under a second)
-/// per poll, then the lag metrics are refreshed and the next poll goes on.
-const CALLS_PER_POLL: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -46,11 +42,15 @@ pub struct ReplicaConfig {
     pub source: PgTarget,
     pub redis_url: String,
     pub keys: Keys,
+    /// The service's schema (`schema.name`): where the ledger is.
+    pub schema: String,
     pub poll_interval: Duration,
     pub connect_timeout: Duration,
     pub redis_timeout: Duration,
     /// How long a replicated transaction's lifecycle stays in Redis.
     pub retention: Duration,
+    /// How often `confirm::audit` looks at the newest confirmed transactions again.
+    pub audit_interval: Duration,
 }
 
 /// What `/health` and `/metrics` report (see [`ReplicaMetrics::register`]); written by the
@@ -100,14 +100,18 @@ pub struct ReplicaLagActor;
 pub struct ReplicaArgs {
     pub config: Arc<ReplicaConfig>,
     pub metrics: Arc<ReplicaMetrics>,
-    /// `tx.replicated`, one per bounded step.
+    /// `tx.replicated`, one per bounded step; `history.*`.
     pub events: Arc<crate::events::EventSink>,
+    /// The replica's identity and the ledger gaps (`/health`'s `history`).
+    pub history: Arc<History>,
 }
 
 pub struct ReplicaState {
     args: ReplicaArgs,
     pg: Option<PgConnection>,
     redis: Option<MultiplexedConnection>,
+    /// When the window was last audited (`confirm::audit`); `None`: at the next poll.
+    audited: Option<std::time::Instant>,
 }
 
 pub enum ReplicaMsg {
@@ -133,6 +137,7 @@ impl Actor for ReplicaLagActor {
             args,
             pg: None,
             redis: None,
+            audited: None,
         })
     }
 
@@ -184,10 +189,22 @@ async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
     let config = Arc::clone(&state.args.config);
     let m = Arc::clone(&state.args.metrics);
     let events = Arc::clone(&state.args.events);
+    let history = Arc::clone(&state.args.history);
     let (pg, redis) = match (&mut state.pg, &mut state.redis) {
         (Some(pg), Some(redis)) => (pg, redis),
         (pg, redis) => {
-            let (new_pg, new_redis) = connect(&config).await?;
+            let (mut new_pg, mut new_redis) = connect(&config).await?;
+            // At each connect: a replica re-cloned or re-pointed is seen at once.
+            let identity = crate::history::read_identity(&mut new_pg).await?;
+            history
+                .record(
+                    &mut new_redis,
+                    &config.keys,
+                    Side::Replica,
+                    identity,
+                    &events,
+                )
+                .await?;
             (pg.insert(new_pg), redis.insert(new_redis))
         }
     };
@@ -195,46 +212,17 @@ async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
     m.replay_lsn.store(replay.0, Ordering::Relaxed);
     m.polls.fetch_add(1, Ordering::Relaxed);
     let now = chrono::Utc::now().timestamp_millis();
-    for _ in 0..CALLS_PER_POLL {
-        let (marked, more) = mark_replicated(redis, &config, replay, now).await?;
-        m.marked.inc_by(marked.len() as u64);
-        if !marked.is_empty() {
-            events.emit(
-                "tx.replicated",
-                serde_json::json!({ "replay_lsn": replay.to_string(), "transactions": marked }),
-            );
-        }
-        if !more {
-            break;
-        }
+    let found = confirm::confirm(pg, redis, &config, replay, now, &m, &events).await?;
+    history.set_unconfirmed(&found.missing, &events);
+    if state
+        .audited
+        .is_none_or(|at| at.elapsed() >= config.audit_interval)
+    {
+        let lost = confirm::audit(pg, redis, &config).await?;
+        history.set_lost(&lost, &events);
+        state.audited = Some(std::time::Instant::now());
     }
     lag(redis, &config, replay, now, &m).await
-}
-
-/// One bounded `replicated.lua` call: the ids of the transactions it marked, and whether
-/// more may be due. Each call leaves a state the next one continues from, so a crash between calls
-/// loses and repeats nothing.
-async fn mark_replicated(
-    redis: &mut MultiplexedConnection,
-    config: &ReplicaConfig,
-    replay: Lsn,
-    now: i64,
-) -> Result<(Vec<String>, bool), ReplicaError> {
-    let (_, more, marked): (u64, u8, Vec<String>) = tokio::time::timeout(
-        config.redis_timeout,
-        REPLICATED
-            .key(config.keys.forwarded())
-            .arg(replay.score_floor())
-            .arg(now)
-            .arg(config.keys.lifecycle_prefix())
-            .arg(config.retention.as_secs().max(1))
-            .arg(TXS_PER_CALL)
-            .arg(RECORDS_PER_CALL)
-            .invoke_async(redis),
-    )
-    .await
-    .map_err(|_| ReplicaError::RedisTimeout("marking replicated transactions"))??;
-    Ok((marked, more == 1))
 }
 
 /// Lag in bytes (newest waiting commit vs replay position) and in time (oldest waiting).

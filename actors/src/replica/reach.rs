@@ -70,10 +70,12 @@ mod tests {
             source: PgTarget::plain(format!("postgres://u@127.0.0.1:{port}/db")),
             redis_url: "redis://127.0.0.1:1".into(),
             keys: Keys::new("t"),
+            schema: "opsdb_api".into(),
             poll_interval: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(1),
             redis_timeout: Duration::from_secs(1),
             retention: Duration::from_secs(1),
+            audit_interval: Duration::from_secs(60),
         }
     }
 

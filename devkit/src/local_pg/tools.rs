@@ -170,6 +170,32 @@ impl Tools {
     }
 }
 
+impl Tools {
+    /// A plain base backup of the primary into `data` (as an operator keeps one to restore
+    /// from): WAL streamed along, no replication settings, no slot.
+    pub(super) async fn backup(
+        &self,
+        primary_port: u16,
+        data: &Path,
+        log: &Path,
+    ) -> anyhow::Result<()> {
+        self.make_data_dir(data)?;
+        let mut cmd = self.command("pg_basebackup", log)?;
+        cmd.arg("-D").arg(data).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary_port.to_string(),
+            "-U",
+            "opsdb",
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+        ]);
+        self.run(cmd, "pg_basebackup", data, log).await
+    }
+}
+
 /// `id ARGS` as a number: our uid, or another user's uid or gid.
 async fn id(args: &[&str]) -> anyhow::Result<u32> {
     let out = Command::new("id").args(args).output().await?;

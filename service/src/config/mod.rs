@@ -76,6 +76,7 @@ pub struct Config {
     pub buffer: Buffer,
     pub forwarder: Forwarder,
     pub replica: Replica,
+    pub resend: Resend,
     pub events: Events,
     pub auth: Auth,
     pub faults: Faults,
@@ -207,8 +208,31 @@ pub struct Replica {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// How often the newest confirmed transactions are looked up in the ledger again.
+    #[serde(with = "humantime_serde")]
+    pub audit_interval: Duration,
     /// Restarted forever: no intensity limit.
     pub restart: RestartPolicy,
+}
+
+/// `[resend]`: the resend window (`ops_db_actors::resend`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resend {
+    /// How long a forwarded transaction's body is kept for a resend; `0s` keeps none.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// At most this many bytes of kept bodies (compressed) in Redis; the oldest go first.
+    pub max_bytes: u64,
+}
+
+impl Resend {
+    pub fn window(&self) -> ops_db_actors::resend::WindowConfig {
+        ops_db_actors::resend::WindowConfig {
+            window: self.window,
+            max_bytes: self.max_bytes,
+        }
+    }
 }
 
 /// `[events]`: the NotifierActor and `GET /ws/events`.

@@ -25,7 +25,18 @@ impl Config {
             .restart
             .validate("events.restart", Escalation::Never)?;
         self.validate_tokens()?;
+        self.validate_resend()?;
         self.validate_schema()
+    }
+
+    fn validate_resend(&self) -> Result<(), ConfigError> {
+        if !self.resend.window.is_zero() && self.resend.max_bytes == 0 {
+            return Err(invalid(
+                "resend.max_bytes",
+                "must be more than 0 while resend.window keeps bodies (set resend.window = \"0s\" to keep none)",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_schema(&self) -> Result<(), ConfigError> {
@@ -138,6 +149,7 @@ impl Config {
             ("replica.poll_interval", self.replica.poll_interval),
             ("replica.connect_timeout", self.replica.connect_timeout),
             ("replica.retention", self.replica.retention),
+            ("replica.audit_interval", self.replica.audit_interval),
             ("tcp.idle_timeout", self.tcp.idle_timeout),
             ("http.header_timeout", self.http.header_timeout),
             ("http.body_timeout", self.http.body_timeout),

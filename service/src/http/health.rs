@@ -99,6 +99,7 @@ pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "background_processor": forwarder.as_ref().map_or("not_configured", |f| f.0),
         "forwarder": forwarder.map(|f| f.1),
         "replica": replica(&state),
+        "history": state.tree.history.view(),
         "events": {
             "last_seq": state.tree.hub.last_seq.load(Ordering::Relaxed),
             "clients": state.tree.hub.clients(),

@@ -10,6 +10,7 @@ mod health;
 pub mod openapi;
 mod paging;
 mod reads;
+mod resend;
 pub mod routes;
 pub mod serve;
 mod token_source;
@@ -94,7 +95,9 @@ pub fn api() -> Vec<Routes> {
         .post("/admin/actors/{name}/kill", admin::kill_actor)
         .get("/admin/dlq", admin::list_dead_letters)
         .post("/admin/dlq/{id}/retry", admin::retry_dead_letter)
-        .delete("/admin/dlq/{id}", admin::drop_dead_letter);
+        .delete("/admin/dlq/{id}", admin::drop_dead_letter)
+        .post("/admin/resend", resend::resend)
+        .post("/admin/history/clear", resend::clear_history);
     let open = Routes::new(Access::Open)
         .get("/", dashboard::page)
         .get(dashboard::SCRIPT_PATH, dashboard::script)

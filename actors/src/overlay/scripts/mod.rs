@@ -49,6 +49,9 @@ pub(crate) static DEAD_ENTRY: LazyLock<Script> = LazyLock::new(|| Script::new(DE
 /// `events.lua`: events numbered, kept in the capped stream and published.
 pub(crate) static EVENTS: LazyLock<Script> = LazyLock::new(|| Script::new(EVENTS_LUA));
 
+/// `resend.lua`: a forwarded transaction the primary lacks, back at the end of the stream.
+pub(crate) static RESEND: LazyLock<Script> = LazyLock::new(|| Script::new(RESEND_LUA));
+
 /// `group_create.lua`: the forwarder's consumer group, created if missing.
 pub(crate) static GROUP_CREATE: LazyLock<Script> = LazyLock::new(|| Script::new(GROUP_CREATE_LUA));
 
@@ -120,13 +123,14 @@ const DLQ_RETRY_LUA: &str = include_str!("dlq_retry.lua");
 const DLQ_DROP_LUA: &str = include_str!("dlq_drop.lua");
 const DEAD_ENTRY_LUA: &str = concat!("#!lua flags=allow-oom\n", include_str!("dead_entry.lua"));
 const EVENTS_LUA: &str = concat!("#!lua flags=allow-oom\n", include_str!("events.lua"));
+const RESEND_LUA: &str = include_str!("resend.lua");
 const GROUP_CREATE_LUA: &str = concat!("#!lua flags=allow-oom\n", include_str!("group_create.lua"));
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ALL: [(&str, &str); 8] = [
+    const ALL: [(&str, &str); 9] = [
         ("buffer.lua", BUFFER_LUA),
         ("settle.lua", include_str!("settle.lua")),
         ("replicated.lua", include_str!("replicated.lua")),
@@ -135,6 +139,7 @@ mod tests {
         ("dead_entry.lua", include_str!("dead_entry.lua")),
         ("events.lua", include_str!("events.lua")),
         ("group_create.lua", include_str!("group_create.lua")),
+        ("resend.lua", RESEND_LUA),
     ];
 
     /// What drains the buffer or only frees memory runs over Redis' `maxmemory`; what
@@ -151,7 +156,7 @@ mod tests {
         ] {
             assert!(source.starts_with(FLAG), "{}", &source[..60]);
         }
-        for source in [BUFFER_LUA, DLQ_RETRY_LUA, DLQ_DROP_LUA] {
+        for source in [BUFFER_LUA, DLQ_RETRY_LUA, DLQ_DROP_LUA, RESEND_LUA] {
             assert!(!source.contains("allow-oom"));
         }
     }
@@ -188,8 +193,8 @@ mod tests {
         }
         assert_eq!(
             seen.len(),
-            5,
-            "buffered, forwarded, dead, replicated, buffered"
+            6,
+            "buffered, forwarded, dead, replicated, buffered (dead-letter retry), buffered (resend)"
         );
     }
 

@@ -67,6 +67,8 @@ const BEARER: &str = "bearer";
         super::admin::list_dead_letters,
         super::admin::retry_dead_letter,
         super::admin::drop_dead_letter,
+        super::resend::resend,
+        super::resend::clear_history,
         super::health::health,
         super::health::live,
         super::health::ready,
@@ -86,7 +88,7 @@ const BEARER: &str = "bearer";
         (name = "writes", description = "Writes, from the operations table; durable when acknowledged"),
         (name = "reads", description = "Records from the local replica merged with what is buffered"),
         (name = "events", description = "The site's events"),
-        (name = "admin", description = "Dead letters and fault drills"),
+        (name = "admin", description = "Dead letters, resends and fault drills"),
         (name = "health", description = "Health, readiness, metrics"),
         (name = "ui", description = "The dashboard, this document and its browser"),
     )
