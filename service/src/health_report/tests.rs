@@ -298,3 +298,14 @@ fn the_openapi_document_describes_health_and_actors_with_these_types() {
         "{status}"
     );
 }
+
+#[test]
+fn a_health_event_is_emitted_only_while_it_can_be_published() {
+    assert!(publishable(true, RedisLink::Connected));
+    assert!(
+        !publishable(false, RedisLink::Connected),
+        "the notifier is down"
+    );
+    assert!(!publishable(true, RedisLink::Disconnected), "Redis is down");
+    assert!(!publishable(false, RedisLink::Disconnected));
+}
