@@ -317,5 +317,8 @@ async fn the_health_reports_a_site_serves_read_back_unchanged_and_fit_their_sche
     );
     println!("{out}");
     assert!(out.contains("No issues found"), "{out}");
-    assert!(out.contains("2 selected"), "both operations are checked: {out}");
+    assert!(
+        out.contains("2 selected"),
+        "both operations are checked: {out}"
+    );
 }
