@@ -1,14 +1,16 @@
 //! NotifierActor: publishes the tree's events to Redis and fans the site's channel out to
 //! websocket clients.
 //!
-//! Three tasks of one incarnation, started by its first message (Redis down at boot is an
+//! Two tasks of one incarnation, started by its first message (Redis down at boot is an
 //! ordinary crash-and-back-off):
 //! - **publisher**: takes queued events from the [`EventSink`] (at most 100 per call) and
 //!   runs `events.lua` (sequence number, capped stream, `PUBLISH`); an event leaves the
 //!   queue only once Redis answered, so a crash publishes it after the restart;
 //! - **subscriber**: the site's channel (subscribed before the hub accepts clients), each
-//!   message into the broadcast that websocket clients receive from;
-//! - **health**: every `events.health_interval`, a `health` event with the tree's summary.
+//!   message into the broadcast that websocket clients receive from.
+//!
+//! The periodic `health` event is not built here: the service emits its health report
+//! into the sink like any other event (this crate knows nothing of that report).
 //!
 //! Any task's failure fails the actor (let it crash); its broadcast goes with it, so its
 //! clients see the stream close and reconnect with `since`, reading what they missed from
@@ -49,19 +51,13 @@ pub struct NotifierConfig {
     pub stream_cap: usize,
     /// Events a websocket client may fall behind by before it is disconnected.
     pub client_buffer: usize,
-    pub health_interval: Duration,
 }
-
-/// The tree's health summary for the periodic `health` event (built by the tree, which
-/// knows the actors and their metrics).
-pub type Summary = Arc<dyn Fn() -> Value + Send + Sync>;
 
 #[derive(Clone)]
 pub struct NotifierArgs {
     pub config: Arc<NotifierConfig>,
     pub sink: Arc<EventSink>,
     pub hub: Arc<Hub>,
-    pub summary: Summary,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,14 +168,9 @@ async fn start(
         }
         Err(NotifierError::SubscriptionEnded)
     }));
-    state.tasks.push(supervised(
-        myself.clone(),
-        publish(Arc::clone(&config), Arc::clone(&args.sink), conn.clone()),
-    ));
-    state.tasks.push(supervised(
-        myself,
-        health(config, args.sink, args.summary, conn),
-    ));
+    state
+        .tasks
+        .push(supervised(myself, publish(config, args.sink, conn)));
     Ok(())
 }
 
@@ -237,28 +228,6 @@ async fn publish(
     }
 }
 
-/// The age of the oldest stream entry, from its id (`<unix ms>-<seq>`) in an `XRANGE …
-/// COUNT 1` reply; `None` when the stream is empty.
-fn oldest_age_secs(reply: &redis::Value) -> Option<f64> {
-    let redis::Value::Array(entries) = reply else {
-        return None;
-    };
-    let redis::Value::Array(entry) = entries.first()? else {
-        return None;
-    };
-    let redis::Value::BulkString(id) = entry.first()? else {
-        return None;
-    };
-    let ms: i64 = std::str::from_utf8(id)
-        .ok()?
-        .split('-')
-        .next()?
-        .parse()
-        .ok()?;
-    let age = chrono::Utc::now().timestamp_millis() - ms;
-    Some(age.max(0) as f64 / 1000.0)
-}
-
 /// Adjacent `tx.buffered` events become one (their `transactions` joined, the first `at`
 /// kept), and so do adjacent `tx.replicated` ones (the last `replay_lsn` kept): a busy
 /// ingest makes a group commit every few milliseconds, and every event is one message
@@ -303,53 +272,6 @@ fn coalesce(batch: &[String]) -> Vec<String> {
         out.push(done.to_string());
     }
     out
-}
-
-async fn health(
-    config: Arc<NotifierConfig>,
-    sink: Arc<EventSink>,
-    summary: Summary,
-    mut conn: MultiplexedConnection,
-) -> Result<(), NotifierError> {
-    let mut every = tokio::time::interval(config.health_interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        let keys = &config.keys;
-        let mut pipe = redis::pipe();
-        pipe.cmd("XLEN")
-            .arg(keys.stream())
-            .cmd("ZCARD")
-            .arg(keys.forwarded())
-            .cmd("XLEN")
-            .arg(keys.dead_letters())
-            .cmd("XRANGE")
-            .arg(keys.stream())
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1);
-        let count = pipe.query_async(&mut conn);
-        let (buffered, unreplicated, dead_letters, oldest): (u64, u64, u64, redis::Value) =
-            tokio::time::timeout(config.redis_timeout, count)
-                .await
-                .map_err(|_| NotifierError::RedisTimeout("counting for the health event"))??;
-        let mut body = summary();
-        if let Value::Object(map) = &mut body {
-            map.insert("buffered".into(), buffered.into());
-            map.insert("forwarded_unreplicated".into(), unreplicated.into());
-            map.insert("dead_letters".into(), dead_letters.into());
-            map.insert(
-                "oldest_unforwarded_secs".into(),
-                oldest_age_secs(&oldest).into(),
-            );
-            map.insert(
-                "events_dropped".into(),
-                sink.dropped.load(Ordering::Relaxed).into(),
-            );
-        }
-        sink.emit("health", body);
-    }
 }
 
 #[cfg(test)]

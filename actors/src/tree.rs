@@ -24,7 +24,7 @@ use crate::forwarder::{
 };
 use crate::health::HealthRegistry;
 use crate::ingest::{IngestActor, IngestArgs, IngestMsg, Write};
-use crate::notifier::{NotifierActor, NotifierArgs, NotifierConfig, NotifierMsg, Summary};
+use crate::notifier::{NotifierActor, NotifierArgs, NotifierConfig, NotifierMsg};
 use crate::references::References;
 use crate::registry;
 use crate::replica::{ReplicaArgs, ReplicaConfig, ReplicaLagActor, ReplicaMetrics, ReplicaMsg};
@@ -393,29 +393,9 @@ fn children(
             config: Arc::new(notifier),
             sink: Arc::clone(&shared.events),
             hub: Arc::clone(&shared.hub),
-            summary: summary(shared),
         },
         slot: Slot::<NotifierMsg>::new(),
         policy,
     }));
     children
-}
-
-/// The periodic `health` event's view of the tree (the notifier adds the Redis counts).
-fn summary(shared: &Shared) -> Summary {
-    let health = Arc::clone(&shared.health);
-    let forwarder = Arc::clone(&shared.forwarder_metrics);
-    let replica = Arc::clone(&shared.replica_metrics);
-    let (has_forwarder, has_replica) = (shared.has_forwarder, shared.has_replica);
-    Arc::new(move || {
-        serde_json::json!({
-            // The rows of `/health/actors`, in the same shape.
-            "actors": health.snapshot(),
-            "link": if has_forwarder { forwarder.link() } else { "not_configured" },
-            "forwarded": forwarder.applied.get() + forwarder.skipped.get(),
-            "dead": forwarder.dead.get(),
-            "replica_lag_bytes": has_replica.then(|| replica.lag_bytes.get()),
-            "replica_lag_seconds": has_replica.then(|| replica.lag_seconds.get()),
-        })
-    })
 }

@@ -1,6 +1,10 @@
 // The ops-db-api dashboard. Reads /health and /health/actors (open) and follows the event
 // websocket (/ws/events, the token as a subprotocol). Plain DOM, no framework.
 //
+// /health and the `health` event are the same report (the service's HealthReport: the
+// event is its members beside seq, type and at), read by one function, useReport;
+// /health/actors is its `tree` and `replica`.
+//
 // Every string that comes from the server is put into the page as text (textContent,
 // title), never as markup: event reasons carry database and network error messages.
 'use strict';
@@ -21,8 +25,8 @@ const st = {
   lastSeq: null, // newest event seen: where a reconnect resumes
   historyUpTo: 0, // events up to this seq were history at load: feed and chart only
   retryMs: 1000,
-  health: null, // the last /health answer
-  actors: null, // the last /health/actors answer
+  health: null, // the last health report (from /health or a health event)
+  actors: null, // the last /health/actors answer (or the same parts of a health event)
   fetchedAt: 0, // when they were read (this browser's clock)
   refreshing: false,
   refreshAgain: false,
@@ -138,19 +142,9 @@ async function refresh() {
   st.refreshAgain = false;
   try {
     const [health, actors] = await Promise.all([getJson('/health'), getJson('/health/actors')]);
-    st.health = health;
+    useReport(health);
     st.actors = actors;
     st.fetchedAt = Date.now();
-    const buffer = health.transaction_buffer || {};
-    if (buffer.size !== null && buffer.size !== undefined) st.card.buffered = buffer.size;
-    st.card.dead = buffer.failed;
-    // An empty buffer has no oldest transaction (the endpoint says 0).
-    st.card.oldest = buffer.size === 0 ? 'none' : buffer.oldest_unforwarded_secs;
-    if (health.forwarder) st.card.link = health.forwarder.link;
-    if (actors.replica) {
-      st.card.lag = actors.replica.lag_seconds;
-      st.card.lagBytes = actors.replica.lag_bytes;
-    }
     problem('health', null);
   } catch (e) {
     problem('health', 'cannot read the health endpoints: ' + e.message);
@@ -159,6 +153,27 @@ async function refresh() {
     render();
   }
   if (st.refreshAgain) refresh();
+}
+
+// A health report, from /health or a live health event: the header and the cards.
+function useReport(h) {
+  st.health = h;
+  const buffer = h.transaction_buffer || {};
+  if (buffer.size !== null && buffer.size !== undefined) st.card.buffered = buffer.size;
+  st.card.dead = buffer.failed;
+  // An empty buffer has no oldest transaction (the report says 0).
+  st.card.oldest = buffer.size === 0 ? 'none' : buffer.oldest_unforwarded_secs;
+  st.card.link = h.forwarder ? h.forwarder.link : 'not_configured';
+  if (h.replica) {
+    st.card.lag = h.replica.lag_seconds;
+    st.card.lagBytes = h.replica.lag_bytes;
+  }
+}
+
+// Transactions the forwarder has settled on the primary (applied or found applied).
+function forwarded(h) {
+  const f = h.forwarder;
+  return f && typeof f.applied === 'number' ? f.applied + (f.skipped || 0) : null;
 }
 
 function refreshSoon() {
@@ -243,8 +258,7 @@ function onEvent(e) {
   $('seq').textContent = e.seq;
   const live = e.seq > st.historyUpTo;
   if (e.type === 'health') {
-    onHealth(e);
-    if (live) refreshSoon();
+    onHealth(e, live);
     render();
     return;
   }
@@ -273,23 +287,28 @@ function patch(e) {
   render();
 }
 
-function onHealth(e) {
-  st.healthArrived = Date.now();
-  st.card.buffered = e.buffered;
-  st.card.dead = e.dead_letters;
-  st.card.link = e.link;
-  if (e.replica_lag_seconds !== null && e.replica_lag_seconds !== undefined) {
-    st.card.lag = e.replica_lag_seconds;
-    st.card.lagBytes = e.replica_lag_bytes;
-  }
-  if (typeof e.forwarded === 'number') {
-    const prev = st.prevForwarded;
-    if (prev && e.at > prev.at && e.forwarded >= prev.value) {
-      st.rate = { perSec: (e.forwarded - prev.value) * 1000 / (e.at - prev.at), at: e.at };
+// A health event: the report at e.at. History (replayed at load) only feeds the chart and
+// the rate; a live one is the current report, tree included.
+function onHealth(e, live) {
+  const buffer = e.transaction_buffer || {};
+  const lag = e.replica ? e.replica.lag_seconds : null;
+  if (live) {
+    st.healthArrived = Date.now();
+    useReport(e);
+    if (e.tree) {
+      st.actors = { actors: e.tree.actors, escalation: e.tree.escalation, replica: e.replica };
+      st.fetchedAt = Date.now();
     }
-    st.prevForwarded = { at: e.at, value: e.forwarded };
   }
-  st.samples.push({ at: e.at, buffered: e.buffered, lag: e.replica_lag_seconds });
+  const done = forwarded(e);
+  if (done !== null) {
+    const prev = st.prevForwarded;
+    if (prev && e.at > prev.at && done >= prev.value) {
+      st.rate = { perSec: (done - prev.value) * 1000 / (e.at - prev.at), at: e.at };
+    }
+    st.prevForwarded = { at: e.at, value: done };
+  }
+  st.samples.push({ at: e.at, buffered: buffer.size, lag: lag });
   const from = e.at - CHART_SPAN_MS;
   while (st.samples.length && st.samples[0].at < from) st.samples.shift();
 }

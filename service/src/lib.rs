@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod db;
+pub mod health_report;
 #[cfg(any(test, feature = "proptest"))]
 pub mod hostile;
 pub mod http;

@@ -16,8 +16,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult, Value};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+use utoipa::ToSchema;
 
 pub struct RedisProbe {
     client: redis::Client,
@@ -30,8 +31,10 @@ pub struct RedisProbe {
     last: LastStatus,
 }
 
-/// Whether acknowledged writes survive a Redis crash or power loss, and are never evicted.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// Whether acknowledged writes survive a Redis crash or power loss, and are never evicted
+/// (`/health`'s `redis_durability`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[schema(as = RedisDurability)]
 pub struct Durability {
     pub appendonly: Option<String>,
     pub appendfsync: Option<String>,
@@ -42,7 +45,7 @@ pub struct Durability {
     /// until the forwarder has settled it.
     pub durable: bool,
     /// What is wrong, for operators; empty when durable.
-    pub problems: Vec<&'static str>,
+    pub problems: Vec<String>,
 }
 
 impl Durability {
@@ -54,7 +57,7 @@ impl Durability {
             maxmemory_policy: None,
             no_appendfsync_on_rewrite: None,
             durable: false,
-            problems: vec!["redis did not answer"],
+            problems: vec!["redis did not answer".to_owned()],
         }
     }
 
@@ -72,12 +75,11 @@ impl Durability {
             no_appendfsync_on_rewrite.as_deref(),
             maxmemory_policy.as_deref(),
         ];
-        let problems: Vec<&'static str> = REQUIRED
+        let problems: Vec<String> = REQUIRED
             .iter()
             .zip(values)
-            .filter_map(|(required, value)| {
-                (value != Some(required.value)).then_some(required.problem)
-            })
+            .filter(|(required, value)| *value != Some(required.value))
+            .map(|(required, _)| required.problem.to_owned())
             .collect();
         Self {
             appendonly,

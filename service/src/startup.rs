@@ -174,7 +174,6 @@ impl Application {
                     redis_timeout: config.redis.timeout,
                     stream_cap: config.events.stream_cap,
                     client_buffer: config.events.client_buffer,
-                    health_interval: config.events.health_interval,
                 },
                 config.events.restart.policy(),
             ),
@@ -295,6 +294,13 @@ impl Application {
             Arc::clone(&state.tokens).refresh_until(state.reads.pool().cloned(), stop.clone()),
         );
         let registry_refresh = tokio::spawn(registry_refresher.run(stop.clone().cancelled_owned()));
+        // The periodic `health` event: the health report, gathered here (the actors know
+        // nothing of it) and emitted into the tree's event sink.
+        let health_events = tokio::spawn(crate::health_report::emit_every(
+            state.clone(),
+            state.config.events.health_interval,
+            stop.clone(),
+        ));
         tracing::info!(http = %http.local_addr()?, tcp = %tcp.local_addr()?, "serving");
         let router = http::router(state.clone(), admin_routes);
         let grace = state.config.shutdown.grace;
@@ -306,6 +312,7 @@ impl Application {
         tracing::info!("facades closed, stopping the actors");
         refresh.abort();
         registry_refresh.abort();
+        health_events.abort();
         tree.shutdown().await;
         watcher.abort();
         match tree.health.escalation() {

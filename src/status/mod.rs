@@ -1,8 +1,9 @@
 //! `ops-db-api status`: one screen on a running service, for operators and scripts.
 //!
 //! Reads `/health/ready`, `/health` and `/health/actors` (open endpoints, no token), each
-//! within `--timeout`, and prints [`screen::render`] of them (or, with `--json`, the three
-//! answers in one object). The exit code is the verdict, so scripts and monitoring need no
+//! within `--timeout`, into the service's own types (`Readiness`, `HealthReport`,
+//! `ActorsReport`, which read an older or newer service's answers too), and prints
+//! [`screen::render`] of them (or, with `--json`, the three in one object). The exit code is the verdict, so scripts and monitoring need no
 //! parsing: 0 ready, 1 not ready (`/health/ready` answered 503), 2 the service could not be
 //! reached or answered something that is not its health (one line on stderr naming the URL).
 //! `--watch` samples again every interval until Ctrl-C; the exit code is the last sample's.
@@ -13,7 +14,9 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+use ops_db_service::health_report::{ActorsReport, HealthReport, Readiness};
 use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -73,9 +76,9 @@ pub struct Sample {
     /// `/health/ready`'s `reasons` when not ready.
     pub reasons: Vec<String>,
     /// `/health`.
-    pub health: Value,
+    pub health: HealthReport,
     /// `/health/actors`.
-    pub actors: Value,
+    pub actors: ActorsReport,
 }
 
 impl Sample {
@@ -193,34 +196,38 @@ async fn sample(
         get(client, base, "/health", timeout),
         get(client, base, "/health/actors", timeout),
     )?;
-    let ready_url = format!("{base}/health/ready");
     let is_ready = match ready.0 {
         StatusCode::OK => true,
         StatusCode::SERVICE_UNAVAILABLE => false,
-        other => return Err(unexpected(ready_url, other)),
+        other => return Err(unexpected(format!("{base}/health/ready"), other)),
     };
-    for (path, (status, body)) in [("/health", &health), ("/health/actors", &actors)] {
-        let url = format!("{base}{path}");
-        if *status != StatusCode::OK {
-            return Err(unexpected(url, *status));
-        }
-        if !body.is_object() {
-            return Err(Unreachable {
-                url,
-                error: "answered with JSON that is not a health object".into(),
-            });
-        }
-    }
-    let reasons = ready.1["reasons"]
-        .as_array()
-        .map(|r| r.iter().map(screen::text).collect())
+    // The reasons are a courtesy: an answer without them is still a verdict.
+    let reasons = serde_json::from_value::<Readiness>(ready.1)
+        .map(|r| r.reasons)
         .unwrap_or_default();
     Ok(Sample {
         url: base.to_owned(),
         ready: is_ready,
         reasons,
-        health: health.1,
-        actors: actors.1,
+        health: typed(base, "/health", health, "a health report")?,
+        actors: typed(base, "/health/actors", actors, "an actors report")?,
+    })
+}
+
+/// A 200 answer of `path` read as `T`.
+fn typed<T: DeserializeOwned>(
+    base: &str,
+    path: &str,
+    (status, body): (StatusCode, Value),
+    what: &str,
+) -> Result<T, Unreachable> {
+    let url = format!("{base}{path}");
+    if status != StatusCode::OK {
+        return Err(unexpected(url, status));
+    }
+    serde_json::from_value(body).map_err(|e| Unreachable {
+        url,
+        error: format!("answered with JSON that is not {what} ({e})"),
     })
 }
 
@@ -314,12 +321,17 @@ mod tests {
 
     #[test]
     fn the_verdict_is_the_readiness() {
+        let original = json!({
+            "status": "healthy", "database": "not_configured", "redis": "connected",
+            "transaction_buffer": {"size": 0, "failed": 0},
+            "background_processor": "not_configured",
+        });
         let mut sample = Sample {
             url: "http://x".into(),
             ready: true,
             reasons: vec![],
-            health: json!({}),
-            actors: json!({}),
+            health: serde_json::from_value(original).unwrap(),
+            actors: serde_json::from_value(json!({})).unwrap(),
         };
         assert_eq!(sample.verdict(), Verdict::Ready);
         sample.ready = false;

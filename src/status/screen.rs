@@ -1,14 +1,19 @@
-//! The screen of `ops-db-api status`: a pure function of the three health answers and the
-//! time, so that its layout is tested on fixed JSON.
+//! The screen of `ops-db-api status`: a pure function of the three typed health answers
+//! and the time, so that its layout is tested on fixed reports.
 //!
-//! Tolerant on purpose: a field that is missing, `null` or of another type shows as `-` or
-//! its line is left out, never an error, so one `status` works against older and newer
-//! services (fields such as the forwarder's `role` are shown when present). At most
-//! [`WIDTH`] columns (longer lines are cut with `…`) and about 20 lines for a full tree.
+//! Tolerant on purpose: a section or field an older or newer service did not send (the
+//! types make those `Option`) shows as `-` or its line is left out, and a status word this
+//! build does not know shows as `unknown`, never an error. At most [`WIDTH`] columns
+//! (longer lines are cut with `…`) and about 20 lines for a full tree.
 
+use std::fmt::Display;
 use std::time::{Duration, SystemTime};
 
-use serde_json::Value;
+use ops_db_service::health_report::{
+    ActorHealth, ActorState, ActorStatus, ActorsReport, Failure, ForwarderReport, HealthReport,
+    ReplicaReport, Role, TransactionBuffer,
+};
+use serde::Serialize;
 
 use super::Sample;
 
@@ -24,15 +29,12 @@ pub fn render(sample: &Sample, now: SystemTime) -> String {
     let h = &sample.health;
     let mut lines = vec![title(sample, now), readiness(sample)];
     lines.extend(redis(h));
-    lines.push(field("database", &text(&h["database"])));
-    lines.push(field("buffer", &buffer(&h["transaction_buffer"])));
-    lines.push(field("forwarder", &forwarder(&h["forwarder"])));
+    lines.push(field("database", &word(&h.database)));
+    lines.push(field("buffer", &buffer(&h.transaction_buffer)));
+    lines.push(field("forwarder", &forwarder(h.forwarder.as_ref())));
     // `/health/actors` and `/health` both carry it; either will do.
-    let replica_json = match &sample.actors["replica"] {
-        Value::Null => &h["replica"],
-        r => r,
-    };
-    lines.push(field("replica", &replica(replica_json)));
+    let replica_report = sample.actors.replica.as_ref().or(h.replica.as_ref());
+    lines.push(field("replica", &replica(replica_report)));
     lines.push(String::new());
     lines.extend(tree(&sample.actors, now));
     lines
@@ -43,9 +45,9 @@ pub fn render(sample: &Sample, now: SystemTime) -> String {
 
 fn title(sample: &Sample, now: SystemTime) -> String {
     let h = &sample.health;
-    let mut site = format!("site {}", text(&h["site"]));
-    if let Some(mode) = h["mode"].as_str() {
-        site.push_str(&format!(" ({mode})"));
+    let mut site = format!("site {}", h.site.as_deref().unwrap_or("-"));
+    if let Some(mode) = &h.mode {
+        site.push_str(&format!(" ({})", word(mode)));
     }
     format!(
         "ops-db-api {}  {site}  {}",
@@ -55,7 +57,7 @@ fn title(sample: &Sample, now: SystemTime) -> String {
 }
 
 fn readiness(sample: &Sample) -> String {
-    let status = text(&sample.health["status"]);
+    let status = word(&sample.health.status);
     if sample.ready {
         field("ready", &format!("yes ({status})"))
     } else if sample.reasons.is_empty() {
@@ -69,18 +71,17 @@ fn readiness(sample: &Sample) -> String {
 }
 
 /// Reachability, durability, and one line per durability problem.
-fn redis(h: &Value) -> Vec<String> {
-    let reachable = text(&h["redis"]);
-    let durability = &h["redis_durability"];
+fn redis(h: &HealthReport) -> Vec<String> {
+    let reachable = word(&h.redis);
     let mut lines = Vec::new();
-    match durability["durable"].as_bool() {
+    match &h.redis_durability {
         // Unknown while Redis does not answer: its problem is that, and it is said already.
         _ if reachable != "connected" => lines.push(field("redis", &reachable)),
-        Some(true) => lines.push(field("redis", &format!("{reachable}, durable"))),
-        Some(false) => {
+        Some(d) if d.durable => lines.push(field("redis", &format!("{reachable}, durable"))),
+        Some(d) => {
             lines.push(field("redis", &format!("{reachable}, NOT DURABLE")));
-            for problem in durability["problems"].as_array().into_iter().flatten() {
-                lines.push(field("", &format!("- {}", text(problem))));
+            for problem in &d.problems {
+                lines.push(field("", &format!("- {problem}")));
             }
         }
         None => lines.push(field("redis", &reachable)),
@@ -88,64 +89,66 @@ fn redis(h: &Value) -> Vec<String> {
     lines
 }
 
-fn buffer(b: &Value) -> String {
-    let oldest = b["oldest_unforwarded_secs"]
-        .as_f64()
+fn buffer(b: &TransactionBuffer) -> String {
+    let oldest = b
+        .oldest_unforwarded_secs
         .map_or_else(|| "-".to_owned(), age);
     format!(
         "{} transactions (limit {}), oldest unforwarded {oldest}; dead letters {}",
-        text(&b["size"]),
-        text(&b["limit"]),
-        text(&b["failed"]),
+        opt(b.size),
+        opt(b.limit),
+        opt(b.failed),
     )
 }
 
-fn forwarder(f: &Value) -> String {
-    if !f.is_object() {
+fn forwarder(f: Option<&ForwarderReport>) -> String {
+    let Some(f) = f else {
         return "not configured".to_owned();
-    }
+    };
     let mut parts = Vec::new();
-    if let Some(role) = f["role"].as_str() {
-        match f["lease_holder"].as_str() {
-            Some(holder) if role == "standby" => {
-                parts.push(format!("role standby (lease held by {holder})"));
-            }
-            _ => parts.push(format!("role {role}")),
+    match (&f.role, &f.lease_holder) {
+        (Some(Role::Standby), Some(holder)) => {
+            parts.push(format!("role standby (lease held by {holder})"));
+        }
+        (Some(role), _) => parts.push(format!("role {}", word(role))),
+        (None, _) => {}
+    }
+    let counters = [
+        ("batches", f.batches),
+        ("applied", f.applied),
+        ("skipped", f.skipped),
+        ("dead", f.dead),
+    ];
+    for (key, value) in counters {
+        if let Some(value) = value {
+            parts.push(format!("{key} {value}"));
         }
     }
-    for key in ["batches", "applied", "skipped", "dead"] {
-        if !f[key].is_null() {
-            parts.push(format!("{key} {}", text(&f[key])));
-        }
-    }
-    parts.push(format!("last commit {}", text(&f["last_commit_lsn"])));
+    parts.push(format!("last commit {}", opt(f.last_commit_lsn.as_ref())));
     parts.join(", ")
 }
 
-fn replica(r: &Value) -> String {
-    if !r.is_object() {
+fn replica(r: Option<&ReplicaReport>) -> String {
+    let Some(r) = r else {
         return "not configured".to_owned();
-    }
-    let lag_bytes = r["lag_bytes"]
-        .as_f64()
-        .map_or_else(|| "-".to_owned(), bytes);
-    let lag_secs = r["lag_seconds"]
-        .as_f64()
-        .map_or_else(|| "-".to_owned(), age);
+    };
+    let lag_bytes = r
+        .lag_bytes
+        .map_or_else(|| "-".to_owned(), |b| bytes(b as f64));
+    let lag_secs = r.lag_seconds.map_or_else(|| "-".to_owned(), age);
     format!(
         "lag {lag_bytes}, {lag_secs}; replay {}; replicated {}",
-        text(&r["replay_lsn"]),
-        text(&r["marked_replicated"]),
+        opt(r.replay_lsn.as_ref()),
+        opt(r.marked_replicated),
     )
 }
 
 /// The supervisor and its children, one line each, and under a child its last failure.
-fn tree(actors: &Value, now: SystemTime) -> Vec<String> {
-    let rows: &[Value] = actors["actors"].as_array().map_or(&[], Vec::as_slice);
-    let names: Vec<String> = rows.iter().map(|r| text(&r["name"])).collect();
-    let name_width = names
+fn tree(actors: &ActorsReport, now: SystemTime) -> Vec<String> {
+    let rows = &actors.actors;
+    let name_width = rows
         .iter()
-        .map(|n| n.chars().count() + 3)
+        .map(|r| r.name.chars().count() + 3)
         .chain(["supervisor".len()])
         .max()
         .unwrap_or(0);
@@ -154,71 +157,66 @@ fn tree(actors: &Value, now: SystemTime) -> Vec<String> {
         "tree", "state", "restarts"
     )];
     let mut root = "supervisor".to_owned();
-    match actors["escalation"].as_str() {
+    match &actors.escalation {
         Some(reason) => root.push_str(&format!("  GAVE UP: {}", one_line(reason))),
         None if rows.is_empty() => root.push_str("  (no actors reported)"),
         None => {}
     }
     lines.push(root);
-    for (i, (row, name)) in rows.iter().zip(&names).enumerate() {
+    for (i, row) in rows.iter().enumerate() {
         let last = i + 1 == rows.len();
-        let uptime = row["uptime_secs"]
-            .as_f64()
-            .map_or_else(|| "-".to_owned(), age);
+        let uptime = row.uptime_secs.map_or_else(|| "-".to_owned(), age);
         lines.push(format!(
             "{:<name_width$} {:<STATE$} {:>8}  {uptime}",
-            format!("{}{name}", if last { "└─ " } else { "├─ " }),
+            format!("{}{}", if last { "└─ " } else { "├─ " }, row.name),
             state(row, now),
-            text(&row["restarts"]),
+            row.restarts,
         ));
-        if let Some(failure) = failure(&row["last_failure"], now) {
-            lines.push(format!("{}    {failure}", if last { " " } else { "│" }));
+        if let Some(f) = &row.last_failure {
+            lines.push(format!(
+                "{}    {}",
+                if last { " " } else { "│" },
+                failure(f, now)
+            ));
         }
     }
     lines
 }
 
-fn state(row: &Value, now: SystemTime) -> String {
-    match row["state"].as_str() {
-        Some("backing_off") => match row["until"].as_str().and_then(instant) {
-            Some(until) => match until.duration_since(now) {
-                Ok(left) => format!("backing off, {} left", age(left.as_secs_f64())),
-                Err(_) => "backing off, due".to_owned(),
-            },
-            None => "backing off".to_owned(),
+fn state(row: &ActorHealth, now: SystemTime) -> String {
+    match &row.state {
+        ActorState::BackingOff { until } => match SystemTime::from(*until).duration_since(now) {
+            Ok(left) => format!("backing off, {} left", age(left.as_secs_f64())),
+            Err(_) => "backing off, due".to_owned(),
         },
-        _ => text(&row["state"]),
+        other => word(&ActorStatus::of(other)),
     }
 }
 
 /// `12s ago: reason`, the reason on one line (the screen cuts it to fit).
-fn failure(f: &Value, now: SystemTime) -> Option<String> {
-    let reason = one_line(f["reason"].as_str()?);
-    Some(match f["at"].as_str().and_then(instant) {
-        Some(at) => {
-            let ago = now.duration_since(at).unwrap_or(Duration::ZERO);
-            format!("{} ago: {reason}", age(ago.as_secs_f64()))
-        }
-        None => reason,
-    })
+fn failure(f: &Failure, now: SystemTime) -> String {
+    let ago = now
+        .duration_since(SystemTime::from(f.at))
+        .unwrap_or(Duration::ZERO);
+    format!("{} ago: {}", age(ago.as_secs_f64()), one_line(&f.reason))
 }
 
-fn instant(rfc3339: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339(rfc3339).ok()
+/// A status word as the service spells it (`backing_off`, `not_configured`).
+fn word(w: &impl Serialize) -> String {
+    match serde_json::to_value(w) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "-".to_owned(),
+    }
+}
+
+/// A value, or `-` when the service did not say.
+fn opt(v: Option<impl Display>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
 /// A section line: its label, then its text at [`LABEL`].
 fn field(label: &str, value: &str) -> String {
     format!("{label:<LABEL$}{value}")
-}
-
-/// A JSON value as screen text: strings unquoted, `-` for null or missing.
-pub fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 fn one_line(s: &str) -> String {

@@ -284,3 +284,40 @@ async fn the_events_endpoint_checks_the_token_and_the_query() {
     assert!(event["seq"].as_u64().is_some());
     let _ = ws.send(Message::Close(None)).await;
 }
+
+/// The periodic `health` event is the health report: its members beside `seq`, `type` and
+/// `at` read into `HealthReport` and write back unchanged, and it says what `/health`
+/// says.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_health_event_is_the_health_report() {
+    use ops_db_service::health_report::{ActorStatus, HealthReport, HealthStatus};
+    let app = TestApp::spawn_with("[events]\nhealth_interval = \"200ms\"\n").await;
+    start_obs_unit(&app, 1).await;
+    let mut ws = connect(&app, "types=health").await;
+    let events = read_until(&mut ws, Duration::from_secs(10), |seen| {
+        seen.iter()
+            .any(|e| e["transaction_buffer"]["size"].as_u64() == Some(1))
+    })
+    .await;
+    let mut event = events.last().expect("a health event").clone();
+    assert_eq!(event["type"], "health", "{event}");
+    let body = event.as_object_mut().expect("an object");
+    for key in ["seq", "type", "at"] {
+        assert!(body.remove(key).is_some(), "{key}");
+    }
+    let body = Value::Object(body.clone());
+    let report: HealthReport = serde_json::from_value(body.clone()).expect("a report");
+    assert_eq!(serde_json::to_value(&report).expect("serialises"), body);
+    assert_eq!(report.status, HealthStatus::Healthy);
+    assert_eq!(report.actors.get("notifier"), Some(&ActorStatus::Running));
+    let tree = report.tree.expect("the tree");
+    let names: Vec<&str> = tree.actors.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["buffer", "ingest", "notifier"]);
+    let served = app.get("/health").await.body;
+    assert_eq!(body["site"], served["site"]);
+    assert_eq!(
+        body["transaction_buffer"]["size"],
+        served["transaction_buffer"]["size"]
+    );
+    app.stop().await.expect("clean stop");
+}

@@ -242,3 +242,83 @@ async fn schemathesis_finds_nothing_wrong_with_transactions() {
     );
     assert!(report.contains("No issues found"), "{report}");
 }
+
+/// What a whole site serves at `/health` and `/health/actors` (every section there: a
+/// forwarder, a replica, a write replicated) reads into the service's own types and
+/// writes back as the same JSON: no field the types do not know, none they drop. And
+/// schemathesis, asking those two operations, finds every answer valid against the
+/// schemas the document gives them (`HealthReport`, `ActorsReport`).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_health_reports_a_site_serves_read_back_unchanged_and_fit_their_schemas() {
+    use ops_db_service::health_report::{ActorsReport, HealthReport};
+    let st = schemathesis();
+    let site = crate::site::Site::start(false, "").await;
+    let app = &site.app;
+    crate::helpers::start_obs_unit(app, 1).await;
+    site.drained(std::time::Duration::from_secs(20)).await;
+    let health = app.get("/health").await;
+    assert_eq!(health.status, 200, "{}", health.text);
+    let report: HealthReport = serde_json::from_value(health.body.clone()).expect("a report");
+    assert_eq!(
+        serde_json::to_value(&report).expect("serialises"),
+        health.body,
+        "read and written back unchanged"
+    );
+    for section in [
+        "forwarder",
+        "replica",
+        "events",
+        "registry",
+        "tokens",
+        "tree",
+    ] {
+        assert!(
+            !health.body[section].is_null(),
+            "{section}: {}",
+            health.text
+        );
+    }
+    let actors = app.get("/health/actors").await;
+    let tree: ActorsReport = serde_json::from_value(actors.body.clone()).expect("a report");
+    assert_eq!(
+        serde_json::to_value(&tree).expect("serialises"),
+        actors.body
+    );
+    assert!(tree.replica.is_some(), "{}", actors.text);
+
+    let work = crate::helpers::tempdir::Dir::new();
+    let output = tokio::process::Command::new(&st)
+        .current_dir(&work.0)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("NO_COLOR", "1")
+        .arg("run")
+        .arg(app.url("/openapi.json"))
+        .args([
+            "--include-operation-id",
+            "health",
+            "--include-operation-id",
+            "actors",
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+             response_schema_conformance",
+            "--max-examples",
+            "5",
+            "--generation-database",
+            "none",
+        ])
+        .output()
+        .await
+        .expect("schemathesis runs");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found problems:\n{out}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{out}");
+    assert!(out.contains("No issues found"), "{out}");
+    assert!(
+        out.contains("2 selected"),
+        "both operations are checked: {out}"
+    );
+}

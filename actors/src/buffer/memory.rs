@@ -32,7 +32,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::storage::{DiskRefusal, Storage, StorageView};
 use super::PreparedWrite;
@@ -85,7 +85,9 @@ impl Sample {
 }
 
 /// What `/health` shows and `/metrics` exports.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = BufferMemory))]
 pub struct MemoryView {
     /// Redis' `used_memory` at the last sample plus the estimate of the writes admitted
     /// since: what is compared with the limit. `None` before the first sample.

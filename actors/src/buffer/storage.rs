@@ -21,7 +21,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One reading of Redis' persistence and of the free space under its directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +92,9 @@ pub fn free_bytes(dir: &str) -> Option<u64> {
 }
 
 /// What `/health` shows as `redis_storage`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = RedisStorage))]
 pub struct StorageView {
     /// `ok` or `err`; `None` before the first sample.
     pub aof_last_write_status: Option<String>,

@@ -83,12 +83,16 @@ impl Default for LeaseStatus {
     }
 }
 
-/// `active`, `standby`, or `unknown` (no answer from Redis yet, or too long ago).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// `active`, `standby`, or `unknown` (no answer from Redis yet, or too long ago; also
+/// what a client reads for a role this build does not know).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = ForwarderRole))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Active,
     Standby,
+    #[serde(other)]
     Unknown,
 }
 

@@ -102,16 +102,23 @@ pub struct ForwarderMetrics {
     pub batch_limit: AtomicU64,
 }
 
-/// The link to the primary as the last batch saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The link to the primary as the last batch saw it (`/health`'s `forwarder.link`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = ForwarderLink))]
+#[serde(rename_all = "snake_case")]
 #[repr(u8)]
-enum Link {
+pub enum Link {
     Up = 1,
     /// No connection, or it broke.
     Down = 2,
     /// The primary did not finish a batch within `forwarder.statement_timeout`: a batch
     /// too slow (then split) or a stalled link.
     Timeout = 3,
+    /// No batch has said yet (also what a client reads for a word this build does not
+    /// know).
+    #[serde(other)]
+    Unknown = 0,
 }
 
 impl Link {
@@ -120,6 +127,7 @@ impl Link {
             Link::Up => "up",
             Link::Down => "down",
             Link::Timeout => "timeout",
+            Link::Unknown => "unknown",
         }
     }
 
@@ -134,13 +142,13 @@ impl Link {
 }
 
 impl ForwarderMetrics {
-    /// `up`, `down`, `timeout` or `unknown`.
-    pub fn link(&self) -> &'static str {
+    /// The link as the last batch saw it.
+    pub fn link(&self) -> Link {
         match self.link.load(Ordering::Relaxed) {
-            1 => Link::Up.name(),
-            2 => Link::Down.name(),
-            3 => Link::Timeout.name(),
-            _ => "unknown",
+            1 => Link::Up,
+            2 => Link::Down,
+            3 => Link::Timeout,
+            _ => Link::Unknown,
         }
     }
 }

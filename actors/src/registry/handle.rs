@@ -15,13 +15,15 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::read::{Read, Skipped};
 use super::Registry;
 
 /// Where the registry in use came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = RegistrySource))]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// Nothing known yet: neither a stored copy nor a read.

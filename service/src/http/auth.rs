@@ -21,10 +21,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
 use super::token_source::{Source, Status};
 use super::AppState;
@@ -61,8 +62,9 @@ pub struct Tokens {
     store: Option<TokenStore>,
 }
 
-/// What `/health` shows of the token sources: each configured one's [`Status`].
-#[derive(Debug, Clone, Serialize)]
+/// What `/health` shows of the token sources: each configured one's [`Status`] (`null`:
+/// not configured).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokensHealth {
     pub file: Option<Status>,
     pub table: Option<Status>,

@@ -1,23 +1,14 @@
 //! Health, readiness, actor health and metrics. Open: no token needed.
 
-use std::sync::atomic::Ordering;
-
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ops_db_actors::health::ActorState;
-use ops_db_actors::tree::{BUFFER, FORWARDER, INGEST, REPLICA};
 use prometheus_client::encoding::text::encode;
 use serde_json::json;
 
-use super::openapi::schemas::{ActorsReport, Readiness};
 use super::AppState;
-
-fn ingest_running(state: &AppState) -> bool {
-    let h = &state.tree.health;
-    h.is_running(INGEST) && h.is_running(BUFFER)
-}
+use crate::health_report::{ActorsReport, HealthReport, Readiness};
 
 #[utoipa::path(get, path = "/health/live", tag = "health", summary = "Liveness: 200 while the process answers",
     responses((status = 200, description = "`{\"status\": \"alive\"}`", body = Object)))]
@@ -33,157 +24,32 @@ pub async fn live() -> Json<serde_json::Value> {
     ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let redis = state.probe.status().await;
-    let mut reasons = Vec::new();
-    if !redis.reachable {
-        reasons.push("redis unreachable");
-    }
-    if !ingest_running(&state) {
-        reasons.push("ingest actors not running");
-    }
-    if reasons.is_empty() {
-        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+    let readiness = Readiness::judge(redis.reachable, &state.tree);
+    let status = if readiness.ready {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ready": false, "reasons": reasons })),
-        )
-            .into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness)).into_response()
 }
 
 #[utoipa::path(get, path = "/health", tag = "health",
     summary = "The service's health",
     description = "`status` (`healthy`, `degraded`: Redis not durable, `unhealthy`: Redis down or \
-        the ingest actors not running), Redis and its durability, the buffer, the database \
-        link, the forwarder, the replica, the events, the model registry, the token sources, each actor's state. Always 200: \
-        readiness is `/health/ready`.",
-    responses((status = 200, description = "The health report (see the README)", body = Object)))]
-pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let redis = state.probe.status().await;
-    let actors: serde_json::Map<_, _> = state
-        .tree
-        .health
-        .snapshot()
-        .into_iter()
-        .map(|a| (a.name, json!(state_name(&a.state))))
-        .collect();
-    let status = if !redis.reachable || !ingest_running(&state) {
-        "unhealthy"
-    } else if !redis.durability.durable {
-        "degraded"
-    } else {
-        "healthy"
-    };
-    let forwarder = forwarder(&state);
-    let database = match forwarder.as_ref().map(|f| f.0) {
-        None => "not_configured",
-        Some("running") => "connected",
-        Some("backing_off") => "unreachable",
-        Some(other) => other,
-    };
-    Json(json!({
-        "status": status,
-        "site": state.config.site.name,
-        "mode": state.config.site.mode,
-        "database": database,
-        "redis": if redis.reachable { "connected" } else { "disconnected" },
-        "redis_durability": redis.durability,
-        "redis_storage": state.tree.buffer_memory.storage_view(),
-        "transaction_buffer": {
-            "size": redis.buffered,
-            "failed": redis.dead_letters,
-            "limit": state.config.buffer.max_buffered,
-            "oldest_unforwarded_secs": redis.oldest_unforwarded_secs,
-            "memory": state.tree.buffer_memory.view(),
-        },
-        "background_processor": forwarder.as_ref().map_or("not_configured", |f| f.0),
-        "forwarder": forwarder.map(|f| f.1),
-        "replica": replica(&state),
-        "history": state.tree.history.view(),
-        "events": {
-            "last_seq": state.tree.hub.last_seq.load(Ordering::Relaxed),
-            "clients": state.tree.hub.clients(),
-            "queued": state.tree.events.queued(),
-            "dropped": state.tree.events.dropped.load(Ordering::Relaxed),
-        },
-        "registry": state.registry.status(),
-        "tokens": state.tokens.health(),
-        "actors": actors,
-    }))
-}
-
-/// The replica tracker's state and the replica's lag, if there is a read source.
-fn replica(state: &AppState) -> Option<serde_json::Value> {
-    let tree = &state.tree;
-    if !tree.has_replica {
-        return None;
-    }
-    let row = tree.health.get(REPLICA)?;
-    let m = &tree.replica_metrics;
-    let replay = m.replay_lsn.load(Ordering::Relaxed);
-    Some(json!({
-        "state": state_name(&row.state),
-        "restarts": row.restarts,
-        "last_failure": row.last_failure,
-        "replay_lsn": (replay > 0).then(|| ops_db_actors::lsn::Lsn(replay).to_string()),
-        "lag_bytes": m.lag_bytes.get(),
-        "lag_seconds": m.lag_seconds.get(),
-        "marked_replicated": m.marked.get(),
-    }))
-}
-
-/// The forwarder's state name and details, if there is one.
-fn forwarder(state: &AppState) -> Option<(&'static str, serde_json::Value)> {
-    let tree = &state.tree;
-    if !tree.has_forwarder {
-        return None;
-    }
-    let row = tree.health.get(FORWARDER)?;
-    let m = &tree.forwarder_metrics;
-    let lsn = m.last_lsn.load(Ordering::Relaxed);
-    let details = json!({
-        "state": state_name(&row.state),
-        "restarts": row.restarts,
-        "last_failure": row.last_failure,
-        "batches": m.batches.get(),
-        "applied": m.applied.get(),
-        "skipped": m.skipped.get(),
-        "dead": m.dead.get(),
-        "largest_batch_bytes": m.largest_batch_bytes.load(Ordering::Relaxed),
-        "batch_max_bytes": state.config.forwarder.batch_max_bytes,
-        "last_commit_lsn": (lsn > 0).then(|| ops_db_actors::lsn::Lsn(lsn).to_string()),
-        "link": m.link(),
-        // Set while batches are split after one failed without a culprit (a timeout).
-        "batch_limit": match m.batch_limit.load(Ordering::Relaxed) {
-            0 => None,
-            limit => Some(limit),
-        },
-        "role": m.lease.role(state.config.forwarder.lease_ttl),
-        "instance": m.lease.instance,
-        "lease_holder": m.lease.holder(),
-    });
-    Some((state_name(&row.state), details))
-}
-
-fn state_name(state: &ActorState) -> &'static str {
-    match state {
-        ActorState::Starting => "starting",
-        ActorState::Running => "running",
-        ActorState::BackingOff { .. } => "backing_off",
-        ActorState::Stopped => "stopped",
-    }
+        the ingest actors not running), Redis and its durability and disk, the buffer, the \
+        database link, the forwarder, the replica, the events, the model registry, the token \
+        sources, each actor's state and the supervision tree. The periodic `health` event \
+        carries the same report. Always 200: readiness is `/health/ready`.",
+    responses((status = 200, description = "The health report (see the README)", body = HealthReport)))]
+pub async fn health(State(state): State<AppState>) -> Json<HealthReport> {
+    Json(HealthReport::gather(&state).await)
 }
 
 #[utoipa::path(get, path = "/health/actors", tag = "health",
     summary = "The supervision tree: each actor's state, restarts, last failure",
     responses((status = 200, description = "Each actor, the escalation if the tree gave up, the replica's lag", body = ActorsReport)))]
-pub async fn actors(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "actors": state.tree.health.snapshot(),
-        "escalation": state.tree.health.escalation(),
-        // What the replica tracker measures, beside its row (null without a read source).
-        "replica": replica(&state),
-    }))
+pub async fn actors(State(state): State<AppState>) -> Json<ActorsReport> {
+    Json(ActorsReport::gather(&state))
 }
 
 /// The OpenMetrics content type, which is what [`encode`] writes.

@@ -28,8 +28,9 @@ use ops_db_actors::overlay::Reads;
 use ops_db_actors::tree::Tree;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
-pub use auth::Tokens;
+pub use auth::{Tokens, TokensHealth};
 use routes::{Access, Routes};
+pub use token_source::{Origin as TokenOrigin, Status as TokenSourceStatus};
 
 use crate::config::{Config, Scope};
 use crate::operations::OPERATIONS;

@@ -13,13 +13,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::auth::{ByHash, Principal};
 use crate::token_store::{StoredToken, TokenStore, Which};
 
 /// Where the set in use came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = TokenOrigin)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// Neither read since start nor loaded from a stored copy: the set is empty.
@@ -31,7 +33,8 @@ pub enum Origin {
 }
 
 /// What `/health` shows of a source.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = TokenSourceStatus)]
 pub struct Status {
     pub source: Origin,
     /// When the source was last read successfully (this run).

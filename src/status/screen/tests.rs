@@ -1,7 +1,8 @@
-//! The screen on fixed JSON: layout, tolerance of missing fields, ages and sizes.
+//! The screen on fixed reports (written as the JSON a service answers, read into the
+//! types as `status` reads them): layout, tolerance of missing fields, ages and sizes.
 
 use super::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// 2026-12-04T16:45:17Z
 fn now() -> SystemTime {
@@ -13,9 +14,18 @@ fn sample(ready: bool, reasons: &[&str], health: Value, actors: Value) -> Sample
         url: "http://127.0.0.1:8080".to_owned(),
         ready,
         reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
-        health,
-        actors,
+        health: serde_json::from_value(health).expect("a health report"),
+        actors: serde_json::from_value(actors).expect("an actors report"),
     }
+}
+
+/// What the original service answers: its five keys and nothing else.
+fn original(status: &str) -> Value {
+    json!({
+        "status": status, "database": "not_configured", "redis": "connected",
+        "transaction_buffer": {"size": 0, "failed": 0},
+        "background_processor": "not_configured",
+    })
 }
 
 fn row(name: &str, state: Value, restarts: u64, uptime: Option<f64>) -> Value {
@@ -28,8 +38,9 @@ fn row(name: &str, state: Value, restarts: u64, uptime: Option<f64>) -> Value {
     row
 }
 
-/// A site whose WAN is cut: the forwarder backs off, its last failure a long reason.
-fn site_with_wan_cut() -> Sample {
+/// A site whose WAN is cut: the forwarder backs off, its last failure a long reason (the
+/// answers of `/health` and `/health/actors`).
+fn wan_cut() -> (Value, Value) {
     let replica = json!({
         "lag_bytes": 2_621_440, "lag_seconds": 42.5, "last_failure": null,
         "marked_replicated": 3, "replay_lsn": "0/30564E8", "restarts": 0, "state": "running",
@@ -51,6 +62,7 @@ fn site_with_wan_cut() -> Sample {
         "redis_durability": {"durable": true, "problems": []},
         "transaction_buffer": {"size": 3, "failed": 0, "limit": 1_000_000,
                                "oldest_unforwarded_secs": 317.2},
+        "background_processor": "backing_off",
         "forwarder": {"state": "backing_off", "restarts": 7, "batches": 2, "applied": 3,
                       "skipped": 0, "dead": 0, "last_commit_lsn": "0/30564E8",
                       "role": "active", "lease_holder": "vm/1/abc"},
@@ -66,6 +78,11 @@ fn site_with_wan_cut() -> Sample {
         "escalation": null,
         "replica": replica,
     });
+    (health, actors)
+}
+
+fn site_with_wan_cut() -> Sample {
+    let (health, actors) = wan_cut();
     sample(true, &[], health, actors)
 }
 
@@ -140,10 +157,12 @@ fn not_ready_names_the_reasons_and_leaves_out_what_redis_did_not_say() {
         "redis_durability": {"durable": false, "problems": ["redis did not answer"]},
         "transaction_buffer": {"size": null, "failed": null, "limit": 1000,
                                "oldest_unforwarded_secs": null},
+        "background_processor": "not_configured",
         "forwarder": null, "replica": null,
     });
     let mut buffer = row("buffer", json!({"state": "stopped"}), 21, None);
-    buffer["last_failure"] = json!({"reason": "failed: redis: broken pipe", "at": "?"});
+    buffer["last_failure"] =
+        json!({"reason": "failed: redis: broken pipe", "at": "2026-12-04T16:44:17Z"});
     let actors = json!({
         "actors": [buffer],
         "escalation": "buffer: more than 20 restarts within 60s",
@@ -171,7 +190,7 @@ fn not_ready_names_the_reasons_and_leaves_out_what_redis_did_not_say() {
     assert!(screen.contains("supervisor  GAVE UP: buffer: more than 20 restarts"));
     assert!(
         screen.contains(
-            "└─ buffer  stopped                      21  -\n     failed: redis: broken pipe\n"
+            "└─ buffer  stopped                      21  -\n     1m00s ago: failed: redis: broken pipe\n"
         ),
         "{screen}"
     );
@@ -179,13 +198,11 @@ fn not_ready_names_the_reasons_and_leaves_out_what_redis_did_not_say() {
 
 #[test]
 fn redis_that_is_not_durable_gets_a_line_per_problem() {
-    let health = json!({
-        "status": "degraded", "redis": "connected",
-        "redis_durability": {"durable": false, "problems": [
-            "appendfsync is not always: acknowledged writes may be lost in a crash",
-            "maxmemory-policy is not noeviction: Redis may evict buffered transactions",
-        ]},
-    });
+    let mut health = original("degraded");
+    health["redis_durability"] = json!({"durable": false, "problems": [
+        "appendfsync is not always: acknowledged writes may be lost in a crash",
+        "maxmemory-policy is not noeviction: Redis may evict buffered transactions",
+    ]});
     let screen = render(&sample(true, &[], health, json!({})), now());
     assert!(screen
         .contains("redis      connected, NOT DURABLE\n           - appendfsync is not always"));
@@ -194,10 +211,10 @@ fn redis_that_is_not_durable_gets_a_line_per_problem() {
 
 #[test]
 fn a_standby_forwarder_names_the_lease_holder() {
-    let mut s = site_with_wan_cut();
-    s.health["forwarder"]["role"] = json!("standby");
-    s.health["forwarder"]["lease_holder"] = json!("host-b/4242/0193");
-    let screen = render(&s, now());
+    let (mut health, actors) = wan_cut();
+    health["forwarder"]["role"] = json!("standby");
+    health["forwarder"]["lease_holder"] = json!("host-b/4242/0193");
+    let screen = render(&sample(true, &[], health, actors), now());
     assert!(
         screen.contains("forwarder  role standby (lease held by host-b/4242/0193), batches 2"),
         "{screen}"
@@ -206,21 +223,32 @@ fn a_standby_forwarder_names_the_lease_holder() {
 
 #[test]
 fn fields_absent_from_an_older_or_newer_service_are_left_out_not_an_error() {
-    let mut s = site_with_wan_cut();
-    let f = s.health["forwarder"].as_object_mut().unwrap();
+    let (mut health, actors) = wan_cut();
+    let f = health["forwarder"].as_object_mut().unwrap();
     f.remove("role");
     f.remove("lease_holder");
     f.remove("skipped");
     f.insert("something_new".into(), json!({"x": 1}));
-    let screen = render(&s, now());
+    let screen = render(&sample(true, &[], health, actors), now());
     assert!(
         screen.contains("forwarder  batches 2, applied 3, dead 0, last commit 0/30564E8\n"),
         "{screen}"
     );
 
-    let empty = render(&sample(false, &[], json!({}), json!({})), now());
+    // The original service: five keys, no actors; words this build does not know.
+    let mut old = original("healthy");
+    old["database"] = json!("promoting");
+    let empty = render(&sample(false, &[], old, json!({})), now());
     assert_fits(&empty);
-    assert!(empty.contains("ready      NO (-)\n"), "{empty}");
+    assert!(empty.contains("ready      NO (healthy)\n"), "{empty}");
+    assert!(empty.contains("site -  "), "{empty}");
+    assert!(empty.contains("database   unknown\n"), "{empty}");
+    assert!(
+        empty.contains(
+            "buffer     0 transactions (limit -), oldest unforwarded -; dead letters 0\n"
+        ),
+        "{empty}"
+    );
     assert!(
         empty.contains("supervisor  (no actors reported)\n"),
         "{empty}"
@@ -229,11 +257,18 @@ fn fields_absent_from_an_older_or_newer_service_are_left_out_not_an_error() {
 
 #[test]
 fn a_backoff_past_its_deadline_is_due() {
-    let row = json!({"state": "backing_off", "until": "2026-12-04T16:45:00Z"});
-    assert_eq!(state(&row, now()), "backing off, due");
-    let row = json!({"state": "backing_off", "until": "not a time"});
-    assert_eq!(state(&row, now()), "backing off");
-    assert_eq!(state(&json!({"state": "starting"}), now()), "starting");
+    let at = |state: Value| -> ActorHealth {
+        serde_json::from_value(row("x", state, 0, None)).expect("a row")
+    };
+    let due = at(json!({"state": "backing_off", "until": "2026-12-04T16:45:00Z"}));
+    assert_eq!(state(&due, now()), "backing off, due");
+    let left = at(json!({"state": "backing_off", "until": "2026-12-04T16:46:17Z"}));
+    assert_eq!(state(&left, now()), "backing off, 1m00s left");
+    assert_eq!(state(&at(json!({"state": "starting"})), now()), "starting");
+    assert_eq!(
+        state(&at(json!({"state": "hibernating"})), now()),
+        "unknown"
+    );
 }
 
 #[test]

@@ -5,7 +5,6 @@
 
 #![allow(dead_code)] // read by the derive, never constructed
 
-use ops_db_actors::health::ActorHealth;
 use ops_db_actors::overlay::TxState;
 use serde_json::Value;
 use utoipa::openapi::schema::{
@@ -130,25 +129,6 @@ pub struct TransactionAck {
     /// step (in row order). Keys are UUIDs made at the summit, or the keys given.
     #[schema(value_type = Object)]
     pub steps: Value,
-}
-
-/// `/health/ready`'s answer.
-#[derive(ToSchema)]
-pub struct Readiness {
-    pub ready: bool,
-    /// Why not, when not ready.
-    pub reasons: Option<Vec<String>>,
-}
-
-/// `/health/actors`' answer.
-#[derive(ToSchema)]
-pub struct ActorsReport {
-    pub actors: Vec<ActorHealth>,
-    /// Why the tree gave up, if it did.
-    pub escalation: Option<String>,
-    /// The replica tracker and the replica's lag; `null` without a read source.
-    #[schema(value_type = Option<Object>)]
-    pub replica: Option<Value>,
 }
 
 #[derive(ToSchema)]
