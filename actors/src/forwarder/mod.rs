@@ -17,6 +17,7 @@ mod apply;
 #[cfg(feature = "fault-injection")]
 mod crash;
 mod error;
+mod heartbeat;
 mod isolate;
 pub mod lease;
 mod reach;
@@ -75,6 +76,10 @@ pub struct ForwarderConfig {
     pub max_attempts: u32,
     /// How long the forwarder lease lasts without renewal (see `lease`).
     pub lease_ttl: Duration,
+    /// This site's name: its heartbeat row.
+    pub site: String,
+    /// How long without a commit before a heartbeat (see `heartbeat`); zero: none.
+    pub heartbeat_interval: Duration,
 }
 
 /// Counters for `/metrics` (see [`ForwarderMetrics::register`]); `/health` reads them too.
@@ -210,6 +215,7 @@ pub struct ForwarderState {
     pg: Option<PgConnection>,
     reader: Option<Reader>,
     settle: Option<MultiplexedConnection>,
+    heartbeat: heartbeat::Heartbeat,
 }
 
 pub enum ForwarderMsg {
@@ -232,6 +238,7 @@ impl Actor for ForwarderActor {
         myself.cast(ForwarderMsg::Next)?;
         lease::ensure_renewal(&args.config, &args.metrics);
         Ok(ForwarderState {
+            heartbeat: heartbeat::Heartbeat::new(args.config.heartbeat_interval),
             args,
             pg: None,
             reader: None,
@@ -353,6 +360,9 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
         state.args.events.emit("tx.dead", body);
     }
     if entries.is_empty() {
+        if state.heartbeat.beat_if_due(pg, &config).await? == heartbeat::Beat::Sent {
+            set_link(&state.args, Link::Up, None);
+        }
         return Ok(());
     }
     #[cfg(feature = "fault-injection")]
@@ -374,6 +384,7 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
     };
     drop(sql);
     set_link(&state.args, Link::Up, None);
+    state.heartbeat.committed();
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterCommit)?;
     if !m.lease.held(fresh) {

@@ -11,8 +11,13 @@
 //! answers again, so marking resumes within about a second of that whatever the backoff
 //! has grown to. Ingest and forwarding are not touched: lifecycles simply stay
 //! `forwarded` until the replica catches up.
+//!
+//! Freshness while nobody writes (`freshness/`): at most every second the same poll reads
+//! from the replica itself how old its last replayed commit and this site's heartbeat are,
+//! and whether its WAL receiver streams.
 
 mod error;
+pub mod freshness;
 mod reach;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +33,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::ConnectOptions;
 
 pub use error::ReplicaError;
+pub use freshness::{Freshness, FreshnessConfig, FreshnessView};
 pub use reach::{probe, PROBE_EVERY};
 
 use crate::lsn::Lsn;
@@ -51,6 +57,8 @@ pub struct ReplicaConfig {
     pub redis_timeout: Duration,
     /// How long a replicated transaction's lifecycle stays in Redis.
     pub retention: Duration,
+    /// What the freshness read needs (heartbeat table, site, `max_staleness`).
+    pub freshness: FreshnessConfig,
 }
 
 /// What `/health` and `/metrics` report (see [`ReplicaMetrics::register`]); written by the
@@ -69,6 +77,8 @@ pub struct ReplicaMetrics {
     pub marked: Counter,
     /// Polls made. Not exported: tests wait on it.
     pub polls: AtomicU64,
+    /// The replica's freshness (`/health`'s `replica.freshness`, its own metrics).
+    pub freshness: Arc<Freshness>,
 }
 
 impl ReplicaMetrics {
@@ -90,6 +100,7 @@ impl ReplicaMetrics {
             "Transactions seen replicated",
             self.marked.clone(),
         );
+        self.freshness.register(registry);
     }
 }
 
@@ -128,6 +139,9 @@ impl Actor for ReplicaLagActor {
         // crash-and-back-off, not a failure to start the tree. That poll comes at once, not
         // a poll interval later: a restart cut short by the heal probe marks without delay.
         myself.cast(ReplicaMsg::Poll)?;
+        args.metrics
+            .freshness
+            .configure(args.config.freshness.rules());
         myself.send_interval(args.config.poll_interval, || ReplicaMsg::Poll);
         Ok(ReplicaState {
             args,
@@ -193,6 +207,10 @@ async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
     };
     let replay = replay_position(pg, &config).await?;
     m.replay_lsn.store(replay.0, Ordering::Relaxed);
+    let timeout = config.connect_timeout;
+    (m.freshness)
+        .observe(pg, &config.freshness, timeout, &events)
+        .await?;
     m.polls.fetch_add(1, Ordering::Relaxed);
     let now = chrono::Utc::now().timestamp_millis();
     for _ in 0..CALLS_PER_POLL {

@@ -74,6 +74,12 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             redis_timeout: Duration::from_secs(1),
             retention: Duration::from_secs(1),
+            freshness: crate::replica::FreshnessConfig {
+                schema: "opsdb_api".into(),
+                site: "t".into(),
+                max_staleness: Duration::from_secs(60),
+                heartbeat: true,
+            },
         }
     }
 

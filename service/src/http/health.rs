@@ -53,7 +53,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 
 #[utoipa::path(get, path = "/health", tag = "health",
     summary = "The service's health",
-    description = "`status` (`healthy`, `degraded`: Redis not durable, `unhealthy`: Redis down or \
+    description = "`status` (`healthy`, `degraded`: Redis not durable or the replica stale, `unhealthy`: Redis down or \
         the ingest actors not running), Redis and its durability, the buffer, the database \
         link, the forwarder, the replica, the events, the model registry, the token sources, each actor's state. Always 200: \
         readiness is `/health/ready`.",
@@ -69,7 +69,7 @@ pub async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         .collect();
     let status = if !redis.reachable || !ingest_running(&state) {
         "unhealthy"
-    } else if !redis.durability.durable {
+    } else if !redis.durability.durable || replica_stale(&state) {
         "degraded"
     } else {
         "healthy"
@@ -128,7 +128,13 @@ fn replica(state: &AppState) -> Option<serde_json::Value> {
         "lag_bytes": m.lag_bytes.get(),
         "lag_seconds": m.lag_seconds.get(),
         "marked_replicated": m.marked.get(),
+        "freshness": m.freshness.view(),
     }))
+}
+
+/// Whether the replica is stale (`replica.freshness`): `/health` then says `degraded`.
+fn replica_stale(state: &AppState) -> bool {
+    state.tree.has_replica && state.tree.replica_metrics.freshness.is_stale()
 }
 
 /// The forwarder's state name and details, if there is one.
