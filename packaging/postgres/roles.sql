@@ -11,10 +11,13 @@
 --
 --   opsdb_forwarder  forwarder.primary_url: may only call opsdb_api.apply_batch, which
 --                    writes the rows of the allowed tables and the ledger as the schema
---                    owner (SECURITY DEFINER). No table privilege at all.
+--                    owner (SECURITY DEFINER), and opsdb_api.heartbeat, which upserts its
+--                    site's row of opsdb_api.heartbeat the same way. No table privilege
+--                    at all.
 --   opsdb_reader     replica.url (and, on the main site, the primary for reads): reads the
 --                    ledger, the service's token table, the allowed tables, the tables their
---                    foreign keys refer to, and ops-db's api_token where it exists; writes
+--                    foreign keys refer to, ops-db's api_token where it exists, and the
+--                    heartbeat table; is a member of pg_read_all_stats (below); writes
 --                    nothing.
 --
 -- Schema changes and `ops-db-api token create` use forwarder.migrate_url (the schema owner),
@@ -38,7 +41,20 @@ $$;
 
 GRANT USAGE ON SCHEMA opsdb_api TO opsdb_forwarder, opsdb_reader;
 GRANT EXECUTE ON FUNCTION opsdb_api.apply_batch(jsonb, text[]) TO opsdb_forwarder;
-GRANT SELECT ON opsdb_api.applied_transaction, opsdb_api.api_token TO opsdb_reader;
+GRANT EXECUTE ON FUNCTION opsdb_api.heartbeat(text) TO opsdb_forwarder;
+GRANT SELECT ON opsdb_api.applied_transaction, opsdb_api.api_token, opsdb_api.heartbeat
+    TO opsdb_reader;
+
+-- The replica tracker reads the replica's WAL receiver (pg_stat_wal_receiver) to tell a
+-- cut stream from a stalled replay. For any role without the privileges of
+-- pg_read_all_stats that view shows only the receiver's pid, every other column (status,
+-- last_msg_receipt_time, received_tli, ...) NULL. pg_read_all_stats is the smallest
+-- predefined role that shows them (pg_monitor contains it and more); it lets the reader
+-- read statistics views, not data, and change nothing. Without it the service still
+-- works: the receiver's status shows as "hidden" and only its presence counts. Granting a
+-- predefined role needs a superuser (or, before PostgreSQL 16, CREATEROLE): if the schema
+-- owner is neither, have a superuser run this line.
+GRANT pg_read_all_stats TO opsdb_reader;
 
 -- The reader: every allowed table, every table their foreign keys refer to (merged reads
 -- and reference checks read the parents), and ops-db's api_token if there is one.

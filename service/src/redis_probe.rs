@@ -136,6 +136,8 @@ pub struct RedisStatus {
     pub dead_letters: Option<u64>,
     /// Age of the oldest transaction not yet forwarded (from its stream id's time).
     pub oldest_unforwarded_secs: Option<f64>,
+    /// The resend window: entries, bytes counted, when its oldest entry was settled (ms).
+    pub window: Option<(u64, u64, Option<i64>)>,
 }
 
 impl RedisProbe {
@@ -173,6 +175,7 @@ impl RedisProbe {
                 buffered: None,
                 dead_letters: None,
                 oldest_unforwarded_secs: None,
+                window: None,
             },
         }
     }
@@ -237,6 +240,16 @@ impl RedisProbe {
             .arg("+")
             .arg("COUNT")
             .arg(1);
+        pipe.cmd("XLEN")
+            .arg(self.keys.sent())
+            .cmd("GET")
+            .arg(self.keys.sent_bytes())
+            .cmd("XRANGE")
+            .arg(self.keys.sent())
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
         let replies: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
         let mut replies = replies.into_iter();
         let mut next = || replies.next().and_then(Result::ok);
@@ -253,10 +266,15 @@ impl RedisProbe {
         let appendfsync = config(next());
         let no_appendfsync_on_rewrite = config(next());
         let maxmemory_policy = config(next());
-        let oldest = next()
-            .and_then(|v| redis::from_redis_value::<redis::streams::StreamRangeReply>(v).ok())
-            .and_then(|r| r.ids.into_iter().next())
-            .and_then(|e| e.id.split('-').next().and_then(|ms| ms.parse::<i64>().ok()));
+        let first_ms = |v: Option<Value>| {
+            v.and_then(|v| redis::from_redis_value::<redis::streams::StreamRangeReply>(v).ok())
+                .and_then(|r| r.ids.into_iter().next())
+                .and_then(|e| e.id.split('-').next().and_then(|ms| ms.parse::<i64>().ok()))
+        };
+        let oldest = first_ms(next());
+        let window_len = next().and_then(|v| redis::from_redis_value::<u64>(v).ok());
+        let window_bytes = next().and_then(|v| redis::from_redis_value::<Option<u64>>(v).ok());
+        let window_oldest = first_ms(next());
         let oldest_unforwarded_secs = match (buffered, oldest) {
             (Some(0), _) => Some(0.0),
             (_, Some(ms)) => {
@@ -275,6 +293,7 @@ impl RedisProbe {
             buffered,
             dead_letters,
             oldest_unforwarded_secs,
+            window: window_len.map(|n| (n, window_bytes.flatten().unwrap_or(0), window_oldest)),
         })
     }
 }
@@ -366,6 +385,7 @@ mod tests {
             buffered: Some(3),
             dead_letters: Some(0),
             oldest_unforwarded_secs: Some(1.5),
+            window: None,
         }));
         for line in [
             "opsdb_redis_up 1",

@@ -14,7 +14,7 @@ use ops_db_actors::forwarder::ForwarderConfig;
 use ops_db_actors::notifier::NotifierConfig;
 use ops_db_actors::overlay::{Keys, Reads};
 use ops_db_actors::registry::{self as model_registry, RefreshConfig, Refresher};
-use ops_db_actors::replica::ReplicaConfig;
+use ops_db_actors::replica::{FreshnessConfig, ReplicaConfig};
 use ops_db_actors::supervisor::policy::RestartPolicy;
 use ops_db_actors::tree::{Tree, TreeConfig};
 use prometheus_client::registry::Registry;
@@ -63,6 +63,8 @@ fn forwarder(config: &Config, keys: &Keys) -> Option<(ForwarderConfig, RestartPo
         statement_timeout: f.statement_timeout,
         redis_timeout: config.redis.timeout,
         window: config.resend.window(),
+        site: config.site.name.clone(),
+        heartbeat_interval: f.heartbeat_interval,
     };
     Some((forwarder, f.restart.policy()))
 }
@@ -80,6 +82,12 @@ fn replica(config: &Config, keys: &Keys) -> Option<(ReplicaConfig, RestartPolicy
         redis_timeout: config.redis.timeout,
         retention: r.retention,
         audit_interval: r.audit_interval,
+        freshness: FreshnessConfig {
+            schema: config.schema.name.clone(),
+            site: config.site.name.clone(),
+            max_staleness: r.max_staleness,
+            heartbeat: config.primary().is_some() && !config.forwarder.heartbeat_interval.is_zero(),
+        },
     };
     Some((tracker, r.restart.policy()))
 }

@@ -17,6 +17,7 @@ mod disk;
 mod events;
 mod faults;
 mod forward;
+mod freshness;
 mod heal;
 mod health;
 mod hostile;

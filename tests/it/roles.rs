@@ -1,6 +1,6 @@
 //! The service under the least-privileged roles of `packaging/postgres/roles.sql`, the
 //! file docs/OPERATIONS.md tells operators to run: the forwarder can do nothing on the
-//! primary but call the batch function, the reader nothing but read.
+//! primary but call the batch function and the heartbeat, the reader nothing but read.
 
 use std::time::Duration;
 
@@ -93,9 +93,39 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
         "CREATE TABLE opsdb_api.intruder (id int)",
         "DROP TABLE opsdb_api.applied_transaction",
         "SELECT sha256 FROM opsdb_api.api_token",
+        "SELECT 1 FROM opsdb_api.heartbeat",
+        "INSERT INTO opsdb_api.heartbeat VALUES ('x', now())",
+        "UPDATE opsdb_api.heartbeat SET beat_at = now()",
     ] {
         assert_eq!(refused(&pg, "opsdb_forwarder", sql).await, "42501", "{sql}");
     }
+    // The heartbeat, written through its function while the site is idle, as the reader
+    // sees it on the replica; the reader sees the WAL receiver's columns
+    // (pg_read_all_stats), which are NULL to a role without it.
+    let beat = eventually(
+        "the heartbeat on the replica",
+        Duration::from_secs(30),
+        || async {
+            let mut reader = connect(&as_role(&pg.replica_url(), "opsdb_reader")).await;
+            sqlx::query_scalar::<_, String>(
+                "SELECT beat_at::text FROM opsdb_api.heartbeat WHERE site = $1",
+            )
+            .bind(&app.site)
+            .fetch_optional(&mut reader)
+            .await
+            .expect("the reader reads the heartbeat")
+        },
+    )
+    .await;
+    assert!(!beat.is_empty());
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM pg_stat_wal_receiver")
+        .fetch_one(&mut connect(&as_role(&pg.replica_url(), "opsdb_reader")).await)
+        .await
+        .expect("the receiver's row");
+    assert_eq!(status.as_deref(), Some("streaming"));
+    let freshness = &app.get("/health").await.body["replica"]["freshness"];
+    assert_eq!(freshness["receiver_status"], "streaming", "{freshness}");
+    assert!(freshness["last_error"].is_null(), "{freshness}");
     // The reader's role: reads only.
     for sql in [
         "SELECT * FROM opsdb_api.apply_batch('[]'::jsonb, ARRAY[]::text[])",
@@ -108,6 +138,8 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
         "CREATE TABLE intruder (id int)",
         "CREATE TABLE public.intruder (id int)",
         "CREATE TABLE opsdb_api.intruder (id int)",
+        "SELECT opsdb_api.heartbeat('x')",
+        "INSERT INTO opsdb_api.heartbeat VALUES ('x', now())",
     ] {
         assert_eq!(refused(&pg, "opsdb_reader", sql).await, "42501", "{sql}");
     }
@@ -120,13 +152,15 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
         "obs_unit",
         "opsdb_api.applied_transaction",
         "opsdb_api.api_token",
+        "opsdb_api.heartbeat",
     ] {
         sqlx::raw_sql(&format!("SELECT 1 FROM {table} LIMIT 1"))
             .execute(&mut reader)
             .await
             .unwrap_or_else(|e| panic!("the reader may read {table}: {e}"));
     }
-    // And PUBLIC lost EXECUTE on both functions: a role of no standing cannot call them.
+    // And PUBLIC lost EXECUTE on the functions: a role of no standing cannot call them,
+    // nor see the WAL receiver's details.
     sqlx::raw_sql("CREATE ROLE nobody_special LOGIN")
         .execute(&mut pg.primary().await)
         .await
@@ -140,6 +174,20 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
         .await,
         "42501"
     );
+    assert_eq!(
+        refused(&pg, "nobody_special", "SELECT opsdb_api.heartbeat('x')").await,
+        "42501"
+    );
+    let mut nobody = connect(&as_role(&pg.replica_url(), "nobody_special")).await;
+    let (pid, status): (Option<i32>, Option<String>) =
+        sqlx::query_as("SELECT pid, status FROM pg_stat_wal_receiver")
+            .fetch_one(&mut nobody)
+            .await
+            .expect("the receiver's row");
+    assert!(
+        pid.is_some() && status.is_none(),
+        "only the pid without pg_read_all_stats"
+    );
     site.app.stop().await.expect("clean stop");
 }
 
@@ -147,7 +195,8 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
 /// new definition states them again: after every migration, the batch function still runs
 /// as its owner with the search path pinned to `pg_catalog, pg_temp` (the forwarder's role
 /// has no table rights, and a path with a writable schema in it would let another role's
-/// objects stand in for ours), and so do its helpers' paths.
+/// objects stand in for ours), and so do its helpers' paths; the heartbeat function too.
+/// These two, the forwarder's only entry points, are the only ones that run as the owner.
 #[tokio::test]
 async fn after_every_migration_the_batch_function_runs_as_its_owner_with_a_pinned_path() {
     let pg = Site::primary_with_replica().await;
@@ -160,12 +209,15 @@ async fn after_every_migration_the_batch_function_runs_as_its_owner_with_a_pinne
     .await
     .expect("the service's functions");
     let names: Vec<&str> = functions.iter().map(|f| f.0.as_str()).collect();
-    assert_eq!(names, ["apply_batch", "apply_step", "writable_entry"]);
+    assert_eq!(
+        names,
+        ["apply_batch", "apply_step", "heartbeat", "writable_entry"]
+    );
     for (name, definer, config) in &functions {
         assert_eq!(
             *definer,
-            name == "apply_batch",
-            "{name}: only the batch function runs as its owner"
+            name == "apply_batch" || name == "heartbeat",
+            "{name}: only the batch function and the heartbeat run as their owner"
         );
         assert_eq!(
             config.clone().unwrap_or_default(),

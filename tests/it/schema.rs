@@ -108,6 +108,8 @@ async fn migrate_twice_changes_nothing_and_nothing_of_the_service_lands_in_publi
         "rel r writable_table",
         "rel r _sqlx_migrations",
         "fn opsdb_api.apply_batch(jsonb,text[])",
+        "rel r heartbeat",
+        "fn opsdb_api.heartbeat(text)",
     ] {
         assert!(
             own.iter().any(|l| l.starts_with(object)),

@@ -17,6 +17,7 @@ mod apply;
 #[cfg(feature = "fault-injection")]
 mod crash;
 mod error;
+mod heartbeat;
 mod isolate;
 pub mod lease;
 mod reach;
@@ -77,6 +78,10 @@ pub struct ForwarderConfig {
     pub lease_ttl: Duration,
     /// What of the forwarded bodies is kept for a resend (`crate::resend`).
     pub window: crate::resend::WindowConfig,
+    /// This site's name: its heartbeat row.
+    pub site: String,
+    /// How long without a commit before a heartbeat (see `heartbeat`); zero: none.
+    pub heartbeat_interval: Duration,
 }
 
 /// Counters for `/metrics` (see [`ForwarderMetrics::register`]); `/health` reads them too.
@@ -222,6 +227,7 @@ pub struct ForwarderState {
     pg: Option<PgConnection>,
     reader: Option<Reader>,
     settle: Option<MultiplexedConnection>,
+    heartbeat: heartbeat::Heartbeat,
 }
 
 pub enum ForwarderMsg {
@@ -244,6 +250,7 @@ impl Actor for ForwarderActor {
         myself.cast(ForwarderMsg::Next)?;
         lease::ensure_renewal(&args.config, &args.metrics);
         Ok(ForwarderState {
+            heartbeat: heartbeat::Heartbeat::new(args.config.heartbeat_interval),
             args,
             pg: None,
             reader: None,
@@ -378,6 +385,9 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
         state.args.events.emit("tx.dead", body);
     }
     if entries.is_empty() {
+        if state.heartbeat.beat_if_due(pg, &config).await? == heartbeat::Beat::Sent {
+            set_link(&state.args, Link::Up, None);
+        }
         return Ok(());
     }
     #[cfg(feature = "fault-injection")]
@@ -399,6 +409,7 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
     };
     drop(sql);
     set_link(&state.args, Link::Up, None);
+    state.heartbeat.committed();
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterCommit)?;
     if !m.lease.held(fresh) {

@@ -11,9 +11,14 @@
 //! answers again, so marking resumes within about a second of that whatever the backoff
 //! has grown to. Ingest and forwarding are not touched: lifecycles simply stay
 //! `forwarded` until the replica catches up.
+//!
+//! Freshness while nobody writes (`freshness/`): at most every second the same poll reads
+//! from the replica itself how old its last replayed commit and this site's heartbeat are,
+//! and whether its WAL receiver streams.
 
 pub mod confirm;
 mod error;
+pub mod freshness;
 mod reach;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +34,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::ConnectOptions;
 
 pub use error::ReplicaError;
+pub use freshness::{Freshness, FreshnessConfig, FreshnessView};
 pub use reach::{probe, PROBE_EVERY};
 
 use crate::history::{History, Side};
@@ -51,6 +57,8 @@ pub struct ReplicaConfig {
     pub retention: Duration,
     /// How often `confirm::audit` looks at the newest confirmed transactions again.
     pub audit_interval: Duration,
+    /// What the freshness read needs (heartbeat table, site, `max_staleness`).
+    pub freshness: FreshnessConfig,
 }
 
 /// What `/health` and `/metrics` report (see [`ReplicaMetrics::register`]); written by the
@@ -69,6 +77,8 @@ pub struct ReplicaMetrics {
     pub marked: Counter,
     /// Polls made. Not exported: tests wait on it.
     pub polls: AtomicU64,
+    /// The replica's freshness (`/health`'s `replica.freshness`, its own metrics).
+    pub freshness: Arc<Freshness>,
 }
 
 impl ReplicaMetrics {
@@ -90,6 +100,7 @@ impl ReplicaMetrics {
             "Transactions seen replicated",
             self.marked.clone(),
         );
+        self.freshness.register(registry);
     }
 }
 
@@ -132,6 +143,9 @@ impl Actor for ReplicaLagActor {
         // crash-and-back-off, not a failure to start the tree. That poll comes at once, not
         // a poll interval later: a restart cut short by the heal probe marks without delay.
         myself.cast(ReplicaMsg::Poll)?;
+        args.metrics
+            .freshness
+            .configure(args.config.freshness.rules());
         myself.send_interval(args.config.poll_interval, || ReplicaMsg::Poll);
         Ok(ReplicaState {
             args,
@@ -210,6 +224,10 @@ async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
     };
     let replay = replay_position(pg, &config).await?;
     m.replay_lsn.store(replay.0, Ordering::Relaxed);
+    let timeout = config.connect_timeout;
+    (m.freshness)
+        .observe(pg, &config.freshness, timeout, &events)
+        .await?;
     m.polls.fetch_add(1, Ordering::Relaxed);
     let now = chrono::Utc::now().timestamp_millis();
     let found = confirm::confirm(pg, redis, &config, replay, now, &m, &events).await?;

@@ -76,6 +76,12 @@ mod tests {
             redis_timeout: Duration::from_secs(1),
             retention: Duration::from_secs(1),
             audit_interval: Duration::from_secs(60),
+            freshness: crate::replica::FreshnessConfig {
+                schema: "opsdb_api".into(),
+                site: "t".into(),
+                max_staleness: Duration::from_secs(60),
+                heartbeat: true,
+            },
         }
     }
 

@@ -70,7 +70,7 @@ pub fn unpack(packed: &[u8]) -> Result<Vec<u8>, UnpackError> {
 }
 
 /// What `/health` shows of the window.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WindowView {
     /// Transactions in the window.

@@ -192,6 +192,10 @@ pub struct Forwarder {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
+    /// How long the forwarder (holding the lease) goes without a commit before it writes
+    /// this site's heartbeat row on the primary; zero: never (see `replica.max_staleness`).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
     /// Restarted forever: no intensity limit (a days-long outage must not stop the service).
     pub restart: RestartPolicy,
 }
@@ -211,6 +215,11 @@ pub struct Replica {
     /// How often the newest confirmed transactions are looked up in the ledger again.
     #[serde(with = "humantime_serde")]
     pub audit_interval: Duration,
+    /// The replica is `stale` once its newest evidence of the primary's commits (a
+    /// replayed commit or heartbeat) is older than this; longer than
+    /// `forwarder.heartbeat_interval`.
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Duration,
     /// Restarted forever: no intensity limit.
     pub restart: RestartPolicy,
 }

@@ -76,6 +76,29 @@ fn a_secondary_that_forwards_without_a_read_source_is_refused_naming_replica_url
 }
 
 #[test]
+fn the_staleness_limit_must_exceed_the_heartbeat_interval_and_the_error_names_both() {
+    let ok = Config::from_toml_str(SITE).expect("defaults");
+    assert_eq!(ok.forwarder.heartbeat_interval, Duration::from_secs(10));
+    assert_eq!(ok.replica.max_staleness, Duration::from_secs(60));
+    let err = load_err(&format!(
+        "{SITE}[forwarder]\nheartbeat_interval = \"1m\"\n[replica]\nmax_staleness = \"60s\"\n"
+    ));
+    assert!(
+        err.starts_with(
+            "replica.max_staleness: must be longer than forwarder.heartbeat_interval (1m)"
+        ),
+        "{err}"
+    );
+    let err = load_err(&format!("{SITE}[replica]\nmax_staleness = \"0s\"\n"));
+    assert_eq!(err, "replica.max_staleness: must be longer than zero");
+    // A heartbeat of 0 disables it; any positive limit will do then.
+    let off = format!(
+        "{SITE}[forwarder]\nheartbeat_interval = \"0s\"\n[replica]\nmax_staleness = \"1s\"\n"
+    );
+    Config::from_toml_str(&off).expect("heartbeat off");
+}
+
+#[test]
 fn semantic_errors_name_their_key() {
     let err = load_err(&format!("{SITE}[buffer]\nmax_batch = 0\n"));
     assert_eq!(err, "buffer.max_batch: must be at least 1");

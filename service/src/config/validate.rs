@@ -161,6 +161,29 @@ impl Config {
         if self.forwarder.lease_ttl < std::time::Duration::from_secs(1) {
             return Err(invalid("forwarder.lease_ttl", "must be at least 1s"));
         }
+        self.validate_staleness()
+    }
+
+    /// A heartbeat must be able to arrive within the staleness limit, or an idle site
+    /// would be called stale between two beats.
+    fn validate_staleness(&self) -> Result<(), ConfigError> {
+        let (max, beat) = (
+            self.replica.max_staleness,
+            self.forwarder.heartbeat_interval,
+        );
+        if max.is_zero() {
+            return Err(invalid("replica.max_staleness", "must be longer than zero"));
+        }
+        if max <= beat {
+            return Err(invalid(
+                "replica.max_staleness",
+                format!(
+                    "must be longer than forwarder.heartbeat_interval ({}), or an idle \
+                     site is stale between two heartbeats",
+                    humantime::format_duration(beat)
+                ),
+            ));
+        }
         Ok(())
     }
 

@@ -41,7 +41,9 @@ pub use ops_db_actors::buffer::memory::MemoryView;
 pub use ops_db_actors::forwarder::lease::Role;
 pub use ops_db_actors::forwarder::Link;
 pub use ops_db_actors::health::{ActorHealth, ActorState, Failure};
+pub use ops_db_actors::history::HistoryView;
 pub use ops_db_actors::registry::Source as RegistrySource;
+pub use ops_db_actors::resend::WindowView;
 pub use replica::ReplicaReport;
 pub use sections::{EventsReport, RegistryReport, SkippedTable, TransactionBuffer, TreeReport};
 pub use words::{ActorStatus, DatabaseState, HealthStatus, ProcessorState, RedisLink};
@@ -78,6 +80,16 @@ pub struct HealthReport {
     /// `null` without a read source.
     #[serde(default, deserialize_with = "lenient")]
     pub replica: Option<ReplicaReport>,
+    /// Whether the primary and the replica still hold what was forwarded: their identity
+    /// (system identifier, timeline) and changes of it, transactions the replica's ledger
+    /// lacks. `consistent: false` makes `status` `degraded`: see OPERATIONS, "Cologne
+    /// failed over or was restored".
+    #[serde(default, deserialize_with = "lenient")]
+    pub history: Option<HistoryView>,
+    /// The resend window (`resend.window`, `resend.max_bytes`); `null` when Redis did not
+    /// answer.
+    #[serde(default, deserialize_with = "lenient")]
+    pub resend_window: Option<WindowView>,
     #[serde(default, deserialize_with = "lenient")]
     pub events: Option<EventsReport>,
     /// The model registry in use.
@@ -149,11 +161,27 @@ impl HealthReport {
             .iter()
             .map(|a| (a.name.clone(), ActorStatus::of(&a.state)))
             .collect();
+        let replica = ReplicaReport::gather(state);
+        let history = tree.history.view();
+        let doubts = replica
+            .as_ref()
+            .and_then(|r| r.freshness.as_ref())
+            .is_some_and(|f| f.verdict == "stale")
+            || !history.consistent;
+        let resend_window = redis.window.map(|(entries, bytes, oldest)| WindowView {
+            entries,
+            bytes,
+            max_bytes: state.config.resend.max_bytes,
+            oldest_at: oldest
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            window_secs: state.config.resend.window.as_secs(),
+        });
         Self {
             status: HealthStatus::judge(
                 redis.reachable,
                 ingest_running(tree),
-                redis.durability.durable,
+                redis.durability.durable && !doubts,
             ),
             site: Some(state.config.site.name.clone()),
             mode: Some(state.config.site.mode),
@@ -168,7 +196,9 @@ impl HealthReport {
             redis_storage: Some(tree.buffer_memory.storage_view()),
             background_processor: ProcessorState::of(forwarder_state.as_ref()),
             forwarder: ForwarderReport::gather(state),
-            replica: ReplicaReport::gather(state),
+            replica,
+            history: Some(history),
+            resend_window,
             events: Some(EventsReport::gather(tree)),
             registry: Some(RegistryReport::gather(state)),
             tokens: Some(state.tokens.health()),

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 
 use ops_db_actors::health::Failure;
 use ops_db_actors::lsn::Lsn;
+use ops_db_actors::replica::FreshnessView;
 use ops_db_actors::tree::REPLICA;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -26,6 +27,9 @@ pub struct ReplicaReport {
     pub lag_seconds: Option<f64>,
     /// Transactions marked replicated (this run).
     pub marked_replicated: Option<u64>,
+    /// Whether the replica follows the primary while nobody writes (`replica.freshness`).
+    #[serde(default, deserialize_with = "super::lenient")]
+    pub freshness: Option<FreshnessView>,
 }
 
 impl ReplicaReport {
@@ -46,6 +50,7 @@ impl ReplicaReport {
             lag_bytes: Some(m.lag_bytes.get()),
             lag_seconds: Some(m.lag_seconds.get()),
             marked_replicated: Some(m.marked.get()),
+            freshness: m.freshness.view(),
         })
     }
 }

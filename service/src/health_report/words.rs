@@ -11,7 +11,9 @@ use utoipa::ToSchema;
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
     Healthy,
-    /// Redis answers but is not durable (`redis_durability.problems` says why).
+    /// Writes are taken, but Redis is not durable (`redis_durability.problems` says why),
+    /// the replica is stale (`replica.freshness`) or the primary's history is in doubt
+    /// (`history.consistent` is false).
     Degraded,
     /// Redis does not answer, or the ingest actors (ingest, buffer) do not run.
     Unhealthy,
@@ -20,12 +22,13 @@ pub enum HealthStatus {
 }
 
 impl HealthStatus {
-    /// The rule: unhealthy when writes cannot be taken, degraded when they can but are not
-    /// durable, healthy otherwise.
-    pub fn judge(redis_reachable: bool, ingest_running: bool, durable: bool) -> Self {
+    /// The rule: unhealthy when writes cannot be taken, degraded when they can but something
+    /// is not `sound` (Redis not durable, the replica stale, the history in doubt), healthy
+    /// otherwise.
+    pub fn judge(redis_reachable: bool, ingest_running: bool, sound: bool) -> Self {
         if !redis_reachable || !ingest_running {
             Self::Unhealthy
-        } else if !durable {
+        } else if !sound {
             Self::Degraded
         } else {
             Self::Healthy
