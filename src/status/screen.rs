@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use ops_db_service::health_report::{
     ActorHealth, ActorState, ActorStatus, ActorsReport, Failure, ForwarderReport, HealthReport,
-    ReplicaReport, Role, TransactionBuffer,
+    HistoryView, ReplicaReport, Role, TransactionBuffer,
 };
 use serde::Serialize;
 
@@ -33,8 +33,11 @@ pub fn render(sample: &Sample, now: SystemTime) -> String {
     lines.push(field("buffer", &buffer(&h.transaction_buffer)));
     lines.push(field("forwarder", &forwarder(h.forwarder.as_ref())));
     // `/health/actors` and `/health` both carry it; either will do.
-    let replica_report = sample.actors.replica.as_ref().or(h.replica.as_ref());
+    let replica_report = h.replica.as_ref().or(sample.actors.replica.as_ref());
     lines.push(field("replica", &replica(replica_report)));
+    if let Some(doubt) = h.history.as_ref().and_then(history) {
+        lines.push(field("history", &doubt));
+    }
     lines.push(String::new());
     lines.extend(tree(&sample.actors, now));
     lines
@@ -136,11 +139,46 @@ fn replica(r: Option<&ReplicaReport>) -> String {
         .lag_bytes
         .map_or_else(|| "-".to_owned(), |b| bytes(b as f64));
     let lag_secs = r.lag_seconds.map_or_else(|| "-".to_owned(), age);
-    format!(
+    let mut line = format!(
         "lag {lag_bytes}, {lag_secs}; replay {}; replicated {}",
         opt(r.replay_lsn.as_ref()),
         opt(r.marked_replicated),
-    )
+    );
+    match r.freshness.as_ref() {
+        Some(f) if f.verdict == "stale" => {
+            let reason = f.reason.as_ref().map_or_else(|| "-".to_owned(), word);
+            line.push_str(&format!("; STALE ({reason})"));
+        }
+        Some(f) => line.push_str(&format!("; {}", f.verdict)),
+        None => {}
+    }
+    line
+}
+
+/// What puts the history in doubt, or `None` while it is consistent (no line then).
+fn history(h: &HistoryView) -> Option<String> {
+    if h.consistent {
+        return None;
+    }
+    let mut parts = Vec::new();
+    if let Some(gap) = &h.unconfirmed {
+        parts.push(format!("{} not confirmed", gap.missing));
+    }
+    if let Some(gap) = &h.lost {
+        parts.push(format!("{} lost", gap.missing));
+    }
+    for change in &h.changes {
+        parts.push(format!(
+            "{} timeline {} -> {}",
+            word(&change.side),
+            change.from.timeline,
+            change.to.timeline
+        ));
+    }
+    Some(format!(
+        "IN DOUBT: {}; see the failover runbook",
+        parts.join(", ")
+    ))
 }
 
 /// The supervisor and its children, one line each, and under a child its last failure.

@@ -162,6 +162,7 @@ async fn migrate_follows_the_configured_schema_and_tables_and_names_a_table_it_c
             "_sqlx_migrations",
             "api_token",
             "applied_transaction",
+            "heartbeat",
             "writable_table"
         ]
     );

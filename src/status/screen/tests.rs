@@ -308,3 +308,40 @@ fn lines_are_cut_to_the_width_with_an_ellipsis() {
     assert_eq!(cut("abcd", 3), "ab…");
     assert_eq!(cut("├─ éé", 4), "├─ …");
 }
+
+#[test]
+fn a_stale_replica_and_a_history_in_doubt_are_on_the_screen() {
+    let (mut health, actors) = wan_cut();
+    health["replica"]["freshness"] = json!({
+        "verdict": "stale", "reason": "replay_stalled", "source": "replica",
+        "replay_age_secs": 75.0, "heartbeat_age_secs": 70.0, "replay_paused": true,
+        "receiver_status": "streaming", "receiver_last_msg_age_secs": 0.5,
+        "receiver_timeline": 2, "unreplayed_bytes": 8192, "max_staleness_secs": 60.0,
+        "observed_secs_ago": 0.25, "last_error": null
+    });
+    health["history"] = json!({
+        "consistent": false, "primary": null, "replica": null,
+        "changes": [{"side": "primary", "from": {"system_identifier": "7", "timeline": 1},
+                     "to": {"system_identifier": "7", "timeline": 2}, "at": "2026-12-05T14:00:00Z"}],
+        "unconfirmed": {"missing": 100, "sample": [], "since": "2026-12-05T14:00:00Z"},
+        "lost": {"missing": 7, "sample": [], "since": "2026-12-05T14:00:00Z"}
+    });
+    let screen = render(&sample(true, &[], health.clone(), actors.clone()), now());
+    assert_fits(&screen);
+    assert!(screen.contains("; STALE (replay_stalled)\n"), "{screen}");
+    assert!(
+        screen.contains(
+            "history    IN DOUBT: 100 not confirmed, 7 lost, primary timeline 1 -> 2; see the \
+             failover runbook\n"
+        ),
+        "{screen}"
+    );
+    // Consistent: no history line, and a fresh replica says so.
+    health["history"] = json!({"consistent": true, "primary": null, "replica": null,
+        "changes": [], "unconfirmed": null, "lost": null});
+    health["replica"]["freshness"]["verdict"] = json!("fresh");
+    health["replica"]["freshness"]["reason"] = json!(null);
+    let screen = render(&sample(true, &[], health, actors), now());
+    assert!(!screen.contains("history"), "{screen}");
+    assert!(screen.contains("replicated 3; fresh\n"), "{screen}");
+}
