@@ -380,7 +380,13 @@ function render() {
   if (h) {
     $('site').textContent = (h.site || '') + (h.mode ? ' (' + h.mode + ')' : '');
     const status = $('status');
-    status.textContent = h.status;
+    // What makes it degraded, in the report's own words.
+    const why = [];
+    if (h.redis_durability && h.redis_durability.durable === false) why.push('Redis not durable');
+    const fresh = h.replica && h.replica.freshness;
+    if (fresh && fresh.verdict === 'stale') why.push('replica stale (' + fresh.reason + ')');
+    if (h.history && h.history.consistent === false) why.push('history in doubt: see the failover runbook');
+    status.textContent = h.status + (why.length ? ': ' + why.join(', ') : '');
     status.className = 'pill ' + ({ healthy: 'ok', degraded: 'warn' }[h.status] || 'bad');
     const f = h.forwarder;
     $('database').textContent = 'database ' + h.database + (f && f.role ? ', role ' + f.role : '');

@@ -465,3 +465,65 @@ async fn a_change_of_identity_is_kept_reported_and_cleared() {
         .expect("HGET");
     assert_eq!(kept, None);
 }
+
+/// A replica promoted in place (a new timeline, the same cluster) is seen at the next audit
+/// on the tracker's open session, reported until acknowledged, and announced.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promoted_replica_is_a_change_of_timeline_reported_until_cleared() {
+    let site = Restorable::start("").await;
+    let acked = site.write(5).await;
+    site.all_in(&acked, TxState::Replicated, Duration::from_secs(60))
+        .await;
+    let before = site.history().await;
+    assert_eq!(before["consistent"], true, "{before}");
+    assert_eq!(before["replica"]["timeline"], 1, "{before}");
+    let mut replica = PgConnection::connect(&site.pg.replica_url())
+        .await
+        .expect("connect to the replica");
+    sqlx::query("SELECT pg_promote(true, 30)")
+        .execute(&mut replica)
+        .await
+        .expect("promote");
+    let history = eventually(
+        "the new timeline reported",
+        Duration::from_secs(30),
+        || async {
+            let h = site.history().await;
+            (h["changes"].as_array().is_some_and(|c| !c.is_empty())).then_some(h)
+        },
+    )
+    .await;
+    let change = &history["changes"][0];
+    assert_eq!(change["side"], "replica", "{history}");
+    assert_eq!(
+        (&change["from"]["timeline"], &change["to"]["timeline"]),
+        (&json!(1), &json!(2))
+    );
+    assert_eq!(
+        change["from"]["system_identifier"], change["to"]["system_identifier"],
+        "a promotion keeps the cluster"
+    );
+    assert_eq!(history["consistent"], false);
+    let r = site.app.get("/health").await;
+    assert_eq!(r.body["status"], "degraded", "{}", r.text);
+    let events = eventually("the event", Duration::from_secs(5), || async {
+        let events = site.events("history.changed").await;
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(events[0]["side"], "replica");
+    // Acknowledged by the operator: consistent again, and it stays so.
+    let r = site
+        .app
+        .client
+        .post(site.app.url("/admin/history/clear"))
+        .bearer_auth(&site.app.admin_token)
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(r.status().as_u16(), 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = site.history().await;
+    assert_eq!(after["changes"], json!([]), "{after}");
+    assert_eq!(after["replica"]["timeline"], 2, "{after}");
+}

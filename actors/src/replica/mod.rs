@@ -238,6 +238,11 @@ async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
     {
         let lost = confirm::audit(pg, redis, &config).await?;
         history.set_lost(&lost, &events);
+        // Again on the same session: a standby promoted in place keeps its connections.
+        let identity = crate::history::read_identity(pg).await?;
+        history
+            .record(redis, &config.keys, Side::Replica, identity, &events)
+            .await?;
         state.audited = Some(std::time::Instant::now());
     }
     lag(redis, &config, replay, now, &m).await
