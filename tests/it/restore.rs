@@ -189,24 +189,7 @@ impl Restorable {
     /// once: nothing acknowledged lost, nothing applied twice.
     async fn assert_exactly_once(&self, acked: &[Uuid]) {
         let mut primary = self.primary().await;
-        let ledger: Vec<Uuid> =
-            sqlx::query_scalar("SELECT transaction_id FROM opsdb_api.applied_transaction")
-                .fetch_all(&mut primary)
-                .await
-                .expect("ledger");
-        let unique: HashSet<Uuid> = ledger.iter().copied().collect();
-        let acked: HashSet<Uuid> = acked.iter().copied().collect();
-        assert_eq!(unique.len(), ledger.len());
-        let missing: Vec<_> = acked.difference(&unique).collect();
-        assert!(
-            missing.is_empty(),
-            "acknowledged, not on the primary: {missing:?}"
-        );
-        let extra: Vec<_> = unique.difference(&acked).collect();
-        assert!(
-            extra.is_empty(),
-            "on the primary, never acknowledged: {extra:?}"
-        );
+        crate::site::assert_exactly_once(&mut primary, acked).await;
         let units: i64 = sqlx::query_scalar("SELECT count(*) FROM executed_obs_unit")
             .fetch_one(&mut primary)
             .await

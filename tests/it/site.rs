@@ -36,6 +36,37 @@ pub async fn prepare(target: &PgTarget) {
         .expect("migrate");
 }
 
+/// Every transaction id in the ledger of the primary `conn` is connected to.
+pub async fn ledger(conn: &mut PgConnection) -> Vec<Uuid> {
+    sqlx::query_scalar("SELECT transaction_id FROM opsdb_api.applied_transaction")
+        .fetch_all(conn)
+        .await
+        .expect("ledger")
+}
+
+/// The one set check: every acknowledged transaction is in the ledger of the primary
+/// `conn` is connected to once, and nothing else is.
+pub async fn assert_exactly_once(conn: &mut PgConnection, acked: &[Uuid]) {
+    let ledger = ledger(conn).await;
+    let unique: HashSet<Uuid> = ledger.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        ledger.len(),
+        "the ledger's key makes duplicates impossible"
+    );
+    let acked: HashSet<Uuid> = acked.iter().copied().collect();
+    let missing: Vec<_> = acked.difference(&unique).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but never applied: {missing:?}"
+    );
+    let extra: Vec<_> = unique.difference(&acked).collect();
+    assert!(
+        extra.is_empty(),
+        "applied but never acknowledged: {extra:?}"
+    );
+}
+
 /// A restart policy section body for the forwarder and the replica tracker in tests.
 pub const FAST_RESTARTS: &str =
     "backoff_base = \"20ms\"\nbackoff_cap = \"200ms\"\nreset_after = \"60s\"\n";
@@ -115,32 +146,12 @@ impl Site {
     }
 
     pub async fn ledger(&self) -> Vec<Uuid> {
-        sqlx::query_scalar("SELECT transaction_id FROM opsdb_api.applied_transaction")
-            .fetch_all(&mut self.primary().await)
-            .await
-            .expect("ledger")
+        ledger(&mut self.primary().await).await
     }
 
     /// Every acknowledged transaction is in the ledger once, and nothing else is.
     pub async fn assert_exactly_once(&self, acked: &[Uuid]) {
-        let ledger = self.ledger().await;
-        let unique: HashSet<Uuid> = ledger.iter().copied().collect();
-        assert_eq!(
-            unique.len(),
-            ledger.len(),
-            "the ledger's key makes duplicates impossible"
-        );
-        let acked: HashSet<Uuid> = acked.iter().copied().collect();
-        let missing: Vec<_> = acked.difference(&unique).collect();
-        assert!(
-            missing.is_empty(),
-            "acknowledged but never applied: {missing:?}"
-        );
-        let extra: Vec<_> = unique.difference(&acked).collect();
-        assert!(
-            extra.is_empty(),
-            "applied but never acknowledged: {extra:?}"
-        );
+        assert_exactly_once(&mut self.primary().await, acked).await;
     }
 
     /// The raw data files of executed obs unit `eou` on the primary.

@@ -147,21 +147,8 @@ impl Tools {
                 .fetch_optional(&mut conn)
                 .await?;
         conn.close().await?;
-        let mut cmd = self.command("pg_basebackup", log)?;
-        cmd.arg("-D").arg(data).args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &primary_port.to_string(),
-            "-U",
-            "opsdb",
-            "-R",
-            "-X",
-            "stream",
-            "--checkpoint=fast",
-            "-S",
-            REPLICA_SLOT,
-        ]);
+        let mut cmd = self.pg_basebackup(primary_port, data, log)?;
+        cmd.args(["-R", "-S", REPLICA_SLOT]);
         // -C fails on an existing slot (a replica directory deleted, the primary kept).
         if slot.is_none() {
             cmd.arg("-C");
@@ -180,6 +167,13 @@ impl Tools {
         log: &Path,
     ) -> anyhow::Result<()> {
         self.make_data_dir(data)?;
+        let cmd = self.pg_basebackup(primary_port, data, log)?;
+        self.run(cmd, "pg_basebackup", data, log).await
+    }
+
+    /// `pg_basebackup` of the primary into `data` as `opsdb`, WAL streamed along, after a
+    /// fast checkpoint: what every clone and backup here shares.
+    fn pg_basebackup(&self, primary_port: u16, data: &Path, log: &Path) -> anyhow::Result<Command> {
         let mut cmd = self.command("pg_basebackup", log)?;
         cmd.arg("-D").arg(data).args([
             "-h",
@@ -192,7 +186,7 @@ impl Tools {
             "stream",
             "--checkpoint=fast",
         ]);
-        self.run(cmd, "pg_basebackup", data, log).await
+        Ok(cmd)
     }
 }
 
