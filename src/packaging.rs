@@ -176,6 +176,51 @@ fn the_units_directories_and_limits_fit_the_summit_config() {
     assert!(stop >= Duration::from_secs(40), "{stop:?}");
 }
 
+/// `1G`, `512M`, `1024K` or bytes, as systemd's memory settings take them.
+fn memory_bytes(value: &str) -> u64 {
+    let (digits, unit) = value.split_at(
+        value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len()),
+    );
+    let n: u64 = digits.parse().expect("a number");
+    n * match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        other => panic!("unit {other:?}"),
+    }
+}
+
+#[test]
+fn the_unit_bounds_its_memory_above_the_worst_case_and_goes_before_redis() {
+    let unit = Unit::load();
+    let config = summit();
+    let high = memory_bytes(unit.one("Service", "MemoryHigh"));
+    let max = memory_bytes(unit.one("Service", "MemoryMax"));
+    // Every connection sending its largest request at once, and a forwarder batch.
+    let in_flight = (config.http.max_connections * config.http.body_limit_bytes
+        + config.tcp.max_connections * config.tcp.max_line_bytes) as u64;
+    let batch = config.forwarder.batch_max_bytes as u64;
+    assert!(
+        high >= in_flight + 4 * batch,
+        "MemoryHigh={high} for {in_flight} in flight"
+    );
+    assert!(
+        max >= 2 * in_flight + 4 * batch,
+        "MemoryMax={max} for {in_flight} in flight"
+    );
+    assert!(max > high);
+    // Redis' unit leaves its score at 0: a positive one makes the kernel pick this first.
+    let oom: i32 = unit
+        .one("Service", "OOMScoreAdjust")
+        .parse()
+        .expect("a number");
+    assert!(oom > 0 && oom <= 1000, "OOMScoreAdjust={oom}");
+    assert_eq!(memory_bytes("512M"), 512 << 20);
+}
+
 #[test]
 fn the_parser_reads_systemd_syntax_as_used() {
     let unit = parse("# c\n[A]\n; c\nX=1\nX=2 \\\n  3\n[B]\nY = z\n");
