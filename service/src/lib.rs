@@ -10,6 +10,7 @@ pub mod health_report;
 #[cfg(any(test, feature = "proptest"))]
 pub mod hostile;
 pub mod http;
+pub mod log_limit;
 pub mod operations;
 pub mod ops;
 pub mod redis_probe;

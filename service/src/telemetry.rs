@@ -1,7 +1,8 @@
 //! Logging: human-readable to stderr, and JSON lines (for log shippers) to daily-rolling
 //! files when `log.dir` is set, of which the newest `log.keep_files` are kept. The level
 //! comes from `log.level`; `RUST_LOG`, when set, wins. Colours only when stderr is a
-//! terminal.
+//! terminal. Each kind of message (call site) is rate-limited (`log_limit`): at most 20 a
+//! minute, and a line a minute says how many were left out.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -41,10 +42,15 @@ pub fn init(level: &str, dir: Option<&Path>, keep_files: usize) -> anyhow::Resul
         }
         None => (None, None),
     };
+    let limit = crate::log_limit::RateLimit::default();
     tracing_subscriber::registry()
+        .with(limit.clone())
         .with(stderr)
         .with(file)
         .try_init()?;
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(limit.report_every(crate::log_limit::WINDOW));
+    }
     Ok(Guard(guard))
 }
 
