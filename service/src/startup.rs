@@ -49,6 +49,14 @@ fn check_ca_file(path: &std::path::Path) -> anyhow::Result<()> {
 /// The forwarder, if a primary is configured: restarted forever, never escalating.
 fn forwarder(config: &Config, keys: &Keys) -> Option<(ForwarderConfig, RestartPolicy)> {
     let f = &config.forwarder;
+    if f.allow_weak_tls {
+        tracing::warn!(
+            primary = %config.primary()?.redacted(),
+            "forwarder.allow_weak_tls = true: the primary may be reached without \
+             sslmode=verify-full; anyone on the path can read what is forwarded or answer \
+             as the primary"
+        );
+    }
     let forwarder = ForwarderConfig {
         primary: config.primary()?,
         redis_url: config.redis.url.clone(),

@@ -3,12 +3,14 @@
 //!
 //! Invariants under test: with the right CA and host name every write is forwarded and
 //! replicated over encrypted sessions; a wrong CA or a wrong host name refuses to connect
-//! (nothing is sent in the clear instead) and `/health` says why.
+//! (nothing is sent in the clear instead) and `/health` says why; with a CA file, that file
+//! alone is trusted (the pinned tunnel, `pg/pinned.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ops_db_actors::pg::PgTarget;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::Value;
 
@@ -233,4 +235,43 @@ async fn assert_not_applied(pg: &TestPg, tx: uuid::Uuid) {
     .await
     .expect("ledger");
     assert_eq!(applied, 0, "nothing reached the primary");
+}
+
+/// With a CA file, that file is the whole trust store (not an addition to the public web
+/// roots, as sqlx's own TLS would make it), and `verify-ca` checks the chain but not the
+/// name; every session is encrypted.
+#[tokio::test]
+async fn only_the_ca_file_is_trusted_and_verify_ca_skips_only_the_name() {
+    use sqlx::ConnectOptions as _;
+    let f = fixture().await;
+    let roots = ops_db_actors::pg::pinned::roots(&f.ca_file).expect("the CA file's roots");
+    assert_eq!(roots.len(), 1, "one certificate in the file, nothing else");
+
+    // The certificate names localhost; through 127.0.0.1 verify-ca connects, encrypted.
+    let url = f.pg.primary_url() + "?sslmode=verify-ca";
+    let target = PgTarget::new(url.clone(), Some(f.ca_file.clone()));
+    let options = target.options().expect("options");
+    assert!(
+        options.get_socket().is_some(),
+        "through the pinned tunnel's socket, not sqlx's own TLS"
+    );
+    let mut conn = options
+        .connect()
+        .await
+        .expect("verify-ca connects whatever the name");
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .expect("pg_stat_ssl");
+    assert!(ssl, "the session is encrypted end to end");
+
+    // Another CA: refused, with the reason.
+    let wrong_ca = write_pem(&f.dir.0, "other-ca.pem", &authority("other").pem());
+    let err = PgTarget::new(url, Some(wrong_ca))
+        .options()
+        .expect("options")
+        .connect()
+        .await
+        .expect_err("another CA is refused");
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
 }

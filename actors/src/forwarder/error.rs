@@ -47,6 +47,11 @@ impl ForwardError {
     pub fn is_link(&self) -> bool {
         match self {
             Self::ConnectTimeout(_) => true,
+            // Class 08, connection exception: what the pinned TLS tunnel answers when it
+            // cannot reach the server or trust it (`pg/pinned.rs`).
+            Self::Database(sqlx::Error::Database(db)) => {
+                db.code().is_some_and(|code| code.starts_with("08"))
+            }
             Self::Database(e) => !matches!(
                 e,
                 sqlx::Error::Database(_)

@@ -178,6 +178,10 @@ pub struct Forwarder {
     /// The schema owner's URL for `migrate` and `token create`; unset: `primary_url`
     /// (fine in development, not on a real site: see docs/OPERATIONS.md).
     pub migrate_url: Option<String>,
+    /// `true` lets a primary that is not on this host be reached without
+    /// `sslmode=verify-full` (logged as a warning at every start). Default `false`.
+    #[serde(default)]
+    pub allow_weak_tls: bool,
     pub batch_size: usize,
     pub batch_max_bytes: usize,
     /// Failures of one transaction alone (not about the environment) before it is

@@ -60,7 +60,8 @@ fn a_bad_duration_is_named() {
 
 #[test]
 fn a_secondary_that_forwards_without_a_read_source_is_refused_naming_replica_url() {
-    let forwarder = "[forwarder]\nprimary_url = \"postgres://f@primary.example/opsdb\"\n";
+    let forwarder =
+        "[forwarder]\nprimary_url = \"postgres://f@primary.example/opsdb?sslmode=verify-full\"\n";
     let err = load_err(&format!("{SITE}{forwarder}"));
     assert!(err.starts_with("replica.url: must be set"), "{err}");
     assert!(err.contains("forwarder.primary_url"), "{err}");
@@ -96,6 +97,42 @@ fn the_staleness_limit_must_exceed_the_heartbeat_interval_and_the_error_names_bo
         "{SITE}[forwarder]\nheartbeat_interval = \"0s\"\n[replica]\nmax_staleness = \"1s\"\n"
     );
     Config::from_toml_str(&off).expect("heartbeat off");
+}
+
+#[test]
+fn a_remote_primary_needs_verify_full_unless_weak_tls_is_allowed_out_loud() {
+    let replica = "[replica]\nurl = \"postgres://r@127.0.0.1:5433/opsdb\"\n";
+    for url in [
+        "postgres://f@primary.example/opsdb",
+        "postgres://f@primary.example/opsdb?sslmode=prefer",
+        "postgres://f@primary.example/opsdb?sslmode=require",
+        "postgres://f@primary.example/opsdb?sslmode=verify-ca",
+        "postgres://f@10.1.2.3:5432/opsdb?sslmode=disable",
+    ] {
+        let forwarder = format!("[forwarder]\nprimary_url = \"{url}\"\n");
+        let err = load_err(&format!("{SITE}{forwarder}{replica}"));
+        assert!(err.starts_with("forwarder.primary_url: "), "{url}: {err}");
+        assert!(
+            err.contains("sslmode=verify-full") && err.contains("allow_weak_tls"),
+            "{err}"
+        );
+        let allowed = format!("{forwarder}allow_weak_tls = true\n");
+        Config::from_toml_str(&format!("{SITE}{allowed}{replica}")).expect("allowed out loud");
+    }
+    let migrate = "[forwarder]\nprimary_url = \"postgres://f@127.0.0.1/opsdb\"\n\
+                   migrate_url = \"postgres://o@primary.example/opsdb\"\n";
+    let err = load_err(&format!("{SITE}{migrate}{replica}"));
+    assert!(err.starts_with("forwarder.migrate_url: "), "{err}");
+    // On this host, any sslmode: the path never leaves it.
+    for url in [
+        "postgres://f@127.0.0.1:5432/opsdb",
+        "postgres://f@localhost/opsdb?sslmode=disable",
+        "postgres://f@[::1]:5432/opsdb",
+        "postgres://f@primary.example/opsdb?sslmode=verify-full",
+    ] {
+        let forwarder = format!("[forwarder]\nprimary_url = \"{url}\"\n");
+        Config::from_toml_str(&format!("{SITE}{forwarder}{replica}")).expect(url);
+    }
 }
 
 #[test]
@@ -200,7 +237,7 @@ fn check_config_shows_no_password() {
     let config = Config::from_toml_str(&format!(
         "{SITE}[redis]\nurl = \"redis://:redis-secret@127.0.0.1:6379\"\n\
          [forwarder]\nprimary_url = \"postgres://f:pg-secret@primary.example/opsdb?sslmode=verify-full\"\n\
-         migrate_url = \"postgres://o@primary.example/opsdb?password=owner-secret\"\n\
+         migrate_url = \"postgres://o@primary.example/opsdb?password=owner-secret&sslmode=verify-full\"\n\
          [replica]\nurl = \"postgres://r:replica-secret@127.0.0.1:5433/opsdb\"\n"
     ))
     .expect("valid");

@@ -103,6 +103,7 @@ impl Config {
                 }
             }
         }
+        self.validate_primary_tls()?;
         let ca_files = [
             (
                 "forwarder.ca_file",
@@ -117,6 +118,46 @@ impl Config {
             }
         }
         self.validate_read_source()
+    }
+
+    /// A primary that is not on this host is reached with `sslmode=verify-full` (the CA and
+    /// the host name checked), unless `forwarder.allow_weak_tls` says otherwise: `prefer`,
+    /// `require`, `verify-ca` or no `sslmode` at all let anyone on an 11,000 km path read
+    /// or alter what is forwarded, or answer as the primary.
+    pub(super) fn validate_primary_tls(&self) -> Result<(), ConfigError> {
+        if self.forwarder.allow_weak_tls {
+            return Ok(());
+        }
+        let urls = [
+            ("forwarder.primary_url", &self.forwarder.primary_url),
+            ("forwarder.migrate_url", &self.forwarder.migrate_url),
+        ];
+        for (key, url) in urls {
+            let Some(options) = url
+                .as_deref()
+                .and_then(|u| PgTarget::plain(u).options().ok())
+            else {
+                continue;
+            };
+            let local = options.get_socket().is_some() || is_loopback(options.get_host());
+            if !local
+                && !matches!(
+                    options.get_ssl_mode(),
+                    sqlx::postgres::PgSslMode::VerifyFull
+                )
+            {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{} is not on this host: add sslmode=verify-full to the URL (and \
+                         forwarder.ca_file), or set forwarder.allow_weak_tls = true to accept \
+                         a connection anyone on the path can read or impersonate",
+                        options.get_host()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A secondary that forwards needs a read source: only the replica tracker releases
@@ -237,6 +278,16 @@ impl Config {
 }
 
 /// The checks of a list of configured tokens (the config's, or a tokens file's).
+/// `localhost`, an address in 127.0.0.0/8, `::1`, or a Unix socket directory.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.starts_with('/')
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 pub fn validate_tokens(key: &'static str, tokens: &[super::Token]) -> Result<(), ConfigError> {
     for token in tokens {
         if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {

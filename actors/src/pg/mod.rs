@@ -4,13 +4,18 @@
 //!
 //! TLS is the URL's: `sslmode=verify-full` checks the server's certificate against the CA
 //! file and its name against the URL's host; `verify-ca` skips the name; `require` encrypts
-//! without checking who answers (as libpq). The CA file adds to the public web roots
-//! compiled into the binary, it does not replace them.
+//! without checking who answers (as libpq). With a CA file and `verify-full` or
+//! `verify-ca`, only that file's certificates are trusted: the connection goes through the
+//! pinned tunnel (`pinned.rs`), because sqlx's own TLS would add the public web roots to
+//! them. Without a CA file, `verify-full` checks against the public web roots compiled into
+//! the binary.
+
+pub mod pinned;
 
 use std::fmt;
 use std::path::PathBuf;
 
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct PgTarget {
@@ -33,13 +38,25 @@ impl PgTarget {
         Self::new(url, None)
     }
 
-    /// The connect options: the URL's, with the CA file.
+    /// The connect options: the URL's, with the CA file. With a CA file and `verify-full`
+    /// or `verify-ca`, the options of the pinned tunnel's socket (started at first use:
+    /// call this in a tokio runtime), which trusts that CA alone.
     pub fn options(&self) -> Result<PgConnectOptions, sqlx::Error> {
         let options: PgConnectOptions = self.url.parse()?;
-        Ok(match &self.ca_file {
-            Some(ca) => options.ssl_root_cert(ca),
-            None => options,
-        })
+        let Some(ca) = &self.ca_file else {
+            return Ok(options);
+        };
+        let check = match options.get_ssl_mode() {
+            PgSslMode::VerifyFull => pinned::Check::Full,
+            PgSslMode::VerifyCa => pinned::Check::CaOnly,
+            _ => return Ok(options.ssl_root_cert(ca)),
+        };
+        if options.get_socket().is_some() || options.get_host().starts_with('/') {
+            return Ok(options.ssl_root_cert(ca));
+        }
+        let dir = pinned::socket_dir(options.get_host(), options.get_port(), ca, check)
+            .map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
+        Ok(options.socket(dir).ssl_mode(PgSslMode::Disable))
     }
 
     /// A pool that connects on first use (a server down at start fails queries, not the
