@@ -70,8 +70,12 @@ pub enum TunnelError {
     },
 }
 
-/// Socket directories of the tunnels started so far.
-static TUNNELS: LazyLock<Mutex<HashMap<Key, PathBuf>>> = LazyLock::new(Mutex::default);
+/// The tunnels started so far: their socket directory and their accept loop (a tunnel
+/// whose runtime has gone, as a test's does, is started again).
+static TUNNELS: LazyLock<Mutex<HashMap<Key, Tunnel>>> = LazyLock::new(Mutex::default);
+
+/// A running tunnel: its socket directory and its accept loop.
+type Tunnel = (PathBuf, tokio::task::JoinHandle<()>);
 
 /// The directory of the Unix socket (`.s.PGSQL.<port>`) through which `host:port` is
 /// reached with only `ca_file` trusted; the tunnel is started if it is not running yet.
@@ -88,8 +92,10 @@ pub fn socket_dir(
         check,
     };
     let mut tunnels = TUNNELS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(dir) = tunnels.get(&key) {
-        return Ok(dir.clone());
+    if let Some((dir, task)) = tunnels.get(&key) {
+        if !task.is_finished() {
+            return Ok(dir.clone());
+        }
     }
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| TunnelError::NoRuntime)?;
     let dir = std::env::temp_dir().join(format!(
@@ -113,8 +119,8 @@ pub fn socket_dir(
         let _entered = runtime.enter();
         UnixListener::bind(&path).map_err(socket_error)?
     };
-    runtime.spawn(serve(listener, Arc::new(key.clone())));
-    tunnels.insert(key, dir.clone());
+    let task = runtime.spawn(serve(listener, Arc::new(key.clone())));
+    tunnels.insert(key, (dir.clone(), task));
     Ok(dir)
 }
 
