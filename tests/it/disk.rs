@@ -104,6 +104,8 @@ async fn writes_stop_short_of_a_full_disk_and_resume_when_it_has_room() {
         },
     )
     .await;
+    let health = app.get("/health").await.body;
+    assert_eq!(health["status"], "degraded", "writes refused: {health}");
     let free = full["free_bytes"].as_u64().expect("free bytes");
     let aof = full["aof_bytes"].as_u64().expect("aof bytes");
     assert!(free < aof + MIN_DISK_FREE, "{full}");

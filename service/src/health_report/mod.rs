@@ -163,11 +163,14 @@ impl HealthReport {
             .collect();
         let replica = ReplicaReport::gather(state);
         let history = tree.history.view();
+        let storage = tree.buffer_memory.storage_view();
+        let refusing = storage.refusing_writes || tree.buffer_memory.view().refusing_writes;
         let doubts = replica
             .as_ref()
             .and_then(|r| r.freshness.as_ref())
             .is_some_and(|f| f.verdict == "stale")
-            || !history.consistent;
+            || !history.consistent
+            || refusing;
         let resend_window = redis.window.map(|(entries, bytes, oldest)| WindowView {
             entries,
             bytes,
@@ -193,7 +196,7 @@ impl HealthReport {
             },
             transaction_buffer: TransactionBuffer::gather(state, &redis),
             redis_durability: Some(redis.durability),
-            redis_storage: Some(tree.buffer_memory.storage_view()),
+            redis_storage: Some(storage),
             background_processor: ProcessorState::of(forwarder_state.as_ref()),
             forwarder: ForwarderReport::gather(state),
             replica,

@@ -11,9 +11,10 @@ use utoipa::ToSchema;
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
     Healthy,
-    /// Writes are taken, but Redis is not durable (`redis_durability.problems` says why),
-    /// the replica is stale (`replica.freshness`) or the primary's history is in doubt
-    /// (`history.consistent` is false).
+    /// Redis answers, but it is not durable (`redis_durability.problems` says why), writes
+    /// are refused for its memory or disk (`transaction_buffer.memory.refusing_writes`,
+    /// `redis_storage.refusing_writes`), the replica is stale (`replica.freshness`) or the
+    /// primary's history is in doubt (`history.consistent` is false).
     Degraded,
     /// Redis does not answer, or the ingest actors (ingest, buffer) do not run.
     Unhealthy,
@@ -23,8 +24,8 @@ pub enum HealthStatus {
 
 impl HealthStatus {
     /// The rule: unhealthy when writes cannot be taken, degraded when they can but something
-    /// is not `sound` (Redis not durable, the replica stale, the history in doubt), healthy
-    /// otherwise.
+    /// is not `sound` (Redis not durable, writes refused for memory or disk, the replica
+    /// stale, the history in doubt), healthy otherwise.
     pub fn judge(redis_reachable: bool, ingest_running: bool, sound: bool) -> Self {
         if !redis_reachable || !ingest_running {
             Self::Unhealthy

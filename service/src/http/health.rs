@@ -35,7 +35,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 
 #[utoipa::path(get, path = "/health", tag = "health",
     summary = "The service's health",
-    description = "`status` (`healthy`, `degraded`: Redis not durable, the replica stale or its history in doubt, `unhealthy`: Redis down or \
+    description = "`status` (`healthy`, `degraded`: Redis not durable, writes refused for its memory or disk, the replica stale or its history in doubt, `unhealthy`: Redis down or \
         the ingest actors not running), Redis and its durability and disk, the buffer, the \
         database link, the forwarder, the replica, the events, the model registry, the token \
         sources, each actor's state and the supervision tree. The periodic `health` event \
