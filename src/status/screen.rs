@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use ops_db_service::health_report::{
     ActorHealth, ActorState, ActorStatus, ActorsReport, Failure, ForwarderReport, HealthReport,
-    HistoryView, ReplicaReport, Role, TransactionBuffer,
+    HistoryView, RegistryReport, ReplicaReport, Role, TransactionBuffer,
 };
 use serde::Serialize;
 
@@ -35,6 +35,9 @@ pub fn render(sample: &Sample, now: SystemTime) -> String {
     // `/health/actors` and `/health` both carry it; either will do.
     let replica_report = h.replica.as_ref().or(sample.actors.replica.as_ref());
     lines.push(field("replica", &replica(replica_report)));
+    if let Some(registry) = &h.registry {
+        lines.push(field("registry", &registry_line(registry)));
+    }
     if let Some(doubt) = h.history.as_ref().and_then(history) {
         lines.push(field("history", &doubt));
     }
@@ -151,6 +154,19 @@ fn replica(r: Option<&ReplicaReport>) -> String {
         }
         Some(f) => line.push_str(&format!("; {}", f.verdict)),
         None => {}
+    }
+    line
+}
+
+/// The model registry: how many tables, from where, what was left out, the last error.
+fn registry_line(r: &RegistryReport) -> String {
+    let mut line = format!("{} tables from {}", r.tables, word(&r.source));
+    if !r.skipped.is_empty() {
+        let names: Vec<&str> = r.skipped.iter().map(|s| s.table.as_str()).collect();
+        line.push_str(&format!("; skipped {}", names.join(", ")));
+    }
+    if let Some(error) = &r.error {
+        line.push_str(&format!("; last read failed: {}", one_line(error)));
     }
     line
 }

@@ -310,7 +310,7 @@ fn lines_are_cut_to_the_width_with_an_ellipsis() {
 }
 
 #[test]
-fn a_stale_replica_and_a_history_in_doubt_are_on_the_screen() {
+fn the_registry_a_stale_replica_and_a_history_in_doubt_are_on_the_screen() {
     let (mut health, actors) = wan_cut();
     health["replica"]["freshness"] = json!({
         "verdict": "stale", "reason": "replay_stalled", "source": "replica",
@@ -326,9 +326,21 @@ fn a_stale_replica_and_a_history_in_doubt_are_on_the_screen() {
         "unconfirmed": {"missing": 100, "sample": [], "since": "2026-12-05T14:00:00Z"},
         "lost": {"missing": 7, "sample": [], "since": "2026-12-05T14:00:00Z"}
     });
+    health["registry"] = json!({
+        "tables": 4, "source": "stored_copy", "read_at": null,
+        "skipped": [{"table": "obs_view", "reason": "not a table"}],
+        "error": "connection refused"
+    });
     let screen = render(&sample(true, &[], health.clone(), actors.clone()), now());
     assert_fits(&screen);
     assert!(screen.contains("; STALE (replay_stalled)\n"), "{screen}");
+    assert!(
+        screen.contains(
+            "registry   4 tables from stored_copy; skipped obs_view; last read failed: \
+             connection refused\n"
+        ),
+        "{screen}"
+    );
     assert!(
         screen.contains(
             "history    IN DOUBT: 100 not confirmed, 7 lost, primary timeline 1 -> 2; see the \
