@@ -350,6 +350,21 @@ async fn the_resend_window_stays_within_its_bytes_and_counts_them() {
         .sum();
     assert_eq!(counted as usize, held, "the count is the entries' bytes");
     assert!(counted <= 20_000, "{counted} bytes kept");
+    let usage: u64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(keys.sent())
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(&mut redis)
+        .await
+        .expect("MEMORY USAGE");
+    println!(
+        "resend window: {} start-observations, {counted} bytes counted ({} per entry), \
+         MEMORY USAGE {usage} ({} per entry)",
+        entries.len(),
+        counted as usize / entries.len(),
+        usage as usize / entries.len()
+    );
     assert!(
         entries.len() > 20 && entries.len() < 300,
         "{} kept",
