@@ -6,12 +6,14 @@
 
 pub mod config;
 pub mod db;
+pub mod descriptors;
 pub mod health_report;
 #[cfg(any(test, feature = "proptest"))]
 pub mod hostile;
 pub mod http;
 pub mod operations;
 pub mod ops;
+pub mod peers;
 pub mod redis_probe;
 pub mod shutdown;
 pub mod startup;

@@ -18,8 +18,13 @@
 //! line, or any request whose token passes), its lines may be at most
 //! `tcp.unauthenticated_line_bytes`, so a stranger cannot make the service buffer a large
 //! body; afterwards up to `tcp.max_line_bytes`, and a request without a token uses the
-//! connection's. At most `tcp.max_connections` are served at once (one more gets a 503
-//! line and is closed), and one silent for `tcp.idle_timeout` gets a 408 line and is closed.
+//! connection's. At most `tcp.max_connections` are served at once, at most
+//! `tcp.max_connections_per_peer` from one IP address, and at most `tcp.max_unauthenticated`
+//! without a valid token yet (half of them from one address: `admit`); one more gets a 503
+//! `too_many_connections` line and is closed. One without a valid token `tcp.auth_timeout`
+//! after its accept gets a 401 `auth_timeout` line and is closed, whatever it sent (blank
+//! lines and refused tokens included); one silent for `tcp.idle_timeout` gets a 408 line and
+//! is closed.
 //!
 //! On the stop, a connection answers the line it is handling, answers each line already
 //! received behind it with `503 shutting_down` (not started, nothing stored) and closes with
@@ -30,10 +35,8 @@ use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use std::sync::Arc;
-
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +50,9 @@ use crate::shutdown;
 use crate::ops::{self, ApiError};
 use crate::submit::{submit, Received};
 
+mod admit;
 mod key;
+use admit::{Admission, Held};
 pub(crate) use key::LineKey;
 
 /// One request line.
@@ -76,8 +81,7 @@ const AUTH_OP: &str = "auth";
 /// and closes it (see `crate::shutdown`), and returns once every connection is gone or
 /// `shutdown.grace` has passed.
 pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) {
-    let max = state.config.tcp.max_connections;
-    let slots = Arc::new(Semaphore::new(max));
+    let admission = Admission::new(&state.config.tcp);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -85,18 +89,20 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                    tracing::warn!(%peer, max, "tcp connection refused: too many");
-                    tokio::spawn(refuse(stream, max));
-                    continue;
+                let held = match admission.admit(peer.ip()) {
+                    Ok(held) => held,
+                    Err(why) => {
+                        tracing::warn!(%peer, why, "tcp connection refused");
+                        tokio::spawn(refuse(stream, why));
+                        continue;
+                    }
                 };
                 let state = state.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
-                    // Held for the connection's life: its slot among `max_connections`.
-                    let _slot = slot;
                     tracing::debug!(%peer, "tcp client connected");
-                    connection(stream, state, stop).await;
+                    // `held`: the connection's slots, for its life.
+                    connection(stream, state, stop, held).await;
                     tracing::debug!(%peer, "tcp client gone");
                 });
             }
@@ -109,18 +115,19 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
     }
     // New connections are refused from here on, not left in the backlog.
     drop(listener);
-    if !shutdown::connections_closed(&slots, max, state.config.shutdown.grace).await {
+    let (slots, max) = (&admission.total, admission.max_total);
+    if !shutdown::connections_closed(slots, max, state.config.shutdown.grace).await {
         tracing::warn!("tcp connections still open after the grace period");
     }
 }
 
 /// One error line, then close: the client learns why rather than seeing a reset.
-async fn refuse(stream: TcpStream, max: usize) {
+async fn refuse(stream: TcpStream, message: String) {
     use tokio::io::AsyncWriteExt;
     let mut err = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "too_many_connections",
-        format!("at most {max} connections are served at once; retry later"),
+        message,
     );
     err.retry_after = Some(ops::RETRY_AFTER_UNAVAILABLE);
     // No line was read: nothing was stored.
@@ -132,21 +139,31 @@ async fn refuse(stream: TcpStream, max: usize) {
     }
 }
 
-async fn connection(stream: TcpStream, state: AppState, stop: CancellationToken) {
+async fn connection(stream: TcpStream, state: AppState, stop: CancellationToken, mut held: Held) {
     let _ = stream.set_nodelay(true);
     let tcp = &state.config.tcp;
     let codec = LinesCodec::new_with_max_length(tcp.unauthenticated_line_bytes);
     let mut framed = Framed::new(stream, codec);
     // The valid token this connection presented, if any.
     let mut token: Option<String> = None;
+    // From the accept: nothing the client sends extends it.
+    let auth_deadline = Instant::now() + tcp.auth_timeout;
     loop {
+        let idle_deadline = Instant::now() + tcp.idle_timeout;
+        let deadline = match token {
+            None => idle_deadline.min(auth_deadline),
+            Some(_) => idle_deadline,
+        };
         let line = tokio::select! {
             // Once stopping, no new request is started, even one already received.
             biased;
             () = stop.cancelled() => return refuse_received(framed).await,
-            line = tokio::time::timeout(tcp.idle_timeout, framed.next()) => line,
+            line = tokio::time::timeout_at(deadline, framed.next()) => line,
         };
         let (reply, close) = match line {
+            Err(_) if token.is_none() && Instant::now() >= auth_deadline => {
+                (error_reply(None, &auth_timeout(tcp.auth_timeout)), true)
+            }
             Err(_idle) => (error_reply(None, &idle(tcp.idle_timeout)), true),
             Ok(None) => return,
             Ok(Some(Ok(line))) if line.trim().is_empty() => continue,
@@ -156,6 +173,7 @@ async fn connection(stream: TcpStream, state: AppState, stop: CancellationToken)
                     // Lines from now on may be as long as any request.
                     *framed.codec_mut() = LinesCodec::new_with_max_length(tcp.max_line_bytes);
                     token = valid;
+                    held.authenticated();
                 }
                 (reply, false)
             }
@@ -213,6 +231,18 @@ fn shutting_down() -> ApiError {
     err.retry_after = Some(ops::RETRY_AFTER_UNAVAILABLE);
     err.stored = Some(ops::Stored::No);
     err
+}
+
+/// The answer to a connection without a valid token at its deadline, before closing.
+fn auth_timeout(after: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "auth_timeout",
+        format!(
+            "no valid token within {} of connecting; closing the connection (send {{\"op\": \"auth\", \"token\": ...}} first thing)",
+            humantime::format_duration(after)
+        ),
+    )
 }
 
 fn idle(after: std::time::Duration) -> ApiError {
