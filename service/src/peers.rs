@@ -9,11 +9,37 @@
 //!   connect from distinct addresses of `127.0.0.0/8`;
 //! - a slot is given back when its [`PeerSlot`] is dropped, however the connection ends;
 //! - the map holds an entry only while a slot of its address is held, so it is bounded by
-//!   the facade's own connection cap.
+//!   the facade's own connection cap;
+//! - at most [`MAX_REFUSING`] refused connections are being answered at once ([`Refusals`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Refused connections being answered at once, per facade: each holds its descriptor while
+/// its answer is written and read (up to a few seconds). Beyond, a refused connection is
+/// closed at once without an answer, so a flood over the caps cannot spend the descriptors.
+pub const MAX_REFUSING: usize = 64;
+
+/// The refusals being answered (at most [`MAX_REFUSING`]).
+#[derive(Debug, Clone)]
+pub struct Refusals(Arc<Semaphore>);
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Self(Arc::new(Semaphore::new(MAX_REFUSING)))
+    }
+}
+
+impl Refusals {
+    /// A turn to answer one refused connection, held while it is answered; `None`: close
+    /// it at once.
+    pub fn try_start(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.0).try_acquire_owned().ok()
+    }
+}
 
 /// The slots held, per address, against one cap.
 #[derive(Debug)]
@@ -111,6 +137,16 @@ mod tests {
         assert_eq!(peers.held(ip("10.0.0.1")), 0);
         assert!(peers.held.lock().expect("lock").is_empty());
         assert!(peers.try_acquire(ip("10.0.0.1")).is_some());
+    }
+
+    #[test]
+    fn at_most_max_refusing_refusals_are_answered_at_once() {
+        let refusals = Refusals::default();
+        let turns: Vec<_> = (0..MAX_REFUSING).map(|_| refusals.try_start()).collect();
+        assert!(turns.iter().all(Option::is_some));
+        assert!(refusals.try_start().is_none(), "the next is closed at once");
+        drop(turns);
+        assert!(refusals.try_start().is_some());
     }
 
     #[test]

@@ -45,6 +45,7 @@ use axum::http::StatusCode;
 use crate::config::{Scope, Tcp};
 use crate::http::AppState;
 use crate::operations::{self, OperationSpec, OPERATIONS};
+use crate::peers::Refusals;
 use crate::shutdown;
 
 use crate::ops::{self, ApiError};
@@ -82,6 +83,7 @@ const AUTH_OP: &str = "auth";
 /// `shutdown.grace` has passed.
 pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) {
     let admission = Admission::new(&state.config.tcp);
+    let refusals = Refusals::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -93,7 +95,13 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
                     Ok(held) => held,
                     Err(why) => {
                         tracing::warn!(%peer, why, "tcp connection refused");
-                        tokio::spawn(refuse(stream, why));
+                        // Answered unless too many are being answered already.
+                        if let Some(turn) = refusals.try_start() {
+                            tokio::spawn(async move {
+                                refuse(stream, why).await;
+                                drop(turn);
+                            });
+                        }
                         continue;
                     }
                 };

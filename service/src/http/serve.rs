@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Http;
 use crate::ops::{ApiError, RETRY_AFTER_UNAVAILABLE};
-use crate::peers::Peers;
+use crate::peers::{Peers, Refusals};
 use crate::shutdown;
 
 /// Serves `router` on `listener` until `stop`; then stops accepting, lets the requests in
@@ -38,6 +38,7 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let peers = Peers::new(config.max_connections_per_peer);
+    let refusals = Refusals::default();
     let service = TowerToHyperService::new(router);
     loop {
         let accepted = tokio::select! {
@@ -56,22 +57,18 @@ pub async fn serve(
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             let max = config.max_connections;
             tracing::warn!(%peer, max, "http connection refused: too many");
-            tokio::spawn(refuse(
-                stream,
-                format!("at most {max} connections are served at once; retry later"),
-            ));
+            let why = format!("at most {max} connections are served at once; retry later");
+            refuse(&refusals, stream, why);
             continue;
         };
         let Some(peer_slot) = peers.try_acquire(peer.ip()) else {
             let max = peers.max();
             tracing::warn!(%peer, max, "http connection refused: too many from one address");
-            tokio::spawn(refuse(
-                stream,
-                format!(
-                    "at most {max} connections are served at once from one address ({}); retry later",
-                    peer.ip()
-                ),
-            ));
+            let why = format!(
+                "at most {max} connections are served at once from one address ({}); retry later",
+                peer.ip()
+            );
+            refuse(&refusals, stream, why);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -110,8 +107,19 @@ fn log_end(ended: Result<(), hyper::Error>) {
     }
 }
 
+/// Answers a refused connection in a task of its own, or closes it at once when
+/// [`crate::peers::MAX_REFUSING`] are being answered already.
+fn refuse(refusals: &Refusals, stream: TcpStream, why: String) {
+    if let Some(turn) = refusals.try_start() {
+        tokio::spawn(async move {
+            answer_refused(stream, why).await;
+            drop(turn);
+        });
+    }
+}
+
 /// A 503 JSON answer, then close: the client learns why rather than seeing a reset.
-async fn refuse(mut stream: TcpStream, message: String) {
+async fn answer_refused(mut stream: TcpStream, message: String) {
     let mut err = ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "too_many_connections",
