@@ -52,8 +52,10 @@ use crate::ops::{self, ApiError};
 use crate::submit::{submit, Received};
 
 mod admit;
+mod close;
 mod key;
 use admit::{Admission, Held};
+use close::{close_gracefully, refuse, refuse_received};
 pub(crate) use key::LineKey;
 
 /// One request line.
@@ -129,24 +131,6 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
     }
 }
 
-/// One error line, then close: the client learns why rather than seeing a reset.
-async fn refuse(stream: TcpStream, message: String) {
-    use tokio::io::AsyncWriteExt;
-    let mut err = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too_many_connections",
-        message,
-    );
-    err.retry_after = Some(ops::RETRY_AFTER_UNAVAILABLE);
-    // No line was read: nothing was stored.
-    err.stored = Some(ops::Stored::No);
-    let mut stream = stream;
-    let line = format!("{}\n", error_reply(None, &err));
-    if stream.write_all(line.as_bytes()).await.is_ok() {
-        close_gracefully(stream).await;
-    }
-}
-
 async fn connection(stream: TcpStream, state: AppState, stop: CancellationToken, mut held: Held) {
     let _ = stream.set_nodelay(true);
     let tcp = &state.config.tcp;
@@ -197,48 +181,6 @@ async fn connection(stream: TcpStream, state: AppState, stop: CancellationToken,
             return close_gracefully(framed.into_inner()).await;
         }
     }
-}
-
-/// Most lines received before the stop that are answered `503 shutting_down`; a client
-/// that sent more learns of the stop from the connection's end.
-const MAX_REFUSED_AT_STOP: usize = 1024;
-
-/// At the stop, between requests: answers each line already received (none is started:
-/// each gets a `503 shutting_down`, nothing stored), then closes with a FIN. A client that
-/// pipelines thus gets an answer for every line the service read, and the replies already
-/// sent are never destroyed by a reset.
-async fn refuse_received(mut framed: Framed<TcpStream, LinesCodec>) {
-    use futures::FutureExt as _;
-    for _ in 0..MAX_REFUSED_AT_STOP {
-        // Only what has arrived: the stop waits for no client.
-        let Some(Some(Ok(line))) = framed.next().now_or_never() else {
-            break;
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let request_id = serde_json::from_str::<Value>(&line)
-            .ok()
-            .and_then(|v| v.get("request_id").cloned());
-        let reply = error_reply(request_id, &shutting_down());
-        if framed.send(reply.to_string()).await.is_err() {
-            return;
-        }
-    }
-    close_gracefully(framed.into_inner()).await;
-}
-
-/// The answer to a request received as the service stops.
-fn shutting_down() -> ApiError {
-    let mut err = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "shutting_down",
-        "the service is stopping and did not start this request: nothing was stored; retry \
-         (with the same idempotency key) once it is back",
-    );
-    err.retry_after = Some(ops::RETRY_AFTER_UNAVAILABLE);
-    err.stored = Some(ops::Stored::No);
-    err
 }
 
 /// The answer to a connection without a valid token at its deadline, before closing.
@@ -298,23 +240,6 @@ pub(crate) fn not_utf8() -> ApiError {
         "malformed_line",
         "the line is not UTF-8; closing the connection",
     )
-}
-
-/// Closes after an error line so that the client reads it: closing a socket with unread
-/// input sends a reset, which can destroy the reply in flight. So: send FIN, then discard
-/// what the client still sends, for a moment.
-async fn close_gracefully(mut stream: TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = stream.shutdown().await;
-    let mut sink = [0u8; 8192];
-    let drain = async {
-        while let Ok(n) = stream.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
 }
 
 pub(crate) fn error_reply(request_id: Option<Value>, err: &ApiError) -> Value {
