@@ -160,16 +160,15 @@ fn the_units_directories_and_limits_fit_the_summit_config() {
         std::path::Path::new(unit.one("Service", "WorkingDirectory")),
         state
     );
-    // One descriptor per connection, and room for Redis, PostgreSQL, websockets and files.
-    let nofile: usize = unit
+    // One descriptor per connection and websocket client, and room for Redis, PostgreSQL
+    // and files: the service refuses to start below that (`descriptors::check`).
+    let nofile: u64 = unit
         .one("Service", "LimitNOFILE")
         .parse()
         .expect("a number");
-    let connections = config.http.max_connections + config.tcp.max_connections;
-    assert!(
-        nofile >= connections + 256,
-        "LimitNOFILE={nofile} for {connections} connections"
-    );
+    if let Err(why) = ops_db_service::descriptors::check(&config, nofile) {
+        panic!("LimitNOFILE={nofile}: {why}");
+    }
     // The ordered shutdown: HTTP's grace (10 s), then the actors (at most 30 s).
     let stop =
         humantime::parse_duration(unit.one("Service", "TimeoutStopSec")).expect("TimeoutStopSec");

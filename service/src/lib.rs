@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod db;
+pub mod descriptors;
 pub mod health_report;
 #[cfg(any(test, feature = "proptest"))]
 pub mod hostile;
@@ -13,6 +14,7 @@ pub mod http;
 pub mod log_limit;
 pub mod operations;
 pub mod ops;
+pub mod peers;
 pub mod redis_probe;
 pub mod shutdown;
 pub mod startup;

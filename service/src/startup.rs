@@ -139,6 +139,9 @@ fn registry_refresher(
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        if let Some(limit) = crate::descriptors::soft_limit() {
+            crate::descriptors::check(&config, limit).map_err(anyhow::Error::msg)?;
+        }
         for (key, file) in [
             ("forwarder.ca_file", &config.forwarder.ca_file),
             ("replica.ca_file", &config.replica.ca_file),
@@ -242,6 +245,7 @@ impl Application {
             registry,
             write_timeout: config.http.request_timeout,
             metrics: Arc::new(metrics),
+            events_clients: Arc::new(tokio::sync::Semaphore::new(config.events.max_clients)),
             config: Arc::new(config),
         };
         Ok(Self {

@@ -18,8 +18,13 @@
 //! line, or any request whose token passes), its lines may be at most
 //! `tcp.unauthenticated_line_bytes`, so a stranger cannot make the service buffer a large
 //! body; afterwards up to `tcp.max_line_bytes`, and a request without a token uses the
-//! connection's. At most `tcp.max_connections` are served at once (one more gets a 503
-//! line and is closed), and one silent for `tcp.idle_timeout` gets a 408 line and is closed.
+//! connection's. At most `tcp.max_connections` are served at once, at most
+//! `tcp.max_connections_per_peer` from one IP address, and at most `tcp.max_unauthenticated`
+//! without a valid token yet (half of them from one address: `admit`); one more gets a 503
+//! `too_many_connections` line and is closed. One without a valid token `tcp.auth_timeout`
+//! after its accept gets a 401 `auth_timeout` line and is closed, whatever it sent (blank
+//! lines and refused tokens included); one silent for `tcp.idle_timeout` gets a 408 line and
+//! is closed.
 //!
 //! On the stop, a connection answers the line it is handling, answers each line already
 //! received behind it with `503 shutting_down` (not started, nothing stored) and closes with
@@ -30,10 +35,8 @@ use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use std::sync::Arc;
-
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
@@ -42,12 +45,17 @@ use axum::http::StatusCode;
 use crate::config::{Scope, Tcp};
 use crate::http::AppState;
 use crate::operations::{self, OperationSpec, OPERATIONS};
+use crate::peers::Refusals;
 use crate::shutdown;
 
 use crate::ops::{self, ApiError};
 use crate::submit::{submit, Received};
 
+mod admit;
+mod close;
 mod key;
+use admit::{Admission, Held};
+use close::{close_gracefully, refuse, refuse_received};
 pub(crate) use key::LineKey;
 
 /// One request line.
@@ -76,8 +84,8 @@ const AUTH_OP: &str = "auth";
 /// and closes it (see `crate::shutdown`), and returns once every connection is gone or
 /// `shutdown.grace` has passed.
 pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationToken) {
-    let max = state.config.tcp.max_connections;
-    let slots = Arc::new(Semaphore::new(max));
+    let admission = Admission::new(&state.config.tcp);
+    let refusals = Refusals::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -85,18 +93,26 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                    tracing::warn!(%peer, max, "tcp connection refused: too many");
-                    tokio::spawn(refuse(stream, max));
-                    continue;
+                let held = match admission.admit(peer.ip()) {
+                    Ok(held) => held,
+                    Err(why) => {
+                        tracing::warn!(%peer, why, "tcp connection refused");
+                        // Answered unless too many are being answered already.
+                        if let Some(turn) = refusals.try_start() {
+                            tokio::spawn(async move {
+                                refuse(stream, why).await;
+                                drop(turn);
+                            });
+                        }
+                        continue;
+                    }
                 };
                 let state = state.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
-                    // Held for the connection's life: its slot among `max_connections`.
-                    let _slot = slot;
                     tracing::debug!(%peer, "tcp client connected");
-                    connection(stream, state, stop).await;
+                    // `held`: the connection's slots, for its life.
+                    connection(stream, state, stop, held).await;
                     tracing::debug!(%peer, "tcp client gone");
                 });
             }
@@ -109,44 +125,37 @@ pub async fn serve(listener: TcpListener, state: AppState, stop: CancellationTok
     }
     // New connections are refused from here on, not left in the backlog.
     drop(listener);
-    if !shutdown::connections_closed(&slots, max, state.config.shutdown.grace).await {
+    let (slots, max) = (&admission.total, admission.max_total);
+    if !shutdown::connections_closed(slots, max, state.config.shutdown.grace).await {
         tracing::warn!("tcp connections still open after the grace period");
     }
 }
 
-/// One error line, then close: the client learns why rather than seeing a reset.
-async fn refuse(stream: TcpStream, max: usize) {
-    use tokio::io::AsyncWriteExt;
-    let mut err = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too_many_connections",
-        format!("at most {max} connections are served at once; retry later"),
-    );
-    err.retry_after = Some(ops::RETRY_AFTER_UNAVAILABLE);
-    // No line was read: nothing was stored.
-    err.stored = Some(ops::Stored::No);
-    let mut stream = stream;
-    let line = format!("{}\n", error_reply(None, &err));
-    if stream.write_all(line.as_bytes()).await.is_ok() {
-        close_gracefully(stream).await;
-    }
-}
-
-async fn connection(stream: TcpStream, state: AppState, stop: CancellationToken) {
+async fn connection(stream: TcpStream, state: AppState, stop: CancellationToken, mut held: Held) {
     let _ = stream.set_nodelay(true);
     let tcp = &state.config.tcp;
     let codec = LinesCodec::new_with_max_length(tcp.unauthenticated_line_bytes);
     let mut framed = Framed::new(stream, codec);
     // The valid token this connection presented, if any.
     let mut token: Option<String> = None;
+    // From the accept: nothing the client sends extends it.
+    let auth_deadline = Instant::now() + tcp.auth_timeout;
     loop {
+        let idle_deadline = Instant::now() + tcp.idle_timeout;
+        let deadline = match token {
+            None => idle_deadline.min(auth_deadline),
+            Some(_) => idle_deadline,
+        };
         let line = tokio::select! {
             // Once stopping, no new request is started, even one already received.
             biased;
             () = stop.cancelled() => return refuse_received(framed).await,
-            line = tokio::time::timeout(tcp.idle_timeout, framed.next()) => line,
+            line = tokio::time::timeout_at(deadline, framed.next()) => line,
         };
         let (reply, close) = match line {
+            Err(_) if token.is_none() && Instant::now() >= auth_deadline => {
+                (error_reply(None, &auth_timeout(tcp.auth_timeout)), true)
+            }
             Err(_idle) => (error_reply(None, &idle(tcp.idle_timeout)), true),
             Ok(None) => return,
             Ok(Some(Ok(line))) if line.trim().is_empty() => continue,
@@ -156,6 +165,7 @@ async fn connection(stream: TcpStream, state: AppState, stop: CancellationToken)
                     // Lines from now on may be as long as any request.
                     *framed.codec_mut() = LinesCodec::new_with_max_length(tcp.max_line_bytes);
                     token = valid;
+                    held.authenticated();
                 }
                 (reply, false)
             }
@@ -173,46 +183,16 @@ async fn connection(stream: TcpStream, state: AppState, stop: CancellationToken)
     }
 }
 
-/// Most lines received before the stop that are answered `503 shutting_down`; a client
-/// that sent more learns of the stop from the connection's end.
-const MAX_REFUSED_AT_STOP: usize = 1024;
-
-/// At the stop, between requests: answers each line already received (none is started:
-/// each gets a `503 shutting_down`, nothing stored), then closes with a FIN. A client that
-/// pipelines thus gets an answer for every line the service read, and the replies already
-/// sent are never destroyed by a reset.
-async fn refuse_received(mut framed: Framed<TcpStream, LinesCodec>) {
-    use futures::FutureExt as _;
-    for _ in 0..MAX_REFUSED_AT_STOP {
-        // Only what has arrived: the stop waits for no client.
-        let Some(Some(Ok(line))) = framed.next().now_or_never() else {
-            break;
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let request_id = serde_json::from_str::<Value>(&line)
-            .ok()
-            .and_then(|v| v.get("request_id").cloned());
-        let reply = error_reply(request_id, &shutting_down());
-        if framed.send(reply.to_string()).await.is_err() {
-            return;
-        }
-    }
-    close_gracefully(framed.into_inner()).await;
-}
-
-/// The answer to a request received as the service stops.
-fn shutting_down() -> ApiError {
-    let mut err = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "shutting_down",
-        "the service is stopping and did not start this request: nothing was stored; retry \
-         (with the same idempotency key) once it is back",
-    );
-    err.retry_after = Some(ops::RETRY_AFTER_UNAVAILABLE);
-    err.stored = Some(ops::Stored::No);
-    err
+/// The answer to a connection without a valid token at its deadline, before closing.
+fn auth_timeout(after: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "auth_timeout",
+        format!(
+            "no valid token within {} of connecting; closing the connection (send {{\"op\": \"auth\", \"token\": ...}} first thing)",
+            humantime::format_duration(after)
+        ),
+    )
 }
 
 fn idle(after: std::time::Duration) -> ApiError {
@@ -260,23 +240,6 @@ pub(crate) fn not_utf8() -> ApiError {
         "malformed_line",
         "the line is not UTF-8; closing the connection",
     )
-}
-
-/// Closes after an error line so that the client reads it: closing a socket with unread
-/// input sends a reset, which can destroy the reply in flight. So: send FIN, then discard
-/// what the client still sends, for a moment.
-async fn close_gracefully(mut stream: TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = stream.shutdown().await;
-    let mut sink = [0u8; 8192];
-    let drain = async {
-        while let Ok(n) = stream.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
 }
 
 pub(crate) fn error_reply(request_id: Option<Value>, err: &ApiError) -> Value {

@@ -53,13 +53,14 @@ pub async fn run(
     for (number, (label, enabled, clients)) in phases.into_iter().enumerate() {
         empty(&redis.url()).await?;
         let config = Config::from_toml_str(&format!(
-            "[site]\nname = \"bench-events\"\n[http]\nlisten = \"127.0.0.1:0\"\nmax_connections = {}\n\
+            "[site]\nname = \"bench-events\"\n[http]\nlisten = \"127.0.0.1:0\"\nmax_connections = {cap}\n\
+             max_connections_per_peer = {cap}\n\
              [tcp]\nlisten = \"127.0.0.1:0\"\n[redis]\nurl = \"{}\"\n\
-             [buffer]\nmax_buffered = 100000000\n[events]\nenabled = {enabled}\n\
+             [buffer]\nmax_buffered = 100000000\n[events]\nenabled = {enabled}\nmax_clients = {cap}\n\
              [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\", \"read\"] }}]\n",
-            clients + writers + 64,
             redis.url(),
-            token::hash(&secret)
+            token::hash(&secret),
+            cap = clients + writers + 64,
         ))?;
         let rate = phase(
             number + 1,

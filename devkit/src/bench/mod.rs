@@ -117,8 +117,8 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The service's configuration in a benchmark: site `site`, HTTP and TCP on free ports, the
-/// Redis at `redis_url`, one write token (`secret`), room for 100,000,000 buffered
+/// The service's configuration in a benchmark: site `site`, HTTP and TCP on free ports (every
+/// client is 127.0.0.1: its per-peer caps are the whole caps), the Redis at `redis_url`, one write token (`secret`), room for 100,000,000 buffered
 /// transactions; `sections` adds TOML sections (`[forwarder]`, `[replica]`, ...).
 pub(crate) fn service_config(
     site: &str,
@@ -127,7 +127,8 @@ pub(crate) fn service_config(
     sections: &str,
 ) -> anyhow::Result<Config> {
     Ok(Config::from_toml_str(&format!(
-        "[site]\nname = \"{site}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
+        "[site]\nname = \"{site}\"\n[http]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_peer = 512\n\
+         [tcp]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_peer = 256\n\
          [redis]\nurl = \"{redis_url}\"\n[buffer]\nmax_buffered = 100000000\n{sections}\
          [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\", \"read\"] }}]\n",
         token::hash(secret)

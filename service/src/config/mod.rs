@@ -117,6 +117,9 @@ pub struct Http {
     /// A request's body must arrive within this.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// Connections served at once from one IP address (loopback included); one more gets
+    /// a 503 and is closed.
+    pub max_connections_per_peer: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +135,15 @@ pub struct Tcp {
     /// A connection that sends nothing for this long gets an error line and is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Connections served at once from one IP address (loopback included).
+    pub max_connections_per_peer: usize,
+    /// A connection without a valid token this long after it was accepted gets an error
+    /// line and is closed; nothing it sends extends it.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Connections without a valid token yet, at once (one peer: at most half of them);
+    /// the rest of `max_connections` is kept for authenticated ones.
+    pub max_unauthenticated: usize,
 }
 
 /// `[shutdown]`: what a SIGTERM (or Ctrl-C) waits for.
@@ -263,6 +275,16 @@ pub struct Events {
     /// How often a `health` event is published.
     #[serde(with = "humantime_serde")]
     pub health_interval: Duration,
+    /// Websocket clients at once (beyond `http.max_connections`: a websocket leaves the
+    /// HTTP cap at its upgrade); one more gets a 503.
+    pub max_clients: usize,
+    /// How often a websocket client is pinged.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A websocket client from which nothing (a pong or any frame) arrives for this long
+    /// is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Restarted forever: no intensity limit.
     pub restart: RestartPolicy,
 }

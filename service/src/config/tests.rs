@@ -264,3 +264,25 @@ fn the_compiled_in_presets_parse_and_pass_their_check() {
     let presets = parse_presets(Toml::string(PRESETS)).expect("config/presets.toml");
     assert_eq!(presets.0.len(), 6);
 }
+
+#[test]
+fn the_connection_and_websocket_bounds_name_their_keys() {
+    for (section, key, value) in [
+        ("http", "max_connections_per_peer", "0"),
+        ("tcp", "max_connections_per_peer", "0"),
+        ("tcp", "max_unauthenticated", "0"),
+        ("events", "max_clients", "0"),
+    ] {
+        let err = load_err(&format!("{SITE}[{section}]\n{key} = {value}\n"));
+        assert_eq!(err, format!("{section}.{key}: must be at least 1"));
+    }
+    let err = load_err(&format!("{SITE}[tcp]\nauth_timeout = \"0s\"\n"));
+    assert_eq!(err, "tcp.auth_timeout: must be longer than zero");
+    let err = load_err(&format!(
+        "{SITE}[events]\nping_interval = \"30s\"\nidle_timeout = \"30s\"\n"
+    ));
+    assert!(
+        err.starts_with("events.idle_timeout: must be longer than events.ping_interval"),
+        "{err}"
+    );
+}

@@ -195,9 +195,17 @@ impl Config {
             ("http.header_timeout", self.http.header_timeout),
             ("http.body_timeout", self.http.body_timeout),
             ("events.health_interval", self.events.health_interval),
+            ("tcp.auth_timeout", self.tcp.auth_timeout),
+            ("events.ping_interval", self.events.ping_interval),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(invalid(key, "must be longer than zero"));
+        }
+        if self.events.idle_timeout <= self.events.ping_interval {
+            return Err(invalid(
+                "events.idle_timeout",
+                "must be longer than events.ping_interval, or a client is closed before it could answer a ping",
+            ));
         }
         if self.forwarder.lease_ttl < std::time::Duration::from_secs(1) {
             return Err(invalid("forwarder.lease_ttl", "must be at least 1s"));
@@ -234,6 +242,19 @@ impl Config {
             ("tcp.max_line_bytes", self.tcp.max_line_bytes as u64),
             ("tcp.max_connections", self.tcp.max_connections as u64),
             ("http.max_connections", self.http.max_connections as u64),
+            (
+                "http.max_connections_per_peer",
+                self.http.max_connections_per_peer as u64,
+            ),
+            (
+                "tcp.max_connections_per_peer",
+                self.tcp.max_connections_per_peer as u64,
+            ),
+            (
+                "tcp.max_unauthenticated",
+                self.tcp.max_unauthenticated as u64,
+            ),
+            ("events.max_clients", self.events.max_clients as u64),
             ("buffer.max_buffered", self.buffer.max_buffered),
             ("buffer.max_batch", self.buffer.max_batch as u64),
             ("buffer.connections", self.buffer.connections as u64),

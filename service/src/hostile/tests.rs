@@ -136,6 +136,9 @@ fn tcp_config() -> Tcp {
         unauthenticated_line_bytes: 4096,
         max_connections: 1,
         idle_timeout: Duration::from_secs(60),
+        max_connections_per_peer: 1,
+        auth_timeout: Duration::from_secs(10),
+        max_unauthenticated: 1,
     }
 }
 

@@ -10,6 +10,15 @@
 //! A client more than `events.client_buffer` events behind is closed with code 4000 and a
 //! reason naming the last sequence number it got; when the notifier restarts, its clients
 //! are closed with 1012 the same way. Either way it reconnects with `since`.
+//!
+//! Bounds: at most `events.max_clients` clients at once (a websocket leaves the HTTP
+//! connection cap at its upgrade; one more gets `503 too_many_clients`, and the service
+//! refuses to start unless its descriptors cover them: `startup.rs`). A client sends
+//! nothing but pongs, pings and a close: a message over [`MAX_INBOUND`] bytes closes it
+//! with 1009. It is pinged every `events.ping_interval` and closed with 4002 once nothing
+//! arrived from it for `events.idle_timeout`. Its token is checked again every
+//! `auth.cache_ttl` (when the token sources are re-read): revoked, expired or without the
+//! read scope, the client is closed with 4001.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -45,6 +54,18 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const TOO_SLOW: u16 = 4000;
 /// Close code "service restart" (RFC 6455 registry): the notifier restarted.
 const RESTARTING: u16 = 1012;
+/// Close code for a client whose token was revoked, expired or lost the read scope.
+const TOKEN_REVOKED: u16 = 4001;
+/// Close code for a client from which nothing arrived for `events.idle_timeout`.
+const IDLE: u16 = 4002;
+/// Close code "message too big" (RFC 6455).
+const TOO_BIG: u16 = 1009;
+/// Close code "protocol error" (RFC 6455).
+const PROTOCOL_ERROR: u16 = 1002;
+
+/// The largest message (and frame) a client may send: it sends nothing but pings, pongs
+/// and a close.
+pub const MAX_INBOUND: usize = 4096;
 
 fn invalid(field: &str, message: &str) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", message).with_field(field)
@@ -72,7 +93,10 @@ fn token(headers: &HeaderMap) -> (Option<String>, bool) {
         `Authorization` header or, from a browser, as the subprotocol `opsdb.bearer.<token>` \
         next to `opsdb.events`. A client too far behind is closed with 4000, and all clients \
         with 1012 when the notifier restarts; both close reasons end in \
-        `reconnect with since=N`.",
+        `reconnect with since=N`. A client sends nothing but pongs, pings and a close: a \
+        message over 4096 bytes closes it with 1009; one silent for `events.idle_timeout` \
+        (it is pinged every `events.ping_interval`) is closed with 4002; one whose token is \
+        revoked, expires or loses the read scope is closed with 4001 at its next check (every `auth.cache_ttl`, after the token sources are re-read).",
     params(
         ("since" = Option<u64>, Query, description = "First replay every kept event after this sequence number, then go live"),
         ("types" = Option<String>, Query, description = "Only these types: comma-separated names, or prefixes ending in `*` (`tx.dead,actor.*`)"),
@@ -82,7 +106,7 @@ fn token(headers: &HeaderMap) -> (Option<String>, bool) {
         (status = 101, description = "Switching Protocols: the websocket"),
         (status = 400, description = "`not_a_websocket`: no websocket upgrade", body = ErrorBody),
         (status = 422, description = "`invalid_query` naming `since`", body = ErrorBody),
-        (status = 503, description = "`notifier_unavailable`, `redis_unavailable`", body = ErrorBody, headers(("Retry-After" = u64))),
+        (status = 503, description = "`notifier_unavailable`, `redis_unavailable`, `too_many_clients` (`events.max_clients`)", body = ErrorBody, headers(("Retry-After" = u64))),
     ))]
 pub async fn ws_events(
     State(state): State<AppState>,
@@ -92,6 +116,7 @@ pub async fn ws_events(
 ) -> Result<Response, ApiError> {
     let (presented, by_protocol) = token(&headers);
     state.tokens.check(presented.as_deref(), Scope::Read)?;
+    let presented = presented.unwrap_or_default();
     let Query(query) = query.map_err(|e| invalid("query", &e.body_text()))?;
     let since = query
         .get("since")
@@ -117,6 +142,9 @@ pub async fn ws_events(
             "GET /ws/events takes a websocket upgrade",
         )
     })?;
+    let Ok(permit) = std::sync::Arc::clone(&state.events_clients).try_acquire_owned() else {
+        return Ok(too_many_clients(state.config.events.max_clients));
+    };
     // At startup and while the notifier restarts there is no broadcast for a moment:
     // wait for it a little rather than refuse at once.
     let mut live = state.tree.hub.subscribe();
@@ -130,19 +158,78 @@ pub async fn ws_events(
     };
     let conn = super::redis(&state).await?;
     let stream = state.probe.keys().events();
+    let upgrade = upgrade
+        .max_message_size(MAX_INBOUND)
+        .max_frame_size(MAX_INBOUND);
     let upgrade = if by_protocol {
         upgrade.protocols([PROTOCOL])
     } else {
         upgrade
     };
+    let watch = Watch {
+        tokens: std::sync::Arc::clone(&state.tokens),
+        token: presented,
+        ping_interval: state.config.events.ping_interval,
+        idle_timeout: state.config.events.idle_timeout,
+    };
     Ok(upgrade.on_upgrade(move |socket| async move {
+        // Held for the client's life: its slot among `events.max_clients`.
+        let _permit = permit;
         let client = Client {
             socket,
             types,
             last: since.unwrap_or(0),
         };
-        client.run(live, conn, stream, since).await;
+        client.run(live, conn, stream, since, watch).await;
     }))
+}
+
+fn too_many_clients(max: usize) -> Response {
+    let mut err = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_clients",
+        format!(
+            "at most {max} websocket clients are served at once (events.max_clients); retry later"
+        ),
+    );
+    err.retry_after = Some(crate::ops::RETRY_AFTER_UNAVAILABLE);
+    err.into_response()
+}
+
+/// What a live client is watched for besides events: its liveness and its token.
+struct Watch {
+    tokens: std::sync::Arc<super::Tokens>,
+    token: String,
+    ping_interval: Duration,
+    idle_timeout: Duration,
+}
+
+impl Watch {
+    /// Why the client's token no longer opens `/ws/events`, if it does not. A token source
+    /// that cannot be placed yet (503) is not a reason.
+    fn revoked(&self) -> Option<&'static str> {
+        match self.tokens.check(Some(&self.token), Scope::Read) {
+            Err(err) if err.status == StatusCode::UNAUTHORIZED => {
+                Some("token revoked or expired; reconnect with a valid token")
+            }
+            Err(err) if err.status == StatusCode::FORBIDDEN => {
+                Some("token no longer has the read scope")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The close code for a receive that failed: 1009 for a message over [`MAX_INBOUND`].
+fn receive_error_code(err: axum::Error) -> (u16, &'static str) {
+    let inner = err.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => (
+            TOO_BIG,
+            "a client sends nothing but pings, pongs and a close (at most 4096 bytes)",
+        ),
+        _ => (PROTOCOL_ERROR, "protocol error"),
+    }
 }
 
 fn notifier_down() -> Response {
@@ -172,11 +259,19 @@ impl Client {
         mut conn: MultiplexedConnection,
         stream: String,
         since: Option<u64>,
+        watch: Watch,
     ) {
         if since.is_some() && self.replay(&mut conn, &stream).await.is_err() {
             return;
         }
         drop(conn);
+        let start = tokio::time::Instant::now();
+        let mut ping = tokio::time::interval_at(start + watch.ping_interval, watch.ping_interval);
+        let ttl = watch.tokens.cache_ttl;
+        let mut recheck = tokio::time::interval_at(start + ttl, ttl);
+        // Reset by every frame the client sends.
+        let idle = tokio::time::sleep(watch.idle_timeout);
+        tokio::pin!(idle);
         loop {
             tokio::select! {
                 event = live.recv() => match event {
@@ -203,9 +298,37 @@ impl Client {
                     }
                 },
                 incoming = self.socket.recv() => match incoming {
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                    Some(Ok(_)) => {}
+                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Err(err)) => {
+                        let (code, reason) = receive_error_code(err);
+                        self.close(code, reason.to_owned()).await;
+                        return;
+                    }
+                    Some(Ok(_)) => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + watch.idle_timeout);
+                    }
                 },
+                _ = ping.tick() => {
+                    let ping = self.socket.send(Message::Ping(Default::default()));
+                    if !matches!(tokio::time::timeout(SEND_TIMEOUT, ping).await, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+                () = &mut idle => {
+                    let reason = format!(
+                        "nothing received for {}; reconnect with since={}",
+                        humantime::format_duration(watch.idle_timeout),
+                        self.last
+                    );
+                    self.close(IDLE, reason).await;
+                    return;
+                }
+                _ = recheck.tick() => {
+                    if let Some(reason) = watch.revoked() {
+                        self.close(TOKEN_REVOKED, reason.to_owned()).await;
+                        return;
+                    }
+                }
             }
         }
     }

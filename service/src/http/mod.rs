@@ -50,6 +50,8 @@ pub struct AppState {
     pub write_timeout: Duration,
     /// Every metric, registered once at startup; `/metrics` encodes it.
     pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// `events.max_clients`: a websocket client holds one for its life.
+    pub events_clients: Arc<tokio::sync::Semaphore>,
 }
 
 impl IntoResponse for ApiError {

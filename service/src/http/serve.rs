@@ -1,5 +1,7 @@
-//! Serving the HTTP API with bounds: at most `http.max_connections` connections (one more
-//! gets a 503 JSON answer and is closed, the others go on), a request's head must arrive
+//! Serving the HTTP API with bounds: at most `http.max_connections` connections, and at
+//! most `http.max_connections_per_peer` from one IP address (`crate::peers`: one client
+//! cannot take every slot); one more gets a 503 `too_many_connections` JSON answer with
+//! `Retry-After` and is closed, the others go on. A request's head must arrive
 //! within `http.header_timeout` (which also bounds how long a keep-alive connection may
 //! sit idle between requests: hyper starts that timer whenever it waits for a head), and
 //! its body within `http.body_timeout` (the router's layer). A slow-loris client thus holds
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Http;
 use crate::ops::{ApiError, RETRY_AFTER_UNAVAILABLE};
+use crate::peers::{Peers, Refusals};
 use crate::shutdown;
 
 /// Serves `router` on `listener` until `stop`; then stops accepting, lets the requests in
@@ -34,14 +37,16 @@ pub async fn serve(
     grace: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let peers = Peers::new(config.max_connections_per_peer);
+    let refusals = Refusals::default();
     let service = TowerToHyperService::new(router);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = stop.cancelled() => break,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(err) => {
                 // Out of file descriptors and the like: keep serving the clients we have.
                 tracing::warn!(error = %err, "http accept failed");
@@ -50,7 +55,20 @@ pub async fn serve(
             }
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tokio::spawn(refuse(stream, config.max_connections));
+            let max = config.max_connections;
+            tracing::warn!(%peer, max, "http connection refused: too many");
+            let why = format!("at most {max} connections are served at once; retry later");
+            refuse(&refusals, stream, why);
+            continue;
+        };
+        let Some(peer_slot) = peers.try_acquire(peer.ip()) else {
+            let max = peers.max();
+            tracing::warn!(%peer, max, "http connection refused: too many from one address");
+            let why = format!(
+                "at most {max} connections are served at once from one address ({}); retry later",
+                peer.ip()
+            );
+            refuse(&refusals, stream, why);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -63,8 +81,9 @@ pub async fn serve(
             .with_upgrades();
         let stop = stop.clone();
         tokio::spawn(async move {
-            // Held for the connection's life: its slot among `max_connections`.
-            let _slot = slot;
+            // Held for the connection's life: its slots among `max_connections` and its
+            // address's. A websocket gives both back at its upgrade (`events.max_clients`).
+            let _slots = (slot, peer_slot);
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
                 ended = connection.as_mut() => return log_end(ended),
@@ -88,13 +107,23 @@ fn log_end(ended: Result<(), hyper::Error>) {
     }
 }
 
+/// Answers a refused connection in a task of its own, or closes it at once when
+/// [`crate::peers::MAX_REFUSING`] are being answered already.
+fn refuse(refusals: &Refusals, stream: TcpStream, why: String) {
+    if let Some(turn) = refusals.try_start() {
+        tokio::spawn(async move {
+            answer_refused(stream, why).await;
+            drop(turn);
+        });
+    }
+}
+
 /// A 503 JSON answer, then close: the client learns why rather than seeing a reset.
-async fn refuse(mut stream: TcpStream, max: usize) {
-    tracing::warn!(max, "http connection refused: too many");
+async fn answer_refused(mut stream: TcpStream, message: String) {
     let mut err = ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "too_many_connections",
-        format!("at most {max} connections are served at once; retry later"),
+        message,
     );
     err.retry_after = Some(RETRY_AFTER_UNAVAILABLE);
     // The request was never read: a write on it was not stored.
