@@ -32,6 +32,7 @@ mod openapi;
 mod paging;
 mod pg_smoke;
 mod poison;
+mod precise;
 mod reads;
 mod reconnect;
 mod redis_conf;
