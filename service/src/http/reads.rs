@@ -200,6 +200,7 @@ pub async fn executed_obs_unit(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| invalid_query(e, "query"))?;
     if let Ok(obs_unit_id) = id.parse::<i64>() {
+        let obs_unit_id = positive(obs_unit_id, "id")?;
         let page = query.page("cursor")?;
         return by_obs_unit(&state, obs_unit_id, page).await;
     }
@@ -246,8 +247,23 @@ pub async fn executed_obs_units(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| invalid_query(e, "obs_unit_id"))?;
+    let obs_unit_id = positive(query.obs_unit_id, "obs_unit_id")?;
     let page = paging::page(query.limit.as_deref(), query.cursor.as_deref(), "cursor")?;
-    by_obs_unit(&state, query.obs_unit_id, page).await
+    by_obs_unit(&state, obs_unit_id, page).await
+}
+
+/// Obs unit ids are positive (as writes check): another integer names nothing, and is
+/// refused rather than answered with an empty list.
+fn positive(obs_unit_id: i64, field: &str) -> Result<i64, ApiError> {
+    if obs_unit_id > 0 {
+        return Ok(obs_unit_id);
+    }
+    let (code, message) = if field == "id" {
+        ("invalid_id", "id must be a UUID or a positive obs unit id")
+    } else {
+        ("invalid_query", "obs_unit_id must be a positive integer")
+    };
+    Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).with_field(field))
 }
 
 /// One page of the executed obs units of an obs unit, each with the first page of its
