@@ -14,6 +14,7 @@ pub mod operations;
 pub mod ops;
 pub mod redis_probe;
 pub mod shutdown;
+pub mod single_flight;
 pub mod startup;
 pub mod submit;
 pub mod tcp;

@@ -35,4 +35,5 @@ pub use reads::{IndexValue, Listed, ReadError, Reads, SOURCE_STATEMENT_TIMEOUT};
 pub use record::{OverlayRecord, OverlayWrite};
 #[cfg(feature = "fault-injection")]
 pub use scripts::buffer_transaction;
+pub use scripts::oldest_ids;
 pub use state::{TxState, UnknownState};
