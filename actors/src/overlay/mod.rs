@@ -30,7 +30,7 @@ mod source;
 mod state;
 
 pub use keys::Keys;
-pub use page::{BadLimit, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
+pub use page::{BadLimit, PageRequest, DEFAULT_LIMIT, MAX_LIMIT, NESTED_LIMIT};
 pub use reads::{IndexValue, Listed, ReadError, Reads, SOURCE_STATEMENT_TIMEOUT};
 pub use record::{OverlayRecord, OverlayWrite};
 #[cfg(feature = "fault-injection")]

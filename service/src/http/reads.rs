@@ -222,7 +222,8 @@ pub async fn executed_obs_unit(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     obs_unit_id: i64,
-    /// Records per page, 1 to 1000 (default 100); also of each record's nested lists.
+    /// Records per page, 1 to 1000 (default 100). Each record's nested lists hold their
+    /// first 10 (the `_next_cursor`s continue them in the detail read).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// The previous page's `x-next-cursor`.
@@ -232,7 +233,8 @@ pub struct ListQuery {
 /// `GET /executed_obs_units?obs_unit_id=N[&limit=L][&cursor=C]`.
 #[utoipa::path(get, path = "/executed_obs_units", tag = "reads",
     summary = "A page of the executed obs units of an obs unit",
-    description = "Each with the first page of its packages and files. Also at \
+    description = "Each with the first 10 of its packages and of its files (their \
+        `_next_cursor`s continue them in `GET /executed_obs_units/{id}`). Also at \
         `/executed_obs_units/`.",
     params(ListQuery),
     responses(
@@ -267,7 +269,9 @@ fn positive(obs_unit_id: i64, field: &str) -> Result<i64, ApiError> {
 }
 
 /// One page of the executed obs units of an obs unit, each with the first page of its
-/// nested lists (of the same limit); the next page's cursor in `x-next-cursor`.
+/// nested lists (at most `overlay::NESTED_LIMIT` each, with their `_next_cursor`s for the detail
+/// read); the next page's cursor in `x-next-cursor`. The nested lists of the whole page
+/// are read together: a bounded number of queries whatever the page's size.
 async fn by_obs_unit(
     state: &AppState,
     obs_unit_id: i64,
@@ -280,15 +284,35 @@ async fn by_obs_unit(
         .records_where(&mut conn, Table::ExecutedObsUnit, "obs_unit_id", key, page)
         .await?;
     let mut replica_answered = listed.source_answered;
-    // Each unit's nested lists: their first page, of the same limit.
-    let nested = (page.after_id(None), page.after_id(None));
-    let mut detailed = Vec::with_capacity(listed.records.len());
-    for eou in listed.records {
-        let (detail, answered) = executed_obs_unit_detail(state, &mut conn, eou, nested).await?;
-        replica_answered &= answered;
-        detailed.push(detail);
+    let mut units = listed.records;
+    let ids: Vec<Uuid> = units
+        .iter()
+        .filter_map(|eou| eou["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()))
+        .collect();
+    let nested = PageRequest::nested();
+    for (name, table) in [
+        ("raw_data_packages", Table::RawDataPackage),
+        ("raw_data_files", Table::RawDataFile),
+    ] {
+        let lists = state
+            .reads
+            .records_where_each(&mut conn, table, "executed_obs_unit_id", &ids, nested)
+            .await?;
+        let mut lists = ids
+            .iter()
+            .zip(lists)
+            .collect::<std::collections::HashMap<_, _>>();
+        for eou in &mut units {
+            let id = eou["id"].as_str().and_then(|s| Uuid::parse_str(s).ok());
+            let Some(list) = id.and_then(|id| lists.remove(&id)) else {
+                continue;
+            };
+            replica_answered &= list.source_answered;
+            eou[name] = json!(list.records);
+            eou[format!("{name}_next_cursor")] = paging::cursor_value(list.next);
+        }
     }
-    let mut response = answer(json!(detailed), replica_answered);
+    let mut response = answer(json!(units), replica_answered);
     if let Some(next) = listed.next {
         if let Ok(value) = HeaderValue::from_str(&paging::cursor_text(next)) {
             response
