@@ -53,6 +53,7 @@ pub struct ListQuery {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// The previous page's `next_cursor`.
+    #[param(pattern = r"^[0-9]{1,19}-[0-9]{1,19}$")]
     cursor: Option<String>,
 }
 

@@ -103,10 +103,13 @@ pub struct DetailQuery {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// For an integer id (a list by obs unit): the `x-next-cursor` of the previous page.
+    #[param(pattern = r"^[0-9a-fA-F]{32}$")]
     cursor: Option<String>,
     /// The previous answer's `raw_data_packages_next_cursor`.
+    #[param(pattern = r"^[0-9a-fA-F]{32}$")]
     packages_cursor: Option<String>,
     /// The previous answer's `raw_data_files_next_cursor`.
+    #[param(pattern = r"^[0-9a-fA-F]{32}$")]
     files_cursor: Option<String>,
 }
 
@@ -183,7 +186,7 @@ async fn executed_obs_unit_detail(
     summary = "An executed obs unit, with a page of its packages and of its files",
     description = "An integer `id` is taken as an `obs_unit_id` (as the original's path was) \
         and answers a page of its executed obs units, like `GET /executed_obs_units`.",
-    params(("id" = String, Path, description = "A UUID, or an integer obs_unit_id"), DetailQuery),
+    params(("id" = String, Path, pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[1-9][0-9]{0,17})$", description = "A UUID, or an integer obs_unit_id above 0"), DetailQuery),
     responses(
         (status = 200, description = "The record, with `raw_data_packages`, `raw_data_files` and \
             their `_next_cursor`s; for an integer id a JSON array of them", body = Record,
@@ -205,7 +208,9 @@ pub async fn executed_obs_unit(
         return by_obs_unit(&state, obs_unit_id, page).await;
     }
     let id = ops::parse_id(&id)?;
-    // Every parameter is checked before anything is read.
+    // Every parameter is checked before anything is read (`cursor`, the integer form's,
+    // too: a parameter the document describes is never silently ignored when malformed).
+    query.page("cursor")?;
     let pages = (query.page("packages_cursor")?, query.page("files_cursor")?);
     let mut conn = redis(&state).await?;
     let eou = state
@@ -221,12 +226,14 @@ pub async fn executed_obs_unit(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    #[param(minimum = 1)]
     obs_unit_id: i64,
     /// Records per page, 1 to 1000 (default 100). Each record's nested lists hold their
     /// first 10 (the `_next_cursor`s continue them in the detail read).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// The previous page's `x-next-cursor`.
+    #[param(pattern = r"^[0-9a-fA-F]{32}$")]
     cursor: Option<String>,
 }
 
@@ -350,7 +357,7 @@ pub async fn raw_data_file(
     summary = "A raw data package, with a page of its files",
     params(("id" = Uuid, Path),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Files per page, 1 to 1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "The previous answer's `raw_data_files_next_cursor`")),
+        ("cursor" = Option<String>, Query, pattern = r"^[0-9a-fA-F]{32}$", description = "The previous answer's `raw_data_files_next_cursor`")),
     responses(
         (status = 200, description = "The record with `raw_data_files` and `raw_data_files_next_cursor`", body = Record,
             headers(("x-opsdb-replica" = String, description = "`unavailable` when the replica did not answer"))),
