@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::openapi::schemas::{Lifecycle, Record};
+use super::openapi::schemas::{Lifecycle, Record, RecordOrList};
 use super::{paging, redis, AppState};
 use crate::ops::{self, ApiError, ErrorBody};
 
@@ -189,7 +189,7 @@ async fn executed_obs_unit_detail(
     params(("id" = String, Path, pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[1-9][0-9]{0,17})$", description = "A UUID, or an integer obs_unit_id above 0"), DetailQuery),
     responses(
         (status = 200, description = "The record, with `raw_data_packages`, `raw_data_files` and \
-            their `_next_cursor`s; for an integer id a JSON array of them", body = Record,
+            their `_next_cursor`s; for an integer id a JSON array of them", body = RecordOrList,
             headers(("x-opsdb-replica" = String, description = "`unavailable` when the replica did not answer"),
                 ("x-next-cursor" = String, description = "For an integer id: the next page's cursor, absent on the last"))),
         (status = 404, description = "`not_found`: no such record", body = ErrorBody),
