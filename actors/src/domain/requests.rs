@@ -16,6 +16,7 @@ pub struct StartExecutedObsUnit {
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub obs_unit_id: i64,
     /// RFC 3339, a year from 1900 to 9999; the service's clock when absent.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^(19[0-9]{2}|[2-9][0-9]{3})-"))]
     pub start_time: Option<DateTime<Utc>>,
     #[cfg_attr(
         feature = "openapi",
@@ -55,6 +56,7 @@ impl FinishStatus {
 pub struct FinishExecutedObsUnit {
     pub status: FinishStatus,
     /// RFC 3339, a year from 1900 to 9999; the service's clock when absent.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^(19[0-9]{2}|[2-9][0-9]{3})-"))]
     pub end_time: Option<DateTime<Utc>>,
     pub meta: Option<Map<String, Value>>,
 }
@@ -130,6 +132,7 @@ pub struct RawDataFileCreate {
         )
     )]
     pub file_type: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^(19[0-9]{2}|[2-9][0-9]{3})-"))]
     pub created_at: Option<DateTime<Utc>>,
     pub meta: Option<Map<String, Value>>,
 }
