@@ -1,5 +1,9 @@
 //! The dead-letter stream: transactions the primary rejected for good, with its reason.
 //! Operators list them, retry them (back into the buffer's stream, at its end) or drop them.
+//!
+//! Every id these functions take is an [`EntryId`]: a complete stream id, `<ms>-<seq>`.
+//! Redis reads a bare `<ms>` as a range (every entry of that millisecond) in `XRANGE` but
+//! as `<ms>-0` in `XDEL`, so a bare id would retry one entry and delete another.
 
 use std::collections::HashMap;
 
@@ -32,6 +36,44 @@ fn field(map: &HashMap<String, redis::Value>, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A complete stream id, `<ms>-<seq>` (both unsigned 64-bit decimals), as Redis gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EntryId {
+    ms: u64,
+    seq: u64,
+}
+
+/// Text that is not a complete stream id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a stream id (<ms>-<seq>)")]
+pub struct BadEntryId(pub String);
+
+impl std::str::FromStr for EntryId {
+    type Err = BadEntryId;
+
+    fn from_str(text: &str) -> Result<Self, BadEntryId> {
+        let bad = || BadEntryId(text.to_owned());
+        let (ms, seq) = text.split_once('-').ok_or_else(bad)?;
+        // Digits only: `u64::from_str` would also take a leading `+`.
+        let number = |part: &str| {
+            (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| part.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(bad)
+        };
+        Ok(Self {
+            ms: number(ms)?,
+            seq: number(seq)?,
+        })
+    }
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
 /// The most dead letters one page lists: a dead-letter stream of a days-long outage is
 /// read page by page, never whole.
 pub const MAX_PAGE: usize = 1000;
@@ -53,7 +95,7 @@ pub async fn list(
     conn: &mut MultiplexedConnection,
     keys: &Keys,
     limit: usize,
-    after: Option<&str>,
+    after: Option<EntryId>,
 ) -> RedisResult<DeadLetterPage> {
     let limit = limit.clamp(1, MAX_PAGE);
     // `(` makes the start exclusive; one more than the page tells whether there is more.
@@ -108,12 +150,12 @@ fn letters(reply: StreamRangeReply) -> Vec<DeadLetter> {
 pub async fn retry(
     conn: &mut MultiplexedConnection,
     keys: &Keys,
-    id: &str,
+    id: EntryId,
 ) -> RedisResult<Option<String>> {
     DLQ_RETRY
         .key(keys.dead_letters())
         .key(keys.stream())
-        .arg(id)
+        .arg(id.to_string())
         .arg(keys.lifecycle_prefix())
         .invoke_async(conn)
         .await
@@ -125,16 +167,48 @@ pub async fn retry(
 pub async fn drop(
     conn: &mut MultiplexedConnection,
     keys: &Keys,
-    id: &str,
+    id: EntryId,
     retention: std::time::Duration,
 ) -> RedisResult<bool> {
     let removed: i64 = DLQ_DROP
         .key(keys.dead_letters())
-        .arg(id)
+        .arg(id.to_string())
         .arg(keys.lifecycle_prefix())
         .arg(chrono::Utc::now().timestamp_millis())
         .arg(retention.as_secs().max(1))
         .invoke_async(conn)
         .await?;
     Ok(removed > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_complete_stream_id_is_an_entry_id() {
+        let id: EntryId = "1700000000000-3".parse().expect("an id");
+        assert_eq!(id.to_string(), "1700000000000-3");
+        assert_eq!(
+            "18446744073709551615-0"
+                .parse::<EntryId>()
+                .map(|i| i.to_string()),
+            Ok("18446744073709551615-0".to_owned())
+        );
+        for bad in [
+            "1700000000000",
+            "1700000000000-",
+            "-3",
+            "+1-2",
+            "1-+2",
+            "1-2-3",
+            "18446744073709551616-0",
+            "a-b",
+            "",
+            "1 -2",
+            "*",
+        ] {
+            assert!(bad.parse::<EntryId>().is_err(), "{bad:?}");
+        }
+    }
 }

@@ -17,6 +17,7 @@ pub mod ops;
 pub mod peers;
 pub mod redis_probe;
 pub mod shutdown;
+pub mod single_flight;
 pub mod startup;
 pub mod submit;
 pub mod tcp;

@@ -4,11 +4,16 @@
 //! The same connection serves reads, `?wait=` and the dead-letter endpoints. It is checked
 //! (one `PING`) each time it is handed out and replaced when dead, so that after a Redis
 //! restart the next request, whichever it is, gets a live connection on its first try.
+//!
+//! Redis' status is read at most once per [`STATUS_TTL`], by one caller at a time
+//! (`single_flight.rs`): a burst of `/health`, `/health/ready` and `/metrics` requests is
+//! one read. The read transfers no entry body: the oldest entries' ids (their age) come
+//! from a script that sends back the ids only (`oldest_ids.lua`).
 
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
-use ops_db_actors::overlay::Keys;
+use ops_db_actors::overlay::{oldest_ids, Keys};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -20,6 +25,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
+use crate::single_flight::SingleFlight;
+
+/// How long a status read serves the callers after it.
+pub const STATUS_TTL: Duration = Duration::from_millis(250);
+
 pub struct RedisProbe {
     client: redis::Client,
     /// The shared connection and its generation: of several requests that found the same
@@ -29,6 +39,8 @@ pub struct RedisProbe {
     timeout: Duration,
     /// The last status read, which `/metrics` exports.
     last: LastStatus,
+    /// The status reads, one at a time, reused for [`STATUS_TTL`].
+    cached: SingleFlight<RedisStatus>,
 }
 
 /// Whether acknowledged writes survive a Redis crash or power loss, and are never evicted
@@ -148,6 +160,7 @@ impl RedisProbe {
             keys,
             timeout,
             last: LastStatus::default(),
+            cached: SingleFlight::new(STATUS_TTL),
         })
     }
 
@@ -158,11 +171,16 @@ impl RedisProbe {
         registry.register_collector(Box::new(self.last.clone()));
     }
 
-    /// Reads Redis' status now (and keeps it for `/metrics`).
+    /// Redis' status, read now unless a read finished within [`STATUS_TTL`] (and kept for
+    /// `/metrics`).
     pub async fn status(&self) -> RedisStatus {
-        let status = self.read_status().await;
-        *self.last.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
-        status
+        self.cached
+            .get(|| async {
+                let status = self.read_status().await;
+                *self.last.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
+                status
+            })
+            .await
     }
 
     async fn read_status(&self) -> RedisStatus {
@@ -234,22 +252,10 @@ impl RedisProbe {
         for required in &REQUIRED {
             pipe.cmd("CONFIG").arg("GET").arg(required.setting);
         }
-        pipe.cmd("XRANGE")
-            .arg(self.keys.stream())
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1);
         pipe.cmd("XLEN")
             .arg(self.keys.sent())
             .cmd("GET")
-            .arg(self.keys.sent_bytes())
-            .cmd("XRANGE")
-            .arg(self.keys.sent())
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1);
+            .arg(self.keys.sent_bytes());
         let replies: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
         let mut replies = replies.into_iter();
         let mut next = || replies.next().and_then(Result::ok);
@@ -266,15 +272,11 @@ impl RedisProbe {
         let appendfsync = config(next());
         let no_appendfsync_on_rewrite = config(next());
         let maxmemory_policy = config(next());
-        let first_ms = |v: Option<Value>| {
-            v.and_then(|v| redis::from_redis_value::<redis::streams::StreamRangeReply>(v).ok())
-                .and_then(|r| r.ids.into_iter().next())
-                .and_then(|e| e.id.split('-').next().and_then(|ms| ms.parse::<i64>().ok()))
-        };
-        let oldest = first_ms(next());
         let window_len = next().and_then(|v| redis::from_redis_value::<u64>(v).ok());
         let window_bytes = next().and_then(|v| redis::from_redis_value::<Option<u64>>(v).ok());
-        let window_oldest = first_ms(next());
+        // A Redis that refuses the script still reports the rest.
+        let (oldest, window_oldest) = oldest_ids(conn, &self.keys).await.unwrap_or_default();
+        let (oldest, window_oldest) = (id_ms(oldest), id_ms(window_oldest));
         let oldest_unforwarded_secs = match (buffered, oldest) {
             (Some(0), _) => Some(0.0),
             (_, Some(ms)) => {
@@ -296,6 +298,11 @@ impl RedisProbe {
             window: window_len.map(|n| (n, window_bytes.flatten().unwrap_or(0), window_oldest)),
         })
     }
+}
+
+/// The milliseconds of a stream id (`<ms>-<seq>`).
+fn id_ms(id: Option<String>) -> Option<i64> {
+    id?.split('-').next()?.parse().ok()
 }
 
 /// The last status read, as metrics. A value Redis did not give (it was down) is left out

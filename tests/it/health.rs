@@ -11,7 +11,12 @@ async fn health_reports_redis_durability_buffer_and_actors() {
     app.post("/executed_obs_units/start", &json!({"obs_unit_id": 1}))
         .await;
 
-    let h = app.get("/health").await;
+    // A status read within STATUS_TTL before the write may still be served.
+    let h = eventually("the write counted", Duration::from_secs(5), || async {
+        let h = app.get("/health").await;
+        (h.body["transaction_buffer"]["size"] == 1).then_some(h)
+    })
+    .await;
     assert_eq!(h.status, 200, "{}", h.text);
     assert_eq!(h.body["status"], "healthy", "{}", h.text);
     assert_eq!(h.body["redis"], "connected");
@@ -64,7 +69,12 @@ async fn a_redis_without_fsync_always_is_reported_as_not_durable() {
         .query_async(&mut conn)
         .await
         .expect("config set");
-    let h = app.get("/health").await;
+    // A status read within STATUS_TTL before the change may still be served: wait it out.
+    let h = eventually("reported", Duration::from_secs(5), || async {
+        let h = app.get("/health").await;
+        (h.body["redis_durability"]["durable"] == false).then_some(h)
+    })
+    .await;
     assert_eq!(h.body["status"], "degraded", "{}", h.text);
     assert_eq!(h.body["redis_durability"]["durable"], false);
     assert_eq!(h.body["redis_durability"]["appendfsync"], "everysec");
@@ -83,8 +93,12 @@ async fn readiness_follows_redis() {
     let app = TestApp::spawn().await;
     assert_eq!(app.get("/health/ready").await.status, 200);
     app.redis.kill().await;
-    let not_ready = app.get("/health/ready").await;
-    assert_eq!(not_ready.status, 503, "{}", not_ready.text);
+    // The status read is reused for up to STATUS_TTL: the next read sees Redis gone.
+    let not_ready = eventually("not ready", Duration::from_secs(5), || async {
+        let r = app.get("/health/ready").await;
+        (r.status == 503).then_some(r)
+    })
+    .await;
     assert_eq!(not_ready.body["reasons"][0], "redis unreachable");
     assert_eq!(app.get("/health").await.body["redis"], "disconnected");
     assert_eq!(
@@ -184,17 +198,25 @@ async fn a_redis_that_may_evict_or_skip_fsyncs_on_rewrite_is_reported_as_not_dur
         ),
     ] {
         config_set(&mut conn, key, wrong).await;
-        let h = app.get("/health").await;
+        let h = durable(&app, false).await;
         assert_eq!(h.body["status"], "degraded", "{key}: {}", h.text);
-        assert_eq!(h.body["redis_durability"]["durable"], false);
         assert_eq!(h.body["redis_durability"][field], wrong);
         let problems = h.body["redis_durability"]["problems"].to_string();
         assert!(problems.contains(key), "{key} is named: {problems}");
         config_set(&mut conn, key, right).await;
+        durable(&app, true).await;
     }
-    let h = app.get("/health").await;
-    assert_eq!(h.body["redis_durability"]["durable"], true, "{}", h.text);
     app.stop().await.expect("clean stop");
+}
+
+/// The first `/health` that reports Redis' durability as `durable` (a status read is
+/// reused for up to `STATUS_TTL`, so a change shows on a later read).
+async fn durable(app: &TestApp, durable: bool) -> crate::helpers::Reply {
+    eventually("durability reported", Duration::from_secs(5), || async {
+        let h = app.get("/health").await;
+        (h.body["redis_durability"]["durable"] == durable).then_some(h)
+    })
+    .await
 }
 
 async fn config_set(conn: &mut redis::aio::MultiplexedConnection, key: &str, value: &str) {
@@ -205,4 +227,91 @@ async fn config_set(conn: &mut redis::aio::MultiplexedConnection, key: &str, val
         .query_async(conn)
         .await
         .expect("config set");
+}
+
+/// `INFO stats`' `total_net_output_bytes` and `INFO commandstats`' XRANGE calls (the
+/// probe's script makes two per status read; nothing else reads a stream here).
+async fn redis_counters(conn: &mut redis::aio::MultiplexedConnection) -> (u64, u64) {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("info");
+    let field = |prefix: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map_or(0, |rest| {
+                rest.trim_start_matches("calls=")
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            })
+    };
+    (field("total_net_output_bytes:"), field("cmdstat_xrange:"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_reads_the_oldest_entrys_age_without_its_body() {
+    let app = TestApp::spawn().await;
+    let eou = uuid::Uuid::now_v7();
+    // About a megabyte in one stream entry (no primary: it stays buffered).
+    let mut bulk = crate::helpers::bulk_body(eou, 1000, "big");
+    for file in bulk.as_array_mut().expect("files") {
+        file["meta"] = json!({ "pad": "x".repeat(600) });
+    }
+    let size = bulk.to_string().len();
+    assert!((800_000..1_000_000).contains(&size), "{size} bytes");
+    let written = std::time::Instant::now();
+    let r = app.post("/raw_data_files/bulk", &bulk.take()).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let conn = app.redis.conn().await;
+    // One /health call during which the probe read Redis (not one served from the cache).
+    let (bytes, h) = eventually("a /health that read Redis", Duration::from_secs(10), || {
+        let mut conn = conn.clone();
+        let app = &app;
+        async move {
+            let (bytes_before, reads_before) = redis_counters(&mut conn).await;
+            let h = app.get("/health").await;
+            let (bytes_after, reads_after) = redis_counters(&mut conn).await;
+            (reads_after > reads_before).then_some((bytes_after - bytes_before, h))
+        }
+    })
+    .await;
+    assert!(
+        bytes < 32 * 1024,
+        "one /health read {bytes} bytes from Redis with a 1 MB entry buffered"
+    );
+    let age = h.body["transaction_buffer"]["oldest_unforwarded_secs"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("an age: {}", h.text));
+    let elapsed = written.elapsed().as_secs_f64();
+    assert!(
+        (0.0..=elapsed + 1.0).contains(&age),
+        "the oldest entry's age {age} s, written {elapsed} s ago"
+    );
+    drop(conn);
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_health_and_metrics_requests_share_one_redis_read() {
+    let app = TestApp::spawn().await;
+    let mut conn = app.redis.conn().await;
+    let (_, before) = redis_counters(&mut conn).await;
+    let paths = ["/health", "/metrics", "/health/ready"];
+    let answers = futures::future::join_all((0..48).map(|i| app.get(paths[i % paths.len()]))).await;
+    for a in &answers {
+        assert_eq!(a.status, 200, "{}", a.text);
+    }
+    let (_, after) = redis_counters(&mut conn).await;
+    // Two XRANGEs per read; the 48 requests took far less than a second, so at most a
+    // few reads (one per STATUS_TTL, plus one in flight at the start).
+    let reads = (after - before) / 2;
+    assert!(
+        reads <= 4,
+        "{reads} status reads for 48 concurrent requests"
+    );
+    app.stop().await.expect("clean stop");
 }

@@ -33,6 +33,7 @@ mod openapi;
 mod paging;
 mod pg_smoke;
 mod poison;
+mod precise;
 mod reads;
 mod reconnect;
 mod redis_conf;

@@ -242,3 +242,73 @@ async fn the_dead_letter_list_is_paged_and_says_whether_there_is_more() {
         );
     }
 }
+
+/// A unit's files: `n` of them, in one bulk registration; its transaction.
+async fn files_of(app: &TestApp, eou: Uuid, n: usize, tag: &str) -> Uuid {
+    let bulk = app
+        .post(
+            "/raw_data_files/bulk",
+            &crate::helpers::bulk_body(eou, n, tag),
+        )
+        .await;
+    assert_eq!(bulk.status, 201, "{}", bulk.text);
+    uuid(&bulk.body["transaction_id"])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_answer_nests_a_small_page_per_unit_and_its_cursor_continues_in_the_detail_read() {
+    let site = Site::start(false, "").await;
+    let app = &site.app;
+    let (big, _) = start_obs_unit(app, 9).await;
+    let (small, _) = start_obs_unit(app, 9).await;
+    let (empty, _) = start_obs_unit(app, 9).await;
+    // The big unit's files: 15 from the replica, 10 more still in the overlay.
+    let first = files_of(app, big, 15, "replicated").await;
+    crate::helpers::until_state(app, first, TxState::Replicated, Duration::from_secs(30)).await;
+    files_of(app, big, 10, "buffered").await;
+    files_of(app, small, 3, "few").await;
+
+    let r = app
+        .get_auth("/executed_obs_units?obs_unit_id=9&limit=1000")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let units = r.body.as_array().expect("a list");
+    assert_eq!(units.len(), 3);
+    let unit = |id: Uuid| {
+        units
+            .iter()
+            .find(|u| uuid(&u["id"]) == id)
+            .unwrap_or_else(|| panic!("{id} listed"))
+    };
+    let nested = ops_db_actors::overlay::NESTED_LIMIT;
+    let files = |u: &Value| u["raw_data_files"].as_array().expect("files").clone();
+    assert_eq!(files(unit(big)).len(), nested, "limit=1000 nests {nested}");
+    assert_eq!(files(unit(small)).len(), 3);
+    assert_eq!(files(unit(empty)).len(), 0);
+    assert!(unit(small)["raw_data_files_next_cursor"].is_null());
+    assert!(unit(empty)["raw_data_packages_next_cursor"].is_null());
+    for file in files(unit(big)).iter().chain(&files(unit(small))) {
+        assert!(file["sync"]["state"].is_string(), "{file}");
+    }
+    // The cursor continues the big unit's files in its detail read: all 25, once each.
+    let mut seen: BTreeSet<Uuid> = files(unit(big)).iter().map(|f| uuid(&f["id"])).collect();
+    let cursor = unit(big)["raw_data_files_next_cursor"]
+        .as_str()
+        .expect("a cursor");
+    let rest = app
+        .get_auth(&format!(
+            "/executed_obs_units/{big}?limit=1000&files_cursor={cursor}"
+        ))
+        .await;
+    let rest = rest.body["raw_data_files"].as_array().expect("files");
+    assert_eq!(rest.len(), 25 - nested);
+    seen.extend(rest.iter().map(|f| uuid(&f["id"])));
+    assert_eq!(seen.len(), 25, "each file once across the two answers");
+    let listed = files(unit(big));
+    let sources: BTreeSet<&str> = rest
+        .iter()
+        .chain(&listed)
+        .filter_map(|f| f["sync"]["state"].as_str())
+        .collect();
+    assert!(sources.contains("replicated"), "{sources:?}");
+}

@@ -65,12 +65,23 @@ fn assert_names_every_actor(stdout: &str, names: &[String]) {
     }
 }
 
+/// Waits until `/health` counts `n` buffered transactions (a status read is reused for up
+/// to `STATUS_TTL`).
+async fn buffered(app: &TestApp, n: u64) {
+    eventually("buffered counted", Duration::from_secs(5), || async {
+        let h = app.get("/health").await;
+        (h.body["transaction_buffer"]["size"] == n).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ready_service_exits_0_with_its_tree_and_buffer_depth_on_one_screen() {
     let app = TestApp::spawn().await;
     for obs_unit in 1..=3 {
         start_obs_unit(&app, obs_unit).await;
     }
+    buffered(&app, 3).await;
 
     let out = status(&["--url", &app.http]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -116,7 +127,8 @@ async fn a_site_with_its_wan_cut_is_ready_and_shows_why_the_forwarder_fails() {
         Duration::from_secs(20),
         || async {
             let h = app.get("/health").await;
-            (h.body["database"] == "unreachable").then_some(())
+            let size = &h.body["transaction_buffer"]["size"];
+            (h.body["database"] == "unreachable" && *size == 2).then_some(())
         },
     )
     .await;
@@ -163,6 +175,11 @@ async fn a_site_with_its_wan_cut_is_ready_and_shows_why_the_forwarder_fails() {
 async fn a_service_whose_redis_is_down_exits_1_and_says_why() {
     let app = TestApp::spawn().await;
     app.redis.kill().await;
+    // A status read within STATUS_TTL before the kill may still be served.
+    eventually("not ready", Duration::from_secs(5), || async {
+        (app.get("/health/ready").await.status == 503).then_some(())
+    })
+    .await;
 
     let out = status(&["--url", &app.http]).await;
     assert_eq!(out.code, 1, "{}", out.stderr);

@@ -13,9 +13,19 @@ use super::request::TransactionRequest;
 #[serde(deny_unknown_fields)]
 pub struct StartExecutedObsUnit {
     /// The obs unit executed: an integer above 0.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub obs_unit_id: i64,
     /// RFC 3339, a year from 1900 to 9999; the service's clock when absent.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^(19[0-9]{2}|[2-9][0-9]{3})-"))]
     pub start_time: Option<DateTime<Utc>>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+        )
+    )]
     pub instrument_module: Option<String>,
     /// Any JSON object without NUL characters.
     pub meta: Option<Map<String, Value>>,
@@ -46,6 +56,7 @@ impl FinishStatus {
 pub struct FinishExecutedObsUnit {
     pub status: FinishStatus,
     /// RFC 3339, a year from 1900 to 9999; the service's clock when absent.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^(19[0-9]{2}|[2-9][0-9]{3})-"))]
     pub end_time: Option<DateTime<Utc>>,
     pub meta: Option<Map<String, Value>>,
 }
@@ -83,17 +94,45 @@ impl ChecksumAlgorithm {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawDataFileCreate {
+    /// No control characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+        )
+    )]
     pub name: String,
+    /// Under the site's data root: not absolute, no `..` segment, no control characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 4096,
+            pattern = r"^(?![/\\])(?!(.*[/\\])?\.\.([/\\]|$))[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+        )
+    )]
     pub relative_path: String,
     pub executed_obs_unit_id: Uuid,
     pub raw_data_package_id: Option<Uuid>,
     /// Bytes, at least 0.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub size: i64,
     /// The digest in hexadecimal, as long as `checksum_algorithm`'s.
     pub checksum: String,
     #[serde(default)]
     pub checksum_algorithm: ChecksumAlgorithm,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+        )
+    )]
     pub file_type: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^(19[0-9]{2}|[2-9][0-9]{3})-"))]
     pub created_at: Option<DateTime<Utc>>,
     pub meta: Option<Map<String, Value>>,
 }
@@ -102,8 +141,26 @@ pub struct RawDataFileCreate {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawDataPackageCreate {
+    /// No control characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 255,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+        )
+    )]
     pub name: String,
     pub executed_obs_unit_id: Uuid,
+    /// Under the site's data root: not absolute, no `..` segment, no control characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 4096,
+            pattern = r"^(?![/\\])(?!(.*[/\\])?\.\.([/\\]|$))[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+        )
+    )]
     pub relative_path: Option<String>,
     pub meta: Option<Map<String, Value>>,
 }
@@ -113,12 +170,14 @@ pub struct RawDataPackageCreate {
 #[serde(deny_unknown_fields)]
 pub struct FinalizeRawDataPackage {
     /// Bytes, at least 0.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub size: Option<i64>,
     /// The digest in hexadecimal, as long as `checksum_algorithm`'s (`sha256` when absent).
     pub checksum: Option<String>,
     /// Only with a `checksum`.
     pub checksum_algorithm: Option<ChecksumAlgorithm>,
     /// At least 0.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub file_count: Option<i64>,
     pub meta: Option<Map<String, Value>>,
 }

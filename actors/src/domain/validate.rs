@@ -72,6 +72,46 @@ fn text(prefix: &str, name: &str, value: &str, max: usize) -> Check {
     Ok(())
 }
 
+/// A name: text without control characters (a tab, a newline or an escape in a file name
+/// breaks every listing and shell that shows it).
+fn name_text(prefix: &str, name: &str, value: &str) -> Check {
+    text(prefix, name, value, MAX_NAME)?;
+    no_control(prefix, name, value)
+}
+
+fn no_control(prefix: &str, name: &str, value: &str) -> Check {
+    if value.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            "invalid_value",
+            field(prefix, name),
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A path relative to the site's data root: no control characters, not absolute (`/…`,
+/// `\…`) and no `..` segment (between `/` or `\`), so joining it to the root never
+/// leaves the root.
+fn relative_path(prefix: &str, name: &str, value: &str) -> Check {
+    text(prefix, name, value, MAX_PATH)?;
+    no_control(prefix, name, value)?;
+    let bad = |message: &str| {
+        Err(ValidationError::new(
+            "invalid_value",
+            field(prefix, name),
+            message,
+        ))
+    };
+    if value.starts_with(['/', '\\']) {
+        return bad("must be relative (not start with `/` or `\\`)");
+    }
+    if value.split(['/', '\\']).any(|segment| segment == "..") {
+        return bad("must not contain a `..` segment");
+    }
+    Ok(())
+}
+
 fn opt_text(prefix: &str, name: &str, value: Option<&str>, max: usize) -> Check {
     value.map_or(Ok(()), |v| text(prefix, name, v, max))
 }
@@ -159,8 +199,8 @@ impl FinishExecutedObsUnit {
 
 impl RawDataFileCreate {
     pub fn validate(&self, prefix: &str) -> Check {
-        text(prefix, "name", &self.name, MAX_NAME)?;
-        text(prefix, "relative_path", &self.relative_path, MAX_PATH)?;
+        name_text(prefix, "name", &self.name)?;
+        relative_path(prefix, "relative_path", &self.relative_path)?;
         non_negative(prefix, "size", self.size)?;
         checksum(prefix, &self.checksum, self.checksum_algorithm)?;
         opt_text(prefix, "file_type", self.file_type.as_deref(), MAX_NAME)?;
@@ -171,8 +211,10 @@ impl RawDataFileCreate {
 
 impl RawDataPackageCreate {
     pub fn validate(&self) -> Check {
-        text("", "name", &self.name, MAX_NAME)?;
-        opt_text("", "relative_path", self.relative_path.as_deref(), MAX_PATH)?;
+        name_text("", "name", &self.name)?;
+        if let Some(path) = self.relative_path.as_deref() {
+            relative_path("", "relative_path", path)?;
+        }
         meta("", self.meta.as_ref())
     }
 }
@@ -305,6 +347,18 @@ mod tests {
             (|f| f.name = " ".into(), "name"),
             (|f| f.name = "a\0b".into(), "name"),
             (|f| f.relative_path = "p".repeat(5000), "relative_path"),
+            (|f| f.name = "a\tb.fits".into(), "name"),
+            (|f| f.name = "a\u{1b}[2Jb".into(), "name"),
+            (
+                |f| f.relative_path = "../etc/passwd".into(),
+                "relative_path",
+            ),
+            (|f| f.relative_path = "2026/../../x".into(), "relative_path"),
+            (|f| f.relative_path = "2026\\..\\x".into(), "relative_path"),
+            (|f| f.relative_path = "/etc/passwd".into(), "relative_path"),
+            (|f| f.relative_path = "\\share\\x".into(), "relative_path"),
+            (|f| f.relative_path = "a\nb".into(), "relative_path"),
+            (|f| f.relative_path = "a\u{85}b".into(), "relative_path"),
             (
                 |f| {
                     f.meta = Some(
@@ -324,6 +378,22 @@ mod tests {
                 .validate(&LIMITS)
                 .unwrap_err();
             assert_eq!(err.field, expected);
+        }
+    }
+
+    #[test]
+    fn relative_paths_may_hold_dots_that_are_not_a_parent_segment() {
+        for ok in [
+            "a..b/c",
+            "./a.fits",
+            "2026/.../x",
+            "..a/b",
+            "a/b..",
+            "dir/ünï.fits",
+        ] {
+            let mut f = file();
+            f.relative_path = ok.into();
+            assert_eq!(f.validate(""), Ok(()), "{ok}");
         }
     }
 

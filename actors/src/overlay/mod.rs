@@ -30,9 +30,10 @@ mod source;
 mod state;
 
 pub use keys::Keys;
-pub use page::{BadLimit, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
+pub use page::{BadLimit, PageRequest, DEFAULT_LIMIT, MAX_LIMIT, NESTED_LIMIT};
 pub use reads::{IndexValue, Listed, ReadError, Reads, SOURCE_STATEMENT_TIMEOUT};
 pub use record::{OverlayRecord, OverlayWrite};
 #[cfg(feature = "fault-injection")]
 pub use scripts::buffer_transaction;
+pub use scripts::oldest_ids;
 pub use state::{TxState, UnknownState};

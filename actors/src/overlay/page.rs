@@ -17,6 +17,12 @@ pub const DEFAULT_LIMIT: usize = 100;
 /// The largest page: bounds the rows read, the Redis pipeline and the answer's size.
 pub const MAX_LIMIT: usize = 1000;
 
+/// The page of each nested list in a list answer (a unit's packages and files in
+/// `GET /executed_obs_units`): a list answer holds at most `limit × (1 + 2 × NESTED_LIMIT)`
+/// records, whatever `limit`. A detail read's nested lists take the caller's `limit`; the
+/// `_next_cursor` of a nested list continues it there.
+pub const NESTED_LIMIT: usize = 10;
+
 /// A limit outside `1..=MAX_LIMIT`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("limit must be an integer from 1 to {MAX_LIMIT}")]
@@ -44,6 +50,14 @@ impl PageRequest {
             Ok(Self { limit, after })
         } else {
             Err(BadLimit)
+        }
+    }
+
+    /// The first page of a nested list in a list answer: [`NESTED_LIMIT`] records.
+    pub fn nested() -> Self {
+        Self {
+            limit: NESTED_LIMIT,
+            after: None,
         }
     }
 

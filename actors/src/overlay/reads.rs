@@ -39,6 +39,8 @@ use super::{Keys, OverlayRecord, TxState, UnknownState};
 use crate::domain::Table;
 use crate::pg::PgTarget;
 
+mod nested;
+
 /// Why a read has no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -87,6 +89,9 @@ impl IndexValue {
 
 /// A record and what the overlay holds of it (either may be missing).
 type Found = (Option<Value>, Option<OverlayRecord>);
+
+/// A merged record and its latest writer, if the overlay holds it.
+type Merged = (Map<String, Value>, Option<Uuid>);
 
 /// How long the read source may take over one query: a replica that hangs (a full disk,
 /// a lock) must fail the read rather than hold the caller and a pooled connection.
@@ -273,10 +278,11 @@ impl Reads {
         if wanted.is_empty() {
             return Ok(());
         }
-        let mut rows = source_rows_by_id(pool, table, &wanted).await?;
+        let rows = source_rows_by_id(pool, table, &wanted).await?;
+        // An id may be in `found` twice (nested lists of two parents).
         for (id, f) in ids.iter().zip(found.iter_mut()) {
             if bare(f) {
-                f.0 = rows.remove(id);
+                f.0 = rows.get(id).cloned();
             }
         }
         Ok(())
@@ -339,15 +345,40 @@ impl Reads {
         redis: &mut MultiplexedConnection,
         found: Vec<Found>,
     ) -> Result<Vec<Value>, ReadError> {
-        let merged: Vec<(Map<String, Value>, Option<Uuid>)> = found
+        Ok(self
+            .merge_groups(redis, vec![found])
+            .await?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// [`Reads::merge`] of several groups, their writers looked up in one pipeline.
+    async fn merge_groups(
+        &self,
+        redis: &mut MultiplexedConnection,
+        groups: Vec<Vec<Found>>,
+    ) -> Result<Vec<Vec<Value>>, ReadError> {
+        let merged: Vec<Vec<Merged>> = groups
             .into_iter()
-            .filter_map(|(replica, overlay)| merge::merge_one(replica, overlay))
+            .map(|found| {
+                found
+                    .into_iter()
+                    .filter_map(|(replica, overlay)| merge::merge_one(replica, overlay))
+                    .collect()
+            })
             .collect();
-        let writers: Vec<Uuid> = merged.iter().filter_map(|(_, w)| *w).collect();
+        let writers: Vec<Uuid> = merged.iter().flatten().filter_map(|(_, w)| *w).collect();
         let states = self.writer_states(redis, writers).await?;
         Ok(merged
             .into_iter()
-            .map(|(record, writer)| merge::answer(record, writer.map(|tx| (tx, states.get(&tx)))))
+            .map(|group| {
+                group
+                    .into_iter()
+                    .map(|(record, writer)| {
+                        merge::answer(record, writer.map(|tx| (tx, states.get(&tx))))
+                    })
+                    .collect()
+            })
             .collect())
     }
 

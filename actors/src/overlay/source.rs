@@ -76,3 +76,29 @@ fn with_ids(rows: Vec<Json<Value>>) -> impl Iterator<Item = (Uuid, Value)> {
         Some((id, row))
     })
 }
+
+/// For each of `parents`, the first `fetch` rows of `table` whose `column` is that parent,
+/// by id: one query whatever the number of parents (a lateral join, one index range per
+/// parent).
+pub(super) async fn source_rows_each(
+    pool: &PgPool,
+    table: Table,
+    column: &str,
+    parents: &[Uuid],
+    fetch: usize,
+) -> Result<Vec<(Uuid, Value)>, sqlx::Error> {
+    // `column` comes from our own fixed list (Table::indexed_columns), never from a caller.
+    let sql = format!(
+        "SELECT to_jsonb(t) FROM unnest($1::uuid[]) AS p(parent) \
+         CROSS JOIN LATERAL (SELECT * FROM {table} c WHERE c.{column} = p.parent \
+         ORDER BY c.id LIMIT $2) t",
+        table = table.name()
+    );
+    let fetch = i64::try_from(fetch).unwrap_or(i64::MAX);
+    let rows: Vec<Json<Value>> = sqlx::query_scalar(&sql)
+        .bind(parents)
+        .bind(fetch)
+        .fetch_all(pool)
+        .await?;
+    Ok(with_ids(rows).collect())
+}

@@ -167,15 +167,39 @@ mod tests {
         assert!(shown.contains("f:***@h"), "{shown}");
     }
 
-    #[test]
-    fn the_ca_file_becomes_the_root_certificate() {
-        let target = PgTarget::new(
-            "postgres://f@h/db?sslmode=verify-full",
-            Some(PathBuf::from("/etc/ops-db-api/ca.pem")),
-        );
-        let options = target.options().expect("a valid URL");
+    /// With a CA file, `verify-full` and `verify-ca` go through the pinned tunnel (plain
+    /// PostgreSQL to its socket); weaker modes keep sqlx's TLS with the CA file as a root.
+    #[tokio::test]
+    async fn a_ca_file_pins_verify_full_and_verify_ca_through_the_tunnel() {
+        let ca = Some(PathBuf::from("/etc/ops-db-api/ca.pem"));
+        for mode in ["verify-full", "verify-ca"] {
+            let target =
+                PgTarget::new(format!("postgres://f@h:5432/db?sslmode={mode}"), ca.clone());
+            let options = target.options().expect("a valid URL");
+            let socket = options.get_socket().expect("the tunnel's socket");
+            assert!(socket.starts_with(std::env::temp_dir()), "{socket:?}");
+            assert!(
+                matches!(options.get_ssl_mode(), PgSslMode::Disable),
+                "{mode}"
+            );
+            // The same target, the same tunnel.
+            let again = target.options().expect("a valid URL");
+            assert_eq!(again.get_socket(), Some(socket));
+        }
+        let weak = PgTarget::new("postgres://f@h/db?sslmode=require", ca);
+        let options = weak.options().expect("a valid URL");
+        assert!(options.get_socket().is_none());
         let shown = format!("{options:?}");
         assert!(shown.contains("/etc/ops-db-api/ca.pem"), "{shown}");
-        assert!(shown.contains("VerifyFull"), "{shown}");
+    }
+
+    #[test]
+    fn without_a_runtime_the_tunnel_is_a_configuration_error_not_a_panic() {
+        let target = PgTarget::new(
+            "postgres://f@h:5433/db?sslmode=verify-full",
+            Some(PathBuf::from("/etc/ops-db-api/other-ca.pem")),
+        );
+        let err = target.options().expect_err("no runtime");
+        assert!(err.to_string().contains("tokio runtime"), "{err}");
     }
 }

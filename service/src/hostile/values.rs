@@ -74,6 +74,16 @@ pub(super) fn domain_strings() -> Vec<String> {
         "-0",
         "1",
         "auth",
+        "../etc/passwd",
+        "a/../../b",
+        "a\\..\\b",
+        "/abs/a.fits",
+        "\\\\share\\a.fits",
+        "a..b/c.fits",
+        "a\tb.fits",
+        "a\u{1b}[2J",
+        "a\u{85}b",
+        "a\u{7f}",
     ];
     let long = [0, 1, 254, 255, 256, 4095, 4096, 4097, 6000].map(|n| "é".repeat(n));
     uuid_variants

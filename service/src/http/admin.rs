@@ -3,7 +3,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use ops_db_actors::dlq::{DeadLetterPage, MAX_PAGE};
+use ops_db_actors::dlq::{BadEntryId, DeadLetterPage, EntryId, MAX_PAGE};
 use serde_json::{json, Value};
 use utoipa::IntoParams;
 
@@ -53,15 +53,20 @@ pub struct ListQuery {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// The previous page's `next_cursor`.
+    #[param(pattern = r"^[0-9]{1,19}-[0-9]{1,19}$")]
     cursor: Option<String>,
 }
 
-/// A dead-letter stream id, `<ms>-<seq>`: what a page's `next_cursor` was.
-fn stream_id(text: &str) -> bool {
-    text.split_once('-').is_some_and(|(ms, seq)| {
-        !ms.is_empty()
-            && !seq.is_empty()
-            && (ms.bytes().chain(seq.bytes())).all(|b| b.is_ascii_digit())
+/// A dead letter's id from the path: a complete stream id, checked before Redis sees it
+/// (Redis would refuse other text with an error, and read a bare `<ms>` as a range).
+fn dead_letter_id(text: &str) -> Result<EntryId, ApiError> {
+    text.parse().map_err(|e: BadEntryId| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_id",
+            e.to_string(),
+        )
+        .with_field("id")
     })
 }
 
@@ -104,15 +109,17 @@ pub async fn list_dead_letters(
             ))
         }
     };
-    if let Some(cursor) = query.cursor.as_deref().filter(|c| !stream_id(c)) {
-        return Err(invalid(
-            "cursor",
-            format!("{cursor:?} is not a cursor this service gave"),
-        ));
-    }
+    let cursor = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<EntryId>()
+                .map_err(|_| invalid("cursor", format!("{c:?} is not a cursor this service gave")))
+        })
+        .transpose()?;
     let mut conn = super::redis(&state).await?;
     let keys = state.probe.keys();
-    let page = ops_db_actors::dlq::list(&mut conn, keys, limit, query.cursor.as_deref())
+    let page = ops_db_actors::dlq::list(&mut conn, keys, limit, cursor)
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?;
     Ok(Json(json!(page)))
@@ -122,18 +129,20 @@ pub async fn list_dead_letters(
 #[utoipa::path(post, path = "/admin/dlq/{id}/retry", tag = "admin",
     summary = "Retry a dead letter",
     description = "It goes back into the buffer, at its end: after everything buffered meanwhile.",
-    params(("id" = String, Path, description = "The dead letter's `id` (a stream id, `<ms>-<seq>`)")),
+    params(("id" = String, Path, pattern = r"^[0-9]{1,19}-[0-9]{1,19}$", description = "The dead letter's `id` (a stream id, `<ms>-<seq>`)")),
     responses(
         (status = 200, description = "Buffered again", body = Retried),
         (status = 404, description = "`no_such_dead_letter`", body = ErrorBody),
+        (status = 422, description = "`invalid_id`: not a stream id `<ms>-<seq>`", body = ErrorBody),
         (status = 503, description = "`redis_unavailable`", body = ErrorBody, headers(("Retry-After" = u64))),
     ))]
 pub async fn retry_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let entry = dead_letter_id(&id)?;
     let mut conn = super::redis(&state).await?;
-    match ops_db_actors::dlq::retry(&mut conn, state.probe.keys(), &id)
+    match ops_db_actors::dlq::retry(&mut conn, state.probe.keys(), entry)
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?
     {
@@ -150,19 +159,21 @@ pub async fn retry_dead_letter(
 #[utoipa::path(delete, path = "/admin/dlq/{id}", tag = "admin",
     summary = "Drop a dead letter for good",
     description = "Its transaction's lifecycle stays `dead`, now for `replica.retention`.",
-    params(("id" = String, Path, description = "The dead letter's `id` (a stream id, `<ms>-<seq>`)")),
+    params(("id" = String, Path, pattern = r"^[0-9]{1,19}-[0-9]{1,19}$", description = "The dead letter's `id` (a stream id, `<ms>-<seq>`)")),
     responses(
         (status = 200, description = "Dropped", body = Dropped),
         (status = 404, description = "`no_such_dead_letter`", body = ErrorBody),
+        (status = 422, description = "`invalid_id`: not a stream id `<ms>-<seq>`", body = ErrorBody),
         (status = 503, description = "`redis_unavailable`", body = ErrorBody, headers(("Retry-After" = u64))),
     ))]
 pub async fn drop_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let entry = dead_letter_id(&id)?;
     let mut conn = super::redis(&state).await?;
     let retention = state.config.replica.retention;
-    if ops_db_actors::dlq::drop(&mut conn, state.probe.keys(), &id, retention)
+    if ops_db_actors::dlq::drop(&mut conn, state.probe.keys(), entry, retention)
         .await
         .map_err(|e| ApiError::redis_unavailable(&e))?
     {

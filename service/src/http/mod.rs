@@ -7,6 +7,7 @@ mod dashboard;
 mod docs;
 mod events;
 mod health;
+mod media;
 pub mod openapi;
 mod paging;
 mod reads;

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::openapi::schemas::{Lifecycle, Record};
+use super::openapi::schemas::{Lifecycle, Record, RecordOrList};
 use super::{paging, redis, AppState};
 use crate::ops::{self, ApiError, ErrorBody};
 
@@ -103,10 +103,13 @@ pub struct DetailQuery {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// For an integer id (a list by obs unit): the `x-next-cursor` of the previous page.
+    #[param(pattern = r"^[0-9a-fA-F]{32}$")]
     cursor: Option<String>,
     /// The previous answer's `raw_data_packages_next_cursor`.
+    #[param(pattern = r"^[0-9a-fA-F]{32}$")]
     packages_cursor: Option<String>,
     /// The previous answer's `raw_data_files_next_cursor`.
+    #[param(pattern = r"^[0-9a-fA-F]{32}$")]
     files_cursor: Option<String>,
 }
 
@@ -183,10 +186,10 @@ async fn executed_obs_unit_detail(
     summary = "An executed obs unit, with a page of its packages and of its files",
     description = "An integer `id` is taken as an `obs_unit_id` (as the original's path was) \
         and answers a page of its executed obs units, like `GET /executed_obs_units`.",
-    params(("id" = String, Path, description = "A UUID, or an integer obs_unit_id"), DetailQuery),
+    params(("id" = String, Path, pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[1-9][0-9]{0,17})$", description = "A UUID, or an integer obs_unit_id above 0"), DetailQuery),
     responses(
         (status = 200, description = "The record, with `raw_data_packages`, `raw_data_files` and \
-            their `_next_cursor`s; for an integer id a JSON array of them", body = Record,
+            their `_next_cursor`s; for an integer id a JSON array of them", body = RecordOrList,
             headers(("x-opsdb-replica" = String, description = "`unavailable` when the replica did not answer"),
                 ("x-next-cursor" = String, description = "For an integer id: the next page's cursor, absent on the last"))),
         (status = 404, description = "`not_found`: no such record", body = ErrorBody),
@@ -200,11 +203,14 @@ pub async fn executed_obs_unit(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| invalid_query(e, "query"))?;
     if let Ok(obs_unit_id) = id.parse::<i64>() {
+        let obs_unit_id = positive(obs_unit_id, "id")?;
         let page = query.page("cursor")?;
         return by_obs_unit(&state, obs_unit_id, page).await;
     }
     let id = ops::parse_id(&id)?;
-    // Every parameter is checked before anything is read.
+    // Every parameter is checked before anything is read (`cursor`, the integer form's,
+    // too: a parameter the document describes is never silently ignored when malformed).
+    query.page("cursor")?;
     let pages = (query.page("packages_cursor")?, query.page("files_cursor")?);
     let mut conn = redis(&state).await?;
     let eou = state
@@ -220,18 +226,22 @@ pub async fn executed_obs_unit(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    #[param(minimum = 1)]
     obs_unit_id: i64,
-    /// Records per page, 1 to 1000 (default 100); also of each record's nested lists.
+    /// Records per page, 1 to 1000 (default 100). Each record's nested lists hold their
+    /// first 10 (the `_next_cursor`s continue them in the detail read).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// The previous page's `x-next-cursor`.
+    #[param(pattern = r"^[0-9a-fA-F]{32}$")]
     cursor: Option<String>,
 }
 
 /// `GET /executed_obs_units?obs_unit_id=N[&limit=L][&cursor=C]`.
 #[utoipa::path(get, path = "/executed_obs_units", tag = "reads",
     summary = "A page of the executed obs units of an obs unit",
-    description = "Each with the first page of its packages and files. Also at \
+    description = "Each with the first 10 of its packages and of its files (their \
+        `_next_cursor`s continue them in `GET /executed_obs_units/{id}`). Also at \
         `/executed_obs_units/`.",
     params(ListQuery),
     responses(
@@ -246,12 +256,29 @@ pub async fn executed_obs_units(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| invalid_query(e, "obs_unit_id"))?;
+    let obs_unit_id = positive(query.obs_unit_id, "obs_unit_id")?;
     let page = paging::page(query.limit.as_deref(), query.cursor.as_deref(), "cursor")?;
-    by_obs_unit(&state, query.obs_unit_id, page).await
+    by_obs_unit(&state, obs_unit_id, page).await
+}
+
+/// Obs unit ids are positive (as writes check): another integer names nothing, and is
+/// refused rather than answered with an empty list.
+fn positive(obs_unit_id: i64, field: &str) -> Result<i64, ApiError> {
+    if obs_unit_id > 0 {
+        return Ok(obs_unit_id);
+    }
+    let (code, message) = if field == "id" {
+        ("invalid_id", "id must be a UUID or a positive obs unit id")
+    } else {
+        ("invalid_query", "obs_unit_id must be a positive integer")
+    };
+    Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).with_field(field))
 }
 
 /// One page of the executed obs units of an obs unit, each with the first page of its
-/// nested lists (of the same limit); the next page's cursor in `x-next-cursor`.
+/// nested lists (at most `overlay::NESTED_LIMIT` each, with their `_next_cursor`s for the detail
+/// read); the next page's cursor in `x-next-cursor`. The nested lists of the whole page
+/// are read together: a bounded number of queries whatever the page's size.
 async fn by_obs_unit(
     state: &AppState,
     obs_unit_id: i64,
@@ -264,15 +291,35 @@ async fn by_obs_unit(
         .records_where(&mut conn, Table::ExecutedObsUnit, "obs_unit_id", key, page)
         .await?;
     let mut replica_answered = listed.source_answered;
-    // Each unit's nested lists: their first page, of the same limit.
-    let nested = (page.after_id(None), page.after_id(None));
-    let mut detailed = Vec::with_capacity(listed.records.len());
-    for eou in listed.records {
-        let (detail, answered) = executed_obs_unit_detail(state, &mut conn, eou, nested).await?;
-        replica_answered &= answered;
-        detailed.push(detail);
+    let mut units = listed.records;
+    let ids: Vec<Uuid> = units
+        .iter()
+        .filter_map(|eou| eou["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()))
+        .collect();
+    let nested = PageRequest::nested();
+    for (name, table) in [
+        ("raw_data_packages", Table::RawDataPackage),
+        ("raw_data_files", Table::RawDataFile),
+    ] {
+        let lists = state
+            .reads
+            .records_where_each(&mut conn, table, "executed_obs_unit_id", &ids, nested)
+            .await?;
+        let mut lists = ids
+            .iter()
+            .zip(lists)
+            .collect::<std::collections::HashMap<_, _>>();
+        for eou in &mut units {
+            let id = eou["id"].as_str().and_then(|s| Uuid::parse_str(s).ok());
+            let Some(list) = id.and_then(|id| lists.remove(&id)) else {
+                continue;
+            };
+            replica_answered &= list.source_answered;
+            eou[name] = json!(list.records);
+            eou[format!("{name}_next_cursor")] = paging::cursor_value(list.next);
+        }
     }
-    let mut response = answer(json!(detailed), replica_answered);
+    let mut response = answer(json!(units), replica_answered);
     if let Some(next) = listed.next {
         if let Ok(value) = HeaderValue::from_str(&paging::cursor_text(next)) {
             response
@@ -310,7 +357,7 @@ pub async fn raw_data_file(
     summary = "A raw data package, with a page of its files",
     params(("id" = Uuid, Path),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Files per page, 1 to 1000 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "The previous answer's `raw_data_files_next_cursor`")),
+        ("cursor" = Option<String>, Query, pattern = r"^[0-9a-fA-F]{32}$", description = "The previous answer's `raw_data_files_next_cursor`")),
     responses(
         (status = 200, description = "The record with `raw_data_files` and `raw_data_files_next_cursor`", body = Record,
             headers(("x-opsdb-replica" = String, description = "`unavailable` when the replica did not answer"))),

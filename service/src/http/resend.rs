@@ -4,7 +4,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use ops_db_actors::history::HistoryView;
 use ops_db_actors::resend::run::{Resend, ResendError, ResendReport, Since};
@@ -49,13 +49,16 @@ pub struct ResendRequest {
     responses(
         (status = 200, description = "The step's counts; `next` continues it", body = ResendReport),
         (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body declared as anything but JSON", body = ErrorBody),
         (status = 422, description = "`invalid_field` naming `since`, `after` or `limit`", body = ErrorBody),
         (status = 503, description = "`redis_unavailable` or `replica_unavailable` (the ledger is read there)", body = ErrorBody, headers(("Retry-After" = u64))),
     ))]
 pub async fn resend(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<ResendReport>, ApiError> {
+    super::media::json_body(&headers)?;
     let request: ResendRequest = decode(&body)?;
     let invalid = |field: &str, message: String| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)

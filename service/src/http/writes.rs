@@ -214,6 +214,7 @@ async fn submit_and_wait(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    super::media::json_body(headers)?;
     let body = body.map_err(body_error)?;
     let id = id
         .transpose()

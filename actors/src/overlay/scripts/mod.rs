@@ -55,6 +55,23 @@ pub(crate) static RESEND: LazyLock<Script> = LazyLock::new(|| Script::new(RESEND
 /// `group_create.lua`: the forwarder's consumer group, created if missing.
 pub(crate) static GROUP_CREATE: LazyLock<Script> = LazyLock::new(|| Script::new(GROUP_CREATE_LUA));
 
+/// `oldest_ids.lua`: the oldest ids of the stream and the resend window, without bodies.
+static OLDEST_IDS: LazyLock<Script> = LazyLock::new(|| Script::new(OLDEST_IDS_LUA));
+
+/// The ids of the oldest entries of the buffer's stream and of the resend window (`None`
+/// for an empty one), in one script call that sends back the ids only: health reads the
+/// oldest entry's age this way, never its body.
+pub async fn oldest_ids(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &super::Keys,
+) -> redis::RedisResult<(Option<String>, Option<String>)> {
+    OLDEST_IDS
+        .key(keys.stream())
+        .key(keys.sent())
+        .invoke_async(conn)
+        .await
+}
+
 /// Most transactions one `replicated.lua` or `settle.lua` call covers. Redis runs a script
 /// alone, so every ingest write waits for the call in progress: a transaction costs about
 /// 4-8 commands plus its records (bounded below). Measured on a 2-core machine (the
@@ -124,13 +141,15 @@ const DLQ_DROP_LUA: &str = include_str!("dlq_drop.lua");
 const DEAD_ENTRY_LUA: &str = concat!("#!lua flags=allow-oom\n", include_str!("dead_entry.lua"));
 const EVENTS_LUA: &str = concat!("#!lua flags=allow-oom\n", include_str!("events.lua"));
 const RESEND_LUA: &str = include_str!("resend.lua");
+const OLDEST_IDS_LUA: &str = concat!("#!lua flags=no-writes\n", include_str!("oldest_ids.lua"));
 const GROUP_CREATE_LUA: &str = concat!("#!lua flags=allow-oom\n", include_str!("group_create.lua"));
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ALL: [(&str, &str); 9] = [
+    const ALL: [(&str, &str); 10] = [
+        ("oldest_ids.lua", include_str!("oldest_ids.lua")),
         ("buffer.lua", BUFFER_LUA),
         ("settle.lua", include_str!("settle.lua")),
         ("replicated.lua", include_str!("replicated.lua")),

@@ -62,6 +62,30 @@ impl ToSchema for Record {
     }
 }
 
+/// `GET /executed_obs_units/{id}`'s answer: one [`Record`] for a UUID, a list of them for
+/// an integer id (an obs unit's executed units, as the original's path answered).
+pub struct RecordOrList;
+
+impl PartialSchema for RecordOrList {
+    fn schema() -> RefOr<Schema> {
+        let record = || RefOr::Ref(Ref::from_schema_name(Record::name()));
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(record())
+            .item(utoipa::openapi::schema::ArrayBuilder::new().items(record()))
+            .description(Some(
+                "The record for a UUID id; for an integer id, a list of them",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for RecordOrList {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((Record::name().into_owned(), Record::schema()));
+        <Record as ToSchema>::schemas(schemas);
+    }
+}
+
 /// A UUID, as its schema.
 pub fn uuid() -> Schema {
     ObjectBuilder::new()

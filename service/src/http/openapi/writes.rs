@@ -111,6 +111,9 @@ fn operation(
             "`malformed_json`, `unreadable_body`, `invalid_query` (`wait`, `timeout`), `invalid_idempotency_key`",
         ))
         .response("413", error_response("`body_too_large`: over `http.body_limit_bytes`"))
+        .response("415", error_response(
+            "`unsupported_media_type`: a body declared as anything but JSON (none is read as JSON)",
+        ))
         .response("422", error_response(
             "`missing_field`, `unknown_field`, `invalid_field`, `invalid_value`, `invalid_checksum`, \
              `invalid_id`, `idempotency_key_reused`; for `/transactions` also `unknown_table`, \
