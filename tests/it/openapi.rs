@@ -174,6 +174,30 @@ async fn docs_are_served_without_a_token_from_this_origin_alone() {
 }
 
 /// schemathesis, installed by `scripts/install-schemathesis.sh` (or `OPSDB_SCHEMATHESIS`).
+/// `st run` against the app's document with the project's hooks and config, the app's
+/// write token, and its caches in `work` (a temporary directory, not the repository); the
+/// caller adds what to run and the checks.
+fn schemathesis_run(
+    st: &std::path::Path,
+    app: &crate::helpers::TestApp,
+    work: &crate::helpers::tempdir::Dir,
+) -> tokio::process::Command {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis");
+    let mut command = tokio::process::Command::new(st);
+    command
+        .current_dir(&work.0)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("SCHEMATHESIS_HOOKS", "hooks")
+        .env("PYTHONPATH", &dir)
+        .env("OPSDB_TOKEN", &app.token)
+        .env("NO_COLOR", "1")
+        .arg("--config-file")
+        .arg(dir.join("schemathesis.toml"))
+        .arg("run")
+        .arg(app.url("/openapi.json"));
+    command
+}
+
 fn schemathesis() -> std::path::PathBuf {
     let path = std::env::var_os("OPSDB_SCHEMATHESIS").map_or_else(
         || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/schemathesis/bin/st"),
@@ -204,20 +228,8 @@ async fn schemathesis_finds_nothing_wrong_with_transactions() {
         "{}",
         health.text
     );
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis");
-    // Its caches land in the working directory: a temporary one, not the repository.
     let work = crate::helpers::tempdir::Dir::new();
-    let output = tokio::process::Command::new(&st)
-        .current_dir(&work.0)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("SCHEMATHESIS_HOOKS", "hooks")
-        .env("PYTHONPATH", &dir)
-        .env("OPSDB_TOKEN", &app.token)
-        .env("NO_COLOR", "1")
-        .arg("--config-file")
-        .arg(dir.join("schemathesis.toml"))
-        .arg("run")
-        .arg(app.url("/openapi.json"))
+    let output = schemathesis_run(&st, app, &work)
         .args([
             "--checks",
             "all",
@@ -338,19 +350,8 @@ async fn schemathesis_finds_nothing_wrong_with_any_read_or_health_operation() {
     let site = crate::site::Site::start(false, "").await;
     let app = &site.app;
     crate::helpers::start_obs_unit(app, 1).await;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis");
     let work = crate::helpers::tempdir::Dir::new();
-    let output = tokio::process::Command::new(&st)
-        .current_dir(&work.0)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("SCHEMATHESIS_HOOKS", "hooks")
-        .env("PYTHONPATH", &dir)
-        .env("OPSDB_TOKEN", &app.token)
-        .env("NO_COLOR", "1")
-        .arg("--config-file")
-        .arg(dir.join("schemathesis.toml"))
-        .arg("run")
-        .arg(app.url("/openapi.json"))
+    let output = schemathesis_run(&st, app, &work)
         .args([
             "--checks",
             "all",
