@@ -194,8 +194,26 @@ fn schemathesis_run(
         .arg("--config-file")
         .arg(dir.join("schemathesis.toml"))
         .arg("run")
-        .arg(app.url("/openapi.json"));
+        .arg(app.url("/openapi.json"))
+        .args([
+            "--phases",
+            "coverage,fuzzing",
+            "--continue-on-failure",
+            "--generation-database",
+            "none",
+        ]);
     command
+}
+
+/// The report of a run that must have found nothing (its exit status says so).
+fn clean_report(output: &std::process::Output) -> String {
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    report
 }
 
 fn schemathesis() -> std::path::PathBuf {
@@ -237,21 +255,11 @@ async fn schemathesis_finds_nothing_wrong_with_transactions() {
             "transactions",
             "--max-examples",
             "300",
-            "--phases",
-            "coverage,fuzzing",
-            "--continue-on-failure",
-            "--generation-database",
-            "none",
         ])
         .output()
         .await
         .expect("schemathesis runs");
-    let report = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "schemathesis found problems:\n{report}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let report = clean_report(&output);
     assert!(report.contains("No issues found"), "{report}");
 }
 
@@ -361,20 +369,10 @@ async fn schemathesis_finds_nothing_wrong_with_any_read_or_health_operation() {
             "/ws/events",
             "--max-examples",
             "100",
-            "--phases",
-            "coverage,fuzzing",
-            "--continue-on-failure",
-            "--generation-database",
-            "none",
         ])
         .output()
         .await
         .expect("schemathesis runs");
-    let report = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "schemathesis found problems:\n{report}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let report = clean_report(&output);
     assert!(report.contains("passed"), "{report}");
 }

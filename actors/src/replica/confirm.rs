@@ -137,7 +137,6 @@ async fn mark(
         .arg(now)
         .arg(config.keys.lifecycle_prefix())
         .arg(config.retention.as_secs().max(1))
-        .arg(TXS_PER_CALL)
         .arg(RECORDS_PER_CALL);
     for id in ids {
         invocation.arg(id.as_str());

@@ -155,9 +155,7 @@ impl Tools {
         }
         self.run(cmd, "pg_basebackup", data, log).await
     }
-}
 
-impl Tools {
     /// A plain base backup of the primary into `data` (as an operator keeps one to restore
     /// from): WAL streamed along, no replication settings, no slot.
     pub(super) async fn backup(

@@ -5,9 +5,8 @@
 --
 -- KEYS[1] forwarded sorted set
 -- ARGV[1] replay LSN score (rounded down), ARGV[2] now (unix ms), ARGV[3] lifecycle key
--- prefix, ARGV[4] retention (seconds), ARGV[5] unused (kept for the argument layout),
--- ARGV[6] most records released per call, ARGV[7..] the confirmed transaction ids, in
--- the forwarded set's order
+-- prefix, ARGV[4] retention (seconds), ARGV[5] most records released per call, ARGV[6..]
+-- the confirmed transaction ids, in the forwarded set's order
 --
 -- Keys not in KEYS: each transaction's lifecycle hash, derived as ARGV[3] .. its id;
 -- release_overlay's (overlay_release.lua: record hashes and index sets read from Redis).
@@ -17,7 +16,7 @@
 --
 -- Bounded work per call (Redis runs a script alone): the caller sends at most
 -- `TXS_PER_CALL` ids (per transaction ZSCORE + HGET + HSET + EXPIRE + ZREM) and at most
--- ARGV[6] record releases happen (about 5 commands each); with 50 and 100
+-- ARGV[5] record releases happen (about 5 commands each); with 50 and 100
 -- (`TXS_PER_CALL`, `RECORDS_PER_CALL`) that is at most about 900 commands, under 3 ms. A
 -- transaction is marked `replicated` and leaves the sorted set only once its last record
 -- is released; until then it stays, so the next call, or the next poll after a crash,
@@ -26,9 +25,9 @@
 -- Returns {ids done (marked or passed over) from the first, the ids marked}: fewer done
 -- than sent when the record budget ran out (the caller sends the rest again).
 -- release_overlay: overlay_release.lua.
-local budget, replay = tonumber(ARGV[6]), tonumber(ARGV[1])
+local budget, replay = tonumber(ARGV[5]), tonumber(ARGV[1])
 local done, ids = 0, {}
-for i = 7, #ARGV do
+for i = 6, #ARGV do
   local tx = ARGV[i]
   local score = redis.call('ZSCORE', KEYS[1], tx)
   if score and tonumber(score) <= replay then
