@@ -140,7 +140,7 @@ async fn start(
     let args = state.args.clone();
     let config = Arc::clone(&args.config);
     let timeout = config.redis_timeout;
-    let conn = redis_conn::open_url(&config.redis_url, timeout, timeout).await?;
+    let conn = redis_conn::open_url(&config.redis_url, "notifier", timeout, timeout).await?;
     let client = redis::Client::open(config.redis_url.as_str())?;
     let subscribe = async {
         let mut pubsub = client.get_async_pubsub().await?;

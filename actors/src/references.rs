@@ -305,7 +305,9 @@ impl References {
         }
         let mut guard = self.redis.lock().await;
         if guard.is_none() {
-            *guard = Some(crate::redis_conn::open_url(&self.redis_url, BUDGET, BUDGET).await?);
+            *guard = Some(
+                crate::redis_conn::open_url(&self.redis_url, "references", BUDGET, BUDGET).await?,
+            );
         }
         let Some(conn) = guard.as_mut() else {
             return Ok(HashSet::new());

@@ -99,8 +99,9 @@ impl TokenStore {
         let mut guard = self.conn.lock().await;
         let conn = match &mut *guard {
             Some(conn) => conn,
-            None => guard
-                .insert(redis_conn::open_url(&self.redis_url, self.timeout, self.timeout).await?),
+            None => guard.insert(
+                redis_conn::open_url(&self.redis_url, "tokens", self.timeout, self.timeout).await?,
+            ),
         };
         let result = cmd.query_async(conn).await;
         if result.is_err() {

@@ -26,7 +26,7 @@ pub(super) async fn sample(
     let read = async {
         let mut conn = match conn {
             Some(conn) => conn,
-            None => crate::redis_conn::open(client, timeout, timeout).await?,
+            None => crate::redis_conn::open(client, "buffer-sample", timeout, timeout).await?,
         };
         // CONFIG may be renamed away on a hardened server: then the free space is unknown.
         let replies: Vec<RedisResult<redis::Value>> = redis::pipe()

@@ -166,7 +166,7 @@ async fn renew(
 ) -> Result<String, super::ForwardError> {
     let conn = match conn {
         Some(conn) => conn,
-        None => conn.insert(connect_redis(config, config.redis_timeout).await?),
+        None => conn.insert(connect_redis(config, "lease", config.redis_timeout).await?),
     };
     let ttl_ms = config.lease_ttl.as_millis().max(1) as u64;
     Ok(ACQUIRE
@@ -188,7 +188,7 @@ pub async fn release(config: &ForwarderConfig, status: &LeaseStatus) {
         task.abort();
     }
     let run = async {
-        let mut conn = connect_redis(config, config.redis_timeout).await?;
+        let mut conn = connect_redis(config, "lease", config.redis_timeout).await?;
         let _: i64 = RELEASE
             .key(config.keys.forwarder_lease())
             .arg(&status.instance)

@@ -327,10 +327,11 @@ async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, Forwa
 
 async fn connect_redis(
     config: &ForwarderConfig,
+    role: &str,
     response_timeout: Duration,
 ) -> Result<MultiplexedConnection, ForwardError> {
     let url = &config.redis_url;
-    Ok(redis_conn::open_url(url, config.redis_timeout, response_timeout).await?)
+    Ok(redis_conn::open_url(url, role, config.redis_timeout, response_timeout).await?)
 }
 
 async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardError> {
@@ -348,9 +349,15 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
         (reader, settle) => {
             // Its own connections: a blocking read must not hold up the settle step, and
             // nothing is shared with ingestion.
-            let conn = connect_redis(&config, read::BLOCK + config.redis_timeout).await?;
+            let conn = connect_redis(
+                &config,
+                "forwarder-read",
+                read::BLOCK + config.redis_timeout,
+            )
+            .await?;
             let new_reader = Reader::new(conn, &config).await?;
-            let new_settle = connect_redis(&config, config.redis_timeout).await?;
+            let new_settle =
+                connect_redis(&config, "forwarder-settle", config.redis_timeout).await?;
             (reader.insert(new_reader), settle.insert(new_settle))
         }
     };

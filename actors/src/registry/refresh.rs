@@ -172,9 +172,9 @@ impl Refresher {
         let timeout = self.config.redis_timeout;
         let conn = match &mut self.redis {
             Some(conn) => conn,
-            None => self
-                .redis
-                .insert(redis_conn::open_url(&self.config.redis_url, timeout, timeout).await?),
+            None => self.redis.insert(
+                redis_conn::open_url(&self.config.redis_url, "registry", timeout, timeout).await?,
+            ),
         };
         let answer = cmd.query_async(conn).await;
         if answer.is_err() {

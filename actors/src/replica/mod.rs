@@ -179,7 +179,7 @@ async fn connect(
         .await
         .map_err(|_| ReplicaError::ConnectTimeout(config.connect_timeout))??;
     let timeout = config.redis_timeout;
-    let redis = crate::redis_conn::open_url(&config.redis_url, timeout, timeout).await?;
+    let redis = crate::redis_conn::open_url(&config.redis_url, "replica", timeout, timeout).await?;
     Ok((pg, redis))
 }
 

@@ -51,7 +51,7 @@ pub async fn run(
     // Writes/s of the phases without clients: events off, events on.
     let (mut rate_off, mut rate_on) = (Vec::new(), Vec::new());
     for (number, (label, enabled, clients)) in phases.into_iter().enumerate() {
-        empty(&redis.url()).await?;
+        empty(&redis.admin_url()).await?;
         let config = Config::from_toml_str(&format!(
             "[site]\nname = \"bench-events\"\n[http]\nlisten = \"127.0.0.1:0\"\nmax_connections = {cap}\n\
              max_connections_per_peer = {cap}\n\
@@ -98,7 +98,7 @@ pub async fn run(
 async fn empty(url: &str) -> anyhow::Result<()> {
     // Emptying a phase's Redis (and its AOF) takes seconds: a reply timeout to match.
     let slow = Duration::from_secs(60);
-    let mut conn = ops_db_actors::redis_conn::open_url(url, slow, slow).await?;
+    let mut conn = ops_db_actors::redis_conn::open_url(url, "bench", slow, slow).await?;
     redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
     redis::cmd("BGREWRITEAOF")
         .query_async::<()>(&mut conn)
