@@ -52,9 +52,10 @@ else
 fi
 
 # The build context: only the files the Dockerfile copies, with their paths in the
-# repository (the Redis image takes packaging/redis/ops-db-api.conf, the snippet the
-# summit host's Redis and the dev kit's use), sent as a tar on stdin: never target/.
-CONTEXT=(docker/Dockerfile docker/postgres-entrypoint.sh packaging/redis/ops-db-api.conf)
+# repository (the Redis image takes packaging/redis/ops-db-api.conf and .acl, the snippet
+# and the ACL user the summit host's Redis and the dev kit's use), sent as a tar on stdin: never target/.
+CONTEXT=(docker/Dockerfile docker/postgres-entrypoint.sh docker/redis-entrypoint.sh
+         packaging/redis/ops-db-api.conf packaging/redis/ops-db-api.acl)
 
 # Legacy builder: FROM a local-only image never triggers a registry lookup, and
 # it needs no buildx plugin.

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 #[cfg(feature = "dev")]
 use ops_db_devkit::{bench, dev};
 use ops_db_service::config::{Config, Scope};
+use ops_db_service::redis_access;
 use ops_db_service::startup::Application;
 use ops_db_service::{db, telemetry, token};
 use tokio_util::sync::CancellationToken;
@@ -76,6 +77,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print the ACL file for the summit host's Redis (/etc/redis/users.acl): the default
+    /// user off, and the service's user (opsdb-api) limited to its keys and the commands
+    /// it sends. Its password is read from standard input (never an argument); give the
+    /// service the same password in redis.url (see docs/OPERATIONS.md, Redis access).
+    RedisAcl,
     /// API tokens.
     Token {
         #[command(subcommand)]
@@ -210,6 +216,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let token = std::env::var("OPSDB_TOKEN")
                 .map_err(|_| anyhow::anyhow!("set OPSDB_TOKEN to a token with the admin scope"))?;
             resend::run(args, &token).await
+        }
+        Command::RedisAcl => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(
+                password.len() >= 16,
+                "the password on standard input has {} characters: give at least 16",
+                password.len()
+            );
+            print!("{}", redis_access::acl_file(password, None));
+            Ok(())
         }
         Command::CheckConfig { config } => {
             let config = load(&config)?;

@@ -116,6 +116,8 @@ fn the_unit_has_the_directives_the_summit_host_relies_on() {
         ("LogsDirectory", "ops-db-api"),
         ("User", "ops-db-api"),
         ("Group", "ops-db-api"),
+        // Redis' unix socket is the redis group's (ops-db-api-access.conf).
+        ("SupplementaryGroups", "redis"),
         // What `serve` stops on, in order (see stop_on_signals).
         ("KillSignal", "SIGTERM"),
     ] {
@@ -142,6 +144,32 @@ fn the_unit_has_the_directives_the_summit_host_relies_on() {
     assert!(
         unit.words("Unit", "Requires").is_empty(),
         "a Redis restart must not stop the service"
+    );
+}
+
+#[test]
+fn the_summit_config_reaches_redis_through_the_socket_the_access_snippet_opens_as_its_acl_user() {
+    let access = include_str!("../packaging/redis/ops-db-api-access.conf");
+    let directive = |name: &str| {
+        access
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{name} in ops-db-api-access.conf"))
+    };
+    assert_eq!(directive("port"), "0", "no TCP port");
+    assert_eq!(directive("unixsocketperm"), "770");
+    let url = summit().redis.url;
+    let (path, query) = url
+        .strip_prefix("unix://")
+        .and_then(|rest| rest.split_once('?'))
+        .unwrap_or_else(|| panic!("a unix socket URL with a query: {url}"));
+    assert_eq!(path, directive("unixsocket"));
+    let pairs: Vec<(&str, &str)> = query.split('&').filter_map(|p| p.split_once('=')).collect();
+    assert_eq!(
+        pairs,
+        [("user", ops_db_service::redis_access::USER)],
+        "{url}"
     );
 }
 

@@ -3,6 +3,14 @@
 //! ([`crate::redis_conf`]: AOF with `appendfsync always`, `noeviction`, ...), written into
 //! that directory. Used by `dev`, `bench` and the local test backend; stopped (and its AOF
 //! flushed) by [`LocalRedis::stop`], killed on drop.
+//!
+//! Like the summit host's, it answers no one without a password: its ACL file
+//! (`users.acl`, written from the packaged template by
+//! [`ops_db_service::redis_access::acl_file`]) has the service's user (`opsdb-api`, limited
+//! to its keys and commands: [`LocalRedis::url`]) and an administrator as the `default`
+//! user ([`LocalRedis::admin_url`]) for what only a harness does (`CONFIG SET`,
+//! `CLIENT PAUSE`, `SHUTDOWN`, ...). The passwords are made at the first start and kept in
+//! the directory (`passwords`, mode 0600), so a restart on the same directory keeps them.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,12 +19,75 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use tokio::process::{Child, Command};
 
+use ops_db_service::redis_access;
+
 use crate::redis_conf;
 
 pub struct LocalRedis {
     child: Child,
     pub port: u16,
     pub dir: PathBuf,
+    pub passwords: Passwords,
+}
+
+/// The passwords of a dev kit Redis' two users.
+#[derive(Debug, Clone)]
+pub struct Passwords {
+    /// The service's user, `opsdb-api`.
+    pub service: String,
+    /// The `default` user, with every right.
+    pub admin: String,
+}
+
+impl Passwords {
+    const FILE: &'static str = "passwords";
+
+    /// Two new passwords (hex: they go into URLs as they are).
+    pub fn random() -> Self {
+        Self {
+            service: format!("{:032x}", rand::random::<u128>()),
+            admin: format!("{:032x}", rand::random::<u128>()),
+        }
+    }
+
+    /// The directory's passwords, made (and kept there) at its first use.
+    pub fn of_dir(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(Self::FILE);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Some((service, admin)) = text.trim().split_once(' ') {
+                return Ok(Self {
+                    service: service.to_owned(),
+                    admin: admin.to_owned(),
+                });
+            }
+        }
+        let passwords = Self::random();
+        write_private(
+            &path,
+            &format!("{} {}\n", passwords.service, passwords.admin),
+        )?;
+        Ok(passwords)
+    }
+
+    /// The ACL file of a Redis with these passwords.
+    pub fn acl_file(&self) -> String {
+        redis_access::acl_file(&self.service, Some(&self.admin))
+    }
+}
+
+/// Writes `text` to a new file at `path` that only its owner can read.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 impl LocalRedis {
@@ -27,6 +98,9 @@ impl LocalRedis {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let conf = redis_conf::write_into(dir)
             .with_context(|| format!("writing {} into {}", redis_conf::FILE_NAME, dir.display()))?;
+        let passwords = Passwords::of_dir(dir)?;
+        let acl = dir.join("users.acl");
+        write_private(&acl, &passwords.acl_file())?;
         // The file first (redis-server reads a config file only as its first argument), then
         // what is this server's own.
         let child = Command::new(binary)
@@ -41,6 +115,8 @@ impl LocalRedis {
             ])
             .arg("--dir")
             .arg(dir)
+            .arg("--aclfile")
+            .arg(&acl)
             .args(["--logfile", "redis.log", "--daemonize", "no"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -52,17 +128,24 @@ impl LocalRedis {
             child,
             port,
             dir: dir.to_owned(),
+            passwords,
         };
         redis.wait_ready().await?;
         Ok(redis)
     }
 
+    /// The service's URL: its user, limited to its keys and commands.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        url(self.port, redis_access::USER, &self.passwords.service)
+    }
+
+    /// The administrator's URL (the `default` user, every right): for harnesses only.
+    pub fn admin_url(&self) -> String {
+        url(self.port, "default", &self.passwords.admin)
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let client = redis::Client::open(self.url())?;
+        let client = redis::Client::open(self.admin_url())?;
         for _ in 0..200 {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
@@ -94,7 +177,7 @@ impl LocalRedis {
 
     /// Asks Redis to shut down (it flushes its AOF), then waits for it.
     pub async fn stop(mut self) {
-        if let Ok(client) = redis::Client::open(self.url()) {
+        if let Ok(client) = redis::Client::open(self.admin_url()) {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
                 let _ = redis::cmd("SHUTDOWN").query_async::<()>(&mut conn).await;
             }
@@ -106,6 +189,11 @@ impl LocalRedis {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// A loopback URL of a Redis on `port` as `user`.
+pub fn url(port: u16, user: &str, password: &str) -> String {
+    format!("redis://{user}:{password}@127.0.0.1:{port}")
 }
 
 fn which(name: &str) -> Option<PathBuf> {

@@ -103,7 +103,7 @@ mod tests {
         let redis = LocalRedis::start(&dir, free_port().expect("port"))
             .await
             .expect("redis-server (apt-get install redis-server)");
-        let mut conn = redis::Client::open(redis.url())
+        let mut conn = redis::Client::open(redis.admin_url())
             .expect("url")
             .get_multiplexed_async_connection()
             .await

@@ -15,6 +15,7 @@ pub mod log_limit;
 pub mod operations;
 pub mod ops;
 pub mod peers;
+pub mod redis_access;
 pub mod redis_probe;
 pub mod shutdown;
 pub mod single_flight;

@@ -20,11 +20,12 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisResult, Value};
+use redis::{RedisResult, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
+use crate::redis_access::{self, RedisAccess};
 use crate::single_flight::SingleFlight;
 
 /// How long a status read serves the callers after it.
@@ -41,7 +42,15 @@ pub struct RedisProbe {
     last: LastStatus,
     /// The status reads, one at a time, reused for [`STATUS_TTL`].
     cached: SingleFlight<RedisStatus>,
+    /// `redis.url`, for [`RedisProbe::access`].
+    url: String,
+    /// How the service reaches Redis, read at most once per [`ACCESS_TTL`].
+    access: SingleFlight<Option<RedisAccess>>,
 }
+
+/// How long a read of [`RedisAccess`] serves: Redis' ACL rarely changes, and each read
+/// opens a connection.
+pub const ACCESS_TTL: Duration = Duration::from_secs(60);
 
 /// Whether acknowledged writes survive a Redis crash or power loss, and are never evicted
 /// (`/health`'s `redis_durability`).
@@ -161,7 +170,18 @@ impl RedisProbe {
             timeout,
             last: LastStatus::default(),
             cached: SingleFlight::new(STATUS_TTL),
+            url: url.to_owned(),
+            access: SingleFlight::new(ACCESS_TTL),
         })
+    }
+
+    /// How the service reaches Redis and whether Redis answers without credentials
+    /// (`redis_access`), read now unless a read finished within [`ACCESS_TTL`]; `None`
+    /// when `redis.url` cannot be read as an address (never after startup's check).
+    pub async fn access(&self) -> Option<RedisAccess> {
+        self.access
+            .get(|| async { redis_access::probe(&self.url, self.timeout).await.ok() })
+            .await
     }
 
     /// Registers `opsdb_redis_up`, `opsdb_buffer_transactions` and
@@ -224,13 +244,9 @@ impl RedisProbe {
             Some((current, _)) => current + 1,
             None => 0,
         };
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let conn =
+            ops_db_actors::redis_conn::open(&self.client, "http", self.timeout, self.timeout)
+                .await?;
         *guard = Some((generation, conn.clone()));
         Ok(conn)
     }

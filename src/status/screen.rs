@@ -92,6 +92,21 @@ fn redis(h: &HealthReport) -> Vec<String> {
         }
         None => lines.push(field("redis", &reachable)),
     }
+    if let Some(access) = &h.redis_access {
+        let auth = match access.requires_auth {
+            Some(true) => "password required",
+            Some(false) => "OPEN (no password)",
+            None => "password unknown",
+        };
+        let user = access.user.as_deref().unwrap_or("default");
+        lines.push(field(
+            "",
+            &format!("access {}, user {user}, {auth}", access.transport),
+        ));
+        for problem in &access.problems {
+            lines.push(field("", &format!("- {problem}")));
+        }
+    }
     lines
 }
 

@@ -262,7 +262,7 @@ async fn writes_whose_callers_timed_out_are_not_stored_later() {
         TestApp::spawn_with("[http]\nrequest_timeout = \"300ms\"\n[redis]\ntimeout = \"10s\"\n")
             .await;
     // Block Redis for 1.5 s with a busy script from a connection of our own.
-    let mut blocker = redis::Client::open(app.redis.url())
+    let mut blocker = redis::Client::open(app.redis.admin_url())
         .expect("url")
         .get_multiplexed_async_connection_with_config(
             &redis::AsyncConnectionConfig::new().set_response_timeout(None),

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use ops_db_actors::domain::Transaction;
 use ops_db_actors::overlay::{Keys, TxState};
 use ops_db_actors::tree::Tree;
-use ops_db_devkit::local_redis::LocalRedis;
+use ops_db_devkit::local_redis::{self, LocalRedis, Passwords};
 use ops_db_devkit::ports::free_port;
 use ops_db_service::config::Config;
+use ops_db_service::redis_access;
 use ops_db_service::startup::Application;
 use ops_db_service::token;
 use redis::aio::MultiplexedConnection;
@@ -54,9 +55,12 @@ enum Backend {
 }
 
 /// A Redis server of the test's own, on a fixed loopback port so that it can be stopped
-/// and started again under the application's feet.
+/// and started again under the application's feet. Like the summit host's, it answers no
+/// one without a password: the application connects as the service's ACL user
+/// ([`TestRedis::url`]), the test as the administrator ([`TestRedis::conn`]).
 pub struct TestRedis {
     pub port: u16,
+    pub passwords: Passwords,
     backend: Mutex<Backend>,
 }
 
@@ -67,20 +71,25 @@ pub fn backend_is_local() -> bool {
 impl TestRedis {
     pub async fn start() -> Arc<Self> {
         let port = free_port().expect("a free port");
-        let backend = if backend_is_local() {
+        let (backend, passwords) = if backend_is_local() {
             let dir = tempdir::Dir::new();
             let server = LocalRedis::start(&dir.0, port)
                 .await
                 .unwrap_or_else(|e| panic!("OPSDB_TEST_BACKEND=local needs redis-server: {e:#}"));
-            Backend::Local {
+            let passwords = server.passwords.clone();
+            let backend = Backend::Local {
                 dir,
                 server: Some(server),
-            }
+            };
+            (backend, passwords)
         } else {
+            let passwords = Passwords::random();
             let image = GenericImage::new(REDIS_IMAGE.0, REDIS_IMAGE.1)
                 .with_exposed_port(6379.tcp())
                 .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
                 .with_mapped_port(port, 6379.tcp())
+                .with_env_var("OPSDB_REDIS_PASSWORD", &passwords.service)
+                .with_env_var("OPSDB_REDIS_ADMIN_PASSWORD", &passwords.admin)
                 .with_startup_timeout(Duration::from_secs(60));
             let container = image.start().await.unwrap_or_else(|e| {
                 panic!(
@@ -91,10 +100,11 @@ impl TestRedis {
                     REDIS_IMAGE.0, REDIS_IMAGE.1
                 )
             });
-            Backend::Docker(container)
+            (Backend::Docker(container), passwords)
         };
         let redis = Arc::new(Self {
             port,
+            passwords,
             backend: Mutex::new(backend),
         });
         redis.wait_ready().await;
@@ -110,6 +120,7 @@ impl TestRedis {
             .unwrap_or_else(|e| panic!("this test needs redis-server installed: {e:#}"));
         let redis = Arc::new(Self {
             port,
+            passwords: server.passwords.clone(),
             backend: Mutex::new(Backend::Local {
                 dir: tempdir::Dir(dir),
                 server: Some(server),
@@ -119,20 +130,39 @@ impl TestRedis {
         redis
     }
 
+    /// The application's URL: the service's ACL user.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        local_redis::url(self.port, redis_access::USER, &self.passwords.service)
     }
 
+    /// The administrator's URL (every right), for what the test does.
+    pub fn admin_url(&self) -> String {
+        local_redis::url(self.port, "default", &self.passwords.admin)
+    }
+
+    /// A connection as the administrator.
     pub async fn conn(&self) -> MultiplexedConnection {
-        redis::Client::open(self.url())
+        redis::Client::open(self.admin_url())
             .expect("url")
             .get_multiplexed_async_connection()
             .await
             .expect("connect to test redis")
     }
 
+    /// What Redis refused the service's user since it started (`ACL LOG`), one line
+    /// each: a command or key the ACL template lacks.
+    pub async fn acl_denials(&self) -> Vec<String> {
+        let mut conn = self.conn().await;
+        let log: Vec<Vec<redis::Value>> = redis::cmd("ACL")
+            .arg("LOG")
+            .query_async(&mut conn)
+            .await
+            .expect("ACL LOG");
+        log.iter().map(|entry| format!("{entry:?}")).collect()
+    }
+
     async fn wait_ready(&self) {
-        let client = redis::Client::open(self.url()).expect("url");
+        let client = redis::Client::open(self.admin_url()).expect("url");
         eventually("redis answers PING", Duration::from_secs(30), || {
             let client = client.clone();
             async move {
@@ -144,6 +174,21 @@ impl TestRedis {
             }
         })
         .await;
+    }
+
+    /// Whether the server answers now (a test may have killed it).
+    pub async fn is_up(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.admin_url()) else {
+            return false;
+        };
+        let ping = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), ping).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Kills the server without warning (SIGKILL): only what is fsynced survives.
@@ -395,12 +440,22 @@ impl TestApp {
     }
 
     /// Stops the application; its result (an escalated tree is an error).
+    /// Stops the application; then fails the test if Redis refused the service's user
+    /// anything (its ACL lacks a command the service sends).
     pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
+        let stopped = tokio::time::timeout(Duration::from_secs(30), self.task)
             .await
             .expect("application stops within 30 s")
-            .expect("application task")
+            .expect("application task");
+        if self.redis.is_up().await {
+            let denials = self.redis.acl_denials().await;
+            assert!(
+                denials.is_empty(),
+                "Redis refused the service's user (packaging/redis/ops-db-api.acl lacks it): {denials:#?}"
+            );
+        }
+        stopped
     }
 
     /// Waits for the application to end on its own (escalation).

@@ -36,6 +36,7 @@ mod poison;
 mod precise;
 mod reads;
 mod reconnect;
+mod redis_access;
 mod redis_conf;
 mod registry;
 mod release;

@@ -36,7 +36,7 @@ pub(super) async fn connect(
     let timeout = config.redis_timeout;
     let mut conns = Vec::with_capacity(config.connections);
     for _ in 0..config.connections.max(1) {
-        let mut conn = crate::redis_conn::open(client, timeout, timeout).await?;
+        let mut conn = crate::redis_conn::open(client, "buffer", timeout, timeout).await?;
         // EVALSHA needs the script in this server's cache; a new connection may be a new
         // (restarted) server.
         BUFFER.load_async(&mut conn).await?;
@@ -274,13 +274,14 @@ impl Flush {
         let now = chrono::Utc::now().timestamp_millis().to_string();
         for request in batch {
             let w = &request.write;
+            // No idempotency key: two keys, not an empty third (outside the ACL's pattern).
             let (idem_key, fingerprint, answer) = match &w.idempotency {
                 Some(i) => (
-                    keys.idempotency(&i.key),
+                    Some(keys.idempotency(&i.key)),
                     i.fingerprint.as_str(),
                     i.answer_json.as_str(),
                 ),
-                None => (String::new(), "", ""),
+                None => (None, "", ""),
             };
             let admitted = self.memory.admit(estimate(w));
             let (tx_json, overlay_json) = if admitted {
@@ -290,7 +291,7 @@ impl Flush {
             };
             pipe.cmd("EVALSHA")
                 .arg(BUFFER.get_hash())
-                .arg(3)
+                .arg(2 + usize::from(idem_key.is_some()))
                 .arg(keys.stream())
                 .arg(keys.lifecycle(w.tx_id))
                 .arg(idem_key)

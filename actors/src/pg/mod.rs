@@ -126,8 +126,11 @@ pub fn redact_url(raw: &str) -> String {
     }
 }
 
+/// PostgreSQL's `password` and `sslpassword`; `pass`: a Redis unix socket URL's password.
 fn is_secret_param(key: &str) -> bool {
-    key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword")
+    ["password", "sslpassword", "pass"]
+        .iter()
+        .any(|secret| key.eq_ignore_ascii_case(secret))
 }
 
 #[cfg(test)]
@@ -157,6 +160,10 @@ mod tests {
         );
         // Not a URL but possibly holding a secret: nothing of it is shown.
         assert_eq!(redact_url("user:s3cret@host"), "***");
+        assert_eq!(
+            redact_url("unix:///run/redis/redis-server.sock?user=opsdb-api&pass=s3cret"),
+            "unix:///run/redis/redis-server.sock?user=opsdb-api&pass=***"
+        );
     }
 
     #[test]

@@ -86,7 +86,7 @@ async fn one(
     let base = format!("http://{}", app.http_addr());
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(stop.clone()));
-    let mut backlog = Backlog::open(&redis.url()).await?;
+    let mut backlog = Backlog::open(&redis.admin_url()).await?;
 
     // 1. The link works: the executed obs unit reaches the primary.
     let eou = super::start_obs_unit(&base, &secret).await?.0.to_string();

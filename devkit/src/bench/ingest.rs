@@ -54,7 +54,7 @@ pub async fn run(clients: &[usize], duration: Duration, dir: &Path) -> anyhow::R
         let config = super::service_config("bench", &redis.url(), &secret, &forwarder)?;
         phase_rows(phase, config, &secret, clients, duration).await?;
     }
-    lpush_rows(redis.port, clients).await;
+    lpush_rows(redis.port, &redis.passwords.admin, clients).await;
     redis.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -97,13 +97,13 @@ async fn phase_rows(
 }
 
 /// `redis-benchmark` LPUSH on the same Redis: the physical limit of one durable write.
-async fn lpush_rows(port: u16, clients: &[usize]) {
+async fn lpush_rows(port: u16, password: &str, clients: &[usize]) {
     println!();
     println!("redis-benchmark LPUSH on the same Redis (the physical limit of one durable write):");
     println!("| clients | LPUSH/s | p50 ms | p99 ms |");
     println!("|---:|---:|---:|---:|");
     for &c in clients {
-        match redis_benchmark(port, c).await {
+        match redis_benchmark(port, password, c).await {
             Ok((rps, p50, p99)) => println!("| {c} | {rps} | {p50} | {p99} |"),
             Err(err) => println!("| {c} | redis-benchmark failed: {err:#} | | |"),
         }
@@ -197,8 +197,13 @@ impl Client {
     }
 }
 
-/// Runs `redis-benchmark -t lpush --csv`; returns (requests/s, p50 ms, p99 ms).
-async fn redis_benchmark(port: u16, clients: usize) -> anyhow::Result<(String, String, String)> {
+/// Runs `redis-benchmark -t lpush --csv` as the administrator (the dev kit's Redis answers
+/// no one without a password); returns (requests/s, p50 ms, p99 ms).
+async fn redis_benchmark(
+    port: u16,
+    password: &str,
+    clients: usize,
+) -> anyhow::Result<(String, String, String)> {
     let out = tokio::process::Command::new("redis-benchmark")
         .args([
             "-h",
@@ -209,6 +214,10 @@ async fn redis_benchmark(port: u16, clients: usize) -> anyhow::Result<(String, S
             "lpush",
             "-n",
             "100000",
+            "--user",
+            "default",
+            "-a",
+            password,
         ])
         .args(["-c", &clients.to_string(), "--csv"])
         .output()

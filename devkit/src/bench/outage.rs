@@ -229,7 +229,7 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
     let server = tokio::spawn(app.run_until_stopped(stop.clone()));
     let keys = Keys::new(SITE);
     // Its replies may be slow on a busy machine (the default timeout is 500 ms).
-    let mut conn = redis::Client::open(redis.url())?
+    let mut conn = redis::Client::open(redis.admin_url())?
         .get_multiplexed_async_connection_with_config(
             &redis::AsyncConnectionConfig::new()
                 .set_response_timeout(Some(Duration::from_secs(30))),

@@ -111,7 +111,7 @@ async fn visibility(setup: &Setup<'_>, samples: usize) -> anyhow::Result<()> {
     let (base, stop, server) = setup.serve("visibility", true).await?;
     let http = reqwest::Client::new();
     let mut replica = PgConnection::connect(&setup.pg.replica_url()).await?;
-    let client = redis::Client::open(setup.redis.url())?;
+    let client = redis::Client::open(setup.redis.admin_url())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let keys = Keys::new("visibility");
     let poll = setup.poll;

@@ -51,6 +51,7 @@ pub use words::{ActorStatus, DatabaseState, HealthStatus, ProcessorState, RedisL
 pub use crate::config::SiteMode;
 use crate::http::AppState;
 pub use crate::http::{TokenOrigin, TokenSourceStatus, TokensHealth};
+pub use crate::redis_access::RedisAccess;
 pub use crate::redis_probe::Durability;
 
 /// The service's health (`GET /health`, the `health` event).
@@ -69,6 +70,11 @@ pub struct HealthReport {
     /// Whether acknowledged writes survive a Redis crash and are never evicted.
     #[serde(default, deserialize_with = "lenient")]
     pub redis_durability: Option<Durability>,
+    /// How the service reaches Redis (unix socket or loopback, its ACL user) and whether
+    /// Redis refuses a client without credentials; `problems` says what leaves it open
+    /// (read at most once a minute).
+    #[serde(default, deserialize_with = "lenient")]
+    pub redis_access: Option<RedisAccess>,
     /// Redis' disk: AOF status and size, free space, whether writes are refused for it.
     #[serde(default, deserialize_with = "lenient")]
     pub redis_storage: Option<StorageView>,
@@ -196,6 +202,7 @@ impl HealthReport {
             },
             transaction_buffer: TransactionBuffer::gather(state, &redis),
             redis_durability: Some(redis.durability),
+            redis_access: state.probe.access().await,
             redis_storage: Some(storage),
             background_processor: ProcessorState::of(forwarder_state.as_ref()),
             forwarder: ForwarderReport::gather(state),

@@ -63,6 +63,12 @@ pub(super) fn full() -> HealthReport {
             Some("noeviction".into()),
             Some("no".into()),
         )),
+        redis_access: Some(RedisAccess {
+            transport: "tcp_loopback".into(),
+            user: Some("opsdb-api".into()),
+            requires_auth: Some(false),
+            problems: vec!["redis answers without a password".into()],
+        }),
         redis_storage: Some(StorageView {
             aof_last_write_status: Some("ok".into()),
             rewrite_in_progress: Some(false),

@@ -357,3 +357,23 @@ fn the_registry_a_stale_replica_and_a_history_in_doubt_are_on_the_screen() {
     assert!(!screen.contains("history"), "{screen}");
     assert!(screen.contains("replicated 3; fresh\n"), "{screen}");
 }
+
+#[test]
+fn how_redis_is_reached_is_a_line_and_an_open_redis_says_so() {
+    let mut health = original("healthy");
+    health["redis_durability"] = json!({"durable": true, "problems": []});
+    health["redis_access"] = json!({"transport": "unix", "user": "opsdb-api",
+        "requires_auth": true, "problems": []});
+    let screen = render(&sample(true, &[], health.clone(), json!({})), now());
+    assert!(
+        screen.contains("redis      connected, durable\n           access unix, user opsdb-api, password required\n"),
+        "{screen}"
+    );
+    health["redis_access"] = json!({"transport": "tcp_loopback", "user": null,
+        "requires_auth": false, "problems": ["redis answers without a password"]});
+    let screen = render(&sample(true, &[], health, json!({})), now());
+    assert!(
+        screen.contains("access tcp_loopback, user default, OPEN (no password)\n           - redis answers without a password\n"),
+        "{screen}"
+    );
+}

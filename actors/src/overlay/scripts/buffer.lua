@@ -1,7 +1,8 @@
 -- Buffers one transaction atomically (a script runs without interleaving, and with
 -- `appendfsync always` Redis fsyncs its effects before it replies).
 --
--- KEYS[1] stream, KEYS[2] lifecycle hash, KEYS[3] idempotency hash or '' for none
+-- KEYS[1] stream, KEYS[2] lifecycle hash, KEYS[3] idempotency hash (absent for none: an
+-- empty key would be outside the service's ACL key pattern)
 -- ARGV[1] max buffered transactions    ARGV[2] transaction JSON
 -- ARGV[3] transaction id               ARGV[4] operation name
 -- ARGV[5] request fingerprint          ARGV[6] stored response (JSON)
@@ -101,7 +102,7 @@ local function write_record(rec, tx)
   return prev[1] ~= tx
 end
 
-if idem ~= '' then
+if idem then
   local prev = redis.call('HMGET', idem, 'fp', 'resp')
   if prev[1] then
     if prev[1] == ARGV[5] then
@@ -135,7 +136,7 @@ end
 if ARGV[11] and ARGV[11] ~= '' then
   redis.call('HSET', lifecycle, 'steps', ARGV[11])
 end
-if idem ~= '' then
+if idem then
   redis.call('HSET', idem, 'fp', ARGV[5], 'resp', ARGV[6])
   redis.call('EXPIRE', idem, tonumber(ARGV[7]))
 end

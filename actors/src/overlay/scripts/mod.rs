@@ -109,7 +109,6 @@ pub async fn buffer_transaction(
     BUFFER
         .key(keys.stream())
         .key(keys.lifecycle(tx.id))
-        .key("")
         .arg(u64::MAX)
         .arg(tx_json)
         .arg(tx.id.to_string())
