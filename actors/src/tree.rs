@@ -270,6 +270,9 @@ struct Shared {
     forwarder_metrics: Arc<ForwarderMetrics>,
     replica_metrics: Arc<ReplicaMetrics>,
     history: Arc<crate::history::History>,
+    /// The forwarder's word to the replica tracker that transactions now wait to be seen
+    /// replicated: it polls fast from then on, not after its slow pace's sleep.
+    forwarded: Arc<tokio::sync::Notify>,
     #[cfg(feature = "fault-injection")]
     crash_points: Arc<CrashPoints>,
     has_forwarder: bool,
@@ -296,6 +299,7 @@ impl Shared {
             forwarder_metrics: Arc::new(ForwarderMetrics::default()),
             replica_metrics: Arc::new(ReplicaMetrics::default()),
             history: Arc::default(),
+            forwarded: Arc::default(),
             #[cfg(feature = "fault-injection")]
             crash_points: Arc::new(CrashPoints::default()),
             has_forwarder,
@@ -356,6 +360,7 @@ fn children(
                 isolation: Arc::default(),
                 events: Arc::clone(&shared.events),
                 history: Arc::clone(&shared.history),
+                forwarded: Arc::clone(&shared.forwarded),
                 #[cfg(feature = "fault-injection")]
                 crash: Arc::clone(&shared.crash_points),
             },
@@ -379,6 +384,7 @@ fn children(
                 metrics: Arc::clone(&shared.replica_metrics),
                 events: Arc::clone(&shared.events),
                 history: Arc::clone(&shared.history),
+                forwarded: Arc::clone(&shared.forwarded),
             },
             slot: Slot::<ReplicaMsg>::new(),
             policy,

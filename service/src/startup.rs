@@ -86,6 +86,7 @@ fn replica(config: &Config, keys: &Keys) -> Option<(ReplicaConfig, RestartPolicy
         keys: keys.clone(),
         schema: config.schema.name.clone(),
         poll_interval: r.poll_interval,
+        fast_poll_interval: r.fast_poll_interval,
         connect_timeout: r.connect_timeout,
         redis_timeout: config.redis.timeout,
         retention: r.retention,

@@ -217,6 +217,8 @@ pub struct ForwarderArgs {
     pub events: Arc<EventSink>,
     /// The primary's identity, recorded at each connect (`/health`'s `history`).
     pub history: Arc<crate::history::History>,
+    /// Told after each settled batch: the replica tracker polls fast from then on.
+    pub forwarded: Arc<tokio::sync::Notify>,
     /// Armed by fault tests; exists only with the `fault-injection` feature.
     #[cfg(feature = "fault-injection")]
     pub crash: Arc<CrashPoints>,
@@ -425,6 +427,9 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
         return Err(ForwardError::LeaseLost(fresh));
     }
     settle_batch(settle, &config, &entries, &applied).await?;
+    // A permit is kept if the tracker is not waiting: it is not missed between its check
+    // and its sleep.
+    state.args.forwarded.notify_one();
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterAck)?;
     isolation.settled(entries.iter().map(|e| e.tx_id));

@@ -50,7 +50,10 @@ pub struct ReplicaConfig {
     pub keys: Keys,
     /// The service's schema (`schema.name`): where the ledger is.
     pub schema: String,
+    /// How often it polls while nothing is forwarded and not yet replicated.
     pub poll_interval: Duration,
+    /// How often it polls while something is (how soon a replayed commit is seen).
+    pub fast_poll_interval: Duration,
     pub connect_timeout: Duration,
     pub redis_timeout: Duration,
     /// How long a replicated transaction's lifecycle stays in Redis.
@@ -115,6 +118,8 @@ pub struct ReplicaArgs {
     pub events: Arc<crate::events::EventSink>,
     /// The replica's identity and the ledger gaps (`/health`'s `history`).
     pub history: Arc<History>,
+    /// The forwarder's word that transactions wait: ends a slow-pace sleep.
+    pub forwarded: Arc<tokio::sync::Notify>,
 }
 
 pub struct ReplicaState {
@@ -123,6 +128,9 @@ pub struct ReplicaState {
     redis: Option<MultiplexedConnection>,
     /// When the window was last audited (`confirm::audit`); `None`: at the next poll.
     audited: Option<std::time::Instant>,
+    /// When freshness was last read; `None`: at the next poll. Read every `poll_interval`
+    /// whatever the polling rate: fast polls do not add to the replica's load at rest.
+    observed: Option<std::time::Instant>,
 }
 
 pub enum ReplicaMsg {
@@ -142,28 +150,49 @@ impl Actor for ReplicaLagActor {
         // Connections are made in the first poll: a replica down at boot is an ordinary
         // crash-and-back-off, not a failure to start the tree. That poll comes at once, not
         // a poll interval later: a restart cut short by the heal probe marks without delay.
+        // Each poll then schedules the next (one chain: nothing else sends `Poll`).
         myself.cast(ReplicaMsg::Poll)?;
         args.metrics
             .freshness
             .configure(args.config.freshness.rules());
-        myself.send_interval(args.config.poll_interval, || ReplicaMsg::Poll);
         Ok(ReplicaState {
             args,
             pg: None,
             redis: None,
             audited: None,
+            observed: None,
         })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            // An error fails the actor, on purpose: see `ReplicaError`.
-            ReplicaMsg::Poll => poll(state).await.map_err(ActorProcessingErr::from),
+            // An error fails the actor, on purpose: see `ReplicaError`. The next poll
+            // comes soon while transactions wait to be seen replicated; otherwise at the
+            // slow pace, or as soon as the forwarder says it forwarded some. Each poll
+            // schedules exactly one next (a dead actor's is dropped).
+            ReplicaMsg::Poll => {
+                let waiting = poll(state).await.map_err(ActorProcessingErr::from)?;
+                let config = &state.args.config;
+                if waiting {
+                    myself.send_after(config.fast_poll_interval, || ReplicaMsg::Poll);
+                } else {
+                    let (pace, forwarded) =
+                        (config.poll_interval, Arc::clone(&state.args.forwarded));
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            () = tokio::time::sleep(pace) => {}
+                            () = forwarded.notified() => {}
+                        }
+                        let _ = myself.cast(ReplicaMsg::Poll);
+                    });
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -199,7 +228,9 @@ async fn replay_position(
     Ok(lsn.parse()?)
 }
 
-async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
+/// One poll; whether transactions still wait to be seen replicated (forwarded, not yet
+/// marked) after it.
+async fn poll(state: &mut ReplicaState) -> Result<bool, ReplicaError> {
     let config = Arc::clone(&state.args.config);
     let m = Arc::clone(&state.args.metrics);
     let events = Arc::clone(&state.args.events);
@@ -224,10 +255,16 @@ async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
     };
     let replay = replay_position(pg, &config).await?;
     m.replay_lsn.store(replay.0, Ordering::Relaxed);
-    let timeout = config.connect_timeout;
-    (m.freshness)
-        .observe(pg, &config.freshness, timeout, &events)
-        .await?;
+    if state
+        .observed
+        .is_none_or(|at| at.elapsed() >= config.poll_interval)
+    {
+        let timeout = config.connect_timeout;
+        (m.freshness)
+            .observe(pg, &config.freshness, timeout, &events)
+            .await?;
+        state.observed = Some(std::time::Instant::now());
+    }
     m.polls.fetch_add(1, Ordering::Relaxed);
     let now = chrono::Utc::now().timestamp_millis();
     let found = confirm::confirm(pg, redis, &config, replay, now, &m, &events).await?;
@@ -248,14 +285,15 @@ async fn poll(state: &mut ReplicaState) -> Result<(), ReplicaError> {
     lag(redis, &config, replay, now, &m).await
 }
 
-/// Lag in bytes (newest waiting commit vs replay position) and in time (oldest waiting).
+/// Lag in bytes (newest waiting commit vs replay position) and in time (oldest waiting);
+/// whether any transaction waits.
 async fn lag(
     redis: &mut MultiplexedConnection,
     config: &ReplicaConfig,
     replay: Lsn,
     now: i64,
     m: &ReplicaMetrics,
-) -> Result<(), ReplicaError> {
+) -> Result<bool, ReplicaError> {
     let (newest, oldest): (Vec<(String, f64)>, Vec<String>) = redis::pipe()
         .cmd("ZRANGE")
         .arg(config.keys.forwarded())
@@ -290,5 +328,5 @@ async fn lag(
         None => 0,
     };
     m.lag_seconds.set(since as f64 / 1000.0);
-    Ok(())
+    Ok(!newest.is_empty())
 }

@@ -72,6 +72,7 @@ mod tests {
             keys: Keys::new("t"),
             schema: "opsdb_api".into(),
             poll_interval: Duration::from_millis(100),
+            fast_poll_interval: Duration::from_millis(5),
             connect_timeout: Duration::from_secs(1),
             redis_timeout: Duration::from_secs(1),
             retention: Duration::from_secs(1),

@@ -222,8 +222,13 @@ pub struct Replica {
     pub url: Option<String>,
     /// As `forwarder.ca_file`, for the replica.
     pub ca_file: Option<PathBuf>,
+    /// How often the replay position is read while nothing waits to be seen replicated.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How often while forwarded transactions wait to be seen replicated; at most
+    /// `poll_interval`.
+    #[serde(with = "humantime_serde")]
+    pub fast_poll_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]

@@ -286,3 +286,16 @@ fn the_connection_and_websocket_bounds_name_their_keys() {
         "{err}"
     );
 }
+
+#[test]
+fn the_fast_replica_poll_is_at_most_the_slow_one() {
+    let err = load_err(&format!(
+        "{SITE}[replica]\npoll_interval = \"100ms\"\nfast_poll_interval = \"200ms\"\n"
+    ));
+    assert!(
+        err.starts_with("replica.fast_poll_interval: must be at most replica.poll_interval"),
+        "{err}"
+    );
+    let err = load_err(&format!("{SITE}[replica]\nfast_poll_interval = \"0s\"\n"));
+    assert_eq!(err, "replica.fast_poll_interval: must be longer than zero");
+}

@@ -188,6 +188,10 @@ impl Config {
                 self.forwarder.statement_timeout,
             ),
             ("replica.poll_interval", self.replica.poll_interval),
+            (
+                "replica.fast_poll_interval",
+                self.replica.fast_poll_interval,
+            ),
             ("replica.connect_timeout", self.replica.connect_timeout),
             ("replica.retention", self.replica.retention),
             ("replica.audit_interval", self.replica.audit_interval),
@@ -205,6 +209,12 @@ impl Config {
             return Err(invalid(
                 "events.idle_timeout",
                 "must be longer than events.ping_interval, or a client is closed before it could answer a ping",
+            ));
+        }
+        if self.replica.fast_poll_interval > self.replica.poll_interval {
+            return Err(invalid(
+                "replica.fast_poll_interval",
+                "must be at most replica.poll_interval (it is the pace while transactions wait)",
             ));
         }
         if self.forwarder.lease_ttl < std::time::Duration::from_secs(1) {
