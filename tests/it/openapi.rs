@@ -36,7 +36,7 @@ async fn send(app: &TestApp, method: &str, path: &str) -> Reply {
 
 #[tokio::test]
 async fn every_documented_route_is_served_and_asks_for_the_token_it_documents() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with("[buffer]\nmax_bulk_files = 7\n").await;
     let r = app.get("/openapi.json").await;
     assert_eq!(r.status, 200, "{}", r.text);
     let content_type = r.headers["content-type"].to_str().unwrap();
@@ -49,6 +49,9 @@ async fn every_documented_route_is_served_and_asks_for_the_token_it_documents() 
     assert!(version.starts_with("3."), "openapi: {version:?}");
     assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
 
+    let bulk = &doc["paths"]["/raw_data_files/bulk"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"];
+    assert_eq!(bulk["maxItems"], 7, "the configured bound: {bulk}");
     let (found, unresolved) = ops_db_service::http::openapi::references(&doc);
     assert!(!found.is_empty(), "the document refers to its schemas");
     assert!(unresolved.is_empty(), "do not resolve: {unresolved:?}");
