@@ -45,7 +45,7 @@ pub struct EntryId {
 
 /// Text that is not a complete stream id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a stream id (<ms>-<seq>)")]
+#[error("{0:?} is not a stream id (<ms>-<seq>, 1 to 19 digits each)")]
 pub struct BadEntryId(pub String);
 
 impl std::str::FromStr for EntryId {
@@ -54,9 +54,11 @@ impl std::str::FromStr for EntryId {
     fn from_str(text: &str) -> Result<Self, BadEntryId> {
         let bad = || BadEntryId(text.to_owned());
         let (ms, seq) = text.split_once('-').ok_or_else(bad)?;
-        // Digits only: `u64::from_str` would also take a leading `+`.
+        // 1 to 19 digits, as the document's pattern says: always a u64 (Redis' ids are
+        // milliseconds since 1970, 13 digits, and a count); `u64::from_str` alone would
+        // also take a leading `+`.
         let number = |part: &str| {
-            (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+            ((1..=19).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit()))
                 .then(|| part.parse::<u64>().ok())
                 .flatten()
                 .ok_or_else(bad)
@@ -190,10 +192,10 @@ mod tests {
         let id: EntryId = "1700000000000-3".parse().expect("an id");
         assert_eq!(id.to_string(), "1700000000000-3");
         assert_eq!(
-            "18446744073709551615-0"
+            "9999999999999999999-0"
                 .parse::<EntryId>()
                 .map(|i| i.to_string()),
-            Ok("18446744073709551615-0".to_owned())
+            Ok("9999999999999999999-0".to_owned())
         );
         for bad in [
             "1700000000000",
@@ -203,6 +205,8 @@ mod tests {
             "1-+2",
             "1-2-3",
             "18446744073709551616-0",
+            "18446744073709551615-0",
+            "01700000000000000000-0",
             "a-b",
             "",
             "1 -2",

@@ -64,10 +64,11 @@ pub struct BodySchema {
     pub required: bool,
 }
 
-/// A body of one `T`.
+/// A body of one `T` (with the conditions beside its properties the derive cannot state).
 fn body<T: ToSchema>() -> BodySchema {
     let mut named = vec![(T::name().into_owned(), T::schema())];
     T::schemas(&mut named);
+    ops_db_actors::domain::schema::add_conditions(&mut named);
     BodySchema {
         schema: RefOr::Ref(Ref::from_schema_name(T::name())),
         named,

@@ -146,3 +146,159 @@ async fn a_body_declared_as_anything_but_json_is_415_on_every_route_with_a_body(
     assert_eq!(app.buffered_count().await, 1);
     app.stop().await.expect("clean stop");
 }
+
+/// Every value of `key` anywhere in `value`.
+fn values_of<'a>(value: &'a Value, key: &str, found: &mut Vec<&'a Value>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if k == key {
+                    found.push(v);
+                }
+                values_of(v, key, found);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| values_of(v, key, found)),
+        _ => {}
+    }
+}
+
+/// What the OpenAPI document says of the fixed writes and the resend, held to on a running
+/// service: an integer may be spelled with a zero fraction (JSON Schema's `integer` admits
+/// `3.0`) and is stored as the integer, a fraction is a 422 naming the field; a checksum is
+/// as long as its algorithm's digest; `checksum_algorithm` only with a `checksum`; NUL in
+/// `meta` is refused; `since` is an RFC 3339 time (with its `T`) or a stream id of at most
+/// 19 digits a part.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_document_allows_is_accepted_and_the_rest_is_a_422_naming_its_field() {
+    let app = TestApp::spawn().await;
+    let start = app
+        .post("/executed_obs_units/start", &json!({"obs_unit_id": 3.0}))
+        .await;
+    assert_eq!(start.status, 201, "{}", start.text);
+    let stored: Value = serde_json::from_str(&app.buffered_json().await[0]).expect("JSON");
+    let mut found = Vec::new();
+    values_of(&stored, "obs_unit_id", &mut found);
+    assert_eq!(found, [&json!(3)], "stored as the integer: {stored}");
+    let eou = start.body["id"].as_str().expect("an id").to_owned();
+
+    let file = |extra: Value| {
+        let mut body = json!({
+            "name": "a.fits", "relative_path": "2026/a.fits", "executed_obs_unit_id": eou,
+            "size": 10.0, "checksum": "ab".repeat(32),
+        });
+        body.as_object_mut()
+            .expect("an object")
+            .extend(extra.as_object().expect("an object").clone());
+        body
+    };
+    let ok = app.post("/raw_data_files", &file(json!({}))).await;
+    assert_eq!(ok.status, 201, "{}", ok.text);
+    let md5 = json!({"checksum": "0f".repeat(16), "checksum_algorithm": "md5"});
+    let ok = app.post("/raw_data_files", &file(md5)).await;
+    assert_eq!(ok.status, 201, "{}", ok.text);
+    let finalize = format!("/raw_data_package/{eou}/finalize");
+    for body in [
+        json!({"file_count": 2.0, "size": 0.0}),
+        json!({"checksum": "ab".repeat(20), "checksum_algorithm": "sha1"}),
+        json!({"checksum": null, "checksum_algorithm": null}),
+    ] {
+        let ok = app.put(&finalize, &body).await;
+        assert_eq!(ok.status, 200, "{body}: {}", ok.text);
+    }
+    let written = app.buffered_count().await;
+
+    let refused = [
+        (
+            "/executed_obs_units/start",
+            json!({"obs_unit_id": 3.5}),
+            "invalid_field",
+            "obs_unit_id",
+        ),
+        (
+            "/executed_obs_units/start",
+            json!({"obs_unit_id": 1, "meta": {"k": ["a\u{0}b"]}}),
+            "invalid_value",
+            "meta",
+        ),
+        (
+            "/raw_data_files",
+            file(json!({"size": 1e300})),
+            "invalid_field",
+            "size",
+        ),
+        (
+            "/raw_data_files",
+            file(json!({"checksum_algorithm": "sha1"})),
+            "invalid_checksum",
+            "checksum",
+        ),
+    ];
+    for (path, body, code, field) in refused {
+        let r = app.post(path, &body).await;
+        assert_eq!(r.assert_error(422, code)["field"], field, "{body}");
+    }
+    for (body, code, field) in [
+        (
+            json!({"checksum_algorithm": "md5"}),
+            "invalid_value",
+            "checksum_algorithm",
+        ),
+        (
+            json!({"checksum": "ab".repeat(20)}),
+            "invalid_checksum",
+            "checksum",
+        ),
+        (json!({"file_count": 0.5}), "invalid_field", "file_count"),
+    ] {
+        let r = app.put(&finalize, &body).await;
+        assert_eq!(r.assert_error(422, code)["field"], field, "{body}");
+    }
+    assert_eq!(
+        app.buffered_count().await,
+        written,
+        "nothing refused was stored"
+    );
+
+    // The resend: checked before it looks for a read source (this app has none: 409).
+    let resend = |body: Value| {
+        app.client
+            .post(app.url("/admin/resend"))
+            .bearer_auth(&app.admin_token)
+            .json(&body)
+            .send()
+    };
+    for since in [
+        "2026-12-05T14:00:00Z",
+        "2026-12-05t14:00:00.5+01:00",
+        "1796479200000-3",
+    ] {
+        let r = resend(json!({"since": since, "limit": 5.0, "dry_run": true}))
+            .await
+            .expect("sent");
+        let status = r.status().as_u16();
+        assert_eq!(
+            status,
+            409,
+            "{since}: {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    for (body, field) in [
+        (json!({"since": "2026-12-05 14:00:00Z"}), "since"),
+        (json!({"since": "12345678901234567890-0"}), "since"),
+        (json!({"since": "yesterday"}), "since"),
+        (
+            json!({"since": "1-0", "after": "12345678901234567890-0"}),
+            "after",
+        ),
+        (json!({"since": "1-0", "limit": 2.5}), "limit"),
+    ] {
+        let r = resend(body.clone()).await.expect("sent");
+        let status = r.status().as_u16();
+        let answer: Value = r.json().await.expect("a JSON error");
+        assert_eq!(status, 422, "{body}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
+    }
+    app.stop().await.expect("clean stop");
+}

@@ -9,9 +9,12 @@ pub mod builder;
 mod presets;
 mod request;
 mod requests;
+#[cfg(feature = "openapi")]
+pub mod schema;
 mod transaction;
 mod validate;
 mod values;
+pub mod whole;
 
 pub use presets::{Preset, PresetError, Presets};
 pub use request::{StepOp, StepRequest, TransactionRequest};

@@ -14,6 +14,7 @@ use super::request::TransactionRequest;
 pub struct StartExecutedObsUnit {
     /// The obs unit executed: an integer above 0.
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    #[serde(deserialize_with = "super::whole::i64")]
     pub obs_unit_id: i64,
     /// RFC 3339, a year from 1900 to 9999; the service's clock when absent.
     #[cfg_attr(feature = "openapi", schema(pattern = r"^(19[0-9]{2}|[2-9][0-9]{3})-"))]
@@ -27,7 +28,7 @@ pub struct StartExecutedObsUnit {
         )
     )]
     pub instrument_module: Option<String>,
-    /// Any JSON object without NUL characters.
+    #[cfg_attr(feature = "openapi", schema(schema_with = super::schema::meta))]
     pub meta: Option<Map<String, Value>>,
 }
 
@@ -58,6 +59,7 @@ pub struct FinishExecutedObsUnit {
     /// RFC 3339, a year from 1900 to 9999; the service's clock when absent.
     #[cfg_attr(feature = "openapi", schema(pattern = r"^(19[0-9]{2}|[2-9][0-9]{3})-"))]
     pub end_time: Option<DateTime<Utc>>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = super::schema::meta))]
     pub meta: Option<Map<String, Value>>,
 }
 
@@ -118,8 +120,11 @@ pub struct RawDataFileCreate {
     pub raw_data_package_id: Option<Uuid>,
     /// Bytes, at least 0.
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[serde(deserialize_with = "super::whole::i64")]
     pub size: i64,
-    /// The digest in hexadecimal, as long as `checksum_algorithm`'s.
+    /// The digest in hexadecimal, as long as `checksum_algorithm`'s: 64 digits for
+    /// `sha256`, 40 for `sha1`, 32 for `md5`.
+    #[cfg_attr(feature = "openapi", schema(schema_with = super::schema::checksum))]
     pub checksum: String,
     #[serde(default)]
     pub checksum_algorithm: ChecksumAlgorithm,
@@ -134,6 +139,7 @@ pub struct RawDataFileCreate {
     pub file_type: Option<String>,
     #[cfg_attr(feature = "openapi", schema(pattern = r"^(19[0-9]{2}|[2-9][0-9]{3})-"))]
     pub created_at: Option<DateTime<Utc>>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = super::schema::meta))]
     pub meta: Option<Map<String, Value>>,
 }
 
@@ -162,6 +168,7 @@ pub struct RawDataPackageCreate {
         )
     )]
     pub relative_path: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = super::schema::meta))]
     pub meta: Option<Map<String, Value>>,
 }
 
@@ -171,14 +178,19 @@ pub struct RawDataPackageCreate {
 pub struct FinalizeRawDataPackage {
     /// Bytes, at least 0.
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[serde(default, deserialize_with = "super::whole::opt_i64")]
     pub size: Option<i64>,
-    /// The digest in hexadecimal, as long as `checksum_algorithm`'s (`sha256` when absent).
+    /// The digest in hexadecimal, as long as `checksum_algorithm`'s (`sha256` when absent):
+    /// 64 digits for `sha256`, 40 for `sha1`, 32 for `md5`.
+    #[cfg_attr(feature = "openapi", schema(schema_with = super::schema::optional_checksum))]
     pub checksum: Option<String>,
-    /// Only with a `checksum`.
+    /// Only with a `checksum` (`null` is as if absent).
     pub checksum_algorithm: Option<ChecksumAlgorithm>,
     /// At least 0.
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    #[serde(default, deserialize_with = "super::whole::opt_i64")]
     pub file_count: Option<i64>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = super::schema::meta))]
     pub meta: Option<Map<String, Value>>,
 }
 

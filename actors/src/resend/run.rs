@@ -46,16 +46,22 @@ impl FromStr for Since {
         if let Some(id) = parse_stream_id(text) {
             return Ok(Since::StreamId(id.0, id.1));
         }
+        // RFC 3339 itself: chrono also reads a space for the `T`, which the document's
+        // `date-time` does not allow.
+        if !matches!(text.as_bytes().get(10), Some(b'T' | b't')) {
+            return Err(BadSince(text.to_owned()));
+        }
         DateTime::parse_from_rfc3339(text)
             .map(|t| Since::Time(t.with_timezone(&Utc)))
             .map_err(|_| BadSince(text.to_owned()))
     }
 }
 
-/// `<ms>-<seq>` as numbers.
+/// `<ms>-<seq>` as numbers, each of 1 to 19 digits (always a u64, and what the document's
+/// pattern says; Redis' ids are milliseconds since 1970, 13 digits, and a count).
 pub fn parse_stream_id(text: &str) -> Option<(u64, u64)> {
     let (ms, seq) = text.split_once('-')?;
-    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    let digits = |s: &str| (1..=19).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
     if !digits(ms) || !digits(seq) {
         return None;
     }
@@ -344,6 +350,9 @@ mod tests {
             "1796479200000",
             "1-2-3",
             "١٢-3",
+            "99999999999999999999-0",
+            "2026-12-05 14:00:00Z",
+            "12345678901234567890-0",
         ] {
             assert!(bad.parse::<Since>().is_err(), "{bad:?}");
         }

@@ -9,6 +9,9 @@ use axum::Json;
 use ops_db_actors::history::HistoryView;
 use ops_db_actors::resend::run::{Resend, ResendError, ResendReport, Since};
 use serde::Deserialize;
+use utoipa::openapi::schema::{
+    KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type,
+};
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -21,19 +24,42 @@ pub const MAX_STEP: usize = 10_000;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResendRequest {
-    /// Where the resend starts: an RFC 3339 time (transactions forwarded at or after it) or
-    /// a stream id `<ms>-<seq>` (transactions buffered at or after it).
-    #[schema(examples("2026-12-05T14:00:00Z", "1796479200000-0"))]
+    #[schema(schema_with = since)]
     pub since: String,
     /// The previous step's `next`: where this step goes on.
-    #[schema(pattern = r"^[0-9]{1,20}-[0-9]{1,20}$")]
+    #[schema(pattern = r"^[0-9]{1,19}-[0-9]{1,19}$")]
     pub after: Option<String>,
     /// Most window entries this step looks at, 1 to 10,000 (default 10,000).
     #[schema(minimum = 1, maximum = 10000)]
+    #[serde(default, deserialize_with = "ops_db_actors::domain::whole::opt_u64")]
     pub limit: Option<u64>,
     /// Count what would be sent, send nothing.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// `since`'s two forms, exactly as `Since` reads them.
+fn since() -> Schema {
+    let time = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+        .description(Some(
+            "An RFC 3339 time (`2026-12-05T14:00:00Z`): transactions forwarded at or after it",
+        ));
+    let stream_id = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(r"^[0-9]{1,19}-[0-9]{1,19}$"))
+        .description(Some(
+            "A stream id `<ms>-<seq>` (`GET /transactions/{id}`'s `stream_id`, \
+             `1796479200000-0`): transactions buffered at or after it",
+        ));
+    OneOfBuilder::new()
+        .description(Some(
+            "Where the resend starts: an RFC 3339 time or a stream id, nothing else",
+        ))
+        .item(time)
+        .item(stream_id)
+        .into()
 }
 
 /// `POST /admin/resend`: one step of a resend (see `ops-db-api resend`, which steps
@@ -49,8 +75,9 @@ pub struct ResendRequest {
     responses(
         (status = 200, description = "The step's counts; `next` continues it", body = ResendReport),
         (status = 400, description = "`malformed_json`", body = ErrorBody),
+        (status = 409, description = "`no_read_source`: no read source is configured, whose ledger a resend reads", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: a body declared as anything but JSON", body = ErrorBody),
-        (status = 422, description = "`invalid_field` naming `since`, `after` or `limit`", body = ErrorBody),
+        (status = 422, description = "`invalid_field` naming `since`, `after`, `limit` or `dry_run`; `missing_field` (`since`); `unknown_field`", body = ErrorBody),
         (status = 503, description = "`redis_unavailable` or `replica_unavailable` (the ledger is read there)", body = ErrorBody, headers(("Retry-After" = u64))),
     ))]
 pub async fn resend(

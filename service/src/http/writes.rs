@@ -51,8 +51,8 @@ pub enum WaitFor {
 pub struct WaitQuery {
     /// Answer once the transaction got this far (the write is durable either way).
     wait: Option<WaitFor>,
-    /// How long to wait, e.g. `5s` (the default), at most `60s`: whole seconds (`s`) or
-    /// milliseconds (`ms`).
+    /// How long to wait, e.g. `5s` (the default), at most `60s`: whole seconds (`s`,
+    /// without a leading zero) or milliseconds (`ms`, 1 to 4 digits).
     #[param(pattern = "^(([1-5]?[0-9]|60)s|[0-9]{1,4}ms)$")]
     timeout: Option<String>,
 }
@@ -79,17 +79,21 @@ fn parse_wait(query: Wait) -> Result<Option<(WaitFor, Duration)>, ApiError> {
     Ok(query.wait.map(|w| (w, timeout)))
 }
 
-/// `5s` or `500ms`, as the document's pattern says (a few digits, so no overflow).
+/// `5s` or `500ms`, exactly as the document's pattern on `timeout` says: whole seconds
+/// without a leading zero (0 to 60; two digits over 60 are refused later, as over the
+/// bound), or 1 to 4 digits of milliseconds (so no overflow).
 fn parse_timeout(text: &str) -> Option<Duration> {
-    let (digits, unit): (&str, fn(u64) -> Duration) = if let Some(d) = text.strip_suffix("ms") {
-        (d, Duration::from_millis)
-    } else {
-        (text.strip_suffix('s')?, Duration::from_secs)
+    let digits = |d: &str, most: usize| {
+        (1..=most).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())
     };
-    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if let Some(ms) = text.strip_suffix("ms") {
+        return digits(ms, 4).then(|| ms.parse().ok().map(Duration::from_millis))?;
+    }
+    let secs = text.strip_suffix('s')?;
+    if !digits(secs, 2) || (secs.len() == 2 && secs.starts_with('0')) {
         return None;
     }
-    digits.parse().ok().map(unit)
+    secs.parse().ok().map(Duration::from_secs)
 }
 
 /// Polls the transaction's lifecycle until it reaches `target` (or is dead) or `timeout`:
@@ -271,4 +275,30 @@ fn reference_warning(warnings: &[String]) -> Option<[(&'static str, String); 1]>
         .take(2048)
         .collect();
     Some([(REFERENCE_WARNING, text)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_is_read_exactly_as_the_document_states_it() {
+        for (text, expected) in [
+            ("0s", Some(Duration::ZERO)),
+            ("5s", Some(Duration::from_secs(5))),
+            ("59s", Some(Duration::from_secs(59))),
+            ("60s", Some(Duration::from_secs(60))),
+            ("0ms", Some(Duration::ZERO)),
+            ("0500ms", Some(Duration::from_millis(500))),
+            ("9999ms", Some(Duration::from_millis(9999))),
+        ] {
+            assert_eq!(parse_timeout(text), expected, "{text}");
+        }
+        // Outside the pattern (61s to 99s are refused later as over 60 s).
+        for text in [
+            "", "s", "ms", "05s", "00s", "100s", "10000ms", "+5s", "5", "5m", " 5s", "5 s",
+        ] {
+            assert_eq!(parse_timeout(text), None, "{text}");
+        }
+    }
 }

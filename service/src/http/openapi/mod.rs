@@ -134,17 +134,17 @@ pub fn build() -> OpenApi {
 static DOCUMENT: LazyLock<Result<serde_json::Value, String>> =
     LazyLock::new(|| serde_json::to_value(build()).map_err(|e| e.to_string()));
 
-/// The document as served: `POST /transactions`' body as the live model registry makes it
-/// (`transactions.rs`), once one is known.
+/// The document as served: the most files of a bulk registration as configured
+/// (`buffer.max_bulk_files`), and `POST /transactions`' body as the live model registry
+/// makes it (`transactions.rs`), once one is known.
 fn served(state: &AppState) -> Result<serde_json::Value, String> {
     let mut doc = DOCUMENT.clone()?;
+    let max_files = state.config.buffer.max_bulk_files;
+    writes::bound_bulk(&mut doc, max_files);
     if state.registry.known() {
         let registry = state.registry.current();
-        let (request, json_value) =
-            transactions::request(&registry, state.config.buffer.max_bulk_files);
-        let schemas = &mut doc["components"]["schemas"];
-        schemas[TransactionRequest::name().as_ref()] = request;
-        schemas[transactions::JSON_VALUE] = json_value;
+        doc["components"]["schemas"][TransactionRequest::name().as_ref()] =
+            transactions::request(&registry, max_files);
     }
     Ok(doc)
 }

@@ -7,13 +7,10 @@
 //! value) names an earlier step of one row.
 
 use ops_db_actors::domain::builder::MAX_STEPS;
+use ops_db_actors::domain::schema::{JSON_VALUE, NO_NUL};
 use ops_db_actors::registry::{Column, ColumnType, Registry, TableModel};
 use serde_json::{json, Map, Value};
 
-/// The name of the recursive schema of a `json`/`jsonb` column's values.
-pub const JSON_VALUE: &str = "JsonValue";
-
-const NO_NUL: &str = "^[^\\u0000]*$";
 /// Years 1900 to 9999, as the builder accepts them.
 const YEARS: &str = "^(19|[2-9][0-9])[0-9]{2}-";
 
@@ -24,8 +21,9 @@ const DESCRIPTION: &str = "Steps applied in order, all or nothing. Each step's `
     earlier step of one row wrote (keys of UUID columns are made at the summit). JSON Schema \
     cannot state these two rules; a request that breaks one gets 422.";
 
-/// The request schema, and the named schema it refers to.
-pub fn request(registry: &Registry, max_rows: usize) -> (Value, Value) {
+/// The request schema (a `json`/`jsonb` column's values refer to the document's
+/// [`JSON_VALUE`], which holds it from the start).
+pub fn request(registry: &Registry, max_rows: usize) -> Value {
     let mut variants = Vec::new();
     for table in registry.tables.values() {
         variants.extend(steps(table, max_rows));
@@ -40,7 +38,7 @@ pub fn request(registry: &Registry, max_rows: usize) -> (Value, Value) {
             "items": {"oneOf": variants},
         }},
     });
-    (request, json_value())
+    request
 }
 
 fn steps(table: &TableModel, max_rows: usize) -> Vec<Value> {
@@ -175,21 +173,4 @@ fn of_type(ty: &ColumnType) -> Value {
             json!({"type": "array", "items": {"anyOf": [of_type(element), {"type": "null"}]}})
         }
     }
-}
-
-/// Any JSON without NUL characters, and not an object of `$ref` alone (that is a reference).
-fn json_value() -> Value {
-    let me = format!("#/components/schemas/{JSON_VALUE}");
-    json!({
-        "description": "Any JSON value without NUL characters",
-        "anyOf": [
-            {"type": "string", "pattern": NO_NUL},
-            {"type": "number"},
-            {"type": "boolean"},
-            {"type": "null"},
-            {"type": "array", "items": {"$ref": me}},
-            {"type": "object", "propertyNames": {"pattern": NO_NUL},
-             "additionalProperties": {"$ref": me}},
-        ],
-    })
 }

@@ -2,7 +2,7 @@
 //! operations table, with the row's request body schema. A path after a row's first is a
 //! spelling the original also accepted, documented as such.
 
-use ops_db_actors::domain::OperationKind;
+use ops_db_actors::domain::{schema, OperationKind};
 use utoipa::openapi::content::Content;
 use utoipa::openapi::header::Header;
 use utoipa::openapi::path::{
@@ -22,8 +22,16 @@ use crate::operations::{OperationSpec, OPERATIONS};
 
 /// Adds every row's paths and the schemas their bodies and answers name.
 pub fn add(doc: &mut OpenApi) {
-    // `?wait=`'s parameter refers to it.
+    // `?wait=`'s parameter refers to it; `meta` (and `POST /transactions`' json columns)
+    // to the other.
     named::<WaitFor>(doc);
+    add_schemas(
+        doc,
+        [(
+            schema::JSON_VALUE.to_owned(),
+            RefOr::T(schema::json_value()),
+        )],
+    );
     for spec in &OPERATIONS {
         let body = (spec.schema)();
         add_schemas(doc, body.named);
@@ -40,6 +48,24 @@ pub fn add(doc: &mut OpenApi) {
             let operation = operation(spec, i, body.schema.clone(), body.required, &ack);
             let method = http_method(Method::from(spec.method));
             doc.paths.add_path_operation(path, vec![method], operation);
+        }
+    }
+}
+
+/// The bodies of the bulk registrations in a served document (JSON): at most `max_files`
+/// files, as configured (`buffer.max_bulk_files`; more are `422 too_many_files`).
+pub fn bound_bulk(doc: &mut serde_json::Value, max_files: usize) {
+    let bulk = OPERATIONS
+        .iter()
+        .filter(|spec| spec.kind == OperationKind::BulkCreateRawDataFiles);
+    for spec in bulk {
+        let method = spec.method.as_str().to_lowercase();
+        for path in spec.paths {
+            let body = &mut doc["paths"][*path][&method]["requestBody"]["content"]
+                ["application/json"]["schema"];
+            if body.is_object() {
+                body["maxItems"] = serde_json::json!(max_files);
+            }
         }
     }
 }
@@ -116,7 +142,7 @@ fn operation(
         ))
         .response("422", error_response(
             "`missing_field`, `unknown_field`, `invalid_field`, `invalid_value`, `invalid_checksum`, \
-             `invalid_id`, `idempotency_key_reused`; for `/transactions` also `unknown_table`, \
+             `invalid_id`, `idempotency_key_reused`, `too_many_files` (bulk); for `/transactions` also `unknown_table`, \
              `unknown_column`, `missing_value`, `unexpected_field`, `unknown_reference`, \
              `invalid_reference`, `duplicate_step_id`, `too_many_steps`, `too_many_rows`; \
              `field` names the part at fault (`steps[2].values.name`)",
