@@ -284,6 +284,59 @@ async fn a_write_can_wait_for_forwarded_or_replicated() {
     assert_eq!(done.body["status"], "replicated");
 }
 
+/// The tracker polls slowly at rest and fast while transactions wait: a write forwarded
+/// while it sleeps its (here one-minute) rest pace is seen replicated at once, because the
+/// forwarder's settled batch ends the sleep; at rest it then polls no more than its pace.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_forwarded_at_rest_wakes_the_tracker_which_then_rests_again() {
+    let pg = Site::primary_with_replica().await;
+    let extra = format!(
+        "[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\n[forwarder.restart]\n{FAST_RESTARTS}\
+         [replica]\nurl = \"{}\"\npoll_interval = \"60s\"\nfast_poll_interval = \"5ms\"\n",
+        pg.primary_url(),
+        pg.replica_url()
+    );
+    let site = Site::start_with(pg, None, &[&extra]).await;
+    let app = &site.app;
+    let polls = || {
+        app.tree
+            .replica_metrics
+            .polls
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // The start's poll, then the rest pace: a minute to the next.
+    eventually(
+        "the tracker's first poll",
+        Duration::from_secs(20),
+        || async { (polls() > 0).then_some(()) },
+    )
+    .await;
+    for n in 0..3 {
+        let r = app
+            .post("/executed_obs_units/start", &json!({"obs_unit_id": 5}))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        // Far under the minute the tracker would otherwise sleep.
+        until_state(
+            app,
+            uuid(&r.body["transaction_id"]),
+            TxState::Replicated,
+            Duration::from_secs(20),
+        )
+        .await;
+        // Resting again: no poll for a while once nothing waits (the wake's own permit
+        // and the last fast poll may still come).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let at_rest = polls();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            polls(),
+            at_rest,
+            "round {n}: the tracker polls at its rest pace once nothing waits"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn lifecycles_expire_from_redis_and_are_then_answered_from_the_ledger() {
     let pg = Site::primary_with_replica().await;

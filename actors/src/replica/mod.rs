@@ -128,9 +128,6 @@ pub struct ReplicaState {
     redis: Option<MultiplexedConnection>,
     /// When the window was last audited (`confirm::audit`); `None`: at the next poll.
     audited: Option<std::time::Instant>,
-    /// When freshness was last read; `None`: at the next poll. Read every `poll_interval`
-    /// whatever the polling rate: fast polls do not add to the replica's load at rest.
-    observed: Option<std::time::Instant>,
 }
 
 pub enum ReplicaMsg {
@@ -160,7 +157,6 @@ impl Actor for ReplicaLagActor {
             pg: None,
             redis: None,
             audited: None,
-            observed: None,
         })
     }
 
@@ -255,16 +251,11 @@ async fn poll(state: &mut ReplicaState) -> Result<bool, ReplicaError> {
     };
     let replay = replay_position(pg, &config).await?;
     m.replay_lsn.store(replay.0, Ordering::Relaxed);
-    if state
-        .observed
-        .is_none_or(|at| at.elapsed() >= config.poll_interval)
-    {
-        let timeout = config.connect_timeout;
-        (m.freshness)
-            .observe(pg, &config.freshness, timeout, &events)
-            .await?;
-        state.observed = Some(std::time::Instant::now());
-    }
+    // At most once a second whatever the pace of the polls (`OBSERVE_EVERY`).
+    let timeout = config.connect_timeout;
+    (m.freshness)
+        .observe(pg, &config.freshness, timeout, &events)
+        .await?;
     m.polls.fetch_add(1, Ordering::Relaxed);
     let now = chrono::Utc::now().timestamp_millis();
     let found = confirm::confirm(pg, redis, &config, replay, now, &m, &events).await?;
