@@ -96,6 +96,11 @@ impl LocalRedis {
             "redis-server not found on PATH: install it (Debian: apt-get install redis-server), or run scripts/install-deps.sh",
         )?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Absolute: Redis moves into `--dir` before it reads the ACL file, so a relative
+        // path (`dev`'s default `.dev`) would be looked up from inside it.
+        let dir = &dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?;
         let conf = redis_conf::write_into(dir)
             .with_context(|| format!("writing {} into {}", redis_conf::FILE_NAME, dir.display()))?;
         let passwords = Passwords::of_dir(dir)?;
@@ -202,4 +207,35 @@ fn which(name: &str) -> Option<PathBuf> {
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::free_port;
+
+    /// `dev`'s default directory is relative (`.dev`): Redis must still find its ACL file
+    /// (it moves into its `--dir` before reading it).
+    #[tokio::test]
+    async fn a_redis_in_a_relative_directory_starts_and_answers_its_users() {
+        // Under the current directory (the crate's, for its tests), removed at the end.
+        let relative = PathBuf::from(format!("opsdb-relative-{:016x}", rand::random::<u64>()));
+        let absolute = std::env::current_dir().expect("cwd").join(&relative);
+        let redis = LocalRedis::start(&relative, free_port().expect("port"))
+            .await
+            .expect("redis-server (apt-get install redis-server)");
+        for url in [redis.url(), redis.admin_url()] {
+            let mut conn = redis::Client::open(url.as_str())
+                .expect("url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let () = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+        redis.stop().await;
+        let _ = std::fs::remove_dir_all(&absolute);
+    }
 }

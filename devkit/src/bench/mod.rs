@@ -46,7 +46,8 @@ pub enum BenchCommand {
         /// Reads per measurement (visibility samples: at most 500).
         #[arg(long, default_value_t = 1000)]
         samples: usize,
-        /// The replica tracker's poll interval.
+        /// The replica tracker's poll interval at rest (`replica.poll_interval`); while
+        /// transactions wait it polls every `replica.fast_poll_interval` (5 ms, the default).
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         poll: Duration,
         #[arg(long, default_value = "target/bench")]
