@@ -286,7 +286,8 @@ async fn a_write_can_wait_for_forwarded_or_replicated() {
 
 /// The tracker polls slowly at rest and fast while transactions wait: a write forwarded
 /// while it sleeps its (here one-minute) rest pace is seen replicated at once, because the
-/// forwarder's settled batch ends the sleep; at rest it then polls no more than its pace.
+/// forwarder's settled batch ends the sleep; at rest it then polls no more than its pace,
+/// nor while a paused replica keeps a transaction waiting.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_forwarded_at_rest_wakes_the_tracker_which_then_rests_again() {
     let pg = Site::primary_with_replica().await;
@@ -334,6 +335,42 @@ async fn a_write_forwarded_at_rest_wakes_the_tracker_which_then_rests_again() {
             at_rest,
             "round {n}: the tracker polls at its rest pace once nothing waits"
         );
+    }
+
+    // A replica that does not replay: a second of fast polls, then the rest pace, though
+    // a transaction waits.
+    let mut replica = PgConnection::connect(&site.pg.replica_url())
+        .await
+        .expect("replica");
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&mut replica)
+        .await
+        .expect("pause");
+    let r = app
+        .post("/executed_obs_units/start", &json!({"obs_unit_id": 5}))
+        .await;
+    let stuck = uuid(&r.body["transaction_id"]);
+    until_state(app, stuck, TxState::Forwarded, Duration::from_secs(20)).await;
+    // The fast pace's second, and the one poll a wake kept for later may still bring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stalled = polls();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        polls(),
+        stalled,
+        "a stalled replay does not keep the fast pace"
+    );
+    assert_eq!(state_of(app, stuck).await, TxState::Forwarded);
+    // Replaying again; the next forward wakes the tracker, which marks both.
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&mut replica)
+        .await
+        .expect("resume");
+    let r = app
+        .post("/executed_obs_units/start", &json!({"obs_unit_id": 5}))
+        .await;
+    for tx in [stuck, uuid(&r.body["transaction_id"])] {
+        until_state(app, tx, TxState::Replicated, Duration::from_secs(20)).await;
     }
 }
 

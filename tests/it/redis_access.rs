@@ -37,6 +37,20 @@ async fn code(conn: &mut MultiplexedConnection, cmd: &redis::Cmd) -> String {
     }
 }
 
+/// Waits until a `PING` at `url` is answered with `answer` (`ok` or an error code): the
+/// server is up.
+async fn until_ping(url: &str, answer: &str) {
+    eventually(
+        &format!("PING at {url}"),
+        Duration::from_secs(10),
+        || async {
+            let mut conn = connect(url).await.ok()?;
+            (code(&mut conn, &cmd(&["PING"])).await == answer).then_some(())
+        },
+    )
+    .await;
+}
+
 fn cmd(args: &[&str]) -> redis::Cmd {
     let mut cmd = redis::cmd(args[0]);
     for arg in &args[1..] {
@@ -168,15 +182,7 @@ async fn an_open_redis_and_a_url_without_a_user_are_reported_in_health() {
         &["--port", &port.to_string(), "--bind", "127.0.0.1"],
     );
     let url = format!("redis://127.0.0.1:{port}");
-    eventually(
-        "the open redis answers",
-        Duration::from_secs(10),
-        || async {
-            let mut conn = connect(&url).await.ok()?;
-            (code(&mut conn, &cmd(&["PING"])).await == "ok").then_some(())
-        },
-    )
-    .await;
+    until_ping(&url, "ok").await;
     let app = TestApp::spawn_layers(
         TestRedis::start().await,
         &[&format!("[redis]\nurl = \"{url}\"\n")],
@@ -254,15 +260,7 @@ async fn the_service_runs_over_the_summit_hosts_socket_with_the_acl_file_redis_a
     .expect("redis.conf");
     let _redis = plain_redis(&dir.0, &[conf.to_str().expect("path")]);
     let anonymous = format!("unix://{}", socket.display());
-    eventually(
-        "redis listens on its socket",
-        Duration::from_secs(10),
-        || async {
-            let mut conn = connect(&anonymous).await.ok()?;
-            (code(&mut conn, &cmd(&["PING"])).await == "NOAUTH").then_some(())
-        },
-    )
-    .await;
+    until_ping(&anonymous, "NOAUTH").await;
     let mode = std::fs::metadata(&socket)
         .expect("socket")
         .permissions()

@@ -128,6 +128,52 @@ pub struct ReplicaState {
     redis: Option<MultiplexedConnection>,
     /// When the window was last audited (`confirm::audit`); `None`: at the next poll.
     audited: Option<std::time::Instant>,
+    pace: Pace,
+}
+
+/// The pace of the polls: the replay position and the newest forwarded commit the last
+/// poll saw, and when either last moved (or a poll marked something). The fast pace lasts
+/// only while something moves.
+#[derive(Debug)]
+struct Pace {
+    last: Option<(Lsn, Option<u64>)>,
+    moved_at: std::time::Instant,
+}
+
+/// How long the tracker keeps its fast pace without progress (no replay, no new forward,
+/// nothing marked): a replica that does not replay, or transactions its ledger lacks after
+/// a restore, do not keep it polling every few milliseconds. The forwarder's next batch
+/// brings the fast pace back.
+const FAST_WITHOUT_PROGRESS: Duration = Duration::from_secs(1);
+
+/// What a poll saw, for the pace of the next.
+struct Seen {
+    replay: Lsn,
+    /// The newest forwarded transaction's commit position (its score), if any.
+    newest: Option<u64>,
+    marked: u64,
+}
+
+impl Pace {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            last: None,
+            moved_at: now,
+        }
+    }
+
+    /// Whether the poll after `seen` (at `now`) comes at the fast pace: transactions wait
+    /// for the replay (or this poll marked some, and more may be due), and something
+    /// moved within [`FAST_WITHOUT_PROGRESS`].
+    fn fast(&mut self, seen: &Seen, now: std::time::Instant) -> bool {
+        let position = (seen.replay, seen.newest);
+        if self.last != Some(position) || seen.marked > 0 {
+            self.moved_at = now;
+        }
+        self.last = Some(position);
+        let waiting = seen.newest.is_some_and(|n| n > seen.replay.0) || seen.marked > 0;
+        waiting && now.duration_since(self.moved_at) < FAST_WITHOUT_PROGRESS
+    }
 }
 
 pub enum ReplicaMsg {
@@ -157,6 +203,7 @@ impl Actor for ReplicaLagActor {
             pg: None,
             redis: None,
             audited: None,
+            pace: Pace::new(std::time::Instant::now()),
         })
     }
 
@@ -168,13 +215,14 @@ impl Actor for ReplicaLagActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             // An error fails the actor, on purpose: see `ReplicaError`. The next poll
-            // comes soon while transactions wait to be seen replicated; otherwise at the
-            // slow pace, or as soon as the forwarder says it forwarded some. Each poll
-            // schedules exactly one next (a dead actor's is dropped).
+            // comes soon while transactions wait for the replay and something moves;
+            // otherwise at the slow pace, or as soon as the forwarder says it forwarded
+            // some. Each poll schedules exactly one next (a dead actor's is dropped).
             ReplicaMsg::Poll => {
-                let waiting = poll(state).await.map_err(ActorProcessingErr::from)?;
+                let seen = poll(state).await.map_err(ActorProcessingErr::from)?;
+                let fast = state.pace.fast(&seen, std::time::Instant::now());
                 let config = &state.args.config;
-                if waiting {
+                if fast {
                     myself.send_after(config.fast_poll_interval, || ReplicaMsg::Poll);
                 } else {
                     let (pace, forwarded) =
@@ -224,9 +272,8 @@ async fn replay_position(
     Ok(lsn.parse()?)
 }
 
-/// One poll; whether transactions still wait to be seen replicated (forwarded, not yet
-/// marked) after it.
-async fn poll(state: &mut ReplicaState) -> Result<bool, ReplicaError> {
+/// One poll; what it saw, for the pace of the next.
+async fn poll(state: &mut ReplicaState) -> Result<Seen, ReplicaError> {
     let config = Arc::clone(&state.args.config);
     let m = Arc::clone(&state.args.metrics);
     let events = Arc::clone(&state.args.events);
@@ -273,18 +320,23 @@ async fn poll(state: &mut ReplicaState) -> Result<bool, ReplicaError> {
             .await?;
         state.audited = Some(std::time::Instant::now());
     }
-    lag(redis, &config, replay, now, &m).await
+    let newest = lag(redis, &config, replay, now, &m).await?;
+    Ok(Seen {
+        replay,
+        newest,
+        marked: found.marked,
+    })
 }
 
 /// Lag in bytes (newest waiting commit vs replay position) and in time (oldest waiting);
-/// whether any transaction waits.
+/// the newest waiting commit's position (`None`: none waits).
 async fn lag(
     redis: &mut MultiplexedConnection,
     config: &ReplicaConfig,
     replay: Lsn,
     now: i64,
     m: &ReplicaMetrics,
-) -> Result<bool, ReplicaError> {
+) -> Result<Option<u64>, ReplicaError> {
     let (newest, oldest): (Vec<(String, f64)>, Vec<String>) = redis::pipe()
         .cmd("ZRANGE")
         .arg(config.keys.forwarded())
@@ -297,9 +349,8 @@ async fn lag(
         .arg(0)
         .query_async(redis)
         .await?;
-    let bytes = newest
-        .first()
-        .map_or(0, |(_, score)| (*score as u64).saturating_sub(replay.0));
+    let newest = newest.first().map(|(_, score)| *score as u64);
+    let bytes = newest.map_or(0, |score| score.saturating_sub(replay.0));
     m.lag_bytes.set(bytes);
     let since = match oldest.first() {
         Some(tx) => {
@@ -319,5 +370,59 @@ async fn lag(
         None => 0,
     };
     m.lag_seconds.set(since as f64 / 1000.0);
-    Ok(!newest.is_empty())
+    Ok(newest)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn seen(replay: u64, newest: Option<u64>, marked: u64) -> Seen {
+        Seen {
+            replay: Lsn(replay),
+            newest,
+            marked,
+        }
+    }
+
+    #[test]
+    fn fast_while_transactions_wait_for_a_replay_that_moves_slow_at_rest() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        assert!(
+            !pace.fast(&seen(100, None, 0), t0),
+            "nothing forwarded: rest"
+        );
+        // A forward: its commit is ahead of the replay.
+        assert!(pace.fast(&seen(100, Some(200), 0), t0));
+        let t1 = t0 + Duration::from_millis(5);
+        assert!(pace.fast(&seen(150, Some(200), 0), t1), "the replay moves");
+        // Replayed and marked: the poll after looks again (more may be due).
+        assert!(pace.fast(&seen(200, Some(200), 3), t1));
+        assert!(!pace.fast(&seen(200, None, 0), t1), "nothing waits: rest");
+    }
+
+    #[test]
+    fn a_replay_that_does_not_move_or_a_ledger_that_lacks_them_ends_the_fast_pace() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        assert!(pace.fast(&seen(100, Some(200), 0), t0));
+        let stuck = t0 + FAST_WITHOUT_PROGRESS / 2;
+        assert!(
+            pace.fast(&seen(100, Some(200), 0), stuck),
+            "not for long yet"
+        );
+        let later = t0 + FAST_WITHOUT_PROGRESS;
+        assert!(
+            !pace.fast(&seen(100, Some(200), 0), later),
+            "a stalled replay: rest"
+        );
+        // Due by position but never marked (the ledger lacks them): rest.
+        assert!(!pace.fast(&seen(300, Some(200), 0), later + FAST_WITHOUT_PROGRESS));
+        // The forwarder's next batch moves the newest commit: fast again.
+        let next = later + FAST_WITHOUT_PROGRESS * 3;
+        assert!(pace.fast(&seen(300, Some(400), 0), next));
+    }
 }
