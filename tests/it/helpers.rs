@@ -439,9 +439,9 @@ impl TestApp {
             .expect("xlen")
     }
 
-    /// Stops the application; its result (an escalated tree is an error).
-    /// Stops the application; then fails the test if Redis refused the service's user
-    /// anything (its ACL lacks a command the service sends).
+    /// Stops the application; its result (an escalated tree is an error). Then fails the
+    /// test if Redis refused the service's user anything (its ACL lacks a command the
+    /// service sends).
     pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
         let stopped = tokio::time::timeout(Duration::from_secs(30), self.task)
