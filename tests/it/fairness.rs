@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::helpers::{eventually, TestApp};
+use crate::http_bounds::read_answer;
 
 /// The flood's address, and another local one (any of 127.0.0.0/8 reaches loopback).
 const FLOODER: [u8; 4] = [127, 0, 0, 1];
@@ -202,38 +203,15 @@ async fn the_per_address_cap_refuses_the_next_connection_on_both_facades() {
     assert!(get_live(&mut open[0]).await.starts_with("HTTP/1.1 200"));
 }
 
-/// One `GET /health/live` on a raw keep-alive connection: the answer's head and body as
-/// far as they came in one read after the head.
+/// One `GET /health/live` on a raw keep-alive connection: the whole answer, head and body
+/// (empty if the connection ended first).
 async fn get_live(stream: &mut TcpStream) -> String {
     let request = "GET /health/live HTTP/1.1\r\nhost: test\r\n\r\n";
     let _ = stream.write_all(request.as_bytes()).await;
-    let mut seen = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let read = async {
-        loop {
-            let text = String::from_utf8_lossy(&seen).to_string();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length: ")
-                            .and_then(|n| n.trim().parse::<usize>().ok())
-                    })
-                    .unwrap_or(0);
-                if seen.len() >= end + 4 + length {
-                    return text;
-                }
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return String::from_utf8_lossy(&seen).to_string(),
-                Ok(n) => seen.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
+    tokio::time::timeout(Duration::from_secs(10), read_answer(stream))
         .await
         .expect("an answer")
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -22,8 +22,9 @@ async fn get_live(stream: &mut TcpStream) -> Option<u16> {
     read_status(stream).await
 }
 
-/// Reads one answer (its head and `content-length` body): the status code.
-async fn read_status(stream: &mut TcpStream) -> Option<u16> {
+/// Reads one answer on a raw connection: its head and `content-length` body as text;
+/// `None` if the connection ends or fails before the answer is whole.
+pub(crate) async fn read_answer(stream: &mut TcpStream) -> Option<String> {
     let mut seen = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -39,7 +40,7 @@ async fn read_status(stream: &mut TcpStream) -> Option<u16> {
                 .and_then(|n| n.trim().parse::<usize>().ok())
                 .unwrap_or(0);
             if seen.len() >= end + 4 + length {
-                return text.get(9..12)?.parse().ok();
+                return Some(text);
             }
         }
         let n = stream.read(&mut chunk).await.ok()?;
@@ -48,6 +49,11 @@ async fn read_status(stream: &mut TcpStream) -> Option<u16> {
         }
         seen.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Reads one answer: the status code.
+async fn read_status(stream: &mut TcpStream) -> Option<u16> {
+    read_answer(stream).await?.get(9..12)?.parse().ok()
 }
 
 /// Whether the service closes `stream` within `within` (reads to the end).
