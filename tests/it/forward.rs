@@ -169,13 +169,19 @@ async fn crash_at(point: CrashPoint) {
         .reason
         .contains("injected crash"));
     let skipped = app.tree.forwarder_metrics.skipped.get();
-    if point == CrashPoint::AfterCommit {
-        assert!(
+    match point {
+        CrashPoint::AfterCommit => assert!(
             skipped > 0,
             "the replayed batch was found in the ledger and skipped"
-        );
-    } else {
-        assert_eq!(skipped, 0, "nothing was committed twice");
+        ),
+        // A batch is settled while the next one is on its way: a crash after settling
+        // one may leave the next committed and not settled, replayed and skipped. No
+        // more than that one batch.
+        CrashPoint::AfterAck => assert!(
+            skipped <= 10,
+            "at most the batch on its way was replayed: {skipped} skipped"
+        ),
+        CrashPoint::BeforeCommit => assert_eq!(skipped, 0, "nothing was committed twice"),
     }
     assert!(site.dead_letters().await.is_empty());
 }

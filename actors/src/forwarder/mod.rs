@@ -8,7 +8,10 @@
 //!   after the commit, in the same atomic Redis step that records their outcome, so a crash
 //!   at any point leaves them pending, and they are read again (pending first) after the
 //!   restart;
-//! - **order**: one batch at a time, its transactions applied in stream order;
+//! - **order**: one batch at a time on one connection, its transactions applied in stream
+//!   order, and batches settled in Redis in the order they committed. While a batch is on
+//!   its way, the one before it is settled and the next one read (it goes as soon as the
+//!   answer is in): over the WAN the round trip hides the Redis work;
 //! - **let it crash**: any trouble with the primary or Redis (refused, reset, timeout,
 //!   stall) fails the actor; the supervisor restarts it with capped full-jitter backoff,
 //!   forever. Nothing here is on the ingest path.
@@ -231,6 +234,11 @@ pub struct ForwarderState {
     reader: Option<Reader>,
     settle: Option<MultiplexedConnection>,
     heartbeat: heartbeat::Heartbeat,
+    /// The next batch, read while the one before it was applied: sent at once.
+    ahead: Option<Batch>,
+    /// Committed on the primary, not yet settled in Redis: settled while `ahead` is on its
+    /// way. Only ever set together with `ahead`.
+    unsettled: Option<Committed>,
 }
 
 pub enum ForwarderMsg {
@@ -258,6 +266,8 @@ impl Actor for ForwarderActor {
             pg: None,
             reader: None,
             settle: None,
+            ahead: None,
+            unsettled: None,
         })
     }
 
@@ -338,16 +348,30 @@ async fn connect_redis(
 }
 
 async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardError> {
-    let config = Arc::clone(&state.args.config);
+    let ForwarderState {
+        args,
+        pg,
+        reader,
+        settle,
+        heartbeat,
+        ahead,
+        unsettled,
+    } = state;
+    let config = Arc::clone(&args.config);
     let fresh = config.lease_ttl / 2;
-    if !state.args.metrics.lease.held(fresh) {
+    if !args.metrics.lease.held(fresh) {
+        if unsettled.is_some() {
+            // Committed, not settled: whoever holds the lease next re-reads these entries
+            // (pending) and finds them in the ledger.
+            return Err(ForwardError::LeaseLost(fresh));
+        }
         // Standby (another instance forwards), or the lease not confirmed yet.
         tokio::time::sleep(STANDBY_POLL).await;
         return Ok(());
     }
     #[cfg(feature = "fault-injection")]
-    let crash = Arc::clone(&state.args.crash);
-    let (reader, settle) = match (&mut state.reader, &mut state.settle) {
+    let crash = Arc::clone(&args.crash);
+    let (reader, settle) = match (reader, settle) {
         (Some(reader), Some(settle)) => (reader, settle),
         (reader, settle) => {
             // Its own connections: a blocking read must not hold up the settle step, and
@@ -364,39 +388,39 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
             (reader.insert(new_reader), settle.insert(new_settle))
         }
     };
-    let pg = match state.pg.as_mut() {
+    let pg = match pg {
         Some(pg) => pg,
         None => {
-            let mut pg = connect_primary(&config).await?;
+            let mut conn = connect_primary(&config).await?;
             // At each connect: a primary that failed over or was replaced is seen before
             // the first batch goes to it.
-            let identity = crate::history::read_identity(&mut pg).await?;
+            let identity = crate::history::read_identity(&mut conn).await?;
             let side = crate::history::Side::Primary;
-            let events = &state.args.events;
-            state
-                .args
-                .history
-                .record(settle, &config.keys, side, identity, events)
+            args.history
+                .record(settle, &config.keys, side, identity, &args.events)
                 .await?;
-            state.pg.insert(pg)
+            pg.insert(conn)
         }
     };
-    let isolation = &state.args.isolation;
-    let m = &state.args.metrics;
+    let isolation = &args.isolation;
+    let m = &args.metrics;
+    let batch = match ahead.take() {
+        Some(batch) => batch,
+        None => {
+            if let Some(done) = unsettled.take() {
+                settled(args, settle, done).await?;
+            }
+            let mut batch = reader.next_batch(&config, isolation, true).await?;
+            poisoned(args, &mut batch);
+            batch
+        }
+    };
     let Batch {
-        entries,
-        message,
-        poisoned,
-    } = reader.next_batch(&config, isolation).await?;
-    m.dead.inc_by(poisoned.len() as u64);
-    for (stream_id, reason) in poisoned {
-        let body =
-            serde_json::json!({ "transaction_id": null, "stream_id": stream_id, "reason": reason });
-        state.args.events.emit("tx.dead", body);
-    }
+        entries, message, ..
+    } = batch;
     if entries.is_empty() {
-        if state.heartbeat.beat_if_due(pg, &config).await? == heartbeat::Beat::Sent {
-            set_link(&state.args, Link::Up, None);
+        if heartbeat.beat_if_due(pg, &config).await? == heartbeat::Beat::Sent {
+            set_link(args, Link::Up, None);
         }
         return Ok(());
     }
@@ -409,7 +433,19 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
     // The primary's own statement timeout comes first while the link works: this side
     // also waits for the batch to travel (megabytes over the WAN) and for the answer.
     let bound = config.statement_timeout + config.connect_timeout;
-    let applied = match apply::apply(pg, &sql, entries.len(), bound).await {
+    // While the batch is on its way and the primary applies it, the one before it is
+    // settled and the next one read: over the WAN the round trip hides both.
+    let previous = unsettled.take();
+    let (applied, next) = tokio::join!(apply::apply(pg, &sql, entries.len(), bound), async {
+        if let Some(done) = previous {
+            settled(args, settle, done).await?;
+        }
+        let mut next = reader.next_batch(&config, isolation, false).await?;
+        poisoned(args, &mut next);
+        Ok::<_, ForwardError>(next)
+    });
+    drop(sql);
+    let applied = match applied {
         Ok(applied) => applied,
         Err(e) => {
             blame(isolation, &config, &entries, &e);
@@ -417,22 +453,48 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
             return Err(e);
         }
     };
-    drop(sql);
-    set_link(&state.args, Link::Up, None);
-    state.heartbeat.committed();
+    set_link(args, Link::Up, None);
+    heartbeat.committed();
+    let next = next?;
     #[cfg(feature = "fault-injection")]
     crash.check(CrashPoint::AfterCommit)?;
-    if !m.lease.held(fresh) {
-        // Committed, not settled: whoever holds the lease next re-reads these entries
-        // (pending) and finds them in the ledger.
-        return Err(ForwardError::LeaseLost(fresh));
+    let done = Committed { entries, applied };
+    if next.is_empty() {
+        if !m.lease.held(fresh) {
+            return Err(ForwardError::LeaseLost(fresh));
+        }
+        settled(args, settle, done).await?;
+    } else {
+        // Settled while the next batch is on its way (it goes at once).
+        *ahead = Some(next);
+        *unsettled = Some(done);
     }
-    settle::settle_batch(settle, &config, &entries, &applied).await?;
+    Ok(())
+}
+
+/// A batch committed on the primary and not yet settled in Redis.
+struct Committed {
+    entries: Vec<read::Entry>,
+    applied: apply::Applied,
+}
+
+/// Settles a committed batch in Redis, then tells the tracker, the failure counts, the
+/// metrics and the event stream.
+async fn settled(
+    args: &ForwarderArgs,
+    settle: &mut MultiplexedConnection,
+    done: Committed,
+) -> Result<(), ForwardError> {
+    let Committed { entries, applied } = done;
+    let config = &args.config;
+    settle::settle_batch(settle, config, &entries, &applied).await?;
     // A permit is kept if the tracker is not waiting: it is not missed between its check
     // and its sleep.
-    state.args.forwarded.notify_one();
+    args.forwarded.notify_one();
     #[cfg(feature = "fault-injection")]
-    crash.check(CrashPoint::AfterAck)?;
+    args.crash.check(CrashPoint::AfterAck)?;
+    let isolation = &args.isolation;
+    let m = &args.metrics;
     isolation.settled(entries.iter().map(|e| e.tx_id));
     if let Some(last) = entries.last() {
         isolation.committed(&last.stream_id);
@@ -440,8 +502,20 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
         m.batch_limit.store(limit as u64, Ordering::Relaxed);
     }
     record(m, &applied);
-    announce(&state.args.events, &entries, &applied);
+    announce(&args.events, &entries, &applied);
     Ok(())
+}
+
+/// Counts and announces the entries dead-lettered while `batch` was read (they were not
+/// transactions).
+fn poisoned(args: &ForwarderArgs, batch: &mut Batch) {
+    let poisoned = std::mem::take(&mut batch.poisoned);
+    args.metrics.dead.inc_by(poisoned.len() as u64);
+    for (stream_id, reason) in poisoned {
+        let body =
+            serde_json::json!({ "transaction_id": null, "stream_id": stream_id, "reason": reason });
+        args.events.emit("tx.dead", body);
+    }
 }
 
 /// One `tx.forwarded` event for the batch, one `tx.dead` per dead transaction.

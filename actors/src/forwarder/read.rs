@@ -119,6 +119,9 @@ pub struct Reader {
     /// Bytes expected per entry: the largest of the last read, or half the previous
     /// estimate if that is more (a bulk transaction keeps the next reads small for a while).
     estimate: usize,
+    /// The last entry this reader put into a batch. Pending entries are read after it: the
+    /// ones before it are in a batch that is on its way or not yet settled.
+    taken: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -142,6 +145,7 @@ impl Reader {
             conn,
             pending: true,
             estimate: FIRST_ESTIMATE,
+            taken: None,
         })
     }
 
@@ -218,13 +222,16 @@ impl Reader {
         Ok(())
     }
 
-    /// The next batch, in stream order; empty when nothing arrived within [`BLOCK`].
+    /// The next batch, in stream order, after the ones this reader returned before; with
+    /// `wait`, empty when nothing arrived within [`BLOCK`] (and a short batch lingers),
+    /// without, what is there now (read while another batch is on its way).
     /// Transactions `isolation` condemned go in with a reject marker; entries that are not
     /// transactions are dead-lettered on the way (their count is in `Batch::poisoned`).
     pub async fn next_batch(
         &mut self,
         config: &ForwarderConfig,
         isolation: &Isolation,
+        wait: bool,
     ) -> Result<Batch, ForwardError> {
         let mut batch = Batch::new(&config.schema);
         // Smaller while batches are split after a stall (see `split`).
@@ -244,8 +251,9 @@ impl Reader {
             }
             self.pending = false;
         }
-        self.fill(&mut batch, &ctx, Source::New(BLOCK)).await?;
-        if !batch.is_empty() && !batch.full(&ctx) && !config.linger.is_zero() {
+        let block = if wait { BLOCK } else { Duration::ZERO };
+        self.fill(&mut batch, &ctx, Source::New(block)).await?;
+        if wait && !batch.is_empty() && !batch.full(&ctx) && !config.linger.is_zero() {
             // Let a trickle become a batch: fewer, fuller round trips over the WAN.
             tokio::time::sleep(config.linger).await;
             self.fill(&mut batch, &ctx, Source::New(Duration::ZERO))
@@ -263,7 +271,7 @@ impl Reader {
         source: Source,
     ) -> Result<(), ForwardError> {
         let config = ctx.config;
-        let mut after = String::from("0");
+        let mut after = self.taken.clone().unwrap_or_else(|| String::from("0"));
         let mut first = true;
         while !batch.full(ctx) {
             let room = config
@@ -287,6 +295,7 @@ impl Reader {
                     return Ok(());
                 }
                 after.clone_from(&entry.id);
+                self.taken = Some(entry.id.clone());
                 if let Err(poison) = add(batch, entry, ctx) {
                     let what = (poison.id.clone(), poison.reason.clone());
                     self.dead_letter(config, poison).await?;
