@@ -204,218 +204,471 @@ struct Progress {
     written: AtomicUsize,
 }
 
+/// The services of one run, the service itself and what the phases share.
+struct Run<'o> {
+    o: &'o Options,
+    t0: Instant,
+    redis: crate::local_redis::LocalRedis,
+    pg: crate::local_pg::LocalPostgres,
+    wan: FaultProxy,
+    tree: Arc<ops_db_actors::tree::Tree>,
+    base: String,
+    secret: String,
+    stop: CancellationToken,
+    server: JoinHandle<anyhow::Result<()>>,
+    keys: Keys,
+    conn: MultiplexedConnection,
+    progress: Arc<Progress>,
+    /// When each phase started, and the end of the last.
+    phase_started: Vec<Instant>,
+    replica: ReplicaTimes,
+}
+
+/// When the replica was asked to stop and to start (after the cut), and how long it took to
+/// accept connections again.
+#[derive(Default)]
+struct ReplicaTimes {
+    stopped: Option<Duration>,
+    started: Option<Duration>,
+    start_took: Duration,
+}
+
+/// What phase 1 leaves running: the probe writer.
+struct Before {
+    probe_eou: Uuid,
+    probe_start_tx: Uuid,
+    probing: CancellationToken,
+    probe: JoinHandle<anyhow::Result<Probed>>,
+    sampling: CancellationToken,
+    sampler: JoinHandle<anyhow::Result<Peaks>>,
+    memory_before: u64,
+    rss_before: f64,
+}
+
+/// What phase 2 wrote.
+struct During {
+    cut: Instant,
+    written: Written,
+    written_in: Duration,
+    memory_at_heal: u64,
+}
+
+/// Phase 3: from the heal to the stream drained of what was buffered before it.
+struct Drained {
+    healed: Instant,
+    healed_ms: u64,
+    /// The last transaction buffered before the heal.
+    mark: Uuid,
+    polled: Duration,
+    batches: u64,
+    round_trips: u64,
+}
+
+/// What is read at the end, once everything is replicated and settled.
+struct End {
+    probe_eou: Uuid,
+    probe_start_tx: Uuid,
+    memory_before: u64,
+    rss_before: f64,
+    probed: Probed,
+    peaks: Peaks,
+    memory_final: HashMap<String, u64>,
+    rss_final: f64,
+    rss_hwm: f64,
+    slow: String,
+    latency: String,
+    forwarder_restarts: u64,
+    replica_restarts: u64,
+    replicated_polled: Duration,
+}
+
 async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
-    let t0 = Instant::now();
-    let (redis, mut pg) = crate::services::local_services(dir).await?;
-    let primary = ([127, 0, 0, 1], pg.primary_port()).into();
-    let wan = FaultProxy::start(([127, 0, 0, 1], 0).into(), primary).await?;
-    wan.set_delay(o.rtt / 2);
-    let secret = token::generate();
-    let sections = format!(
-        "[forwarder]\nprimary_url = \"{}\"\n[replica]\nurl = \"{}\"\n",
-        super::through(&pg, &wan),
-        pg.replica_url()
-    );
-    let app = Application::build(super::service_config(
-        SITE,
-        &redis.url(),
-        &secret,
-        &sections,
-    )?)
-    .await?;
-    let tree = app.tree();
-    let base = format!("http://{}", app.http_addr());
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
-    let keys = Keys::new(SITE);
-    // Its replies may be slow on a busy machine (the default timeout is 500 ms).
-    let mut conn = redis::Client::open(redis.admin_url())?
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(Duration::from_secs(30))),
+    let mut run = Run::start(o, dir).await?;
+    let before = run.before().await?;
+    let during = run.during().await?;
+    let drained = run.drain(&during).await?;
+    run.tracker_idle(&drained).await?;
+    let end = run.replicate_and_end(before, &drained).await?;
+    run.check_and_report(during, drained, end).await
+}
+
+impl<'o> Run<'o> {
+    async fn start(o: &'o Options, dir: &Path) -> anyhow::Result<Self> {
+        let t0 = Instant::now();
+        let (redis, pg) = crate::services::local_services(dir).await?;
+        let primary = ([127, 0, 0, 1], pg.primary_port()).into();
+        let wan = FaultProxy::start(([127, 0, 0, 1], 0).into(), primary).await?;
+        wan.set_delay(o.rtt / 2);
+        let secret = token::generate();
+        let sections = format!(
+            "[forwarder]\nprimary_url = \"{}\"\n[replica]\nurl = \"{}\"\n",
+            super::through(&pg, &wan),
+            pg.replica_url()
+        );
+        let app = Application::build(super::service_config(
+            SITE,
+            &redis.url(),
+            &secret,
+            &sections,
+        )?)
+        .await?;
+        let tree = app.tree();
+        let base = format!("http://{}", app.http_addr());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+        // Its replies may be slow on a busy machine (the default timeout is 500 ms).
+        let mut conn = redis::Client::open(redis.admin_url())?
+            .get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(Duration::from_secs(30))),
+            )
+            .await?;
+        watch_slow_calls(&mut conn).await?;
+        println!(
+            "ops-db-api bench outage: {} transactions ({} bulk registrations of {} files) from {} \
+             clients{}, link cut, RTT {} ms; replica stopped at {:.0}% of the writes, started {}; \
+             load average {}",
+            o.transactions,
+            o.bulk,
+            o.bulk_files,
+            o.clients,
+            if o.rate > 0.0 {
+                format!(" at {}/s", o.rate)
+            } else {
+                String::new()
+            },
+            o.rtt.as_millis(),
+            o.replica_stop * 100.0,
+            o.replica_start,
+            load_average()
+        );
+        Ok(Self {
+            o,
+            t0,
+            redis,
+            pg,
+            wan,
+            tree,
+            base,
+            secret,
+            stop,
+            server,
+            keys: Keys::new(SITE),
+            conn,
+            progress: Arc::new(Progress::default()),
+            phase_started: Vec::new(),
+            replica: ReplicaTimes::default(),
+        })
+    }
+
+    /// Marks the start of `phase`.
+    fn enter(&mut self, phase: usize, at: Instant) {
+        self.progress.phase.store(phase, Ordering::Relaxed);
+        self.phase_started.push(at);
+    }
+
+    /// 1. Before: the link is up and nothing else happens; the probe writer and the
+    ///    sampler start.
+    async fn before(&mut self) -> anyhow::Result<Before> {
+        let sampling = CancellationToken::new();
+        let sampler = tokio::spawn(sample(
+            self.conn.clone(),
+            self.keys.clone(),
+            self.progress.clone(),
+            self.o.transactions,
+            sampling.clone(),
+        ));
+        let (probe_eou, probe_start_tx) = super::start_obs_unit(&self.base, &self.secret).await?;
+        let probing = CancellationToken::new();
+        let probe = tokio::spawn(probe(
+            format!("{}/raw_data_files/", self.base),
+            self.secret.clone(),
+            probe_eou.to_string(),
+            self.progress.clone(),
+            probing.clone(),
+        ));
+        self.enter(BEFORE, Instant::now());
+        let memory_before = used_memory(&mut self.conn).await?;
+        let rss_before = rss_mb();
+        tokio::time::sleep(self.o.quiet).await;
+        Ok(Before {
+            probe_eou,
+            probe_start_tx,
+            probing,
+            probe,
+            sampling,
+            sampler,
+            memory_before,
+            rss_before,
+        })
+    }
+
+    /// 2. During: the link is cut while the load is written; the replica stops part-way
+    ///    (and starts again at `--replica-start` writes).
+    async fn during(&mut self) -> anyhow::Result<During> {
+        let o = self.o;
+        self.wan.cut();
+        let cut = Instant::now();
+        self.enter(DURING, cut);
+        let load = Load::new(o, &self.base, &self.secret)?;
+        let writers: Vec<_> = (0..o.clients)
+            .map(|w| tokio::spawn(load.clone().writer(w, self.progress.clone())))
+            .collect();
+        let n = o.transactions as f64;
+        while !writers.iter().all(JoinHandle::is_finished) {
+            let written = self.progress.written.load(Ordering::Relaxed) as f64;
+            if self.replica.stopped.is_none() && written >= o.replica_stop * n {
+                self.replica.stopped = Some(cut.elapsed());
+                self.pg.stop_replica().await?;
+            }
+            if let ReplicaStart::Writes(f) = o.replica_start {
+                if self.replica.stopped.is_some()
+                    && self.replica.started.is_none()
+                    && written >= f * n
+                {
+                    self.start_replica(cut).await?;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut written = Written::new()?;
+        for w in writers {
+            written.add(w.await??)?;
+        }
+        if self.replica.stopped.is_none() {
+            // Fewer acknowledged writes than asked for (errors): stop it now all the same.
+            self.replica.stopped = Some(cut.elapsed());
+            self.pg.stop_replica().await?;
+        }
+        Ok(During {
+            cut,
+            written,
+            written_in: cut.elapsed(),
+            memory_at_heal: used_memory(&mut self.conn).await?,
+        })
+    }
+
+    /// Starts the replica, noting when (after `cut`) and how long it took.
+    async fn start_replica(&mut self, cut: Instant) -> anyhow::Result<()> {
+        let at = cut.elapsed();
+        self.pg.start_replica().await?;
+        self.replica.started = Some(at);
+        self.replica.start_took = cut.elapsed() - at;
+        Ok(())
+    }
+
+    /// 3. Draining: the link heals (the clock starts) and, with `--replica-start heal`,
+    ///    the replica starts; until the last transaction buffered before the heal has left
+    ///    the stream.
+    async fn drain(&mut self, during: &During) -> anyhow::Result<Drained> {
+        let fm = &self.tree.forwarder_metrics;
+        let (batches_before, trips_before) = (fm.batches.get(), fm.round_trips.get());
+        let mark = last_entry(&mut self.conn, &self.keys).await?;
+        let healed = Instant::now();
+        let healed_ms = unix_ms();
+        self.wan.heal();
+        self.enter(DRAINING, healed);
+        let heal_start =
+            matches!(self.o.replica_start, ReplicaStart::Heal) && self.replica.started.is_none();
+        let mut drain_conn = self.conn.clone();
+        let keys = self.keys.clone();
+        let cut = during.cut;
+        let pg = &mut self.pg;
+        let (started, drained) = tokio::join!(
+            async {
+                if heal_start {
+                    let at = cut.elapsed();
+                    pg.start_replica().await?;
+                    return anyhow::Ok(Some((at, cut.elapsed() - at)));
+                }
+                Ok(None)
+            },
+            wait_drained(&mut drain_conn, &keys, mark),
+        );
+        if let Some((at, took)) = started? {
+            (self.replica.started, self.replica.start_took) = (Some(at), took);
+        }
+        let fm = &self.tree.forwarder_metrics;
+        Ok(Drained {
+            healed,
+            healed_ms,
+            mark,
+            polled: drained?.duration_since(healed),
+            batches: fm.batches.get() - batches_before,
+            round_trips: fm.round_trips.get() - trips_before,
+        })
+    }
+
+    /// 4. Tracker idle: the backlog is forwarded; until the replica tracker marks again
+    ///    (with `--replica-start drained` the replica starts now and the tracker first sits
+    ///    out its backoff).
+    async fn tracker_idle(&mut self, drained: &Drained) -> anyhow::Result<()> {
+        self.enter(TRACKER_IDLE, Instant::now());
+        let tree = Arc::clone(&self.tree);
+        let marked = &tree.replica_metrics.marked;
+        let marked_at_drain = marked.get();
+        if self.replica.started.is_none() {
+            let cut = self.phase_started[DURING];
+            self.start_replica(cut).await?;
+        }
+        while marked.get() == marked_at_drain {
+            anyhow::ensure!(
+                drained.healed.elapsed() < PHASE_TIMEOUT,
+                "the replica tracker never marked a transaction again"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// 5. Replicating: every transaction buffered before the heal becomes `replicated`;
+    ///    6. after: the probe goes on a while. Then what the end reads.
+    async fn replicate_and_end(
+        &mut self,
+        before: Before,
+        drained: &Drained,
+    ) -> anyhow::Result<End> {
+        self.enter(REPLICATING, Instant::now());
+        let replicated_polled = wait_replicated(&mut self.conn, &self.keys, drained.mark)
+            .await?
+            .duration_since(drained.healed);
+        self.enter(AFTER, Instant::now());
+        tokio::time::sleep(self.o.quiet).await;
+        before.probing.cancel();
+        let probed = before.probe.await??;
+        self.phase_started.push(Instant::now());
+        wait_settled(&mut self.conn, &self.keys).await?;
+        before.sampling.cancel();
+        let peaks = before.sampler.await??;
+        let memory_final = redis_info(&mut self.conn, &["memory", "stats", "persistence"]).await?;
+        let (rss_final, rss_hwm) = (rss_mb(), proc_status_mb("VmHWM"));
+        let slow = slow_calls(&mut self.conn, &self.keys).await?;
+        let latency = latency_events(&mut self.conn).await?;
+        let restarts = |actor: &str| self.tree.health.get(actor).map_or(0, |r| r.restarts);
+        Ok(End {
+            probe_eou: before.probe_eou,
+            probe_start_tx: before.probe_start_tx,
+            memory_before: before.memory_before,
+            rss_before: before.rss_before,
+            probed,
+            peaks,
+            memory_final,
+            rss_final,
+            rss_hwm,
+            slow,
+            latency,
+            forwarder_restarts: restarts(FORWARDER),
+            replica_restarts: restarts(REPLICA),
+            replicated_polled,
+        })
+    }
+
+    /// Checks the outcome (see the module's header), stops everything, prints the report
+    /// and fails if anything was lost, duplicated or left behind.
+    async fn check_and_report(
+        self,
+        during: During,
+        drained: Drained,
+        end: End,
+    ) -> anyhow::Result<()> {
+        let Run {
+            t0,
+            redis,
+            pg,
+            wan,
+            tree,
+            stop,
+            server,
+            keys,
+            mut conn,
+            phase_started,
+            replica,
+            ..
+        } = self;
+        let written = &during.written;
+        let mut acked: Vec<Uuid> = written.txs.clone();
+        acked.extend(&end.probed.txs);
+        acked.push(end.probe_start_tx);
+        let mut failures = Vec::new();
+        let lifecycles = lifecycles(&mut conn, &keys, &acked, &written.txs, &mut failures).await?;
+        check_primary(&pg, &acked, written, &end.probed, &mut failures).await?;
+        check_redis(
+            &mut conn,
+            &keys,
+            written,
+            &end.probe_eou,
+            &end.probed,
+            &mut failures,
         )
         .await?;
-    watch_slow_calls(&mut conn).await?;
-
-    println!(
-        "ops-db-api bench outage: {} transactions ({} bulk registrations of {} files) from {} \
-         clients{}, link cut, RTT {} ms; replica stopped at {:.0}% of the writes, started {}; \
-         load average {}",
-        o.transactions,
-        o.bulk,
-        o.bulk_files,
-        o.clients,
-        if o.rate > 0.0 {
-            format!(" at {}/s", o.rate)
-        } else {
-            String::new()
-        },
-        o.rtt.as_millis(),
-        o.replica_stop * 100.0,
-        o.replica_start,
-        load_average()
-    );
-    let progress = Arc::new(Progress::default());
-    let sampling = CancellationToken::new();
-    let sampler = tokio::spawn(sample(
-        conn.clone(),
-        keys.clone(),
-        progress.clone(),
-        o.transactions,
-        sampling.clone(),
-    ));
-
-    // 1. Before: the link is up and nothing else happens.
-    let (probe_eou, probe_start_tx) = super::start_obs_unit(&base, &secret).await?;
-    let probing = CancellationToken::new();
-    let probe = tokio::spawn(probe(
-        format!("{base}/raw_data_files/"),
-        secret.clone(),
-        probe_eou.to_string(),
-        progress.clone(),
-        probing.clone(),
-    ));
-    let mut phase_started = vec![Instant::now()];
-    let memory_before = used_memory(&mut conn).await?;
-    let rss_before = rss_mb();
-    tokio::time::sleep(o.quiet).await;
-
-    // 2. During: the link is cut while the load is written; the replica stops part-way.
-    wan.cut();
-    let cut = Instant::now();
-    progress.phase.store(DURING, Ordering::Relaxed);
-    phase_started.push(cut);
-    let load = Load::new(o, &base, &secret)?;
-    let writers: Vec<_> = (0..o.clients)
-        .map(|w| tokio::spawn(load.clone().writer(w, progress.clone())))
-        .collect();
-    let n = o.transactions as f64;
-    // When the replica was asked to stop and to start (after the cut), and how long it
-    // took to accept connections again.
-    let (mut replica_stopped, mut replica_started) = (None::<Duration>, None::<Duration>);
-    let mut start_took = Duration::ZERO;
-    while !writers.iter().all(JoinHandle::is_finished) {
-        let written = progress.written.load(Ordering::Relaxed) as f64;
-        if replica_stopped.is_none() && written >= o.replica_stop * n {
-            replica_stopped = Some(cut.elapsed());
-            pg.stop_replica().await?;
-        }
-        if let ReplicaStart::Writes(f) = o.replica_start {
-            if replica_stopped.is_some() && replica_started.is_none() && written >= f * n {
-                let at = cut.elapsed();
-                pg.start_replica().await?;
-                (replica_started, start_took) = (Some(at), cut.elapsed() - at);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let mut written = Written::new()?;
-    for w in writers {
-        written.add(w.await??)?;
-    }
-    if replica_stopped.is_none() {
-        // Fewer acknowledged writes than asked for (errors): stop it now all the same.
-        replica_stopped = Some(cut.elapsed());
-        pg.stop_replica().await?;
-    }
-    let written_in = cut.elapsed();
-    let memory_at_heal = used_memory(&mut conn).await?;
-
-    // 3. Draining: the link heals; the clock starts.
-    let fm = &tree.forwarder_metrics;
-    let (batches_before, trips_before) = (fm.batches.get(), fm.round_trips.get());
-    let mark = last_entry(&mut conn, &keys).await?;
-    let healed = Instant::now();
-    let healed_ms = unix_ms();
-    wan.heal();
-    progress.phase.store(DRAINING, Ordering::Relaxed);
-    phase_started.push(healed);
-    let heal_start = matches!(o.replica_start, ReplicaStart::Heal) && replica_started.is_none();
-    let mut drain_conn = conn.clone();
-    let (started, drained) = tokio::join!(
-        async {
-            if heal_start {
-                let at = cut.elapsed();
-                pg.start_replica().await?;
-                return anyhow::Ok(Some((at, cut.elapsed() - at)));
-            }
-            Ok(None)
-        },
-        wait_drained(&mut drain_conn, &keys, mark),
-    );
-    if let Some((at, took)) = started? {
-        (replica_started, start_took) = (Some(at), took);
-    }
-    let drained_polled = drained?.duration_since(healed);
-    let drain_batches = fm.batches.get() - batches_before;
-    let drain_trips = fm.round_trips.get() - trips_before;
-
-    // 4. Tracker idle: the backlog is forwarded; until the replica tracker marks again
-    //    (with `--replica-start drained` the replica starts now and the tracker first sits
-    //    out its backoff).
-    progress.phase.store(TRACKER_IDLE, Ordering::Relaxed);
-    phase_started.push(Instant::now());
-    let marked = &tree.replica_metrics.marked;
-    let marked_at_drain = marked.get();
-    if replica_started.is_none() {
-        let at = cut.elapsed();
-        pg.start_replica().await?;
-        (replica_started, start_took) = (Some(at), cut.elapsed() - at);
-    }
-    while marked.get() == marked_at_drain {
-        anyhow::ensure!(
-            healed.elapsed() < PHASE_TIMEOUT,
-            "the replica tracker never marked a transaction again"
+        stop.cancel();
+        server.await??;
+        wan.stop().await;
+        pg.stop().await?;
+        redis.stop().await;
+        let largest_batch = tree
+            .forwarder_metrics
+            .largest_batch_bytes
+            .load(Ordering::Relaxed);
+        report(
+            &during,
+            &drained,
+            &end,
+            &replica,
+            &phase_started,
+            &lifecycles,
+            acked.len(),
+            largest_batch,
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        println!(
+            "(whole run {:.0} s; load average at the end {})",
+            t0.elapsed().as_secs_f64(),
+            load_average()
+        );
+        verdict(written, &end.probed, failures)
     }
+}
 
-    // 5. Replicating: every transaction buffered before the heal becomes `replicated`.
-    progress.phase.store(REPLICATING, Ordering::Relaxed);
-    phase_started.push(Instant::now());
-    let replicated_polled = wait_replicated(&mut conn, &keys, mark)
-        .await?
-        .duration_since(healed);
-
-    // 6. After: everything replicated; the probe goes on a while.
-    progress.phase.store(AFTER, Ordering::Relaxed);
-    phase_started.push(Instant::now());
-    tokio::time::sleep(o.quiet).await;
-    probing.cancel();
-    let probed = probe.await??;
-    phase_started.push(Instant::now());
-    wait_settled(&mut conn, &keys).await?;
-    sampling.cancel();
-    let peaks = sampler.await??;
-    let memory_final = redis_info(&mut conn, &["memory", "stats", "persistence"]).await?;
-    let (rss_final, rss_hwm) = (rss_mb(), proc_status_mb("VmHWM"));
-    let slow = slow_calls(&mut conn, &keys).await?;
-    let latency = latency_events(&mut conn).await?;
-    let restarts = |actor: &str| tree.health.get(actor).map_or(0, |r| r.restarts);
-    let (forwarder_restarts, replica_restarts) = (restarts(FORWARDER), restarts(REPLICA));
-
-    // The outcome, checked.
-    let mut acked: Vec<Uuid> = written.txs.clone();
-    acked.extend(&probed.txs);
-    acked.push(probe_start_tx);
-    let mut failures = Vec::new();
-    let lifecycles = lifecycles(&mut conn, &keys, &acked, &written.txs, &mut failures).await?;
-    check_primary(&pg, &acked, &written, &probed, &mut failures).await?;
-    check_redis(
-        &mut conn,
-        &keys,
-        &written,
-        &probe_eou,
-        &probed,
-        &mut failures,
-    )
-    .await?;
-    stop.cancel();
-    server.await??;
-    wan.stop().await;
-    pg.stop().await?;
-    redis.stop().await;
-
+/// Prints the run's measures and the probe writer's latency by phase.
+#[allow(clippy::too_many_arguments)]
+fn report(
+    during: &During,
+    drained: &Drained,
+    end: &End,
+    replica: &ReplicaTimes,
+    phase_started: &[Instant],
+    lifecycles: &Lifecycles,
+    acked: usize,
+    largest_batch: u64,
+) {
+    let During {
+        written,
+        written_in,
+        memory_at_heal,
+        ..
+    } = during;
+    let (written_in, memory_at_heal) = (*written_in, *memory_at_heal);
+    let healed_ms = drained.healed_ms;
+    let (drained_polled, drain_batches, drain_trips) =
+        (drained.polled, drained.batches, drained.round_trips);
+    let End {
+        memory_before,
+        rss_before,
+        probed,
+        peaks,
+        memory_final,
+        rss_final,
+        rss_hwm,
+        slow,
+        latency,
+        forwarder_restarts,
+        replica_restarts,
+        replicated_polled,
+        ..
+    } = end;
+    let (memory_before, replicated_polled) = (*memory_before, *replicated_polled);
+    let (replica_stopped, replica_started, start_took) =
+        (replica.stopped, replica.started, replica.start_took);
     let secs = |d: Duration| d.as_secs_f64();
     let after_heal = |ms: u64| ms.saturating_sub(healed_ms) as f64 / 1000.0;
     let mb = |b: u64| b as f64 / 1_048_576.0;
@@ -484,7 +737,7 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
     );
     println!(
         "| Redis used_memory kept after replication (lifecycles, for `replica.retention`) | {:.0} bytes per transaction |",
-        used_final.saturating_sub(memory_before) as f64 / acked.len().max(1) as f64
+        used_final.saturating_sub(memory_before) as f64 / acked.max(1) as f64
     );
     println!(
         "| Redis RSS: peak / final | {:.1} / {:.1} MB |",
@@ -497,7 +750,7 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
     );
     println!(
         "| forwarder, heal to drained | {drain_batches} batches, {drain_trips} round trips; largest batch {:.1} MB |",
-        fm.largest_batch_bytes.load(Ordering::Relaxed) as f64 / 1_048_576.0
+        largest_batch as f64 / 1_048_576.0
     );
     println!(
         "| Redis forks (AOF rewrites) in the run; AOF at the end | {}; {:.0} MB |",
@@ -516,7 +769,7 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
     );
     println!(
         "| verified | {} acknowledged transactions (with the probe's); not acknowledged in the end: {} |",
-        acked.len(),
+        acked,
         written.errors.len()
     );
     println!();
@@ -571,11 +824,10 @@ async fn one(o: &Options, dir: &Path) -> anyhow::Result<()> {
             .join(", ")
     );
     println!();
-    println!(
-        "(whole run {:.0} s; load average at the end {})",
-        secs(t0.elapsed()),
-        load_average()
-    );
+}
+
+/// Fails with every problem found, or says what was verified.
+fn verdict(written: &Written, probed: &Probed, mut failures: Vec<String>) -> anyhow::Result<()> {
     for e in written.errors.iter().take(10) {
         failures.push(format!("a load write was not acknowledged: {e}"));
     }
