@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use uuid::Uuid;
@@ -86,10 +86,43 @@ pub enum BenchCommand {
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
     },
+    /// Every benchmark `docs/BENCHMARKS.md` records, one after another, with the commands
+    /// listed in `ALL`. Each measures what it is compared against in the same run (the
+    /// durable LPUSH, per-row commits over the same link, the quiet phase, events off).
+    All {
+        /// Where every benchmark keeps its servers' data.
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+    },
+}
+
+/// What `bench all` runs, in order, and the limit or baseline each measures beside its
+/// figures in the same run.
+pub const ALL: &[(&[&str], &str)] = &[
+    (&["ingest"], "durable LPUSH on the same Redis (redis-benchmark)"),
+    (
+        &["catchup", "--transactions", "100000", "--rtt", "250ms,0ms"],
+        "one committed INSERT per row over the same link",
+    ),
+    (&["outage"], "the probe writer's latency before the cut"),
+    (
+        &["reads", "--buffered", "0,10000,1000000", "--samples", "500"],
+        "reads with nothing buffered",
+    ),
+    (&["events"], "the same writes with events off, interleaved"),
+];
+
+/// One line of [`ALL`], parsed as `ops-db-api bench …` would parse it.
+#[derive(Parser)]
+#[command(no_binary_name = true)]
+struct One {
+    #[command(subcommand)]
+    command: BenchCommand,
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
+        BenchCommand::All { dir } => all(&dir).await,
         BenchCommand::Ingest {
             clients,
             duration,
@@ -116,6 +149,21 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             dir,
         } => reads::run(&buffered, samples, poll, &dir).await,
     }
+}
+
+/// Runs every line of [`ALL`] with `--dir dir`; stops at the first that fails.
+async fn all(dir: &std::path::Path) -> anyhow::Result<()> {
+    let dir = dir.to_str().context("--dir is not UTF-8")?;
+    for (args, limit) in ALL {
+        let line = args.join(" ");
+        println!("\n## ops-db-api bench {line} --dir {dir}\n\n(compared with: {limit})\n");
+        let one = One::try_parse_from(args.iter().copied().chain(["--dir", dir]))
+            .with_context(|| format!("bench all: `{line}`"))?;
+        Box::pin(run(one.command))
+            .await
+            .with_context(|| format!("bench {line}"))?;
+    }
+    Ok(())
 }
 
 /// The service's configuration in a benchmark: site `site`, HTTP and TCP on free ports (every
@@ -213,4 +261,17 @@ pub(crate) async fn redis_info(
             Some((k.to_owned(), v.trim().parse().ok()?))
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_line_of_bench_all_parses() {
+        for (args, _) in ALL {
+            let parsed = One::try_parse_from(args.iter().copied().chain(["--dir", "x"]));
+            assert!(parsed.is_ok(), "{args:?}: {:?}", parsed.err());
+        }
+    }
 }
