@@ -1,10 +1,14 @@
-//! Settling a committed batch in Redis: `settle.lua` in bounded calls, all of a batch's
-//! calls in one pipeline.
+//! Settling a committed batch in Redis: `settle.lua` in bounded calls, sent in pipelines of
+//! a bounded number of calls.
 
 use redis::aio::MultiplexedConnection;
 
 use super::{apply, read, ForwardError, ForwarderConfig, Outcome, GROUP};
 use crate::overlay::scripts::{RECORDS_PER_CALL, SETTLE, TXS_PER_CALL};
+
+/// Most `settle.lua` calls sent in one pipeline: 20 calls settle up to 1,000 transactions,
+/// a few milliseconds of Redis' time, well inside `redis.timeout` on a busy machine.
+const CALLS_PER_PIPELINE: usize = 20;
 
 /// Settles a committed batch in chunks of at most `TXS_PER_CALL` transactions and
 /// `RECORDS_PER_CALL` record releases per script call (Redis runs a script alone, so each
@@ -19,10 +23,12 @@ pub(super) async fn settle_batch(
 ) -> Result<(), ForwardError> {
     let mut rest: Vec<(&read::Entry, &Outcome)> = entries.iter().zip(&applied.outcomes).collect();
     while !rest.is_empty() {
-        // Every chunk in one pipeline: one local round trip per batch, not one per chunk.
-        // Each script call is still bounded on its own, and Redis serves other clients
-        // between them.
-        let chunks: Vec<&[(&read::Entry, &Outcome)]> = rest.chunks(TXS_PER_CALL).collect();
+        // Up to CALLS_PER_PIPELINE chunks in one pipeline: a few local round trips per
+        // batch, not one per chunk, each bounded by `redis.timeout` whatever the batch's
+        // size. Each script call is still bounded on its own, and Redis serves other
+        // clients between them.
+        let ahead = rest.len().min(TXS_PER_CALL * CALLS_PER_PIPELINE);
+        let chunks: Vec<&[(&read::Entry, &Outcome)]> = rest[..ahead].chunks(TXS_PER_CALL).collect();
         let invocations: Vec<_> = chunks
             .iter()
             .map(|chunk| settle_invocation(config, applied, chunk))
@@ -39,11 +45,13 @@ pub(super) async fn settle_batch(
                 .map_err(|_| ForwardError::RedisTimeout("settling a committed batch"))??;
         // A call settles a prefix of its chunk; 0 or a short prefix only means a dead
         // transaction's overlay release goes on: what is left is sent again.
-        rest = chunks
+        let mut left: Vec<(&read::Entry, &Outcome)> = chunks
             .iter()
             .zip(settled)
             .flat_map(|(chunk, done)| chunk[done.min(chunk.len())..].iter().copied())
             .collect();
+        left.extend_from_slice(&rest[ahead..]);
+        rest = left;
     }
     Ok(())
 }

@@ -99,7 +99,10 @@ pub enum BenchCommand {
 /// What `bench all` runs, in order, and the limit or baseline each measures beside its
 /// figures in the same run.
 pub const ALL: &[(&[&str], &str)] = &[
-    (&["ingest"], "durable LPUSH on the same Redis (redis-benchmark)"),
+    (
+        &["ingest"],
+        "durable LPUSH on the same Redis (redis-benchmark)",
+    ),
     (
         &["catchup", "--transactions", "100000", "--rtt", "250ms,0ms"],
         "one committed INSERT per row over the same link",
