@@ -843,6 +843,9 @@ async fn wait_replicated(
     Ok(())
 }
 
+/// The most soak writes in flight at once.
+const IN_FLIGHT: usize = 128;
+
 /// Constant-rate writes for `soak`: every fifth a start-observation, the others file
 /// registrations in the latest unit started; no Idempotency-Key. Redis' size each minute.
 async fn run_soak(
@@ -879,11 +882,15 @@ async fn run_soak(
     let started = Instant::now();
     let mut next_report = started + Duration::from_secs(60);
     let mut tasks = tokio::task::JoinSet::new();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut i: u64 = 0;
     let mut minute = 0;
     while started.elapsed() < soak {
         let due = started + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
+        // At most `IN_FLIGHT` writes at once (the service caps connections per peer): a
+        // slow spell delays the next slots rather than opening ever more connections.
+        let permit = in_flight.clone().acquire_owned().await?;
         let (http, eou, acked, lost) = (http.clone(), eou.clone(), ok.clone(), failed.clone());
         let (base, secret) = (base.to_owned(), secret.to_owned());
         let n = i;
@@ -915,10 +922,17 @@ async fn run_soak(
                 .await
                 .map(|_| ())
             };
+            drop(permit);
             match result {
-                Ok(()) => acked.fetch_add(1, Ordering::Relaxed),
-                Err(_) => lost.fetch_add(1, Ordering::Relaxed),
-            };
+                Ok(()) => {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    if lost.fetch_add(1, Ordering::Relaxed) == 0 {
+                        eprintln!("soak: first failed write: {err:#}");
+                    }
+                }
+            }
         });
         while tasks.try_join_next().is_some() {}
         i += 1;
@@ -932,6 +946,11 @@ async fn run_soak(
     if minute < soak.as_secs() / 60 || soak.as_secs() % 60 != 0 {
         soak_row(conn, keys, minute + 1, &ok, &failed, s0).await?;
     }
+    println!(
+        "(slots scheduled: {i} in {:.0} s, {:.0}/s written)",
+        started.elapsed().as_secs_f64(),
+        ok.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
