@@ -92,6 +92,11 @@ async fn overlay_of(app: &TestApp, txs: &[Uuid]) -> (Vec<String>, Vec<String>) {
         .iter()
         .flatten()
         .flat_map(|l| serde_json::from_str::<Vec<String>>(l).expect("records list"))
+        .map(|short| {
+            // `{table}:{id}`: the record key without the site's record prefix.
+            let (table, id) = short.split_once(':').expect("table:id");
+            app.keys.record_of(table, id)
+        })
         .collect();
     let mut pipe = redis::pipe();
     for key in &records {

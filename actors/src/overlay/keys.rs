@@ -29,8 +29,9 @@ impl Keys {
         format!("{}tx", self.prefix)
     }
 
-    /// Hash: a transaction's lifecycle (`state`, `stream_id`, `buffered_at`, `op`, `records`,
-    /// `undo` while it has undo entries).
+    /// Hash: a transaction's lifecycle (`state`, `buffered_at`, `op`, `records`, `undo`
+    /// while it has undo entries; the lists hold record keys without the site's record
+    /// prefix, `{table}:{id}`).
     pub fn lifecycle(&self, tx: Uuid) -> String {
         format!("{}tx:{tx}", self.prefix)
     }

@@ -123,12 +123,17 @@ end
 
 local sid = redis.call('XADD', stream, '*', 'tx', ARGV[2])
 local overlay = cjson.decode(ARGV[9])
+-- The lifecycle lists its records as `{table}:{id}`, their keys without the site's record
+-- prefix (`opsdb:{site}:rec:`, the lifecycle key's site prefix + `rec:`): a list of one
+-- stays under Redis' `hash-max-listpack-value` (64), so the lifecycle stays a listpack.
+local skip = #lifecycle - #ARGV[3] - #'tx:' + #'rec:'
 local records, undone = {}, {}
 for _, rec in ipairs(overlay) do
-  if write_record(rec, ARGV[3]) then undone[#undone + 1] = rec.k end
-  records[#records + 1] = rec.k
+  local short = string.sub(rec.k, skip + 1)
+  if write_record(rec, ARGV[3]) then undone[#undone + 1] = short end
+  records[#records + 1] = short
 end
-redis.call('HSET', lifecycle, 'state', 'buffered', 'stream_id', sid, 'op', ARGV[4],
+redis.call('HSET', lifecycle, 'state', 'buffered', 'op', ARGV[4],
   'buffered_at', ARGV[8], 'records', cjson.encode(records))
 if #undone > 0 then
   redis.call('HSET', lifecycle, 'undo', cjson.encode(undone))
