@@ -61,7 +61,8 @@ impl Keys {
         format!("{}idx:{table}:{column}:{value}", self.prefix)
     }
 
-    /// Hash: an idempotency key's request fingerprint (`fp`) and first response (`resp`).
+    /// String: an idempotency key's request fingerprint (32 hex characters) followed by its
+    /// first response (JSON). A record of the older layout is a hash (`fp`, `resp`).
     pub fn idempotency(&self, key: &str) -> String {
         format!("{}idem:{key}", self.prefix)
     }

@@ -1,11 +1,11 @@
 -- Buffers one transaction atomically (a script runs without interleaving, and with
 -- `appendfsync always` Redis fsyncs its effects before it replies).
 --
--- KEYS[1] stream, KEYS[2] lifecycle hash, KEYS[3] idempotency hash (absent for none: an
--- empty key would be outside the service's ACL key pattern)
+-- KEYS[1] stream, KEYS[2] lifecycle hash, KEYS[3] idempotency record (a string; absent
+-- for none: an empty key would be outside the service's ACL key pattern)
 -- ARGV[1] max buffered transactions    ARGV[2] transaction JSON
 -- ARGV[3] transaction id               ARGV[4] operation name
--- ARGV[5] request fingerprint          ARGV[6] stored response (JSON)
+-- ARGV[5] request fingerprint (hex, fixed length)  ARGV[6] stored response (JSON)
 -- ARGV[7] idempotency TTL (seconds)    ARGV[8] now (unix ms)
 -- ARGV[9] overlay: JSON list of {k = record key, id = record id, u = 1 for an update,
 --         f = [col, json, ...], i = [[indexed col, index key or '' for null], ...]}
@@ -102,11 +102,21 @@ local function write_record(rec, tx)
   return prev[1] ~= tx
 end
 
+-- The idempotency record: one string, the fingerprint (ARGV[5], fixed length) followed by
+-- the first answer. One of the older layout is a hash {fp = the whole SHA-256 in hex,
+-- resp}, whose first characters are today's fingerprint; it is read as it is.
 if idem then
-  local prev = redis.call('HMGET', idem, 'fp', 'resp')
-  if prev[1] then
-    if prev[1] == ARGV[5] then
-      return {'dup', prev[2]}
+  local fp, resp = nil, nil
+  local stored = redis.pcall('GET', idem)
+  if type(stored) == 'table' and stored.err then
+    local prev = redis.call('HMGET', idem, 'fp', 'resp')
+    if prev[1] then fp, resp = string.sub(prev[1], 1, #ARGV[5]), prev[2] end
+  elseif stored then
+    fp, resp = string.sub(stored, 1, #ARGV[5]), string.sub(stored, #ARGV[5] + 1)
+  end
+  if fp then
+    if fp == ARGV[5] then
+      return {'dup', resp}
     end
     return {'conflict', ''}
   end
@@ -142,7 +152,6 @@ if ARGV[11] and ARGV[11] ~= '' then
   redis.call('HSET', lifecycle, 'steps', ARGV[11])
 end
 if idem then
-  redis.call('HSET', idem, 'fp', ARGV[5], 'resp', ARGV[6])
-  redis.call('EXPIRE', idem, tonumber(ARGV[7]))
+  redis.call('SET', idem, ARGV[5] .. ARGV[6], 'EX', tonumber(ARGV[7]))
 end
 return {'ok', sid}
