@@ -37,8 +37,10 @@ local stream, lifecycle, idem = KEYS[1], KEYS[2], KEYS[3]
 -- Moves the record's index entries to the values `rec` writes, noting in `undo` (if any)
 -- where each moved entry was. `_idx` lists the index keys holding its id, one per indexed
 -- column; a key's column is its last but one `:`-separated part (see `Keys::index`).
+-- Returns the record's new `_idx` (JSON), false if it has none left, nil if `rec` indexes
+-- nothing: the caller writes it with the record's columns, in one HSET.
 local function move_indexes(rec, idx_text, undo)
-  if #rec.i == 0 then return end
+  if #rec.i == 0 then return nil end
   local idx = {}
   if idx_text then
     for _, key in ipairs(cjson.decode(idx_text)) do
@@ -60,12 +62,9 @@ local function move_indexes(rec, idx_text, undo)
   end
   local list = {}
   for _, key in pairs(idx) do list[#list + 1] = key end
-  if #list == 0 then
-    redis.call('HDEL', rec.k, '_idx')
-  else
-    -- Kept with the record so that whoever moves or removes it can find its entries.
-    redis.call('HSET', rec.k, '_idx', cjson.encode(list))
-  end
+  if #list == 0 then return false end
+  -- Kept with the record so that whoever moves or removes it can find its entries.
+  return cjson.encode(list)
 end
 
 -- Writes one record's image, its index entries and, over an image the overlay held, its
@@ -94,8 +93,14 @@ local function write_record(rec, tx)
       if undo.c[name] == nil then undo.c[name] = old[j] or false end
     end
   end
-  redis.call('HSET', rec.k, '_tx', tx, unpack(rec.f))
-  move_indexes(rec, prev[3], undo)
+  -- One HSET for the image and its index list: the AOF gets the record's key once.
+  local idx = move_indexes(rec, prev[3], undo)
+  if idx then
+    redis.call('HSET', rec.k, '_tx', tx, '_idx', idx, unpack(rec.f))
+  else
+    redis.call('HSET', rec.k, '_tx', tx, unpack(rec.f))
+    if idx == false and prev[3] then redis.call('HDEL', rec.k, '_idx') end
+  end
   if not undo then return false end
   if next(undo.x) == nil then undo.x = nil end
   redis.call('HSET', rec.k, '_u:' .. tx, cjson.encode(undo))
