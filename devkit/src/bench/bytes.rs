@@ -425,14 +425,6 @@ async fn breakdown(
         "| event stream, per event ({n} events, {seq} written; `events.stream_cap` bounds it) | {:.0} |",
         per(bytes, n)
     );
-    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-        .arg(&events)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(conn)
-        .await?;
     // One write at a time, each with its AOF tail.
     let aof = aof_file(conn).await?;
     let mut tails = Vec::new();
@@ -535,13 +527,6 @@ async fn breakdown(
         "bulk of 1,000 files, Idempotency-Key".to_owned(),
         read_from(&aof, bulk_from)?,
     ));
-    if let Some((id, fields)) = last.first() {
-        println!();
-        println!(
-            "Last event before the breakdown ({id}): {}",
-            fields.first().map_or("", |f| f.1.as_str())
-        );
-    }
 
     for (what, tail) in tails {
         println!();
