@@ -31,7 +31,8 @@ impl Keys {
 
     /// Hash: a transaction's lifecycle (`state`, `buffered_at`, `op`, `records`, `undo`
     /// while it has undo entries; the lists hold record keys without the site's record
-    /// prefix, `{table}:{id}`).
+    /// prefix, `{table}:{id}`). `buffer.lua` and `overlay_release.lua` take that prefix
+    /// from this key: its part before `tx:{tx}`, then `rec:` (see `record_of`).
     pub fn lifecycle(&self, tx: Uuid) -> String {
         format!("{}tx:{tx}", self.prefix)
     }
