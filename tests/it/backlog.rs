@@ -93,6 +93,11 @@ async fn overlay_of(app: &TestApp, txs: &[Uuid]) -> (Vec<String>, Vec<String>) {
         .iter()
         .flatten()
         .flat_map(|l| serde_json::from_str::<Vec<String>>(l).expect("records list"))
+        .map(|short| {
+            // `{table}:{id}`: the record key without the site's record prefix.
+            let (table, id) = short.split_once(':').expect("table:id");
+            app.keys.record_of(table, id)
+        })
         .collect();
     let mut pipe = redis::pipe();
     for key in &records {
@@ -335,5 +340,44 @@ async fn a_dead_transaction_larger_than_one_release_is_released_whole_and_dead_l
     let dead = site.dead_letters().await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["transaction_id"], tx.to_string());
+    site.app.stop().await.expect("clean stop");
+}
+
+/// A lifecycle written before the lists were shortened lists whole record keys (upgrading
+/// with transactions in flight); its records are released all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lifecycle_listing_whole_record_keys_as_before_is_released_all_the_same() {
+    let site = Site::start(false, "").await;
+    let app = &site.app;
+    site.pg.stop_replica().await;
+    let (eou, tx) = start_obs_unit(app, 1).await;
+    all_in_state(app, &[tx], "forwarded", Duration::from_secs(30)).await;
+    let record = app.keys.record_of("executed_obs_unit", &eou.to_string());
+    let mut conn = app.redis.conn().await;
+    let listed: String = redis::cmd("HGET")
+        .arg(app.keys.lifecycle(tx))
+        .arg("records")
+        .query_async(&mut conn)
+        .await
+        .expect("records");
+    assert_eq!(
+        listed,
+        json!([format!("executed_obs_unit:{eou}")]).to_string()
+    );
+    let () = redis::cmd("HSET")
+        .arg(app.keys.lifecycle(tx))
+        .arg("records")
+        .arg(json!([record]).to_string())
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    site.pg.start_replica().await;
+    all_in_state(app, &[tx], "replicated", Duration::from_secs(30)).await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&record)
+        .query_async(&mut conn)
+        .await
+        .expect("exists");
+    assert!(!exists, "{record} left after replication");
     site.app.stop().await.expect("clean stop");
 }

@@ -110,3 +110,64 @@ async fn concurrent_requests_with_one_key_buffer_once() {
     assert_eq!(app.buffered_count().await, 1);
     app.stop().await.expect("clean stop");
 }
+
+/// A record of the older layout (a hash: `fp`, the whole SHA-256 in hex, and `resp`), left
+/// by the service before an upgrade, still answers a retry with the first answer and
+/// refuses the key for another request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_of_the_older_layout_still_answers_a_retry_and_refuses_another_request() {
+    let app = TestApp::spawn().await;
+    let start = "/executed_obs_units/start";
+    let body = json!({"obs_unit_id": 12});
+    let first = app
+        .send(Method::POST, start, Some(&body), Some("new-12"))
+        .await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let mut conn = app.redis.conn().await;
+    let (_, found): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg(app.keys.idempotency("*/new-12"))
+        .arg("COUNT")
+        .arg(10_000)
+        .query_async(&mut conn)
+        .await
+        .expect("scan");
+    let new_key = found.first().expect("the record of new-12").clone();
+    let record: String = redis::cmd("GET")
+        .arg(&new_key)
+        .query_async(&mut conn)
+        .await
+        .expect("a string");
+    let (fingerprint, answer) = record.split_at(record.find('{').expect("an answer"));
+    assert_eq!(fingerprint.len(), 32, "{record}");
+    // The same write's record as the older layout kept it, under another key: the whole
+    // SHA-256, of which today's fingerprint is the first half.
+    let old_key = new_key.replace("/new-12", "/old-12");
+    let () = redis::cmd("HSET")
+        .arg(&old_key)
+        .arg("fp")
+        .arg(format!("{fingerprint}{}", "0".repeat(32)))
+        .arg("resp")
+        .arg(answer)
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let replay = app
+        .send(Method::POST, start, Some(&body), Some("old-12"))
+        .await;
+    assert_eq!(replay.status, 201, "{}", replay.text);
+    assert_eq!(replay.body, first.body, "the first answer");
+    assert_eq!(app.buffered_count().await, 1);
+    let other = app
+        .send(
+            Method::POST,
+            start,
+            Some(&json!({"obs_unit_id": 13})),
+            Some("old-12"),
+        )
+        .await;
+    other.assert_error(422, "idempotency_key_reused");
+    assert_eq!(app.buffered_count().await, 1);
+    app.stop().await.expect("clean stop");
+}

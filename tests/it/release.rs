@@ -243,8 +243,9 @@ async fn leftovers(app: &TestApp, defaults: &Config) -> Leftovers {
                     "{key}: TTL {ttl}, idempotency_ttl {kept}"
                 );
                 let bytes = memory(&mut conn, &key).await;
-                let answer: String =
-                    query(&mut conn, redis::cmd("HGET").arg(&key).arg("resp")).await;
+                // The fingerprint (hex), then the first answer (a JSON object).
+                let record: String = query(&mut conn, redis::cmd("GET").arg(&key)).await;
+                let answer = record[record.find('{').expect("an answer")..].to_owned();
                 left.idempotency.push((answer, bytes));
             }
             // Overlay records and indexes, the forwarded set, dead letters: nothing of a

@@ -196,7 +196,8 @@ pub struct PreparedWrite {
 #[derive(Debug)]
 pub struct Idempotent {
     pub key: String,
-    /// SHA-256 of the request: the same key with another request is a conflict.
+    /// The request's fingerprint (`ingest.rs`): the same key with another request is a
+    /// conflict.
     pub fingerprint: String,
     /// The answer (an [`Ack`] as JSON), returned to a retry instead of buffering again.
     pub answer_json: String,

@@ -29,8 +29,10 @@ impl Keys {
         format!("{}tx", self.prefix)
     }
 
-    /// Hash: a transaction's lifecycle (`state`, `stream_id`, `buffered_at`, `op`, `records`,
-    /// `undo` while it has undo entries).
+    /// Hash: a transaction's lifecycle (`state`, `buffered_at`, `op`, `records`, `undo`
+    /// while it has undo entries; the lists hold record keys without the site's record
+    /// prefix, `{table}:{id}`). `buffer.lua` and `overlay_release.lua` take that prefix
+    /// from this key: its part before `tx:{tx}`, then `rec:` (see `record_of`).
     pub fn lifecycle(&self, tx: Uuid) -> String {
         format!("{}tx:{tx}", self.prefix)
     }
@@ -60,7 +62,8 @@ impl Keys {
         format!("{}idx:{table}:{column}:{value}", self.prefix)
     }
 
-    /// Hash: an idempotency key's request fingerprint (`fp`) and first response (`resp`).
+    /// String: an idempotency key's request fingerprint (32 hex characters) followed by its
+    /// first response (JSON). A record of the older layout is a hash (`fp`, `resp`).
     pub fn idempotency(&self, key: &str) -> String {
         format!("{}idem:{key}", self.prefix)
     }

@@ -4,6 +4,7 @@
 //! The load generators run on the same cores as the service: figures are for comparing
 //! runs on one machine, not absolute.
 
+mod bytes;
 mod catchup;
 mod events;
 mod ingest;
@@ -74,6 +75,10 @@ pub enum BenchCommand {
     /// written, the replica down for part of it, both back; drain, replication, memory and
     /// ingest latency before, during and after.
     Outage(outage::Options),
+    /// What each write costs in Redis: AOF bytes and `used_memory` per buffered write, per
+    /// file of a bulk, what a replicated transaction leaves, a breakdown by key and by
+    /// command, and with `--soak` Redis' size at a constant write rate.
+    Bytes(bytes::Options),
     /// Catch-up: transactions buffered during an outage, forwarded through an emulated WAN.
     Catchup {
         #[arg(long, default_value_t = 100_000)]
@@ -145,6 +150,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             dir,
         } => events::run(ws_clients, rounds, writers, duration, &dir).await,
         BenchCommand::Outage(options) => outage::run(options).await,
+        BenchCommand::Bytes(options) => bytes::run(options).await,
         BenchCommand::Reads {
             buffered,
             samples,

@@ -130,12 +130,14 @@ async fn stored(redis: &TestRedis, keys: &Keys, writes: &[Write]) -> HashMap<Str
             let scoped = IdempotencyKey::parse(&w.key)
                 .expect("key")
                 .for_client(CLIENT);
-            pipe.hget(keys.idempotency(scoped.as_str()), "resp");
+            pipe.get(keys.idempotency(scoped.as_str()));
         }
-        let resps: Vec<Option<String>> = pipe.query_async(&mut conn).await.expect("hget");
-        for (w, resp) in chunk.iter().zip(resps) {
-            if let Some(resp) = resp {
-                let ack: Value = serde_json::from_str(&resp).expect("stored answer");
+        let records: Vec<Option<String>> = pipe.query_async(&mut conn).await.expect("get");
+        for (w, record) in chunk.iter().zip(records) {
+            if let Some(record) = record {
+                // The fingerprint (hex), then the first answer (a JSON object).
+                let resp = &record[record.find('{').expect("an answer")..];
+                let ack: Value = serde_json::from_str(resp).expect("stored answer");
                 found.insert(w.key.clone(), ack["body"].clone());
             }
         }

@@ -1,11 +1,11 @@
 -- Buffers one transaction atomically (a script runs without interleaving, and with
 -- `appendfsync always` Redis fsyncs its effects before it replies).
 --
--- KEYS[1] stream, KEYS[2] lifecycle hash, KEYS[3] idempotency hash (absent for none: an
--- empty key would be outside the service's ACL key pattern)
+-- KEYS[1] stream, KEYS[2] lifecycle hash, KEYS[3] idempotency record (a string; absent
+-- for none: an empty key would be outside the service's ACL key pattern)
 -- ARGV[1] max buffered transactions    ARGV[2] transaction JSON
 -- ARGV[3] transaction id               ARGV[4] operation name
--- ARGV[5] request fingerprint          ARGV[6] stored response (JSON)
+-- ARGV[5] request fingerprint (hex, fixed length)  ARGV[6] stored response (JSON)
 -- ARGV[7] idempotency TTL (seconds)    ARGV[8] now (unix ms)
 -- ARGV[9] overlay: JSON list of {k = record key, id = record id, u = 1 for an update,
 --         f = [col, json, ...], i = [[indexed col, index key or '' for null], ...]}
@@ -37,8 +37,10 @@ local stream, lifecycle, idem = KEYS[1], KEYS[2], KEYS[3]
 -- Moves the record's index entries to the values `rec` writes, noting in `undo` (if any)
 -- where each moved entry was. `_idx` lists the index keys holding its id, one per indexed
 -- column; a key's column is its last but one `:`-separated part (see `Keys::index`).
+-- Returns the record's new `_idx` (JSON), false if it has none left, nil if `rec` indexes
+-- nothing: the caller writes it with the record's columns, in one HSET.
 local function move_indexes(rec, idx_text, undo)
-  if #rec.i == 0 then return end
+  if #rec.i == 0 then return nil end
   local idx = {}
   if idx_text then
     for _, key in ipairs(cjson.decode(idx_text)) do
@@ -60,12 +62,9 @@ local function move_indexes(rec, idx_text, undo)
   end
   local list = {}
   for _, key in pairs(idx) do list[#list + 1] = key end
-  if #list == 0 then
-    redis.call('HDEL', rec.k, '_idx')
-  else
-    -- Kept with the record so that whoever moves or removes it can find its entries.
-    redis.call('HSET', rec.k, '_idx', cjson.encode(list))
-  end
+  if #list == 0 then return false end
+  -- Kept with the record so that whoever moves or removes it can find its entries.
+  return cjson.encode(list)
 end
 
 -- Writes one record's image, its index entries and, over an image the overlay held, its
@@ -94,19 +93,35 @@ local function write_record(rec, tx)
       if undo.c[name] == nil then undo.c[name] = old[j] or false end
     end
   end
-  redis.call('HSET', rec.k, '_tx', tx, unpack(rec.f))
-  move_indexes(rec, prev[3], undo)
+  -- One HSET for the image and its index list: the AOF gets the record's key once.
+  local idx = move_indexes(rec, prev[3], undo)
+  if idx then
+    redis.call('HSET', rec.k, '_tx', tx, '_idx', idx, unpack(rec.f))
+  else
+    redis.call('HSET', rec.k, '_tx', tx, unpack(rec.f))
+    if idx == false and prev[3] then redis.call('HDEL', rec.k, '_idx') end
+  end
   if not undo then return false end
   if next(undo.x) == nil then undo.x = nil end
   redis.call('HSET', rec.k, '_u:' .. tx, cjson.encode(undo))
   return prev[1] ~= tx
 end
 
+-- The idempotency record: one string, the fingerprint (ARGV[5], fixed length) followed by
+-- the first answer. One of the older layout is a hash {fp = the whole SHA-256 in hex,
+-- resp}, whose first characters are today's fingerprint; it is read as it is.
 if idem then
-  local prev = redis.call('HMGET', idem, 'fp', 'resp')
-  if prev[1] then
-    if prev[1] == ARGV[5] then
-      return {'dup', prev[2]}
+  local fp, resp = nil, nil
+  local stored = redis.pcall('GET', idem)
+  if type(stored) == 'table' and stored.err then
+    local prev = redis.call('HMGET', idem, 'fp', 'resp')
+    if prev[1] then fp, resp = string.sub(prev[1], 1, #ARGV[5]), prev[2] end
+  elseif stored then
+    fp, resp = string.sub(stored, 1, #ARGV[5]), string.sub(stored, #ARGV[5] + 1)
+  end
+  if fp then
+    if fp == ARGV[5] then
+      return {'dup', resp}
     end
     return {'conflict', ''}
   end
@@ -123,12 +138,17 @@ end
 
 local sid = redis.call('XADD', stream, '*', 'tx', ARGV[2])
 local overlay = cjson.decode(ARGV[9])
+-- The lifecycle lists its records as `{table}:{id}`, their keys without the site's record
+-- prefix (`opsdb:{site}:rec:`, the lifecycle key's site prefix + `rec:`): a list of one
+-- stays under Redis' `hash-max-listpack-value` (64), so the lifecycle stays a listpack.
+local skip = #lifecycle - #ARGV[3] - #'tx:' + #'rec:'
 local records, undone = {}, {}
 for _, rec in ipairs(overlay) do
-  if write_record(rec, ARGV[3]) then undone[#undone + 1] = rec.k end
-  records[#records + 1] = rec.k
+  local short = string.sub(rec.k, skip + 1)
+  if write_record(rec, ARGV[3]) then undone[#undone + 1] = short end
+  records[#records + 1] = short
 end
-redis.call('HSET', lifecycle, 'state', 'buffered', 'stream_id', sid, 'op', ARGV[4],
+redis.call('HSET', lifecycle, 'state', 'buffered', 'op', ARGV[4],
   'buffered_at', ARGV[8], 'records', cjson.encode(records))
 if #undone > 0 then
   redis.call('HSET', lifecycle, 'undo', cjson.encode(undone))
@@ -137,7 +157,6 @@ if ARGV[11] and ARGV[11] ~= '' then
   redis.call('HSET', lifecycle, 'steps', ARGV[11])
 end
 if idem then
-  redis.call('HSET', idem, 'fp', ARGV[5], 'resp', ARGV[6])
-  redis.call('EXPIRE', idem, tonumber(ARGV[7]))
+  redis.call('SET', idem, ARGV[5] .. ARGV[6], 'EX', tonumber(ARGV[7]))
 end
 return {'ok', sid}

@@ -19,7 +19,7 @@ local sid = redis.call('XADD', KEYS[2], '*', 'tx', f['tx'])
 redis.call('XDEL', KEYS[1], ARGV[1])
 if f['transaction_id'] and f['transaction_id'] ~= '' then
   local lifecycle = ARGV[2] .. f['transaction_id']
-  redis.call('HSET', lifecycle, 'state', 'buffered', 'stream_id', sid)
+  redis.call('HSET', lifecycle, 'state', 'buffered')
   redis.call('HINCRBY', lifecycle, 'dlq_retries', 1)
   redis.call('PERSIST', lifecycle)
 end

@@ -22,11 +22,13 @@
 -- rewritten with the ones still to do and `false` returned; the caller's next call
 -- continues from there (doing a record twice is harmless: the `_tx` check, the undo entry
 -- gone). Once the last is done the list is removed, so it always holds what is still to
--- do. Returns the number of records examined and whether the transaction is done.
+-- do. Returns the number of records examined, whether the transaction is done, and the
+-- length of the list's text as read (replicated.lua compacts a lifecycle whose list was long).
 --
 -- Takes the lifecycle hash key and the transaction id from its caller; every other key it
 -- touches is read from Redis, none is in KEYS: the record hashes from the lifecycle's
--- `records` / `undo` (JSON lists of keys, written by buffer.lua), the index sets from each
+-- `records` / `undo` (JSON lists of `{table}:{id}`, the record keys without the site's
+-- record prefix, which is the lifecycle key's: written by buffer.lua), the index sets from each
 -- record's `_idx` and undo entries (index keys), a previous writer's lifecycle as the
 -- caller's lifecycle key with `tx` replaced by that writer's id (the same prefix); the
 -- member removed from index sets is the record id, the record key's last `:`-separated
@@ -75,12 +77,23 @@ local function drop_record(key)
   redis.call('DEL', key)
 end
 
--- Whether `writer` (its lifecycle key) will still release `key`: forwarded (or buffered)
--- and `key` still in its `records`.
-local function holds(writer, key)
+-- The lifecycles' lists (`records`, `undo`) hold record keys without the site's record
+-- prefix (buffer.lua): `{table}:{id}`. The prefix is the lifecycle key's site prefix
+-- (`opsdb:{site}:`, before `tx:{tx}`) + `rec:`.
+local function record_prefix(lifecycle, tx)
+  return string.sub(lifecycle, 1, #lifecycle - #tx - #'tx:') .. 'rec:'
+end
+
+-- Whether `writer` (its lifecycle key) will still release `key` (`short`: as its list
+-- holds it): forwarded (or buffered) and `key` still in its `records`.
+local function holds(writer, short)
   local life = redis.call('HMGET', writer, 'state', 'records')
   if life[1] ~= 'buffered' and life[1] ~= 'forwarded' then return false end
-  return life[2] and string.find(life[2], key, 1, true) ~= nil
+  if not life[2] then return false end
+  -- A list written before the lists were shortened holds whole keys.
+  local whole = record_prefix(writer, string.match(writer, '[^:]+$')) .. short
+  return string.find(life[2], '"' .. short .. '"', 1, true) ~= nil
+    or string.find(life[2], '"' .. whole .. '"', 1, true) ~= nil
 end
 
 -- Puts a column of an undo entry back: its previous JSON text, or absent (`false`).
@@ -178,8 +191,8 @@ local function fold(key, tx, top, mine)
   end
 end
 
--- Undoes the dead `tx`'s write of one record.
-local function undo_record(key, tx, prefix)
+-- Undoes the dead `tx`'s write of one record (`short`: its key as the lists hold it).
+local function undo_record(key, short, tx, prefix)
   local top = redis.call('HGET', key, '_tx')
   if not top then return end
   local mine = redis.call('HGET', key, '_u:' .. tx)
@@ -190,7 +203,7 @@ local function undo_record(key, tx, prefix)
     drop_record(key)
   else
     local undo = cjson.decode(mine)
-    if holds(prefix .. undo.t, key) then
+    if holds(prefix .. undo.t, short) then
       restore(key, tx, undo)
     else
       drop_record(key)
@@ -198,42 +211,49 @@ local function undo_record(key, tx, prefix)
   end
 end
 
--- Applies `each` to at most `budget` keys of the lifecycle's list `field`; see above.
-local function in_chunks(lifecycle, field, budget, each)
+-- Applies `each(record key, short key)` to at most `budget` records of the lifecycle's
+-- list `field`; see above. Also returns the length of the list's text as it was read.
+local function in_chunks(lifecycle, tx, field, budget, each)
   local list = redis.call('HGET', lifecycle, field)
-  if not list then return 0, true end
+  if not list then return 0, true, 0 end
   local keys = cjson.decode(list)
   local n = math.min(#keys, budget)
-  if n == 0 and #keys > 0 then return 0, false end
-  for i = 1, n do each(keys[i]) end
+  if n == 0 and #keys > 0 then return 0, false, #list end
+  local records = record_prefix(lifecycle, tx)
+  for i = 1, n do
+    local short = keys[i]
+    -- A list written before the lists were shortened holds whole keys.
+    if string.sub(short, 1, #records) == records then short = string.sub(short, #records + 1) end
+    each(records .. short, short)
+  end
   if n < #keys then
     local rest = {}
     for i = n + 1, #keys do rest[#rest + 1] = keys[i] end
     redis.call('HSET', lifecycle, field, cjson.encode(rest))
-    return n, false
+    return n, false, #list
   end
   -- Done whole: the list has served (it would only keep the lifecycle large).
   redis.call('HDEL', lifecycle, field)
-  return n, true
+  return n, true, #list
 end
 
 local function release_overlay(lifecycle, tx, budget, dead)
   if dead then
     local prefix = string.sub(lifecycle, 1, #lifecycle - #tx)
-    local used, done = in_chunks(lifecycle, 'records', budget, function(key)
-      undo_record(key, tx, prefix)
+    local used, done = in_chunks(lifecycle, tx, 'records', budget, function(key, short)
+      undo_record(key, short, tx, prefix)
     end)
     -- Its undo entries went with the records (restored, folded or removed).
     if done then redis.call('HDEL', lifecycle, 'undo') end
     return used, done
   end
-  return in_chunks(lifecycle, 'records', budget, function(key)
+  return in_chunks(lifecycle, tx, 'records', budget, function(key)
     if redis.call('HGET', key, '_tx') == tx then drop_record(key) end
   end)
 end
 
 local function drop_undo(lifecycle, tx, budget)
-  return in_chunks(lifecycle, 'undo', budget, function(key)
+  return in_chunks(lifecycle, tx, 'undo', budget, function(key)
     redis.call('HDEL', key, '_u:' .. tx)
   end)
 end

@@ -15,7 +15,8 @@
 -- the replay position (never early, whatever the caller sent), is passed over.
 --
 -- Bounded work per call (Redis runs a script alone): the caller sends at most
--- `TXS_PER_CALL` ids (per transaction ZSCORE + HGET + HSET + EXPIRE + ZREM) and at most
+-- `TXS_PER_CALL` ids (per transaction ZSCORE + HGET + HSET + EXPIRE + ZREM, and for a
+-- lifecycle whose list was long HGETALL + DEL + HSET) and at most
 -- ARGV[5] record releases happen (about 5 commands each); with 50 and 100
 -- (`TXS_PER_CALL`, `RECORDS_PER_CALL`) that is at most about 900 commands, under 3 ms. A
 -- transaction is marked `replicated` and leaves the sorted set only once its last record
@@ -25,6 +26,25 @@
 -- Returns {ids done (marked or passed over) from the first, the ids marked}: fewer done
 -- than sent when the record budget ran out (the caller sends the rest again).
 -- release_overlay: overlay_release.lua.
+-- What a replicated lifecycle keeps for `replica.retention` is its small fields (its
+-- lists are released). Redis never turns a hash back into a listpack once a value over
+-- `hash-max-listpack-value` (64 bytes: a `records` list of more than one record) made it
+-- a hash table (632 bytes instead of about 200 for a start-observation's), so a
+-- lifecycle whose list was that long is written anew (the service's ACL has no `OBJECT`
+-- to ask); a `stream_id` of an older layout goes (nothing reads it).
+local function compact(lifecycle)
+  local fields = redis.call('HGETALL', lifecycle)
+  local kept = {}
+  for j = 1, #fields, 2 do
+    if fields[j] ~= 'stream_id' then
+      kept[#kept + 1] = fields[j]
+      kept[#kept + 1] = fields[j + 1]
+    end
+  end
+  redis.call('DEL', lifecycle)
+  if #kept > 0 then redis.call('HSET', lifecycle, unpack(kept)) end
+end
+
 local budget, replay = tonumber(ARGV[5]), tonumber(ARGV[1])
 local done, ids = 0, {}
 for i = 6, #ARGV do
@@ -33,9 +53,10 @@ for i = 6, #ARGV do
   if score and tonumber(score) <= replay then
     if budget <= 0 then return {done, ids} end
     local lifecycle = ARGV[3] .. tx
-    local used, finished = release_overlay(lifecycle, tx, budget, false)
+    local used, finished, listed = release_overlay(lifecycle, tx, budget, false)
     budget = budget - used
     if not finished then return {done, ids} end
+    if listed > 64 then compact(lifecycle) end
     redis.call('HSET', lifecycle, 'state', 'replicated', 'replicated_at', ARGV[2])
     redis.call('EXPIRE', lifecycle, tonumber(ARGV[4]))
     redis.call('ZREM', KEYS[1], tx)

@@ -15,7 +15,7 @@
 if redis.call('HGET', KEYS[2], 'state') == 'buffered' then return 0 end
 local sid = redis.call('XADD', KEYS[1], '*', 'tx', ARGV[1])
 redis.call('HDEL', KEYS[2], 'forwarded_at', 'replicated_at', 'commit_lsn')
-redis.call('HSET', KEYS[2], 'state', 'buffered', 'stream_id', sid, 'resent_at', ARGV[3])
+redis.call('HSET', KEYS[2], 'state', 'buffered', 'resent_at', ARGV[3])
 redis.call('PERSIST', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 return 1
