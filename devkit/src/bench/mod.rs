@@ -118,6 +118,18 @@ pub const ALL: &[(&[&str], &str)] = &[
         "reads with nothing buffered",
     ),
     (&["events"], "the same writes with events off, interleaved"),
+    (
+        &[
+            "bytes",
+            "--replicated",
+            "5000",
+            "--soak",
+            "10m",
+            "--rate",
+            "200",
+        ],
+        "the issue's byte targets per write (an LPUSH costs about 50 AOF bytes)",
+    ),
 ];
 
 /// One line of [`ALL`], parsed as `ops-db-api bench …` would parse it.
