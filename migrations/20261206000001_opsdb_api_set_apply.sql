@@ -346,25 +346,35 @@ BEGIN
                                   THEN st.step -> 'values'
                               ELSE (st.step -> 'values') || jsonb_build_object(st.key, st.id)
                               END AS data) AS x),
+                -- The window functions see narrow rows (no data): sorting the data with
+                -- them would spill to disk for a batch of a few thousand steps.
                 b AS (
-                    SELECT d.*, row_number() OVER o AS seq,
+                    SELECT d.i, d.ord, d.tbl, d.kind, d.cols, d.id_text,
+                           row_number() OVER o AS seq,
                            (d.tbl, d.kind, d.cols) IS DISTINCT FROM
                            (lag(d.tbl) OVER o, lag(d.kind) OVER o, lag(d.cols) OVER o) AS fresh
                       FROM d WINDOW o AS (ORDER BY d.i, d.ord)),
                 g AS (
-                    SELECT b.*, count(*) FILTER (WHERE b.fresh) OVER (ORDER BY b.seq) AS segment
+                    SELECT b.i, b.ord, b.tbl, b.kind, b.cols, b.id_text, b.seq, b.fresh,
+                           count(*) FILTER (WHERE b.fresh) OVER (ORDER BY b.seq) AS segment
                       FROM b),
                 h AS (
-                    SELECT g.*, g.fresh OR (g.kind <> 'insert' AND
-                               lag(g.seq) OVER (PARTITION BY g.segment, g.id_text ORDER BY g.seq)
+                    SELECT g.i, g.ord, g.tbl, g.kind, g.cols, g.seq,
+                           g.fresh OR (g.kind <> 'insert' AND
+                               lag(g.seq) OVER (PARTITION BY g.segment, g.id_text COLLATE "C"
+                                                ORDER BY g.seq)
                                IS NOT NULL) AS starts
                       FROM g),
                 k AS (
-                    SELECT h.*, count(*) FILTER (WHERE h.starts) OVER (ORDER BY h.seq) AS run
+                    SELECT h.i, h.ord, h.tbl, h.kind, h.cols, h.seq,
+                           count(*) FILTER (WHERE h.starts) OVER (ORDER BY h.seq) AS run
                       FROM h)
-                SELECT k.tbl, k.kind, k.cols, min(k.i) AS lo, max(k.i) AS hi, count(*) AS cnt,
-                       jsonb_agg(k.data ORDER BY k.seq) AS data
-                  FROM k GROUP BY k.run, k.tbl, k.kind, k.cols ORDER BY k.run
+                -- A run has one table, kind and column set: min() takes them.
+                SELECT min(k.tbl) AS tbl, min(k.kind) AS kind, min(k.cols) AS cols,
+                       min(k.i) AS lo, max(k.i) AS hi, count(*) AS cnt,
+                       jsonb_agg(d.data ORDER BY k.seq) AS data
+                  FROM k JOIN d ON d.i = k.i AND d.ord = k.ord
+                 GROUP BY k.run ORDER BY k.run
             LOOP
                 run_lo := r.lo;
                 run_hi := r.hi;
