@@ -133,12 +133,18 @@ struct World {
     applied: Vec<Uuid>,
 }
 
-/// One random transaction: mostly good steps, sometimes a dirty one.
-fn random_tx(rng: &mut Rng, w: &mut World, n: usize) -> Value {
+/// One random transaction: mostly good steps; a step is one of the dirty kinds (or a
+/// delete of a missing file) about `dirty` percent of the time.
+fn random_tx(rng: &mut Rng, w: &mut World, n: usize, dirty: u64) -> Value {
     let mut steps = Vec::new();
     for s in 0..1 + rng.below(3) {
         let name = format!("f{n}_{s}.fits");
-        steps.push(match rng.below(16) {
+        let kind = if rng.chance(dirty) {
+            12 + rng.below(4)
+        } else {
+            rng.below(12)
+        };
+        steps.push(match kind {
             0..=2 => {
                 let eou = Uuid::now_v7();
                 w.eous.push(eou);
@@ -264,9 +270,17 @@ async fn set_mode_and_row_mode_agree_on_random_mixed_batches() {
             next_unit: world.next_unit,
             applied: world.applied.clone(),
         };
-        let len = 1 + rng.below(60) as usize;
-        let mut batch: Vec<Value> = (0..len).map(|n| random_tx(&mut rng, &mut w, n)).collect();
-        if seed % 8 == 0 {
+        // Short batches with dirty steps close together (row mode takes their
+        // neighbours), and long ones with few (set mode's windows after a failure).
+        let (len, dirty_percent) = if seed % 4 == 0 {
+            (300 + rng.below(300) as usize, 1)
+        } else {
+            (1 + rng.below(60) as usize, 25)
+        };
+        let mut batch: Vec<Value> = (0..len)
+            .map(|n| random_tx(&mut rng, &mut w, n, dirty_percent))
+            .collect();
+        if seed % 8 == 3 {
             let at = rng.below(len as u64) as usize;
             batch[at]["steps"]
                 .as_array_mut()
