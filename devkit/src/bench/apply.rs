@@ -23,7 +23,7 @@ struct Workload {
     draw: fn(Uuid) -> Vec<Value>,
 }
 
-const WORKLOADS: [Workload; 4] = [
+const WORKLOADS: [Workload; 5] = [
     Workload {
         name: "2,000 start-observations (one row each)",
         draw: starts,
@@ -39,6 +39,10 @@ const WORKLOADS: [Workload; 4] = [
     Workload {
         name: "2,000 mixed, 1% dirty (unknown parent)",
         draw: dirty_mix,
+    },
+    Workload {
+        name: "1,000 starts each followed by a file (runs of one)",
+        draw: pairs,
     },
 ];
 
@@ -200,6 +204,17 @@ fn dirty_mix(eou: Uuid) -> Vec<Value> {
             50 => tx(vec![file(Uuid::now_v7(), n)]),
             _ if n % 10 == 0 => tx(vec![start(Uuid::now_v7())]),
             _ => tx(vec![file(eou, n)]),
+        })
+        .collect()
+}
+
+/// Set mode's worst case without failures: every run one step long (a start-observation,
+/// then a file of it, 1,000 times), so one statement per step as in row mode.
+fn pairs(_: Uuid) -> Vec<Value> {
+    (0..1000)
+        .flat_map(|n| {
+            let eou = Uuid::now_v7();
+            [tx(vec![start(eou)]), tx(vec![file(eou, n)])]
         })
         .collect()
 }
