@@ -1,8 +1,9 @@
 //! Liveness: no backlog, however much of it the primary rejects, and no transaction too
 //! slow for the statement timeout, stops forwarding for good. A batch's cost on the
 //! primary stays linear in its size whatever fails (each good row is inserted at most
-//! twice, each bad one once); a batch that fails without a culprit is split until the
-//! culprit is alone, and a lone transaction that keeps timing out is dead-lettered.
+//! three times, each bad one at most twice: see below); a batch that fails without a
+//! culprit is split until the culprit is alone, and a lone transaction that keeps timing
+//! out is dead-lettered.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -43,8 +44,18 @@ async fn rows_inserted(pg: &mut PgConnection) -> i64 {
 }
 
 /// Once the backlog drained: the ledger holds exactly `good` (each once), the dead-letter
-/// queue exactly `bad`, and the primary inserted at most twice the good rows plus the bad
-/// ones since `before` (the statistics reach the view within a second or so).
+/// queue exactly `bad`, and the primary inserted at most three times the good rows plus
+/// twice the bad ones since `before` (the statistics reach the view within a second or
+/// so; they count rolled-back inserts too).
+///
+/// Why three and two: the batch function first applies a batch in set mode, one statement
+/// per run of like steps. A run with a bad row fails as a whole (a foreign key is checked
+/// at the end of the statement, after every row of the run was inserted) and is rolled
+/// back: its good and bad rows were inserted once. Its transactions are then redone in row
+/// mode, where a good row is inserted at most twice and a bad one once (the block scheme of
+/// `apply_rows`); the good transactions before the run are redone in set mode, once more.
+/// So a good row costs at most three inserts, a bad one at most two: still linear, where
+/// redoing a batch from its start after each bad row would be quadratic.
 async fn assert_outcome(site: &Site, good: &[Uuid], bad: &[Uuid], rows: (i64, i64)) {
     let ledger = site.ledger().await;
     let unique: HashSet<Uuid> = ledger.iter().copied().collect();
@@ -61,7 +72,7 @@ async fn assert_outcome(site: &Site, good: &[Uuid], bad: &[Uuid], rows: (i64, i6
     assert_eq!(dead, bad, "exactly the bad ones dead-lettered");
 
     let (before, good_rows) = rows;
-    let bound = 2 * good_rows + bad.len() as i64;
+    let bound = 3 * good_rows + 2 * bad.len() as i64;
     let inserted = eventually(
         "the primary's statistics show the inserts",
         Duration::from_secs(30),

@@ -44,6 +44,7 @@ mod restore;
 mod retry;
 mod roles;
 mod schema;
+mod set_apply;
 mod shutdown;
 mod site;
 mod status;

@@ -4,6 +4,7 @@
 //! The load generators run on the same cores as the service: figures are for comparing
 //! runs on one machine, not absolute.
 
+mod apply;
 mod bytes;
 mod catchup;
 mod events;
@@ -27,6 +28,14 @@ use ops_db_service::token;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// The batch function on a local primary: set mode against row mode, alternating.
+    Apply {
+        /// Runs per mode and workload (median and best reported).
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+    },
     /// HTTP ingest at several client concurrencies.
     Ingest {
         /// Concurrent clients, one measurement each.
@@ -143,6 +152,7 @@ struct One {
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::All { dir } => all(&dir).await,
+        BenchCommand::Apply { runs, dir } => apply::run(runs, &dir).await,
         BenchCommand::Ingest {
             clients,
             duration,
