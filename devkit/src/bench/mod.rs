@@ -95,7 +95,8 @@ pub enum BenchCommand {
         /// Round-trip times of the emulated link, one measurement each.
         #[arg(long, value_delimiter = ',', default_value = "250ms,0ms", value_parser = humantime::parse_duration)]
         rtt: Vec<Duration>,
-        #[arg(long, default_value_t = 2000)]
+        /// `forwarder.batch_size` (the default's value).
+        #[arg(long, default_value_t = 8000)]
         batch_size: usize,
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
