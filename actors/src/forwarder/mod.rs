@@ -306,7 +306,10 @@ impl Actor for ForwarderActor {
 /// How long a forwarder without the lease waits before it looks again.
 const STANDBY_POLL: Duration = Duration::from_millis(100);
 
-async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, ForwardError> {
+/// Connects to the primary; also returns its identity.
+async fn connect_primary(
+    config: &ForwarderConfig,
+) -> Result<(PgConnection, crate::history::Identity), ForwardError> {
     let options = config.primary.options()?;
     // A batch's SQL carries the whole batch (megabytes); a slow one over the WAN is normal
     // and must not be logged as a warning with its text.
@@ -327,15 +330,15 @@ async fn connect_primary(config: &ForwarderConfig) -> Result<PgConnection, Forwa
     let mut conn = tokio::time::timeout(config.connect_timeout, connect)
         .await
         .map_err(|_| ForwardError::ConnectTimeout(config.connect_timeout))??;
-    // The batch is sent as a string literal; that quoting relies on this setting.
-    let scs: String = sqlx::query_scalar("SHOW standard_conforming_strings")
-        .fetch_one(&mut conn)
-        .await?;
-    if scs != "on" {
+    // At each connect, in one round trip: a primary that failed over or was replaced is
+    // seen before the first batch goes to it, and the batch is sent as a string literal,
+    // whose quoting relies on standard_conforming_strings.
+    let (identity, standard_strings) = crate::history::read_server(&mut conn).await?;
+    if !standard_strings {
         conn.close().await?;
         return Err(ForwardError::NonStandardStrings);
     }
-    Ok(conn)
+    Ok((conn, identity))
 }
 
 async fn connect_redis(
@@ -391,10 +394,7 @@ async fn forward_one_batch(state: &mut ForwarderState) -> Result<(), ForwardErro
     let pg = match pg {
         Some(pg) => pg,
         None => {
-            let mut conn = connect_primary(&config).await?;
-            // At each connect: a primary that failed over or was replaced is seen before
-            // the first batch goes to it.
-            let identity = crate::history::read_identity(&mut conn).await?;
+            let (conn, identity) = connect_primary(&config).await?;
             let side = crate::history::Side::Primary;
             args.history
                 .record(settle, &config.keys, side, identity, &args.events)
