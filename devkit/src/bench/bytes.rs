@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::redis_info;
+use super::{load_average, redis_info};
 use crate::local_redis::LocalRedis;
 use crate::ports::free_port;
 
@@ -257,13 +257,14 @@ async fn buffered(o: &Options, dir: &Path) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(o.clients)
         .build()?;
+    let api = Api {
+        http: &http,
+        base: &base,
+        secret: &secret,
+    };
     // Warm-up: the service's own keys (registry, tokens) and the stream exist.
     write_many(
-        Api {
-            http: &http,
-            base: &base,
-            secret: &secret,
-        },
+        api,
         "/executed_obs_units/start",
         100,
         o.clients,
@@ -280,34 +281,10 @@ async fn buffered(o: &Options, dir: &Path) -> anyhow::Result<()> {
     println!("|---|---:|---:|---:|---:|");
     let start = "/executed_obs_units/start";
     let s0 = settled_size(&mut conn, &keys).await?;
-    write_many(
-        Api {
-            http: &http,
-            base: &base,
-            secret: &secret,
-        },
-        start,
-        o.writes,
-        o.clients,
-        None,
-        |_| start_body(),
-    )
-    .await?;
+    write_many(api, start, o.writes, o.clients, None, |_| start_body()).await?;
     let s1 = settled_size(&mut conn, &keys).await?;
     row("start-observation, no key", o.writes, "writes", s0, s1);
-    let started = write_many(
-        Api {
-            http: &http,
-            base: &base,
-            secret: &secret,
-        },
-        start,
-        o.writes,
-        o.clients,
-        Some("k"),
-        |_| start_body(),
-    )
-    .await?;
+    let started = write_many(api, start, o.writes, o.clients, Some("k"), |_| start_body()).await?;
     let s2 = settled_size(&mut conn, &keys).await?;
     row(
         "start-observation, Idempotency-Key",
@@ -330,19 +307,7 @@ async fn buffered(o: &Options, dir: &Path) -> anyhow::Result<()> {
                     .collect(),
             )
         };
-        write_many(
-            Api {
-                http: &http,
-                base: &base,
-                secret: &secret,
-            },
-            "/raw_data_files/bulk",
-            o.bulks,
-            1,
-            Some("b"),
-            bulk,
-        )
-        .await?;
+        write_many(api, "/raw_data_files/bulk", o.bulks, 1, Some("b"), bulk).await?;
         let s3 = settled_size(&mut conn, &keys).await?;
         row(
             "bulk registration, Idempotency-Key, per file",
@@ -687,21 +652,14 @@ async fn replicated(o: &Options, dir: &Path) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(o.clients)
         .build()?;
+    let api = Api {
+        http: &http,
+        base: &base,
+        secret: &secret,
+    };
     let start = "/executed_obs_units/start";
     // Warm-up, replicated: the stream, its group, the window and the event log exist.
-    let warm = write_many(
-        Api {
-            http: &http,
-            base: &base,
-            secret: &secret,
-        },
-        start,
-        100,
-        o.clients,
-        Some("w"),
-        |_| start_body(),
-    )
-    .await?;
+    let warm = write_many(api, start, 100, o.clients, Some("w"), |_| start_body()).await?;
     wait_replicated(&mut conn, &keys, &txs(&warm)?).await?;
 
     if o.replicated > 0 {
@@ -714,18 +672,9 @@ async fn replicated(o: &Options, dir: &Path) -> anyhow::Result<()> {
         println!("|---|---:|---:|---:|---:|---:|");
         let s0 = settled_size(&mut conn, &keys).await?;
         let window0 = memory(&mut conn, &keys.sent()).await?;
-        let answers = write_many(
-            Api {
-                http: &http,
-                base: &base,
-                secret: &secret,
-            },
-            start,
-            o.replicated,
-            o.clients,
-            Some("r"),
-            |_| start_body(),
-        )
+        let answers = write_many(api, start, o.replicated, o.clients, Some("r"), |_| {
+            start_body()
+        })
         .await?;
         let ids = txs(&answers)?;
         let t = Instant::now();
@@ -960,12 +909,6 @@ async fn soak_row(
         per(s.keys, s0.keys)
     );
     Ok(())
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// The commit this binary runs on, if `git` answers here.

@@ -198,6 +198,13 @@ async fn all(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The machine's 1, 5 and 15 minute load averages: how busy the shared cores were.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
 /// The service's configuration in a benchmark: site `site`, HTTP and TCP on free ports (every
 /// client is 127.0.0.1: its per-peer caps are the whole caps), the Redis at `redis_url`, one write token (`secret`), room for 100,000,000 buffered
 /// transactions; `sections` adds TOML sections (`[forwarder]`, `[replica]`, ...).

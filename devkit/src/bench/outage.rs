@@ -52,7 +52,7 @@ use ops_db_actors::tree::{FORWARDER, REPLICA};
 use ops_db_service::startup::Application;
 use ops_db_service::token;
 
-use super::{file_body, ms, proc_status_mb, redis_info, rss_mb};
+use super::{file_body, load_average, ms, proc_status_mb, redis_info, rss_mb};
 use crate::fault_proxy::FaultProxy;
 use crate::slow_log::{self, SlowCall};
 
@@ -845,13 +845,6 @@ fn verdict(written: &Written, probed: &Probed, mut failures: Vec<String>) -> any
     }
     println!("verified: every acknowledged transaction applied once on the primary, all replicated, stream, forwarded set, dead letters and overlay empty");
     Ok(())
-}
-
-/// The machine's 1, 5 and 15 minute load averages: how busy the shared cores were.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 fn unix_ms() -> u64 {
