@@ -2,7 +2,9 @@
 //! `forwarder.max_attempts` the transaction is dead-lettered instead of crash-looping.
 //!
 //! The batch function names the transaction an error was raised for (its batch index, in
-//! the error's DETAIL: see the migration `…_apply_batch_names_its_culprit.sql`). An error
+//! the error's DETAIL: `apply_batch: batch index N`, see `opsdb_api.apply_rows` in
+//! `migrations/20261206000001_opsdb_api_set_apply.sql`; set mode raises the classes 40, 53,
+//! 55, 57, 58 and XX at once with the index of its run's first transaction). An error
 //! that says something about the environment (the connection, the server, locks, rights,
 //! a schema not migrated) is not counted: it would fail any transaction, and waiting it
 //! out is right. Any other one is counted against that transaction; once it has failed
