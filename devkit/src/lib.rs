@@ -14,6 +14,7 @@ pub mod local_redis;
 pub mod ports;
 pub mod redis_conf;
 pub mod services;
+pub mod set_check;
 pub mod slow_log;
 pub mod standin;
 pub mod wan;

@@ -1,7 +1,6 @@
 //! One forwarder per site: a second instance on the same Redis takes writes but does not
 //! forward; it says `standby` in `/health` and takes over when the first one stops.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -81,18 +80,7 @@ async fn a_second_instance_stands_by_and_takes_over_when_the_first_stops() {
     let mut primary = PgConnection::connect(&pg.primary_url())
         .await
         .expect("primary");
-    let ledger: Vec<Uuid> =
-        sqlx::query_scalar("SELECT transaction_id FROM opsdb_api.applied_transaction")
-            .fetch_all(&mut primary)
-            .await
-            .expect("ledger");
-    let unique: HashSet<Uuid> = ledger.iter().copied().collect();
-    assert_eq!(unique.len(), ledger.len(), "no duplicates");
-    assert_eq!(
-        unique,
-        acked.iter().copied().collect::<HashSet<_>>(),
-        "all, once"
-    );
+    crate::site::assert_exactly_once(&mut primary, &acked).await;
     let dlq = second.admin_get("/admin/dlq").await;
     assert_eq!(dlq.body["dead_letters"], json!([]), "{}", dlq.text);
 }

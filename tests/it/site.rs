@@ -1,13 +1,13 @@
 //! A whole site for tests: the application on its own Redis, a primary with its streaming
 //! replica, and optionally the emulated WAN between the forwarder and the primary.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ops_db_actors::pg::PgTarget;
 use ops_db_devkit::fault_proxy::FaultProxy;
+use ops_db_devkit::set_check;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
@@ -38,33 +38,15 @@ pub async fn prepare(target: &PgTarget) {
 
 /// Every transaction id in the ledger of the primary `conn` is connected to.
 pub async fn ledger(conn: &mut PgConnection) -> Vec<Uuid> {
-    sqlx::query_scalar("SELECT transaction_id FROM opsdb_api.applied_transaction")
-        .fetch_all(conn)
-        .await
-        .expect("ledger")
+    set_check::ledger(conn).await.expect("ledger")
 }
 
-/// The one set check: every acknowledged transaction is in the ledger of the primary
-/// `conn` is connected to once, and nothing else is.
+/// The one set check (`ops_db_devkit::set_check`, which the benchmarks use too): every
+/// acknowledged transaction is in the ledger of the primary `conn` is connected to once,
+/// and nothing else is.
 pub async fn assert_exactly_once(conn: &mut PgConnection, acked: &[Uuid]) {
-    let ledger = ledger(conn).await;
-    let unique: HashSet<Uuid> = ledger.iter().copied().collect();
-    assert_eq!(
-        unique.len(),
-        ledger.len(),
-        "the ledger's key makes duplicates impossible"
-    );
-    let acked: HashSet<Uuid> = acked.iter().copied().collect();
-    let missing: Vec<_> = acked.difference(&unique).collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged but never applied: {missing:?}"
-    );
-    let extra: Vec<_> = unique.difference(&acked).collect();
-    assert!(
-        extra.is_empty(),
-        "applied but never acknowledged: {extra:?}"
-    );
+    let check = set_check::exactly_once(conn, acked).await.expect("ledger");
+    assert!(check.holds(), "{check}");
 }
 
 /// A restart policy section body for the forwarder and the replica tracker in tests.

@@ -1421,26 +1421,11 @@ async fn check_primary(
     failures: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let mut primary = PgConnection::connect(&pg.primary_url()).await?;
-    let ledger: Vec<Uuid> =
-        sqlx::query_scalar("SELECT transaction_id FROM opsdb_api.applied_transaction")
-            .fetch_all(&mut primary)
-            .await?;
-    let ledger_set: HashSet<Uuid> = ledger.iter().copied().collect();
-    let acked_set: HashSet<Uuid> = acked.iter().copied().collect();
-    let missing = acked_set.difference(&ledger_set).count();
-    let extra = ledger_set.difference(&acked_set).count();
-    if missing > 0
-        || extra > 0
-        || ledger.len() != ledger_set.len()
-        || acked.len() != acked_set.len()
-    {
-        failures.push(format!(
-            "ledger: {} rows ({} distinct) for {} acknowledged transactions ({} distinct): {missing} missing, {extra} not acknowledged",
-            ledger.len(),
-            ledger_set.len(),
-            acked.len(),
-            acked_set.len()
-        ));
+    let ledger = crate::set_check::exactly_once(&mut primary, acked).await?;
+    // Each acknowledged transaction is acknowledged once here: a 503 is sent again with
+    // its Idempotency-Key and counted once.
+    if !ledger.holds() || ledger.acked != ledger.acked_distinct {
+        failures.push(ledger.to_string());
     }
     let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql);
     let files = count("SELECT count(*) FROM raw_data_file")
@@ -1472,10 +1457,10 @@ async fn check_primary(
     let on_replica = count("SELECT count(*) FROM opsdb_api.applied_transaction")
         .fetch_one(&mut replica)
         .await?;
-    if on_replica != ledger.len() as i64 {
+    if on_replica != ledger.rows as i64 {
         failures.push(format!(
             "replica: {on_replica} ledger rows, primary {}",
-            ledger.len()
+            ledger.rows
         ));
     }
     Ok(())
