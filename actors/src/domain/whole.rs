@@ -7,8 +7,9 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
 
-/// The largest magnitude below which every float without a fraction is exactly the
-/// integer it spells (2^53): beyond, `9007199254740993.0` would silently become `…992`.
+/// 2^53: below it every float without a fraction is exactly the integer it spells. 2^53
+/// itself is not taken: `9007199254740993.0` parses to it (the nearest double), so a
+/// double of 2^53 may have been spelled as another integer.
 const EXACT: f64 = 9_007_199_254_740_992.0;
 
 struct Whole<T>(std::marker::PhantomData<T>);
@@ -36,7 +37,7 @@ macro_rules! whole {
             }
 
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<$ty, E> {
-                if v.fract() == 0.0 && v.abs() <= EXACT {
+                if v.fract() == 0.0 && v.abs() < EXACT {
                     // Exact, and within i64; the conversion to the type checks its range.
                     self.visit_i64(v as i64)
                 } else {
@@ -110,6 +111,7 @@ mod tests {
             r#"{"n": "3"}"#,
             r#"{"n": 1e300}"#,
             r#"{"n": 9007199254740993.0}"#,
+            r#"{"n": 9007199254740992.0}"#,
             r#"{"n": 9223372036854775808}"#,
             r#"{"n": 1, "m": -1}"#,
             r#"{"n": 1, "m": -1.0}"#,
@@ -121,6 +123,10 @@ mod tests {
         assert_eq!(
             read(r#"{"n": 9223372036854775807}"#).expect("max").n,
             i64::MAX
+        );
+        assert_eq!(
+            read(r#"{"n": 9007199254740991.0}"#).expect("2^53 - 1").n,
+            9_007_199_254_740_991
         );
     }
 }
