@@ -99,10 +99,7 @@ async fn paused_replay_on_an_idle_site_is_stale_within_the_limit_and_fresh_again
     let mut replica = replica_superuser(&site).await;
 
     let paused = Instant::now();
-    sqlx::query("SELECT pg_wal_replay_pause()")
-        .execute(&mut replica)
-        .await
-        .expect("pause replay");
+    crate::pg::set_replay(&mut replica, false).await;
     let within = Duration::from_secs_f64(MAX_STALENESS) + SLACK;
     let health = health_when(app, "stale: replay stalled", within, |f| {
         f["verdict"] == "stale"
@@ -136,10 +133,7 @@ async fn paused_replay_on_an_idle_site_is_stale_within_the_limit_and_fresh_again
     assert!(sample(&metrics, "opsdb_replica_unreplayed_bytes").unwrap_or(0.0) > 0.0);
     wait_for_events(app, &["replica.stale"]).await;
 
-    sqlx::query("SELECT pg_wal_replay_resume()")
-        .execute(&mut replica)
-        .await
-        .expect("resume replay");
+    crate::pg::set_replay(&mut replica, true).await;
     let health = health_when(app, "fresh again", within, is_fresh).await;
     assert_eq!(health["status"], "healthy", "{health}");
     wait_for_events(app, &["replica.stale", "replica.fresh"]).await;

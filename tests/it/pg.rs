@@ -269,3 +269,17 @@ fn docker_missing(e: &testcontainers::TestcontainersError) -> ! {
         PG_IMAGE.0, PG_IMAGE.1
     )
 }
+
+/// Pauses (`false`) or resumes (`true`) WAL replay on the replica `replica` is connected
+/// to (as a superuser).
+pub async fn set_replay(replica: &mut PgConnection, on: bool) {
+    let sql = if on {
+        "SELECT pg_wal_replay_resume()"
+    } else {
+        "SELECT pg_wal_replay_pause()"
+    };
+    sqlx::query(sql)
+        .execute(replica)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}

@@ -163,10 +163,7 @@ async fn a_paused_replica_keeps_transactions_forwarded_and_reads_merged_until_it
     let mut replica = PgConnection::connect(&site.pg.replica_url())
         .await
         .expect("replica");
-    sqlx::query("SELECT pg_wal_replay_pause()")
-        .execute(&mut replica)
-        .await
-        .expect("pause");
+    crate::pg::set_replay(&mut replica, false).await;
     let (eou, _, _, tx) = observation(app, 2).await;
     until_state(app, tx, TxState::Forwarded, Duration::from_secs(20)).await;
     // Five more polls of the paused replica: the transaction must stay forwarded.
@@ -189,10 +186,7 @@ async fn a_paused_replica_keeps_transactions_forwarded_and_reads_merged_until_it
         .as_u64()
         .unwrap_or(0);
     assert!(lag > 0, "the lag is reported while paused");
-    sqlx::query("SELECT pg_wal_replay_resume()")
-        .execute(&mut replica)
-        .await
-        .expect("resume");
+    crate::pg::set_replay(&mut replica, true).await;
     until_state(app, tx, TxState::Replicated, Duration::from_secs(20)).await;
 }
 
@@ -342,10 +336,7 @@ async fn a_write_forwarded_at_rest_wakes_the_tracker_which_then_rests_again() {
     let mut replica = PgConnection::connect(&site.pg.replica_url())
         .await
         .expect("replica");
-    sqlx::query("SELECT pg_wal_replay_pause()")
-        .execute(&mut replica)
-        .await
-        .expect("pause");
+    crate::pg::set_replay(&mut replica, false).await;
     let r = app
         .post("/executed_obs_units/start", &json!({"obs_unit_id": 5}))
         .await;
@@ -362,10 +353,7 @@ async fn a_write_forwarded_at_rest_wakes_the_tracker_which_then_rests_again() {
     );
     assert_eq!(state_of(app, stuck).await, TxState::Forwarded);
     // Replaying again; the next forward wakes the tracker, which marks both.
-    sqlx::query("SELECT pg_wal_replay_resume()")
-        .execute(&mut replica)
-        .await
-        .expect("resume");
+    crate::pg::set_replay(&mut replica, true).await;
     let r = app
         .post("/executed_obs_units/start", &json!({"obs_unit_id": 5}))
         .await;
