@@ -231,11 +231,22 @@ fn serialise(
         tx_id: tx.id,
         op: w.operation.name(),
         tx_json: serde_json::to_string(&tx)?,
-        overlay_json: serde_json::to_string(&overlay)?,
+        overlay: overlay_chunks(&overlay)?,
         summary_json: summary.map(|s| s.to_string()),
         idempotency,
         ack,
     })
+}
+
+/// The overlay writes as JSON lists of at most `STAGE_RECORDS`, one list at least.
+fn overlay_chunks(overlay: &[OverlayWrite]) -> Result<Vec<String>, serde_json::Error> {
+    if overlay.is_empty() {
+        return Ok(vec!["[]".to_owned()]);
+    }
+    overlay
+        .chunks(crate::overlay::STAGE_RECORDS)
+        .map(serde_json::to_string)
+        .collect()
 }
 
 /// A fixed operation's preset names a table or column the registry does not have: the

@@ -47,6 +47,7 @@ mod schema;
 mod set_apply;
 mod shutdown;
 mod site;
+mod staging;
 mod status;
 mod stored;
 mod stored_tokens;

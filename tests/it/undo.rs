@@ -244,7 +244,7 @@ async fn a_dead_insert_under_a_buffered_update_leaves_nothing() {
 }
 
 /// A package; its id and transaction id.
-async fn package(app: &TestApp, eou: Uuid, name: &str) -> (Uuid, Uuid) {
+pub(crate) async fn package(app: &TestApp, eou: Uuid, name: &str) -> (Uuid, Uuid) {
     let r = app
         .post(
             "/raw_data_package/",
@@ -255,7 +255,7 @@ async fn package(app: &TestApp, eou: Uuid, name: &str) -> (Uuid, Uuid) {
     (uuid(&r.body["id"]), uuid(&r.body["transaction_id"]))
 }
 
-async fn file_in(app: &TestApp, eou: Uuid, pkg: Uuid, name: &str) -> (Uuid, Uuid) {
+pub(crate) async fn file_in(app: &TestApp, eou: Uuid, pkg: Uuid, name: &str) -> (Uuid, Uuid) {
     let mut body = file_body(&eou.to_string());
     body["name"] = json!(name);
     body["raw_data_package_id"] = json!(pkg);
@@ -289,7 +289,7 @@ async fn move_file(app: &TestApp, file: Uuid, to: Uuid) -> Uuid {
 }
 
 /// The ids of the files `GET /raw_data_package/{pkg}` lists.
-async fn files_of(app: &TestApp, pkg: Uuid) -> Vec<Uuid> {
+pub(crate) async fn files_of(app: &TestApp, pkg: Uuid) -> Vec<Uuid> {
     let r = app.get_auth(&format!("/raw_data_package/{pkg}")).await;
     assert_eq!(r.status, 200, "{}", r.text);
     r.body["raw_data_files"]
@@ -307,7 +307,7 @@ async fn package_of(app: &TestApp, file: Uuid) -> Value {
 }
 
 /// Both packages list exactly these files.
-async fn lists(app: &TestApp, (p1, p2): (Uuid, Uuid), in_p1: &[Uuid], in_p2: &[Uuid]) {
+pub(crate) async fn lists(app: &TestApp, (p1, p2): (Uuid, Uuid), in_p1: &[Uuid], in_p2: &[Uuid]) {
     assert_eq!(
         files_of(app, p1).await,
         in_p1,

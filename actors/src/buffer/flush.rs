@@ -25,6 +25,9 @@ use crate::events::EventSink;
 use crate::overlay::scripts::BUFFER;
 
 mod script;
+mod staged;
+
+pub(super) use staged::is_staged;
 
 /// The connections of one BufferActor incarnation; all of them or none.
 pub(super) type Connections = Vec<MultiplexedConnection>;
@@ -81,27 +84,42 @@ struct Sent {
     keep: bool,
     /// Writes that failed without running, not yet answered.
     stale: Vec<StaleWrite>,
+    /// Writes that wrote nothing because a record of theirs is being staged by a large
+    /// write (`busy`), not yet answered: the BufferActor sends them again.
+    busy: Vec<WriteRequest>,
+}
+
+/// What a group commit hands back to the BufferActor.
+pub struct Flushed {
+    /// The connections, if they are all still good.
+    pub conns: Option<Connections>,
+    /// Writes to send again after the staging in their way ends (`Sent::busy`).
+    pub busy: Vec<WriteRequest>,
 }
 
 impl Flush {
-    /// Runs the group commit and answers every caller; returns the connections if they are
-    /// all still good.
-    pub async fn run(mut self, batch: Vec<WriteRequest>) -> Option<Connections> {
+    /// Runs the group commit and answers every caller but the busy ones.
+    pub async fn run(mut self, batch: Vec<WriteRequest>) -> Flushed {
         let conns = match self.conns.take() {
             Some(conns) => conns,
             None => match self.connect().await {
                 Ok(conns) => conns,
                 Err(err) => {
                     self.fail_all(batch, &err);
-                    return None;
+                    return Flushed {
+                        conns: None,
+                        busy: Vec::new(),
+                    };
                 }
             },
         };
-        let (conns, stale) = self.send(conns, batch).await;
+        let (conns, stale, mut busy) = self.send(conns, batch).await;
         if stale.is_empty() {
-            return conns;
+            return Flushed { conns, busy };
         }
-        self.retry(stale).await
+        let (conns, more) = self.retry(stale).await;
+        busy.extend(more);
+        Flushed { conns, busy }
     }
 
     async fn connect(&self) -> Result<Connections, IngestError> {
@@ -111,13 +129,13 @@ impl Flush {
         })
     }
 
-    /// Spreads `batch` over `conns`; the connections if all of them are still good, and
-    /// the writes that failed without running.
+    /// Spreads `batch` over `conns`; the connections if all of them are still good, the
+    /// writes that failed without running, and the busy ones.
     async fn send(
         &self,
         mut conns: Connections,
         batch: Vec<WriteRequest>,
-    ) -> (Option<Connections>, Vec<StaleWrite>) {
+    ) -> (Option<Connections>, Vec<StaleWrite>, Vec<WriteRequest>) {
         let per_conn = batch.len().div_ceil(conns.len()).max(1);
         let mut chunks = Vec::with_capacity(conns.len());
         let mut rest = batch.into_iter();
@@ -132,24 +150,25 @@ impl Flush {
             .zip(conns.iter_mut())
             .map(|(chunk, conn)| self.pipeline(conn, chunk));
         let mut all_good = true;
-        let mut stale = Vec::new();
+        let (mut stale, mut busy) = (Vec::new(), Vec::new());
         for one in join_all(sent).await {
             all_good &= one.keep;
             stale.extend(one.stale);
+            busy.extend(one.busy);
         }
-        (all_good.then_some(conns), stale)
+        (all_good.then_some(conns), stale, busy)
     }
 
     /// Sends the stale writes once more on a fresh set of connections. Writes whose callers
     /// gave up meanwhile are dropped unsent; a write whose connection broke is resent only
-    /// if it did not run (no lifecycle key).
-    async fn retry(&self, stale: Vec<StaleWrite>) -> Option<Connections> {
+    /// if it did not run (no lifecycle key). Returns the connections and the busy writes.
+    async fn retry(&self, stale: Vec<StaleWrite>) -> (Option<Connections>, Vec<WriteRequest>) {
         let (waiting, gone): (Vec<_>, Vec<_>) = stale
             .into_iter()
             .partition(|w| !w.request.reply.is_closed());
         BufferMetrics::add(&self.metrics.abandoned, gone.len());
         if waiting.is_empty() {
-            return None;
+            return (None, Vec::new());
         }
         let mut conns = match self.connect().await {
             Ok(conns) => conns,
@@ -158,21 +177,23 @@ impl Flush {
                     let err = stale_failure(&w);
                     self.fail_all(vec![w.request], &err);
                 }
-                return None;
+                return (None, Vec::new());
             }
         };
-        let resend = self.not_run(&mut conns[0], waiting).await?;
+        let Some(resend) = self.not_run(&mut conns[0], waiting).await else {
+            return (None, Vec::new());
+        };
         BufferMetrics::add(&self.metrics.retried, resend.len());
         tracing::info!(
             writes = resend.len(),
             "redis connections replaced, resending writes that did not run"
         );
-        let (conns, still_stale) = self.send(conns, resend).await;
+        let (conns, still_stale, busy) = self.send(conns, resend).await;
         for w in still_stale {
             let err = stale_failure(&w);
             self.fail_all(vec![w.request], &err);
         }
-        conns
+        (conns, busy)
     }
 
     /// The writes among `stale` that certainly did not run; the others are answered 503
@@ -243,7 +264,11 @@ impl Flush {
                             error: err.clone(),
                         })
                         .collect();
-                    return Sent { keep: false, stale };
+                    return Sent {
+                        keep: false,
+                        stale,
+                        busy: Vec::new(),
+                    };
                 }
                 None => {
                     tracing::warn!(error = %err, writes = batch.len(), "redis pipeline failed, writes refused");

@@ -56,7 +56,8 @@ pub(super) fn estimate(write: &PreparedWrite) -> u64 {
     let idempotency = write.idempotency.as_ref().map_or(0, |i| {
         i.key.len() + i.fingerprint.len() + i.answer_json.len()
     });
-    let payload = write.tx_json.len() + write.overlay_json.len() + idempotency;
+    let overlay: usize = write.overlay.iter().map(String::len).sum();
+    let payload = write.tx_json.len() + overlay + idempotency;
     BYTES_PER_WRITE + BYTES_PER_PAYLOAD_BYTE * payload as u64
 }
 

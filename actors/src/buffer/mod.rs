@@ -18,6 +18,15 @@
 //! Group commit: while one pipeline is in flight, new writes queue up and go out together
 //! in the next one, so concurrent writers share round trips and fsyncs. Only one pipeline
 //! is in flight at a time, which also keeps the stream in acknowledgement order.
+//!
+//! Large writes (more overlay records than `STAGE_RECORDS`, e.g. a bulk registration) go
+//! beside the group commits, one at a time, staged in chunks (`flush/staged.rs`), so that
+//! no Redis call, and no group commit, waits for a whole bulk. A write sent after another
+//! was acknowledged still comes after it in the stream (it is sent only then); writes in
+//! flight together have no order. A group-commit write of a record being staged answers
+//! `busy`: it is parked and sent again when the staging ends (or every [`BUSY_RETRY`],
+//! if the staging is one left behind, which the sweep aborts after
+//! [`STAGING_ABANDONED`](crate::overlay::STAGING_ABANDONED)).
 
 mod flush;
 pub mod memory;
@@ -36,8 +45,18 @@ use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::overlay::Keys;
+use crate::overlay::{Keys, STAGING_ABANDONED};
 use memory::BufferMemory;
+
+/// How long a write parked behind a staging it found in its way waits before it is sent
+/// again, when no staged write of this actor is in flight to end it sooner.
+pub const BUSY_RETRY: Duration = Duration::from_millis(50);
+
+/// How often the BufferActor looks for abandoned stagings.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Most abandoned stagings one sweep aborts.
+const SWEEP_MAX: usize = 16;
 
 /// What a durable write answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,7 +204,10 @@ pub struct PreparedWrite {
     pub tx_id: uuid::Uuid,
     pub op: &'static str,
     pub tx_json: String,
-    pub overlay_json: String,
+    /// The overlay records (`OverlayWrite`s) as JSON lists of at most
+    /// [`STAGE_RECORDS`](crate::overlay::STAGE_RECORDS) each, one list at least (`[]` for
+    /// none). More than one: the write is staged in chunks (`staged.rs`).
+    pub overlay: Vec<String>,
     /// `POST /transactions`: the steps, for the lifecycle (`steps`).
     pub summary_json: Option<String>,
     pub idempotency: Option<Idempotent>,
@@ -227,6 +249,15 @@ pub struct BufferState {
     conns: Option<flush::Connections>,
     pending: VecDeque<WriteRequest>,
     in_flight: bool,
+    /// Large writes waiting to be staged, one at a time (`flush/staged.rs`).
+    staged: VecDeque<WriteRequest>,
+    staged_in_flight: bool,
+    /// The staged writes' connection; `None` until connected, in flight, or after an error.
+    staged_conn: Option<MultiplexedConnection>,
+    /// Writes that found a record of theirs being staged (`busy`), to send again.
+    parked: Vec<WriteRequest>,
+    /// A sweep for abandoned stagings is in flight.
+    sweeping: bool,
     /// The memory sampler's own connection, so a sample never waits behind a group commit.
     /// `None` while a sample is in flight (it has it), or after an error.
     memory_conn: Option<MultiplexedConnection>,
@@ -235,8 +266,17 @@ pub struct BufferState {
 
 pub enum BufferMsg {
     Write(WriteRequest),
-    /// The in-flight group commit finished; carries the connections back if still good.
-    Flushed(Option<flush::Connections>),
+    /// The in-flight group commit finished; carries the connections back if still good,
+    /// and the writes that found a record of theirs being staged.
+    Flushed(flush::Flushed),
+    /// The staged write in flight finished; carries its connection back if still good.
+    StagedDone(Option<MultiplexedConnection>),
+    /// Time to send the parked writes again.
+    Unpark,
+    /// Time to look for abandoned stagings (every `SWEEP_INTERVAL`).
+    Sweep,
+    /// The sweep finished.
+    Swept,
     /// Time to read Redis' memory (every [`memory::SAMPLE_INTERVAL`]).
     SampleMemory,
     /// The sample finished; carries its connection back if still good.
@@ -260,12 +300,19 @@ impl Actor for BufferActor {
         // The first sample at once, before the first write if it can be.
         myself.cast(BufferMsg::SampleMemory)?;
         myself.send_interval(memory::SAMPLE_INTERVAL, || BufferMsg::SampleMemory);
+        myself.cast(BufferMsg::Sweep)?;
+        myself.send_interval(SWEEP_INTERVAL, || BufferMsg::Sweep);
         Ok(BufferState {
             args,
             client,
             conns,
             pending: VecDeque::new(),
             in_flight: false,
+            staged: VecDeque::new(),
+            staged_in_flight: false,
+            staged_conn: None,
+            parked: Vec::new(),
+            sweeping: false,
             memory_conn: None,
             sampling: false,
         })
@@ -278,15 +325,38 @@ impl Actor for BufferActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            BufferMsg::Write(request) if flush::is_staged(&request.write.overlay) => {
+                state.staged.push_back(request);
+                maybe_stage(&myself, state);
+            }
             BufferMsg::Write(request) => {
                 state.pending.push_back(request);
                 maybe_flush(&myself, state);
             }
-            BufferMsg::Flushed(conns) => {
+            BufferMsg::Flushed(flushed) => {
                 state.in_flight = false;
-                state.conns = conns;
+                state.conns = flushed.conns;
+                if !flushed.busy.is_empty() {
+                    state.parked.extend(flushed.busy);
+                    if !state.staged_in_flight {
+                        myself.send_after(BUSY_RETRY, || BufferMsg::Unpark);
+                    }
+                }
                 maybe_flush(&myself, state);
             }
+            BufferMsg::StagedDone(conn) => {
+                state.staged_in_flight = false;
+                state.staged_conn = conn;
+                state.pending.extend(state.parked.drain(..));
+                maybe_stage(&myself, state);
+                maybe_flush(&myself, state);
+            }
+            BufferMsg::Unpark => {
+                state.pending.extend(state.parked.drain(..));
+                maybe_flush(&myself, state);
+            }
+            BufferMsg::Sweep => sweep(&myself, state),
+            BufferMsg::Swept => state.sweeping = false,
             BufferMsg::SampleMemory => sample_memory(&myself, state),
             BufferMsg::MemorySampled(conn) => {
                 state.sampling = false;
@@ -363,8 +433,95 @@ fn maybe_flush(myself: &ActorRef<BufferMsg>, state: &mut BufferState) {
     // It replies to its callers itself, so a write stored before this actor is killed is
     // still acknowledged.
     tokio::spawn(async move {
-        let conns = job.run(batch).await;
+        let flushed = job.run(batch).await;
         gauge.flushed();
-        let _ = myself.cast(BufferMsg::Flushed(conns));
+        let _ = myself.cast(BufferMsg::Flushed(flushed));
     });
+}
+
+/// Stages the next large write, unless one is in flight.
+fn maybe_stage(myself: &ActorRef<BufferMsg>, state: &mut BufferState) {
+    if state.staged_in_flight {
+        return;
+    }
+    let request = loop {
+        match state.staged.pop_front() {
+            None => return,
+            // Its caller gave up: storing it now would make that answer wrong.
+            Some(w) if w.reply.is_closed() => {
+                BufferMetrics::add(&state.args.metrics.abandoned, 1);
+                tracing::warn!("dropped a queued large write whose caller timed out");
+            }
+            Some(w) => break w,
+        }
+    };
+    state.staged_in_flight = true;
+    let job = flush::Flush {
+        client: state.client.clone(),
+        conns: None,
+        config: Arc::clone(&state.args.config),
+        metrics: Arc::clone(&state.args.metrics),
+        events: Arc::clone(&state.args.events),
+        memory: Arc::clone(&state.args.memory),
+    };
+    let conn = state.staged_conn.take();
+    let gauge = Arc::clone(&state.args.memory);
+    let myself = myself.clone();
+    // Beside the group commits; it answers its caller itself, like a group commit.
+    tokio::spawn(async move {
+        let conn = job.run_staged(conn, request).await;
+        gauge.flushed();
+        let _ = myself.cast(BufferMsg::StagedDone(conn));
+    });
+}
+
+/// Aborts stagings older than `STAGING_ABANDONED` (their service stopped between chunks,
+/// or their abort failed), at most `SWEEP_MAX` a time, unless a sweep is in flight.
+fn sweep(myself: &ActorRef<BufferMsg>, state: &mut BufferState) {
+    if state.sweeping {
+        return;
+    }
+    state.sweeping = true;
+    let client = state.client.clone();
+    let keys = state.args.config.keys.clone();
+    let timeout = state.args.config.redis_timeout;
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        if let Err(err) = sweep_once(&client, &keys, timeout).await {
+            tracing::debug!(error = %err, "abandoned stagings not swept");
+        }
+        let _ = myself.cast(BufferMsg::Swept);
+    });
+}
+
+async fn sweep_once(
+    client: &redis::Client,
+    keys: &Keys,
+    timeout: Duration,
+) -> redis::RedisResult<()> {
+    let mut conn = crate::redis_conn::open(client, "buffer-sweep", timeout, timeout).await?;
+    let before = chrono::Utc::now().timestamp_millis() - STAGING_ABANDONED.as_millis() as i64;
+    let abandoned: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(keys.staging())
+        .arg("-inf")
+        .arg(before)
+        .arg("LIMIT")
+        .arg(0)
+        .arg(SWEEP_MAX)
+        .query_async(&mut conn)
+        .await?;
+    for tx in abandoned {
+        let Ok(id) = uuid::Uuid::parse_str(&tx) else {
+            // Not ours to undo (the scripts write only ids): leave it out of the set.
+            let () = redis::cmd("ZREM")
+                .arg(keys.staging())
+                .arg(&tx)
+                .query_async(&mut conn)
+                .await?;
+            continue;
+        };
+        crate::overlay::abort_staging(&mut conn, keys, id).await?;
+        tracing::warn!(tx = %id, "aborted an abandoned staging of a large write (never acknowledged)");
+    }
+    Ok(())
 }

@@ -4,7 +4,8 @@
 //!
 //! This is the only place Rust builds a key: the prefix itself is not handed out, only
 //! whole keys and, for the scripts that derive keys from an id they read in Redis, the
-//! prefix of one kind of key (`lifecycle_prefix`).
+//! prefix of one kind of key (`lifecycle_prefix`), or the site's (`site_prefix`, for
+//! `abort.lua`).
 
 use uuid::Uuid;
 
@@ -35,6 +36,26 @@ impl Keys {
     /// from this key: its part before `tx:{tx}`, then `rec:` (see `record_of`).
     pub fn lifecycle(&self, tx: Uuid) -> String {
         format!("{}tx:{tx}", self.prefix)
+    }
+
+    /// Sorted set: the transactions being staged (a large write buffered in chunks,
+    /// `stage.lua`), scored by their start (unix ms). Usually empty; readers read it with
+    /// the records, and the BufferActor's sweep aborts a member left behind.
+    pub fn staging(&self) -> String {
+        format!("{}staging", self.prefix)
+    }
+
+    /// Hash: a transaction being staged: its chunks' lists until `commit.lua` turns them
+    /// into its lifecycle (`stage.lua` documents the fields). `abort.lua` takes the site's
+    /// prefix from [`Keys::site_prefix`], not from this key.
+    pub fn staged(&self, tx: Uuid) -> String {
+        format!("{}stg:{tx}", self.prefix)
+    }
+
+    /// The site's prefix itself, `opsdb:{site}:`: for `abort.lua`, which derives record
+    /// keys and previous writers' lifecycles from it.
+    pub fn site_prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// Hash: the overlay after-image of one record (columns as JSON values, `_tx` = latest
@@ -162,6 +183,8 @@ mod tests {
             k.registry(),
             k.tokens_file(),
             k.tokens_table(),
+            k.staging(),
+            k.staged(id),
         ] {
             assert!(key.starts_with("opsdb:summit:"), "{key}");
         }
@@ -179,6 +202,13 @@ mod tests {
         assert_eq!(k.lifecycle(id), format!("{}{id}", k.lifecycle_prefix()));
         let record = k.record(Table::ExecutedObsUnit, id);
         assert_eq!(record.rsplit(':').next(), Some(id.to_string().as_str()));
+        // stage.lua: the site's prefix is the staging key's part before `stg:{tx}`;
+        // abort.lua: record keys and lifecycles are the site's prefix + `rec:` / `tx:`.
+        let staged = k.staged(id);
+        let site = &staged[..staged.len() - id.to_string().len() - "stg:".len()];
+        assert_eq!(site, k.site_prefix());
+        assert_eq!(format!("{site}tx:{id}"), k.lifecycle(id));
+        assert!(record.starts_with(&format!("{site}rec:")));
         for (column, value) in [
             ("raw_data_package_id", id.to_string()),
             ("obs_unit_id", "7".into()),

@@ -33,7 +33,11 @@ pub use keys::Keys;
 pub use page::{BadLimit, PageRequest, DEFAULT_LIMIT, MAX_LIMIT, NESTED_LIMIT};
 pub use reads::{IndexValue, Listed, ReadError, Reads, SOURCE_STATEMENT_TIMEOUT};
 pub use record::{OverlayRecord, OverlayWrite};
+pub use scripts::abort_staging;
 #[cfg(feature = "fault-injection")]
 pub use scripts::buffer_transaction;
 pub use scripts::oldest_ids;
+#[cfg(feature = "fault-injection")]
+pub use scripts::{commit_staged, stage_transaction};
+pub use scripts::{STAGE_RECORDS, STAGING_ABANDONED};
 pub use state::{TxState, UnknownState};

@@ -22,7 +22,7 @@
 //!
 //! Knows nothing of HTTP: callers map [`ReadError`] to their answers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -34,6 +34,7 @@ use uuid::Uuid;
 use super::merge::{self, WriterState};
 use super::page::{self, PageRequest};
 use super::record::index_value;
+use super::scripts::OVERLAY_READ;
 use super::source::{source_row, source_rows, source_rows_by_id};
 use super::{Keys, OverlayRecord, TxState, UnknownState};
 use crate::domain::Table;
@@ -184,11 +185,11 @@ impl Reads {
         table: Table,
         id: Uuid,
     ) -> Result<Value, ReadError> {
-        let overlay: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.keys.record(table, id))
-            .query_async(redis)
-            .await?;
-        let overlay = OverlayRecord::parse(overlay);
+        let overlay = self
+            .read_overlay(redis, vec![self.keys.record(table, id)])
+            .await?
+            .pop()
+            .flatten();
         let replica = match &self.pool {
             Some(pool) if overlay.as_ref().is_none_or(|o| o.partial) => {
                 source_row(pool, table, id).await?
@@ -330,12 +331,44 @@ impl Reads {
         if ids.len() == 0 {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.cmd("HGETALL").arg(self.keys.record(table, *id));
+        let keys = ids.map(|id| self.keys.record(table, *id)).collect();
+        self.read_overlay(redis, keys).await
+    }
+
+    /// The overlay record hashes `keys`, in their order, as readers may see them
+    /// ([`OverlayRecord::visible`]): read with the staging set in one script call, so a
+    /// record and whether its writer is committed are seen at the same moment.
+    async fn read_overlay(
+        &self,
+        redis: &mut MultiplexedConnection,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<OverlayRecord>>, ReadError> {
+        let mut call = OVERLAY_READ.key(self.keys.staging());
+        for key in &keys {
+            call.key(key);
         }
-        let hashes: Vec<HashMap<String, String>> = pipe.query_async(redis).await?;
-        Ok(hashes.into_iter().map(OverlayRecord::parse).collect())
+        // The staging ids, then each hash flat (field, value, ...).
+        let mut replies: Vec<Vec<String>> = call.invoke_async(redis).await?;
+        if replies.len() != keys.len() + 1 {
+            let what = format!(
+                "overlay_read.lua answered {} lists for {} keys",
+                replies.len(),
+                keys.len()
+            );
+            return Err(ReadError::Redis(redis::ParsingError::from(what).into()));
+        }
+        let staging: HashSet<String> = replies.remove(0).into_iter().collect();
+        Ok(replies
+            .into_iter()
+            .map(|flat| {
+                let mut hash = HashMap::with_capacity(flat.len() / 2);
+                let mut fields = flat.into_iter();
+                while let (Some(field), Some(value)) = (fields.next(), fields.next()) {
+                    hash.insert(field, value);
+                }
+                OverlayRecord::visible(hash, &staging)
+            })
+            .collect())
     }
 
     /// Overlays over read-source rows, each with its sync field; records neither side has

@@ -13,9 +13,9 @@
 //! Write side: [`OverlayWrite`], what the IngestActor hands `buffer.lua` for each step of
 //! a transaction. Read side: [`OverlayRecord`], the hash parsed for merged reads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -108,6 +108,20 @@ fn flattened<S: Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S
     s.collect_seq(pairs.iter().flat_map(|(k, v)| [k, v]))
 }
 
+/// An undo entry `_u:{tx}` as `overlay_write.lua` writes it (its index part `x` is the
+/// scripts' alone).
+#[derive(Debug, Deserialize)]
+struct Undo {
+    /// The previous writer.
+    t: String,
+    /// Present if the previous image was partial.
+    p: Option<Value>,
+    /// Per column written: its previous JSON text, or `false` if it was absent. (cjson
+    /// writes an empty table as `{}`.)
+    #[serde(default)]
+    c: HashMap<String, Value>,
+}
+
 /// A record hash as merged reads see it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct OverlayRecord {
@@ -124,6 +138,31 @@ pub struct OverlayRecord {
 }
 
 impl OverlayRecord {
+    /// Parses a record hash as readers may see it. A record whose latest writer is still
+    /// being staged (`staging`: the staging set, `scripts/stage.lua`) is not that
+    /// writer's yet: it reads as it was before it, from the writer's undo entry (its
+    /// columns' previous values, its previous writer, whether it was partial), or as not
+    /// in the overlay at all if that writer made it (no undo entry).
+    pub fn visible(mut hash: HashMap<String, String>, staging: &HashSet<String>) -> Option<Self> {
+        let Some(writer) = hash.get("_tx").filter(|w| staging.contains(*w)).cloned() else {
+            return Self::parse(hash);
+        };
+        let undo: Undo = serde_json::from_str(&hash.remove(&format!("_u:{writer}"))?).ok()?;
+        for (column, previous) in undo.c {
+            match previous {
+                Value::String(text) => hash.insert(column, text),
+                _ => hash.remove(&column),
+            };
+        }
+        hash.insert("_tx".into(), undo.t);
+        if undo.p.is_some() {
+            hash.insert("_partial".into(), "1".into());
+        } else {
+            hash.remove("_partial");
+        }
+        Self::parse(hash)
+    }
+
     /// Parses a record hash as `HGETALL` returns it; `None` for an empty one (no such key:
     /// the overlay does not hold the record).
     pub fn parse(hash: HashMap<String, String>) -> Option<Self> {
@@ -234,5 +273,62 @@ mod tests {
             json!({"status": "completed", "obs_unit_id": 4, "broken": null})
         );
         assert_eq!(OverlayRecord::parse(HashMap::new()), None);
+    }
+
+    fn hash(fields: &[(&str, &str)]) -> HashMap<String, String> {
+        fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// A record staged over a pending image reads as that image: the staged columns back
+    /// to their previous values (or gone), the previous writer, its partial flag.
+    #[test]
+    fn a_staged_write_reads_as_the_image_before_it() {
+        let (before, staged) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let undo = json!({"t": before.to_string(), "p": 1,
+            "c": {"status": "\"started\"", "note": false}});
+        let record = hash(&[
+            ("_tx", &staged.to_string()),
+            ("_idx", "[]"),
+            ("status", "\"completed\""),
+            ("note", "\"late\""),
+            ("obs_unit_id", "4"),
+            (&format!("_u:{staged}"), &undo.to_string()),
+        ]);
+        let staging: HashSet<String> = [staged.to_string()].into();
+        let seen = OverlayRecord::visible(record.clone(), &staging).expect("an image");
+        assert_eq!(seen.writer, Some(before));
+        assert!(seen.partial);
+        assert_eq!(
+            Value::Object(seen.columns),
+            json!({"status": "started", "obs_unit_id": 4})
+        );
+        // Committed (no longer staging): the staged image itself.
+        let seen = OverlayRecord::visible(record, &HashSet::new()).expect("an image");
+        assert_eq!(seen.writer, Some(staged));
+        assert!(!seen.partial);
+        assert_eq!(seen.columns["status"], json!("completed"));
+    }
+
+    /// A record the staged writer made (no undo entry) is not in the overlay yet; nor is
+    /// one it wrote over a replica row (partial, no undo entry).
+    #[test]
+    fn a_record_made_by_a_staged_write_is_not_there_yet() {
+        let staged = Uuid::from_u128(2);
+        let staging: HashSet<String> = [staged.to_string()].into();
+        for record in [
+            hash(&[("_tx", &staged.to_string()), ("size", "7")]),
+            hash(&[
+                ("_tx", &staged.to_string()),
+                ("_partial", "1"),
+                ("size", "7"),
+            ]),
+        ] {
+            assert_eq!(OverlayRecord::visible(record, &staging), None);
+        }
+        let other = hash(&[("_tx", &Uuid::from_u128(3).to_string()), ("size", "7")]);
+        assert!(OverlayRecord::visible(other, &staging).is_some());
     }
 }

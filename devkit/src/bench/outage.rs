@@ -1585,16 +1585,30 @@ async fn slow_calls(conn: &mut MultiplexedConnection, keys: &Keys) -> anyhow::Re
     let mut by: HashMap<String, (usize, usize, u64)> = HashMap::new();
     for SlowCall { micros, args } in slow_log::calls(conn, SLOW_LOG_LEN).await? {
         let name = match args.first().map(|a| a.to_ascii_uppercase()).as_deref() {
-            Some("EVALSHA" | "EVAL") => match (args.get(3), args.get(4)) {
-                (Some(k), _) if *k == keys.forwarded() => "replicated.lua".to_owned(),
-                (Some(k), Some(k2)) if *k == keys.stream() && *k2 == keys.dead_letters() => {
-                    "settle.lua".to_owned()
+            Some("EVALSHA" | "EVAL") => {
+                let numkeys: usize = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+                let argv = |i: usize| args.get(2 + numkeys + i).map_or("?", String::as_str);
+                match (args.get(3), args.get(4)) {
+                    (Some(k), _) if *k == keys.forwarded() => "replicated.lua".to_owned(),
+                    (Some(k), Some(k2)) if *k == keys.stream() && *k2 == keys.dead_letters() => {
+                        "settle.lua".to_owned()
+                    }
+                    (Some(k), _) if *k == keys.stream() => format!("buffer.lua {}", argv(4)),
+                    (Some(k), Some(k2)) if *k == keys.staging() && k2.contains(":stg:") => {
+                        match numkeys {
+                            2 => "abort.lua".to_owned(),
+                            _ if args.get(5).is_some_and(|k3| *k3 == keys.stream())
+                                && args.get(6).is_some_and(|k4| k4.contains(":tx:")) =>
+                            {
+                                "commit.lua".to_owned()
+                            }
+                            _ => "stage.lua".to_owned(),
+                        }
+                    }
+                    (Some(k), _) if *k == keys.staging() => "overlay_read.lua".to_owned(),
+                    _ => "another script".to_owned(),
                 }
-                (Some(k), _) if *k == keys.stream() => {
-                    format!("buffer.lua {}", args.get(9).map_or("?", String::as_str))
-                }
-                _ => "another script".to_owned(),
-            },
+            }
             _ => "other commands".to_owned(),
         };
         let slot = by.entry(name).or_default();

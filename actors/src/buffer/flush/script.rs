@@ -34,16 +34,21 @@ impl Flush {
                 None => (None, "", ""),
             };
             let admitted = self.memory.admit(estimate(w));
+            // One list: a staged write (more) never comes here (`staged.rs`).
             let (tx_json, overlay_json) = if admitted {
-                (w.tx_json.as_str(), w.overlay_json.as_str())
+                (
+                    w.tx_json.as_str(),
+                    w.overlay.first().map_or("[]", String::as_str),
+                )
             } else {
                 ("", "[]")
             };
             pipe.cmd("EVALSHA")
                 .arg(BUFFER.get_hash())
-                .arg(2 + usize::from(idem_key.is_some()))
+                .arg(3 + usize::from(idem_key.is_some()))
                 .arg(keys.stream())
                 .arg(keys.lifecycle(w.tx_id))
+                .arg(keys.staging())
                 .arg(idem_key)
                 .arg(&max_buffered)
                 .arg(tx_json)
@@ -68,7 +73,7 @@ impl Flush {
     ) -> Sent {
         let mut sent = Sent {
             keep: true,
-            stale: Vec::new(),
+            ..Sent::default()
         };
         let mut buffered = Vec::new();
         for (request, result) in batch.into_iter().zip(results) {
@@ -85,6 +90,12 @@ impl Flush {
                     }
                     None => Err(error),
                 },
+                // A record it writes is being staged by a large write: it goes again
+                // once that one is committed or aborted (`BufferActor`).
+                Ok((status, _)) if status == "busy" => {
+                    sent.busy.push(request);
+                    continue;
+                }
                 ok => ok,
             };
             let (tx_id, op) = (request.write.tx_id, request.write.op);
@@ -136,6 +147,12 @@ impl Flush {
                 "full_memory" => {
                     BufferMetrics::add(&m.rejected, 1);
                     Err(self.memory_full())
+                }
+                "busy" => {
+                    BufferMetrics::add(&m.failed, 1);
+                    Err(IngestError::Unavailable(
+                        "a record it writes is being written by an unfinished large write".into(),
+                    ))
                 }
                 other => Err(IngestError::MaybeStored(format!(
                     "unexpected script status {other:?}"

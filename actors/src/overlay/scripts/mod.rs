@@ -10,8 +10,16 @@
 //!   them are in the site's prefix; none is found by scanning.
 //!
 //! `overlay_release.lua` defines `release_overlay` (and `drop_undo`), shared by
-//! `settle.lua` and `replicated.lua`: it is prepended to each at compile time, so each is
-//! one script.
+//! `settle.lua`, `replicated.lua` and `abort.lua`; `overlay_write.lua` defines the record
+//! writes and write checks shared by `buffer.lua`, `stage.lua` and `commit.lua`. Each is
+//! prepended to its users at compile time, so each is one script.
+//!
+//! **Large writes in chunks.** A transaction of more than [`STAGE_RECORDS`] overlay
+//! records (a bulk registration of 1,000 files) is not one `buffer.lua` call, which would
+//! hold Redis (and every other write) for tens of milliseconds: `stage.lua` writes its
+//! records a chunk at a time, invisible to readers and to the forwarder, and `commit.lua`
+//! then makes it buffered in one short step; `abort.lua` undoes a staging that is not
+//! committed.
 //!
 //! **At Redis' `maxmemory`.** Redis refuses a script over its `maxmemory` at its first
 //! command that may grow memory, unless the script is flagged `allow-oom`. The scripts
@@ -30,6 +38,18 @@ use redis::Script;
 
 /// `buffer.lua`: stream entry, lifecycle, overlay and idempotency record of one write.
 pub(crate) static BUFFER: LazyLock<Script> = LazyLock::new(|| Script::new(BUFFER_LUA));
+
+/// `stage.lua`: one chunk of a large write's overlay records, not yet visible.
+pub(crate) static STAGE: LazyLock<Script> = LazyLock::new(|| Script::new(STAGE_LUA));
+
+/// `commit.lua`: a staged write made buffered (stream entry, lifecycle, idempotency).
+pub(crate) static COMMIT: LazyLock<Script> = LazyLock::new(|| Script::new(COMMIT_LUA));
+
+/// `abort.lua`: a staged write that will not be committed, undone a budget at a time.
+pub(crate) static ABORT: LazyLock<Script> = LazyLock::new(|| Script::new(ABORT_LUA));
+
+/// `overlay_read.lua`: overlay records and the stagings in progress, read together.
+pub(crate) static OVERLAY_READ: LazyLock<Script> = LazyLock::new(|| Script::new(OVERLAY_READ_LUA));
 
 /// `settle.lua`: a committed batch's outcome (forwarded or dead), acked off the stream.
 pub(crate) static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
@@ -88,6 +108,19 @@ pub(crate) const TXS_PER_CALL: usize = 50;
 /// lifecycle's `records` list (at most 1,000 keys) and encoding what remains of it.
 pub(crate) const RECORDS_PER_CALL: usize = 100;
 
+/// Most overlay records one `buffer.lua` or `stage.lua` call writes: a write of more is
+/// staged in chunks of this many. A record costs about 5-10 commands (HGET, HMGET, HSET,
+/// ZADD per index, and over a pending image an undo entry); measured on a 2-core machine,
+/// a 1,000-file bulk in one call held Redis 16-74 ms, so 50 records are about 1-2 ms.
+pub const STAGE_RECORDS: usize = 50;
+
+/// A staging this old (its start, as the staging set scores it) is abandoned: the service
+/// that began it stopped, or its chunks failed and its abort did too. The BufferActor's
+/// sweep aborts it. Far above the few milliseconds a staging takes, and above any
+/// `redis.timeout` the chunks may still arrive within (a chunk after the abort writes
+/// nothing).
+pub const STAGING_ABANDONED: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Buffers a hand-built transaction through `buffer.lua` as the BufferActor would (no
 /// idempotency key, no memory check), for tests of writes no operation builds yet (an
 /// update of an indexed column); only with the `fault-injection` feature. Returns the
@@ -109,6 +142,7 @@ pub async fn buffer_transaction(
     BUFFER
         .key(keys.stream())
         .key(keys.lifecycle(tx.id))
+        .key(keys.staging())
         .arg(u64::MAX)
         .arg(tx_json)
         .arg(tx.id.to_string())
@@ -123,7 +157,111 @@ pub async fn buffer_transaction(
         .await
 }
 
-const BUFFER_LUA: &str = include_str!("buffer.lua");
+/// Aborts the staging of `tx` (`abort.lua`), a budget of records per call, until it is
+/// gone (also if there was none).
+pub async fn abort_staging(
+    redis: &mut redis::aio::MultiplexedConnection,
+    keys: &super::Keys,
+    tx: uuid::Uuid,
+) -> redis::RedisResult<()> {
+    let tx_text = tx.to_string();
+    loop {
+        let done: i64 = ABORT
+            .key(keys.staging())
+            .key(keys.staged(tx))
+            .arg(&tx_text)
+            .arg(RECORDS_PER_CALL)
+            .arg(keys.site_prefix())
+            .invoke_async(redis)
+            .await?;
+        // Each call releases at least one record of a finite list, or ends the staging.
+        if done == 1 {
+            return Ok(());
+        }
+    }
+}
+
+/// Stages a hand-built transaction through `stage.lua` as the BufferActor would, in
+/// chunks of [`STAGE_RECORDS`], without committing it, its start dated `started_ms` (unix
+/// ms: an old one is what the sweep aborts); only with the `fault-injection` feature.
+/// Returns each chunk's answer; [`commit_staged`] commits it.
+#[cfg(feature = "fault-injection")]
+pub async fn stage_transaction(
+    redis: &mut redis::aio::MultiplexedConnection,
+    keys: &super::Keys,
+    tx: &crate::domain::Transaction,
+    started_ms: i64,
+) -> redis::RedisResult<Vec<(String, String)>> {
+    let overlay: Vec<super::OverlayWrite> = tx
+        .steps
+        .iter()
+        .map(|step| super::OverlayWrite::of_step(keys, step))
+        .collect();
+    let mut answers = Vec::new();
+    for (i, chunk) in overlay.chunks(STAGE_RECORDS).enumerate() {
+        let chunk =
+            serde_json::to_string(chunk).map_err(|e| redis::ParsingError::from(e.to_string()))?;
+        answers.push(
+            STAGE
+                .key(keys.staging())
+                .key(keys.staged(tx.id))
+                .key(keys.stream())
+                .arg(i + 1)
+                .arg(tx.id.to_string())
+                .arg(chunk)
+                .arg(started_ms)
+                .arg(u64::MAX)
+                .arg("")
+                .arg("0")
+                .invoke_async(redis)
+                .await?,
+        );
+    }
+    Ok(answers)
+}
+
+/// Commits a transaction [`stage_transaction`] staged (no idempotency key); only with the
+/// `fault-injection` feature. Returns the script's answer (`ok` and the stream id).
+#[cfg(feature = "fault-injection")]
+pub async fn commit_staged(
+    redis: &mut redis::aio::MultiplexedConnection,
+    keys: &super::Keys,
+    tx: &crate::domain::Transaction,
+) -> redis::RedisResult<(String, String)> {
+    let unserialisable = |e: serde_json::Error| redis::ParsingError::from(e.to_string());
+    COMMIT
+        .key(keys.staging())
+        .key(keys.staged(tx.id))
+        .key(keys.stream())
+        .key(keys.lifecycle(tx.id))
+        .arg(tx.steps.len().div_ceil(STAGE_RECORDS).max(1))
+        .arg(serde_json::to_string(tx).map_err(unserialisable)?)
+        .arg(tx.id.to_string())
+        .arg(&tx.op)
+        .arg("")
+        .arg("")
+        .arg(1)
+        .arg(chrono::Utc::now().timestamp_millis())
+        .arg("")
+        .invoke_async(redis)
+        .await
+}
+
+const BUFFER_LUA: &str = concat!(
+    include_str!("overlay_write.lua"),
+    include_str!("buffer.lua")
+);
+const STAGE_LUA: &str = concat!(include_str!("overlay_write.lua"), include_str!("stage.lua"));
+const COMMIT_LUA: &str = concat!(
+    include_str!("overlay_write.lua"),
+    include_str!("commit.lua")
+);
+const ABORT_LUA: &str = concat!(
+    "#!lua flags=allow-oom\n",
+    include_str!("overlay_release.lua"),
+    include_str!("abort.lua")
+);
+const OVERLAY_READ_LUA: &str = concat!("#!lua flags=no-writes\n", include_str!("overlay_read.lua"));
 // `concat!` takes literals only: the flag line is spelled out in each (checked by a test).
 const SETTLE_LUA: &str = concat!(
     "#!lua flags=allow-oom\n",
@@ -147,9 +285,13 @@ const GROUP_CREATE_LUA: &str = concat!("#!lua flags=allow-oom\n", include_str!("
 mod tests {
     use super::*;
 
-    const ALL: [(&str, &str); 10] = [
+    const ALL: [(&str, &str); 14] = [
         ("oldest_ids.lua", include_str!("oldest_ids.lua")),
-        ("buffer.lua", BUFFER_LUA),
+        ("buffer.lua", include_str!("buffer.lua")),
+        ("stage.lua", include_str!("stage.lua")),
+        ("commit.lua", include_str!("commit.lua")),
+        ("abort.lua", include_str!("abort.lua")),
+        ("overlay_read.lua", include_str!("overlay_read.lua")),
         ("settle.lua", include_str!("settle.lua")),
         ("replicated.lua", include_str!("replicated.lua")),
         ("dlq_retry.lua", DLQ_RETRY_LUA),
@@ -171,10 +313,18 @@ mod tests {
             DEAD_ENTRY_LUA,
             EVENTS_LUA,
             GROUP_CREATE_LUA,
+            ABORT_LUA,
         ] {
             assert!(source.starts_with(FLAG), "{}", &source[..60]);
         }
-        for source in [BUFFER_LUA, DLQ_RETRY_LUA, DLQ_DROP_LUA, RESEND_LUA] {
+        for source in [
+            BUFFER_LUA,
+            STAGE_LUA,
+            COMMIT_LUA,
+            DLQ_RETRY_LUA,
+            DLQ_DROP_LUA,
+            RESEND_LUA,
+        ] {
             assert!(!source.contains("allow-oom"));
         }
     }
@@ -211,8 +361,9 @@ mod tests {
         }
         assert_eq!(
             seen.len(),
-            6,
-            "buffered, forwarded, dead, replicated, buffered (dead-letter retry), buffered (resend)"
+            7,
+            "buffered, buffered (commit), forwarded, dead, replicated, buffered (dead-letter \
+             retry), buffered (resend)"
         );
     }
 
@@ -223,6 +374,13 @@ mod tests {
             let called = source.rfind("release_overlay(lifecycle, tx, budget, ");
             assert!(defined.is_some() && defined < called);
         }
+        assert!(
+            ABORT_LUA.find("local function release_overlay")
+                < ABORT_LUA.rfind("release_overlay(staged")
+        );
         assert!(!BUFFER_LUA.contains("release_overlay"));
+        for source in [BUFFER_LUA, STAGE_LUA, COMMIT_LUA] {
+            assert!(source.find("local function idempotent") < source.rfind("idempotent("));
+        }
     }
 }

@@ -1,5 +1,6 @@
--- Shared by settle.lua (dead and forwarded transactions) and replicated.lua (replicated
--- ones), prepended to each at compile time (see `scripts/mod.rs`).
+-- Shared by settle.lua (dead and forwarded transactions), replicated.lua (replicated
+-- ones) and abort.lua (abandoned stagings, released as dead), prepended to each at
+-- compile time (see `scripts/mod.rs`).
 --
 -- `release_overlay` releases the overlay records a transaction `tx` wrote:
 -- - replicated (`dead` false): the records whose latest writer it was are removed with
@@ -213,13 +214,12 @@ end
 
 -- Applies `each(record key, short key)` to at most `budget` records of the lifecycle's
 -- list `field`; see above. Also returns the length of the list's text as it was read.
-local function in_chunks(lifecycle, tx, field, budget, each)
+local function in_chunks(lifecycle, records, field, budget, each)
   local list = redis.call('HGET', lifecycle, field)
   if not list then return 0, true, 0 end
   local keys = cjson.decode(list)
   local n = math.min(#keys, budget)
   if n == 0 and #keys > 0 then return 0, false, #list end
-  local records = record_prefix(lifecycle, tx)
   for i = 1, n do
     local short = keys[i]
     -- A list written before the lists were shortened holds whole keys.
@@ -237,23 +237,26 @@ local function in_chunks(lifecycle, tx, field, budget, each)
   return n, true, #list
 end
 
-local function release_overlay(lifecycle, tx, budget, dead)
+-- `site`: the site's prefix (`opsdb:{site}:`); by default the lifecycle key's part before
+-- `tx:{tx}` (abort.lua passes it: its list is in a staging hash, `stg:{tx}`).
+local function release_overlay(lifecycle, tx, budget, dead, site)
+  site = site or string.sub(lifecycle, 1, #lifecycle - #tx - #'tx:')
   if dead then
-    local prefix = string.sub(lifecycle, 1, #lifecycle - #tx)
-    local used, done = in_chunks(lifecycle, tx, 'records', budget, function(key, short)
+    local prefix = site .. 'tx:'
+    local used, done = in_chunks(lifecycle, site .. 'rec:', 'records', budget, function(key, short)
       undo_record(key, short, tx, prefix)
     end)
     -- Its undo entries went with the records (restored, folded or removed).
     if done then redis.call('HDEL', lifecycle, 'undo') end
     return used, done
   end
-  return in_chunks(lifecycle, tx, 'records', budget, function(key)
+  return in_chunks(lifecycle, site .. 'rec:', 'records', budget, function(key)
     if redis.call('HGET', key, '_tx') == tx then drop_record(key) end
   end)
 end
 
 local function drop_undo(lifecycle, tx, budget)
-  return in_chunks(lifecycle, tx, 'undo', budget, function(key)
+  return in_chunks(lifecycle, record_prefix(lifecycle, tx), 'undo', budget, function(key)
     redis.call('HDEL', key, '_u:' .. tx)
   end)
 end
