@@ -14,7 +14,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::fault_proxy::FaultProxy;
-use ops_db_service::config::Config;
+use crate::local_pg::PgUrl;
+use ops_db_service::config::{Config, Scope, SiteMode, Token};
 use ops_db_service::startup::Application;
 use ops_db_service::token as auth_token;
 
@@ -37,15 +38,15 @@ pub async fn run(options: DevOptions, stop: CancellationToken) -> anyhow::Result
         .context("starting the emulated WAN")?;
     wan.set_delay(options.wan_delay);
     // The forwarder reaches the primary only through the emulated WAN.
-    let forwarder_url = pg.primary_url().replace(
-        &format!(":{}/", pg.primary_port()),
-        &format!(":{}/", wan.addr().port()),
-    );
+    let forwarder_url = PgUrl {
+        port: wan.addr().port(),
+        ..pg.primary_parts()
+    };
     let token = auth_token::generate();
     let config = config(
         &options,
         &redis.url(),
-        &forwarder_url,
+        &forwarder_url.to_string(),
         &pg.replica_url(),
         &token,
     )?;
@@ -82,29 +83,19 @@ fn config(
     replica_url: &str,
     token: &str,
 ) -> anyhow::Result<Config> {
-    Ok(Config::from_toml_str(&format!(
-        r#"
-        [site]
-        name = "summit"
-        mode = "secondary"
-        [http]
-        listen = "127.0.0.1:{http}"
-        [tcp]
-        listen = "127.0.0.1:{tcp}"
-        [redis]
-        url = "{redis}"
-        [forwarder]
-        primary_url = "{forwarder_url}"
-        [replica]
-        url = "{replica_url}"
-        [auth]
-        tokens = [{{ name = "dev", sha256 = "{hash}", scopes = ["write", "read", "admin"] }}]
-        [faults]
-        enabled = true
-        "#,
-        http = options.http_port,
-        tcp = options.tcp_port,
-        redis = redis_url,
-        hash = auth_token::hash(token),
-    ))?)
+    let mut config = Config::defaults("summit");
+    config.site.mode = SiteMode::Secondary;
+    config.http.listen = ([127, 0, 0, 1], options.http_port).into();
+    config.tcp.listen = ([127, 0, 0, 1], options.tcp_port).into();
+    config.redis.url = redis_url.to_owned();
+    config.forwarder.primary_url = Some(forwarder_url.to_owned());
+    config.replica.url = Some(replica_url.to_owned());
+    config.auth.tokens = vec![Token {
+        name: "dev".to_owned(),
+        sha256: auth_token::hash(token),
+        scopes: vec![Scope::Write, Scope::Read, Scope::Admin],
+    }];
+    config.faults.enabled = true;
+    config.validate()?;
+    Ok(config)
 }

@@ -102,12 +102,22 @@ impl LocalPostgres {
 
     /// `postgres://opsdb@127.0.0.1:PORT/opsdb` of the primary.
     pub fn primary_url(&self) -> String {
-        url(self.primary.port)
+        self.primary_parts().to_string()
     }
 
     /// `postgres://opsdb@127.0.0.1:PORT/opsdb` of the replica (read-only).
     pub fn replica_url(&self) -> String {
-        url(self.replica.port)
+        self.replica_parts().to_string()
+    }
+
+    /// The primary's URL, in parts.
+    pub fn primary_parts(&self) -> PgUrl {
+        PgUrl::opsdb(self.primary.port)
+    }
+
+    /// The replica's URL, in parts.
+    pub fn replica_parts(&self) -> PgUrl {
+        PgUrl::opsdb(self.replica.port)
     }
 
     /// Immediate shutdown of the primary (SIGQUIT): no checkpoint, so the next start runs
@@ -185,8 +195,50 @@ impl LocalPostgres {
     }
 }
 
-fn url(port: u16) -> String {
-    format!("postgres://opsdb@127.0.0.1:{port}/opsdb")
+/// A URL of the database `opsdb` of a local server, built from its parts: a harness that
+/// reaches the server another way (through a proxy's port, as another role, by a host
+/// name its certificate names) changes a part, never the text of a finished URL.
+///
+/// ```
+/// use ops_db_devkit::local_pg::PgUrl;
+/// let through_proxy = PgUrl { port: 6000, ..PgUrl::opsdb(5432) };
+/// assert_eq!(through_proxy.to_string(), "postgres://opsdb@127.0.0.1:6000/opsdb");
+/// let checked = PgUrl { host: "localhost".into(), sslmode: Some("verify-full"), ..through_proxy };
+/// assert_eq!(checked.to_string(), "postgres://opsdb@localhost:6000/opsdb?sslmode=verify-full");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgUrl {
+    /// The role connecting (trust authentication: no password).
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    /// `sslmode`, when the URL names one.
+    pub sslmode: Option<&'static str>,
+}
+
+impl PgUrl {
+    /// `postgres://opsdb@127.0.0.1:PORT/opsdb`: the role `opsdb` over loopback.
+    pub fn opsdb(port: u16) -> Self {
+        Self {
+            user: "opsdb".to_owned(),
+            host: "127.0.0.1".to_owned(),
+            port,
+            sslmode: None,
+        }
+    }
+}
+
+impl std::fmt::Display for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            user, host, port, ..
+        } = self;
+        write!(f, "postgres://{user}@{host}:{port}/opsdb")?;
+        match self.sslmode {
+            Some(mode) => write!(f, "?sslmode={mode}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The bootstrap superuser's URL: the only role and database of a fresh cluster.

@@ -139,7 +139,10 @@ fn registry_refresher(
 }
 
 impl Application {
+    /// Checks `config` as loading does (a config built in Rust did not go through
+    /// loading), then binds both listeners and starts the tree.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
         if let Some(limit) = crate::descriptors::soft_limit() {
             crate::descriptors::check(&config, limit).map_err(anyhow::Error::msg)?;
         }

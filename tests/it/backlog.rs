@@ -208,7 +208,7 @@ async fn outage_backlog(site: &Site) -> (Vec<Uuid>, Vec<String>, Vec<String>) {
 /// The outage scenario; with `latency`, ingest p99 while the backlog is worked off is held
 /// to twice the quiet p99 measured just before.
 async fn replica_outage(latency: bool) {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let base = used_memory(app).await;
     let (txs, records, indexes) = outage_backlog(&site).await;
@@ -273,7 +273,7 @@ async fn a_replica_outage_backlog_keeps_ingest_p99_within_twice_the_quiet_p99() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_replica_tracker_between_chunks_loses_and_duplicates_nothing() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     site.pg.stop_replica().await;
     let eou = start_obs_unit(app, 1).await.0;
@@ -309,7 +309,7 @@ async fn killing_the_replica_tracker_between_chunks_loses_and_duplicates_nothing
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_larger_than_one_release_is_released_whole_when_replicated() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let eou = start_obs_unit(app, 1).await.0;
     site.pg.stop_replica().await;
@@ -325,7 +325,7 @@ async fn a_transaction_larger_than_one_release_is_released_whole_when_replicated
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_transaction_larger_than_one_release_is_released_whole_and_dead_lettered_once() {
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let app = &site.app;
     let wan = site.wan.as_ref().expect("wan");
     // The link is down until the overlay has been looked at: settling must come after.
@@ -347,7 +347,7 @@ async fn a_dead_transaction_larger_than_one_release_is_released_whole_and_dead_l
 /// with transactions in flight); its records are released all the same.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lifecycle_listing_whole_record_keys_as_before_is_released_all_the_same() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     site.pg.stop_replica().await;
     let (eou, tx) = start_obs_unit(app, 1).await;

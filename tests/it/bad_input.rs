@@ -37,9 +37,11 @@ fn case(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_bad_input_is_a_json_error_and_buffers_nothing() {
-    let app =
-        TestApp::spawn_with("[http]\nbody_limit_bytes = 4096\n[buffer]\nmax_bulk_files = 5\n")
-            .await;
+    let app = TestApp::spawn_with(|c| {
+        c.http.body_limit_bytes = 4096;
+        c.buffer.max_bulk_files = 5;
+    })
+    .await;
     let eou = uuid::Uuid::now_v7().to_string();
     let file = |f: fn(&mut Value)| {
         let mut b = file_body(&eou);

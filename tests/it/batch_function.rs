@@ -280,7 +280,7 @@ async fn integer_keys_update_and_delete_through_the_allowlist() {
 /// dead-letters it with the batch function's reason; everything around it is applied once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forged_stream_entry_with_a_hostile_table_is_dead_lettered_and_the_rest_applied_once() {
-    let site = Site::start(false, "linger = \"200ms\"\n").await;
+    let site = Site::start(false, |c| c.forwarder.linger = Duration::from_millis(200)).await;
     let app = &site.app;
     let (eou, t0) = start_obs_unit(app, 5).await;
     let mut acked = vec![t0];

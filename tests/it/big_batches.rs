@@ -39,7 +39,7 @@ async fn bulk(app: &TestApp, eou: Uuid, tag: usize) -> Vec<Uuid> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bulk_registrations_behind_a_cut_link_drain_in_batches_bounded_by_bytes() {
-    let site = Site::start(true, &format!("batch_max_bytes = {BATCH_MAX_BYTES}\n")).await;
+    let site = Site::start(true, |c| c.forwarder.batch_max_bytes = BATCH_MAX_BYTES).await;
     let wan = site.wan.as_ref().expect("wan");
     let app = &site.app;
     let (eou, first) = start_obs_unit(app, 3).await;

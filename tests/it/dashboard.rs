@@ -87,8 +87,7 @@ async fn the_dashboard_shows_a_write_travel_and_a_killed_forwarder_restart_in_a_
 /// page showed), then the token prompt.
 async fn session(client: &Client) -> anyhow::Result<Vec<u8>> {
     // A health event every second rather than every five, so the chart has points soon.
-    // (`Site::start` puts its argument under `[forwarder]`; a new table header ends that.)
-    let site = Site::start(false, "[events]\nhealth_interval = \"1s\"\n").await;
+    let site = Site::start(false, |c| c.events.health_interval = Duration::from_secs(1)).await;
     let outcome = drive(client, &site.app).await;
     let shot = client.screenshot().await;
     if let Ok(png) = &shot {

@@ -71,11 +71,7 @@ async fn writes_stop_short_of_a_full_disk_and_resume_when_it_has_room() {
     // Declared first, dropped last: Redis is stopped before the unmount.
     let tmpfs = Tmpfs::mount();
     let redis = TestRedis::start_local_in(tmpfs.path().to_owned()).await;
-    let app = TestApp::spawn_on(
-        redis,
-        &format!("[buffer]\nmin_disk_free_bytes = {MIN_DISK_FREE}\n"),
-    )
-    .await;
+    let app = TestApp::spawn_on(redis, |c| c.buffer.min_disk_free_bytes = MIN_DISK_FREE).await;
     let roomy = eventually("the disk is sampled", Duration::from_secs(5), || async {
         let s = storage_health(&app).await;
         s["free_bytes"].as_u64().map(|_| s)

@@ -83,7 +83,7 @@ async fn write(app: &TestApp, eou: Uuid, name: &str) -> Uuid {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_is_seen_buffered_then_forwarded_then_replicated() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let mut ws = connect(app, "").await;
     let (eou, _) = start_obs_unit(app, 2).await;
@@ -115,7 +115,7 @@ async fn a_write_is_seen_buffered_then_forwarded_then_replicated() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn resuming_with_since_misses_nothing_across_a_reconnect_and_a_notifier_restart() {
-    let app = TestApp::spawn_with("[events]\nhealth_interval = \"200ms\"\n").await;
+    let app = TestApp::spawn_with(|c| c.events.health_interval = Duration::from_millis(200)).await;
     let mut ws = connect(&app, "").await;
     let (eou, first) = start_obs_unit(&app, 1).await;
     let events = read_until(&mut ws, Duration::from_secs(10), |seen| {
@@ -212,7 +212,7 @@ async fn types_filter_supervision_events_and_a_kill_shows_failed_then_restarted(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_does_not_read_is_closed_and_the_others_go_on() {
-    let app = TestApp::spawn_with("[events]\nclient_buffer = 256\n").await;
+    let app = TestApp::spawn_with(|c| c.events.client_buffer = 256).await;
     let mut slow = connect(&app, "").await;
     let mut fast = connect(&app, "types=test.filler").await;
     let pad = "x".repeat(16 * 1024);
@@ -291,7 +291,7 @@ async fn the_events_endpoint_checks_the_token_and_the_query() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_health_event_is_the_health_report() {
     use ops_db_service::health_report::{ActorStatus, HealthReport, HealthStatus};
-    let app = TestApp::spawn_with("[events]\nhealth_interval = \"200ms\"\n").await;
+    let app = TestApp::spawn_with(|c| c.events.health_interval = Duration::from_millis(200)).await;
     start_obs_unit(&app, 1).await;
     let mut ws = connect(&app, "types=health").await;
     let events = read_until(&mut ws, Duration::from_secs(10), |seen| {

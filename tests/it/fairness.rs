@@ -86,7 +86,7 @@ fn assert_too_many(reply: &Value) {
 async fn a_flood_of_idle_strangers_from_one_address_does_not_stop_authenticated_writes() {
     // The defaults (256 connections, 64 per address, 64 strangers), a deadline longer than
     // the test so that the flood stays.
-    let app = TestApp::spawn_with("[tcp]\nauth_timeout = \"60s\"\n").await;
+    let app = TestApp::spawn_with(|c| c.tcp.auth_timeout = Duration::from_secs(60)).await;
     let mut writer = Line::authenticated(FLOODER, &app).await;
     let mut acknowledged = 0;
     assert_eq!(writer.start(1).await["status"], 201);
@@ -154,9 +154,10 @@ async fn a_flood_of_idle_strangers_from_one_address_does_not_stop_authenticated_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_per_address_cap_refuses_the_next_connection_on_both_facades() {
-    let app = TestApp::spawn_with(
-        "[tcp]\nmax_connections_per_peer = 3\n[http]\nmax_connections_per_peer = 3\n",
-    )
+    let app = TestApp::spawn_with(|c| {
+        c.tcp.max_connections_per_peer = 3;
+        c.http.max_connections_per_peer = 3;
+    })
     .await;
     // TCP: three authenticated connections from one address; the fourth is refused with
     // one error line and closed; another address is served.
@@ -216,7 +217,7 @@ async fn get_live(stream: &mut TcpStream) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stranger_is_closed_at_its_auth_deadline_even_while_sending_blank_lines() {
-    let app = TestApp::spawn_with("[tcp]\nauth_timeout = \"700ms\"\n").await;
+    let app = TestApp::spawn_with(|c| c.tcp.auth_timeout = Duration::from_millis(700)).await;
     let mut member = Line::authenticated(FLOODER, &app).await;
     let accepted = Instant::now();
     let stranger = Line::connect(FLOODER, &app).await;

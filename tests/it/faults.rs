@@ -104,9 +104,11 @@ async fn assert_stored_exactly_once(app: &TestApp, acked: &[Uuid]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_ingest_actors_under_load_loses_and_duplicates_nothing() {
-    let app = TestApp::spawn_with(
-        "[supervisor]\nmax_restarts = 1000\nbackoff_base = \"5ms\"\nbackoff_cap = \"50ms\"\n",
-    )
+    let app = TestApp::spawn_with(|c| {
+        c.supervisor.max_restarts = Some(1000);
+        c.supervisor.backoff_base = Duration::from_millis(5);
+        c.supervisor.backoff_cap = Duration::from_millis(50);
+    })
     .await;
     let done = Arc::new(AtomicBool::new(false));
     let killer = {
@@ -215,7 +217,7 @@ async fn redis_killed_mid_load_refuses_writes_and_keeps_every_acknowledged_one()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_buffer_refuses_with_503_and_stores_nothing_more() {
-    let app = TestApp::spawn_with("[buffer]\nmax_buffered = 3\n").await;
+    let app = TestApp::spawn_with(|c| c.buffer.max_buffered = 3).await;
     for _ in 0..3 {
         assert_eq!(
             app.post("/executed_obs_units/start", &json!({"obs_unit_id": 1}))
@@ -241,7 +243,13 @@ async fn a_full_buffer_refuses_with_503_and_stores_nothing_more() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exceeding_the_restart_intensity_stops_the_service_with_an_error() {
-    let app = TestApp::spawn_with("[supervisor]\nmax_restarts = 2\nwithin = \"60s\"\nbackoff_base = \"5ms\"\nbackoff_cap = \"10ms\"\n").await;
+    let app = TestApp::spawn_with(|c| {
+        c.supervisor.max_restarts = Some(2);
+        c.supervisor.within = Some(Duration::from_secs(60));
+        c.supervisor.backoff_base = Duration::from_millis(5);
+        c.supervisor.backoff_cap = Duration::from_millis(10);
+    })
+    .await;
     for round in 0..2 {
         assert!(app.tree.kill("ingest").await, "kill {round}");
         eventually("ingest restarted", Duration::from_secs(10), || async {
@@ -258,9 +266,11 @@ async fn exceeding_the_restart_intensity_stops_the_service_with_an_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_whose_callers_timed_out_are_not_stored_later() {
-    let app =
-        TestApp::spawn_with("[http]\nrequest_timeout = \"300ms\"\n[redis]\ntimeout = \"10s\"\n")
-            .await;
+    let app = TestApp::spawn_with(|c| {
+        c.http.request_timeout = Duration::from_millis(300);
+        c.redis.timeout = Duration::from_secs(10);
+    })
+    .await;
     // Block Redis for 1.5 s with a busy script from a connection of our own.
     let mut blocker = redis::Client::open(app.redis.admin_url())
         .expect("url")

@@ -30,7 +30,7 @@ async fn files(app: &TestApp, eou: Uuid, n: usize) -> Vec<Uuid> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_write_reaches_the_primary_once_in_order_with_its_commit_lsn() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let mut acked = Vec::new();
     let (eou, tx) = start_obs_unit(app, 1).await;
@@ -151,7 +151,7 @@ async fn every_write_reaches_the_primary_once_in_order_with_its_commit_lsn() {
 
 /// Crashes the forwarder once at `point` with writes in flight.
 async fn crash_at(point: CrashPoint) {
-    let site = Site::start(false, "batch_size = 10\n").await;
+    let site = Site::start(false, |c| c.forwarder.batch_size = 10).await;
     let app = &site.app;
     app.tree.crash_points.arm(point);
     let (eou, tx) = start_obs_unit(app, 3).await;
@@ -203,7 +203,7 @@ async fn a_forwarder_crash_after_the_ack_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_network_cut_during_a_batch_loses_and_duplicates_nothing() {
-    let site = Site::start(true, "batch_size = 50\n").await;
+    let site = Site::start(true, |c| c.forwarder.batch_size = 50).await;
     let wan = site.wan.as_ref().expect("wan");
     wan.set_delay(Duration::from_millis(100));
     let app = &site.app;
@@ -233,7 +233,11 @@ async fn a_network_cut_during_a_batch_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blackholed_link_stalls_then_recovers_without_loss_or_duplicates() {
-    let site = Site::start(true, "batch_size = 50\nstatement_timeout = \"1s\"\n").await;
+    let site = Site::start(true, |c| {
+        c.forwarder.batch_size = 50;
+        c.forwarder.statement_timeout = Duration::from_secs(1);
+    })
+    .await;
     let wan = site.wan.as_ref().expect("wan");
     let app = &site.app;
     let (eou, tx) = start_obs_unit(app, 5).await;
@@ -264,7 +268,7 @@ async fn a_blackholed_link_stalls_then_recovers_without_loss_or_duplicates() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_primary_restart_mid_stream_loses_and_duplicates_nothing() {
-    let site = Site::start(false, "batch_size = 20\n").await;
+    let site = Site::start(false, |c| c.forwarder.batch_size = 20).await;
     let app = &site.app;
     let (eou, tx) = start_obs_unit(app, 6).await;
     let mut acked = vec![tx];
@@ -281,7 +285,7 @@ async fn a_primary_restart_mid_stream_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn poison_in_the_middle_of_a_batch_is_dead_lettered_and_the_rest_applied() {
-    let site = Site::start(false, "linger = \"300ms\"\n").await;
+    let site = Site::start(false, |c| c.forwarder.linger = Duration::from_millis(300)).await;
     let app = &site.app;
     // Within one batch: good, poison (no obs_unit 999), good, update of a row that will
     // never exist, good.
@@ -396,7 +400,7 @@ async fn ingest_sample(app: &TestApp, n: usize) -> (Duration, usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ingest_does_not_notice_a_forwarder_crash_loop() {
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let app = &site.app;
     let wan = site.wan.as_ref().expect("wan");
     let (quiet_p99, quiet_ok) = ingest_sample(app, 400).await;

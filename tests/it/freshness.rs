@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use ops_db_service::config::{Config, SiteMode};
 use serde_json::Value;
 use sqlx::{Connection as _, PgConnection};
 
@@ -13,7 +14,10 @@ use crate::helpers::{eventually, TestApp};
 use crate::site::Site;
 
 /// Short intervals: a beat every second, stale after five.
-const FAST: &str = "heartbeat_interval = \"1s\"\n[replica]\nmax_staleness = \"5s\"\n";
+fn fast(c: &mut Config) {
+    c.forwarder.heartbeat_interval = Duration::from_secs(1);
+    c.replica.max_staleness = Duration::from_secs(5);
+}
 const MAX_STALENESS: f64 = 5.0;
 /// What may pass beyond `max_staleness` before the verdict shows: one freshness read
 /// (every second) and the replica's own delay in stopping, with room on a busy machine.
@@ -73,7 +77,7 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
 
 /// A fresh, idle site: the heartbeat has reached the replica, nothing is stale.
 async fn idle_site(with_wan: bool) -> Site {
-    let site = Site::start(with_wan, FAST).await;
+    let site = Site::start(with_wan, fast).await;
     let health = health_when(&site.app, "fresh", Duration::from_secs(30), |f| {
         is_fresh(f) && f["heartbeat_age_secs"].as_f64().is_some()
     })
@@ -265,11 +269,13 @@ async fn the_heartbeat_advances_while_idle_and_a_forwarder_cut_from_the_primary_
 #[tokio::test(flavor = "multi_thread")]
 async fn the_main_site_s_primary_is_fresh_by_definition() {
     let pg = Site::primary_with_replica().await;
-    let main = format!(
-        "[site]\nmode = \"main\"\n[forwarder]\nprimary_url = \"{}\"\n{FAST}",
-        pg.primary_url()
-    );
-    let site = Site::start_with(pg, None, &[&main]).await;
+    let primary = pg.primary_url();
+    let site = Site::start_with(pg, None, move |c| {
+        c.site.mode = SiteMode::Main;
+        c.forwarder.primary_url = Some(primary.clone());
+        fast(c);
+    })
+    .await;
     let app = &site.app;
     let health = health_when(
         app,

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use ops_db_service::config::RestartPolicy;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
@@ -12,8 +13,11 @@ use crate::helpers::{eventually, file_body, start_obs_unit, uuid, TestApp};
 use crate::site::Site;
 
 /// A cap far longer than the bound below, so that sitting out the backoff would fail.
-const RESTART: &str = "[forwarder.restart]\nbackoff_base = \"250ms\"\nbackoff_cap = \"6s\"\n\
-                       reset_after = \"60s\"\n";
+fn restart(policy: &mut RestartPolicy) {
+    policy.backoff_base = Duration::from_millis(250);
+    policy.backoff_cap = Duration::from_secs(6);
+    policy.reset_after = Duration::from_secs(60);
+}
 
 /// From the heal to the first batch committed: one probe interval (250 ms), the probe's
 /// round trip, a connect and one batch, with room for a shared machine.
@@ -21,7 +25,11 @@ const DRAIN_STARTS_WITHIN: Duration = Duration::from_millis(1500);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_long_cut_the_backlog_starts_draining_within_1_5_s_of_the_heal() {
-    let site = Site::start(true, &format!("batch_size = 100\n{RESTART}")).await;
+    let site = Site::start(true, |c| {
+        c.forwarder.batch_size = 100;
+        restart(&mut c.forwarder.restart);
+    })
+    .await;
     let app = &site.app;
     let wan = site.wan.as_ref().expect("wan");
     let r = app
@@ -62,8 +70,11 @@ async fn after_a_long_cut_the_backlog_starts_draining_within_1_5_s_of_the_heal()
 
 /// The replica tracker's restart policy: a cap far longer than the bound below, so that
 /// sitting out the backoff would fail.
-const REPLICA_RESTART: &str = "[replica.restart]\nbackoff_base = \"250ms\"\nbackoff_cap = \"8s\"\n\
-                               reset_after = \"60s\"\n";
+fn replica_restart(policy: &mut RestartPolicy) {
+    policy.backoff_base = Duration::from_millis(250);
+    policy.backoff_cap = Duration::from_secs(8);
+    policy.reset_after = Duration::from_secs(60);
+}
 
 /// From the replica showing the missed commits replayed to all of them marked: one probe
 /// interval (100 ms), the probe's connect and query, the tracker's connect and first poll,
@@ -134,7 +145,7 @@ async fn watch_replica(url: String, lsn: String) -> (Instant, Instant) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_long_replica_outage_marking_resumes_within_1_5_s_of_the_replica_answering() {
-    let site = Site::start(false, &format!("\n{REPLICA_RESTART}")).await;
+    let site = Site::start(false, |c| replica_restart(&mut c.replica.restart)).await;
     let app = &site.app;
     let (eou, first) = start_obs_unit(app, 7).await;
     all_in_state(app, &[first], "replicated", Duration::from_secs(30)).await;

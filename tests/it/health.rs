@@ -142,7 +142,7 @@ async fn the_kill_drill_needs_the_admin_scope_and_faults_enabled() {
     );
     off.stop().await.expect("clean stop");
 
-    let on = TestApp::spawn_with("[faults]\nenabled = true\n").await;
+    let on = TestApp::spawn_with(|c| c.faults.enabled = true).await;
     let r = on
         .client
         .post(on.url("/admin/actors/buffer/kill"))

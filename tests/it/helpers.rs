@@ -10,7 +10,7 @@ use ops_db_actors::overlay::{Keys, TxState};
 use ops_db_actors::tree::Tree;
 use ops_db_devkit::local_redis::{self, LocalRedis, Passwords};
 use ops_db_devkit::ports::free_port;
-use ops_db_service::config::Config;
+use ops_db_service::config::{Config, Scope, Token};
 use ops_db_service::redis_access;
 use ops_db_service::startup::Application;
 use ops_db_service::token;
@@ -258,39 +258,44 @@ pub struct TestApp {
 impl TestApp {
     /// The application on a Redis of its own.
     pub async fn spawn() -> Self {
-        Self::spawn_with("").await
+        Self::spawn_with(|_| {}).await
     }
 
-    /// As [`TestApp::spawn`], with `extra` TOML merged over the test config.
-    pub async fn spawn_with(extra: &str) -> Self {
+    /// As [`TestApp::spawn`], with `settings` changing the test config.
+    pub async fn spawn_with(settings: impl FnOnce(&mut Config)) -> Self {
         let redis = TestRedis::start().await;
-        Self::spawn_on(redis, extra).await
+        Self::spawn_on(redis, settings).await
     }
 
-    pub async fn spawn_on(redis: Arc<TestRedis>, extra: &str) -> Self {
-        Self::spawn_layers(redis, &[extra]).await
-    }
-
-    /// As [`TestApp::spawn_on`], with several TOML layers merged in order. The site name
-    /// is random unless a layer sets `[site] name`.
-    pub async fn spawn_layers(redis: Arc<TestRedis>, layers: &[&str]) -> Self {
-        let site = format!("t{:08x}", rand::random::<u32>());
+    /// The application on `redis` with the test config: a random site name, HTTP and TCP
+    /// on free loopback ports, TCP lines up to 64 KiB, `redis` (1 s timeout), a `writer`
+    /// token (write, read) and an `admin` one; then `settings`, then the checks loading
+    /// applies.
+    pub async fn spawn_on(redis: Arc<TestRedis>, settings: impl FnOnce(&mut Config)) -> Self {
         let token = token::generate();
         let admin_token = token::generate();
-        let toml = format!(
-            "[site]\nname = \"{site}\"\n\
-             [http]\nlisten = \"127.0.0.1:0\"\n\
-             [tcp]\nlisten = \"127.0.0.1:0\"\nmax_line_bytes = 65536\n\
-             [redis]\nurl = \"{url}\"\ntimeout = \"1s\"\n\
-             [auth]\ntokens = [\n\
-               {{ name = \"writer\", sha256 = \"{w}\", scopes = [\"write\", \"read\"] }},\n\
-               {{ name = \"admin\", sha256 = \"{a}\", scopes = [\"admin\"] }},\n]\n",
-            url = redis.url(),
-            w = token::hash(&token),
-            a = token::hash(&admin_token),
-        );
-        let config = Config::from_toml_layers(&[&[toml.as_str()], layers].concat())
-            .unwrap_or_else(|e| panic!("test config: {e}\n{toml}\n{layers:?}"));
+        let mut config = Config::defaults(&format!("t{:08x}", rand::random::<u32>()));
+        config.http.listen = ([127, 0, 0, 1], 0).into();
+        config.tcp.listen = ([127, 0, 0, 1], 0).into();
+        config.tcp.max_line_bytes = 65536;
+        config.redis.url = redis.url();
+        config.redis.timeout = Duration::from_secs(1);
+        config.auth.tokens = vec![
+            Token {
+                name: "writer".to_owned(),
+                sha256: token::hash(&token),
+                scopes: vec![Scope::Write, Scope::Read],
+            },
+            Token {
+                name: "admin".to_owned(),
+                sha256: token::hash(&admin_token),
+                scopes: vec![Scope::Admin],
+            },
+        ];
+        settings(&mut config);
+        config
+            .validate()
+            .unwrap_or_else(|e| panic!("test config: {e}\n{:#?}", config.redacted()));
         let site = config.site.name.clone();
         let app = Application::build(config)
             .await

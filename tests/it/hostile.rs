@@ -178,7 +178,7 @@ async fn hostile_tcp(app: &TestApp, seed: u64) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_requests_get_the_predicted_4xx_and_buffer_nothing() {
-    let app = TestApp::spawn_with("[buffer]\nmax_bulk_files = 3\n").await;
+    let app = TestApp::spawn_with(|c| c.buffer.max_bulk_files = 3).await;
     // A failure prints its seed; OPSDB_HOSTILE_SEED replays it.
     let seed: u64 = std::env::var("OPSDB_HOSTILE_SEED")
         .ok()

@@ -72,7 +72,7 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_loris_client_and_an_idle_keep_alive_are_dropped_after_the_header_timeout() {
-    let app = TestApp::spawn_with("[http]\nheader_timeout = \"300ms\"\n").await;
+    let app = TestApp::spawn_with(|c| c.http.header_timeout = Duration::from_millis(300)).await;
     let mut slow = TcpStream::connect(addr(&app)).await.expect("connect");
     slow.write_all(b"GET /health/live HTTP/1.1\r\nhost: te")
         .await
@@ -91,7 +91,7 @@ async fn a_slow_loris_client_and_an_idle_keep_alive_are_dropped_after_the_header
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_connections_over_the_cap_are_refused_while_the_others_keep_working() {
-    let app = TestApp::spawn_with("[http]\nmax_connections = 3\n").await;
+    let app = TestApp::spawn_with(|c| c.http.max_connections = 3).await;
     // The test's own client may hold pooled connections: open until one is refused.
     let mut open = Vec::new();
     let refused = loop {
@@ -110,7 +110,7 @@ async fn http_connections_over_the_cap_are_refused_while_the_others_keep_working
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_slower_than_the_body_timeout_is_cut_off_with_a_json_error() {
-    let app = TestApp::spawn_with("[http]\nbody_timeout = \"300ms\"\n").await;
+    let app = TestApp::spawn_with(|c| c.http.body_timeout = Duration::from_millis(300)).await;
     let mut slow = TcpStream::connect(addr(&app)).await.expect("connect");
     let head = format!(
         "POST /executed_obs_units/start HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {}\r\n\

@@ -38,13 +38,13 @@ async fn role_becomes(app: &TestApp, role: &str, within: Duration) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_instance_stands_by_and_takes_over_when_the_first_stops() {
-    let site = Site::start(false, "lease_ttl = \"2s\"\n").await;
+    let site = Site::start(false, |c| c.forwarder.lease_ttl = Duration::from_secs(2)).await;
     let first = &site.app;
     let active = role_becomes(first, "active", Duration::from_secs(10)).await;
     let instance = active["instance"].clone();
     assert_eq!(active["lease_holder"], instance);
 
-    let second = site.second_instance("").await;
+    let second = site.second_instance(|_| {}).await;
     let standby = role_becomes(&second, "standby", Duration::from_secs(10)).await;
     assert_eq!(standby["lease_holder"], instance, "{standby}");
     assert_ne!(standby["instance"], instance);

@@ -96,7 +96,7 @@ async fn assert_outcome(site: &Site, good: &[Uuid], bad: &[Uuid], rows: (i64, i6
 /// it drains within a minute of the heal at the default batch settings.
 #[tokio::test(flavor = "multi_thread")]
 async fn bulks_mixed_with_unknown_parents_drain_within_a_minute_of_the_heal() {
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let app = &site.app;
     let wan = site.wan.as_ref().expect("wan");
     let (eou, t0) = start_obs_unit(app, 4).await;
@@ -130,7 +130,7 @@ async fn bulks_mixed_with_unknown_parents_drain_within_a_minute_of_the_heal() {
 /// backlog: every good one applied once, every bad one dead-lettered, at linear cost.
 #[tokio::test(flavor = "multi_thread")]
 async fn interleaved_good_and_bad_transactions_drain_with_exactly_the_bad_ones_dead() {
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let app = &site.app;
     let wan = site.wan.as_ref().expect("wan");
     let (eou, t0) = start_obs_unit(app, 7).await;
@@ -156,10 +156,11 @@ async fn interleaved_good_and_bad_transactions_drain_with_exactly_the_bad_ones_d
 /// around it is applied once. `/health` says `timeout`, not `down`, meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_that_times_out_is_split_until_the_slow_transaction_is_dead_lettered_alone() {
-    let site = Site::start(
-        false,
-        "statement_timeout = \"1s\"\nlinger = \"300ms\"\nmax_attempts = 3\n",
-    )
+    let site = Site::start(false, |c| {
+        c.forwarder.statement_timeout = Duration::from_secs(1);
+        c.forwarder.linger = Duration::from_millis(300);
+        c.forwarder.max_attempts = 3;
+    })
     .await;
     let app = &site.app;
     sqlx::raw_sql(

@@ -160,7 +160,7 @@ async fn write_until_refused(app: &TestApp, eou: Uuid, writer: usize) -> (Vec<Uu
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_are_refused_for_memory_before_redis_refuses_anything_and_drain_after_the_heal() {
     let started = Instant::now();
-    let site = Arc::new(Site::start(true, "").await);
+    let site = Arc::new(Site::start(true, |_| {}).await);
     let wan = site.wan.as_ref().expect("wan");
     let app = &site.app;
     set_maxmemory(app, MAXMEMORY).await;
@@ -328,7 +328,7 @@ async fn a_write_redis_refuses_for_memory_is_a_503_and_stores_nothing() {
 /// crash-loop, and new writes get 503 until memory is back under the limit.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_filled_past_its_maxmemory_still_drains_after_the_heal() {
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let wan = site.wan.as_ref().expect("wan");
     let app = &site.app;
     let (eou, first) = start_obs_unit(app, 3).await;

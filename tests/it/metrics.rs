@@ -39,7 +39,7 @@ fn exported(text: &str) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_exported_metric_is_documented_and_every_documented_one_exported() {
     // A whole site (forwarder and replica), so every metric is registered.
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let w = app
         .post("/executed_obs_units/start", &json!({"obs_unit_id": 1}))

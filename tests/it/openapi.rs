@@ -36,7 +36,7 @@ async fn send(app: &TestApp, method: &str, path: &str) -> Reply {
 
 #[tokio::test]
 async fn every_documented_route_is_served_and_asks_for_the_token_it_documents() {
-    let app = TestApp::spawn_with("[buffer]\nmax_bulk_files = 7\n").await;
+    let app = TestApp::spawn_with(|c| c.buffer.max_bulk_files = 7).await;
     let r = app.get("/openapi.json").await;
     assert_eq!(r.status, 200, "{}", r.text);
     let content_type = r.headers["content-type"].to_str().unwrap();
@@ -242,7 +242,7 @@ fn schemathesis() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_nothing_wrong_with_transactions() {
     let st = schemathesis();
-    let site = crate::site::Site::start(false, "").await;
+    let site = crate::site::Site::start(false, |_| {}).await;
     let app = &site.app;
     let health = app.get("/health").await;
     assert_eq!(
@@ -276,7 +276,7 @@ async fn schemathesis_finds_nothing_wrong_with_transactions() {
 async fn the_health_reports_a_site_serves_read_back_unchanged_and_fit_their_schemas() {
     use ops_db_service::health_report::{ActorsReport, HealthReport};
     let st = schemathesis();
-    let site = crate::site::Site::start(false, "").await;
+    let site = crate::site::Site::start(false, |_| {}).await;
     let app = &site.app;
     crate::helpers::start_obs_unit(app, 1).await;
     site.drained(std::time::Duration::from_secs(20)).await;
@@ -357,7 +357,7 @@ async fn the_health_reports_a_site_serves_read_back_unchanged_and_fit_their_sche
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_nothing_wrong_with_any_read_or_health_operation() {
     let st = schemathesis();
-    let site = crate::site::Site::start(false, "").await;
+    let site = crate::site::Site::start(false, |_| {}).await;
     let app = &site.app;
     crate::helpers::start_obs_unit(app, 1).await;
     let work = crate::helpers::tempdir::Dir::new();
@@ -390,7 +390,7 @@ async fn schemathesis_finds_nothing_wrong_with_any_read_or_health_operation() {
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_nothing_wrong_with_any_write_or_admin_operation() {
     let st = schemathesis();
-    let site = crate::site::Site::start(false, "").await;
+    let site = crate::site::Site::start(false, |_| {}).await;
     let app = &site.app;
     crate::helpers::start_obs_unit(app, 1).await;
     let work = crate::helpers::tempdir::Dir::new();

@@ -35,7 +35,7 @@ async fn walk(app: &TestApp, path: &str, limit: usize) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn walking_a_list_by_cursor_across_replica_and_overlay_sees_each_record_once() {
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let app = &site.app;
     let wan = site.wan.as_ref().expect("wan");
     let mut created = Vec::new();
@@ -99,7 +99,7 @@ async fn walking_a_list_by_cursor_across_replica_and_overlay_sees_each_record_on
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nested_list_is_cut_at_the_limit_and_continues_from_its_cursor() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let (eou, _) = start_obs_unit(app, 8).await;
     let pkg = app
@@ -163,7 +163,7 @@ async fn a_nested_list_is_cut_at_the_limit_and_continues_from_its_cursor() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_limit_or_cursor_is_a_422_naming_the_field() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let cases = [
         ("/executed_obs_units?obs_unit_id=1&limit=0", "limit"),
@@ -257,7 +257,7 @@ async fn files_of(app: &TestApp, eou: Uuid, n: usize, tag: &str) -> Uuid {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_list_answer_nests_a_small_page_per_unit_and_its_cursor_continues_in_the_detail_read() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let (big, _) = start_obs_unit(app, 9).await;
     let (small, _) = start_obs_unit(app, 9).await;

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ops_db_devkit::local_pg::{LocalPostgres, REPLICA_SLOT};
+use ops_db_devkit::local_pg::{LocalPostgres, PgUrl, REPLICA_SLOT};
 use ops_db_devkit::ports::free_port;
 use sqlx::{Connection as _, PgConnection};
 use testcontainers::core::{IntoContainerPort, WaitFor};
@@ -99,11 +99,22 @@ impl TestPg {
     }
 
     pub fn primary_url(&self) -> String {
-        format!("postgres://opsdb@127.0.0.1:{}/opsdb", self.primary_port)
+        self.primary_parts().to_string()
     }
 
     pub fn replica_url(&self) -> String {
-        format!("postgres://opsdb@127.0.0.1:{}/opsdb", self.replica_port)
+        self.replica_parts().to_string()
+    }
+
+    /// The primary's URL in parts: for a test that reaches it another way (through a
+    /// proxy, as another role, by another host name).
+    pub fn primary_parts(&self) -> PgUrl {
+        PgUrl::opsdb(self.primary_port)
+    }
+
+    /// The replica's URL in parts.
+    pub fn replica_parts(&self) -> PgUrl {
+        PgUrl::opsdb(self.replica_port)
     }
 
     pub async fn primary(&self) -> PgConnection {

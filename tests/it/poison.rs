@@ -23,7 +23,7 @@ fn restarts(app: &TestApp) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stream_entries_that_are_not_transactions_are_dead_lettered_at_once() {
-    let site = Site::start(false, "linger = \"200ms\"\n").await;
+    let site = Site::start(false, |c| c.forwarder.linger = Duration::from_millis(200)).await;
     let app = &site.app;
     let (eou, t0) = start_obs_unit(app, 5).await;
     site.drained(Duration::from_secs(30)).await;
@@ -100,7 +100,11 @@ async fn stream_entries_that_are_not_transactions_are_dead_lettered_at_once() {
 /// message; what came before and after it is applied once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_the_primary_fails_every_time_is_dead_lettered_after_max_attempts() {
-    let site = Site::start(false, "linger = \"200ms\"\nmax_attempts = 3\n").await;
+    let site = Site::start(false, |c| {
+        c.forwarder.linger = Duration::from_millis(200);
+        c.forwarder.max_attempts = 3;
+    })
+    .await;
     let app = &site.app;
     sqlx::raw_sql(
         "CREATE FUNCTION refuse_cursed() RETURNS trigger LANGUAGE plpgsql AS $$ \
@@ -164,7 +168,7 @@ async fn a_transaction_the_primary_fails_every_time_is_dead_lettered_after_max_a
 /// once they are back everything is applied.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_environmental_error_is_waited_out_never_dead_lettered() {
-    let site = Site::start(false, "max_attempts = 1\n").await;
+    let site = Site::start(false, |c| c.forwarder.max_attempts = 1).await;
     let app = &site.app;
     let (eou, t0) = start_obs_unit(app, 8).await;
     site.drained(Duration::from_secs(30)).await;

@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use ops_db_actors::overlay::TxState;
+use ops_db_service::config::SiteMode;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use crate::helpers::{eventually, file_body, state_of, until_state, uuid, Reply, TestApp};
-use crate::site::{Site, FAST_RESTARTS};
+use crate::site::{fast_restarts, Site};
 
 /// The record without its sync field, to compare what the overlay and the replica say.
 fn without_sync(mut record: Value) -> Value {
@@ -65,7 +66,7 @@ async fn observation(app: &TestApp, obs_unit: i64) -> (Uuid, Uuid, Vec<Uuid>, Uu
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_read_back_at_once_and_read_the_same_from_the_replica_after_replication() {
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let app = &site.app;
     let wan = site.wan.as_ref().expect("wan");
     // The link is down: everything is only in the overlay.
@@ -158,7 +159,7 @@ async fn writes_read_back_at_once_and_read_the_same_from_the_replica_after_repli
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_replica_keeps_transactions_forwarded_and_reads_merged_until_it_resumes() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let mut replica = PgConnection::connect(&site.pg.replica_url())
         .await
@@ -192,7 +193,7 @@ async fn a_paused_replica_keeps_transactions_forwarded_and_reads_merged_until_it
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_replica_backs_off_without_touching_ingest_and_catches_up_after_restart() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     site.pg.stop_replica().await;
     let (eou, _, _, tx) = observation(app, 3).await;
@@ -243,7 +244,7 @@ async fn a_stopped_replica_backs_off_without_touching_ingest_and_catches_up_afte
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_can_wait_for_forwarded_or_replicated() {
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let app = &site.app;
     let wan = site.wan.as_ref().expect("wan");
     wan.cut();
@@ -285,13 +286,16 @@ async fn a_write_can_wait_for_forwarded_or_replicated() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_forwarded_at_rest_wakes_the_tracker_which_then_rests_again() {
     let pg = Site::primary_with_replica().await;
-    let extra = format!(
-        "[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\n[forwarder.restart]\n{FAST_RESTARTS}\
-         [replica]\nurl = \"{}\"\npoll_interval = \"60s\"\nfast_poll_interval = \"5ms\"\n",
-        pg.primary_url(),
-        pg.replica_url()
-    );
-    let site = Site::start_with(pg, None, &[&extra]).await;
+    let (primary, replica) = (pg.primary_url(), pg.replica_url());
+    let site = Site::start_with(pg, None, move |c| {
+        c.forwarder.primary_url = Some(primary.clone());
+        c.forwarder.linger = Duration::from_millis(5);
+        fast_restarts(&mut c.forwarder.restart);
+        c.replica.url = Some(replica.clone());
+        c.replica.poll_interval = Duration::from_secs(60);
+        c.replica.fast_poll_interval = Duration::from_millis(5);
+    })
+    .await;
     let app = &site.app;
     let polls = || {
         app.tree
@@ -365,12 +369,16 @@ async fn a_write_forwarded_at_rest_wakes_the_tracker_which_then_rests_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn lifecycles_expire_from_redis_and_are_then_answered_from_the_ledger() {
     let pg = Site::primary_with_replica().await;
-    let extra = format!(
-        "[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\n[forwarder.restart]\n{FAST_RESTARTS}[replica]\nurl = \"{}\"\npoll_interval = \"50ms\"\nretention = \"1s\"\n",
-        pg.primary_url(),
-        pg.replica_url()
-    );
-    let site = Site::start_with(pg, None, &[&extra]).await;
+    let (primary, replica) = (pg.primary_url(), pg.replica_url());
+    let site = Site::start_with(pg, None, move |c| {
+        c.forwarder.primary_url = Some(primary.clone());
+        c.forwarder.linger = Duration::from_millis(5);
+        fast_restarts(&mut c.forwarder.restart);
+        c.replica.url = Some(replica.clone());
+        c.replica.poll_interval = Duration::from_millis(50);
+        c.replica.retention = Duration::from_secs(1);
+    })
+    .await;
     let app = &site.app;
     let r = app
         .post("/executed_obs_units/start", &json!({"obs_unit_id": 5}))
@@ -412,8 +420,15 @@ async fn lifecycles_expire_from_redis_and_are_then_answered_from_the_ledger() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_main_site_reads_from_the_primary_and_sees_its_writes_replicated_at_once() {
     let pg = Site::primary_with_replica().await;
-    let extra = format!("[site]\nmode = \"main\"\n[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\n[forwarder.restart]\n{FAST_RESTARTS}[replica]\npoll_interval = \"50ms\"\n", pg.primary_url());
-    let site = Site::start_with(pg, None, &[&extra]).await;
+    let primary = pg.primary_url();
+    let site = Site::start_with(pg, None, move |c| {
+        c.site.mode = SiteMode::Main;
+        c.forwarder.primary_url = Some(primary.clone());
+        c.forwarder.linger = Duration::from_millis(5);
+        fast_restarts(&mut c.forwarder.restart);
+        c.replica.poll_interval = Duration::from_millis(50);
+    })
+    .await;
     let app = &site.app;
     let r = app
         .post(
@@ -431,7 +446,7 @@ async fn the_main_site_reads_from_the_primary_and_sees_its_writes_replicated_at_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_need_a_token_and_name_bad_ids() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let r: Reply = app
         .get(&format!("/raw_data_files/{}", Uuid::now_v7()))

@@ -47,7 +47,7 @@ async fn burst(app: &TestApp, eou: &str, clients: usize, each: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_redis_restart_every_write_and_read_succeeds_on_its_first_try() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let r = app
         .post("/executed_obs_units/start", &json!({"obs_unit_id": 2}))

@@ -183,11 +183,7 @@ async fn an_open_redis_and_a_url_without_a_user_are_reported_in_health() {
     );
     let url = format!("redis://127.0.0.1:{port}");
     until_ping(&url, "ok").await;
-    let app = TestApp::spawn_layers(
-        TestRedis::start().await,
-        &[&format!("[redis]\nurl = \"{url}\"\n")],
-    )
-    .await;
+    let app = TestApp::spawn_on(TestRedis::start().await, |c| c.redis.url.clone_from(&url)).await;
     let access = app.get("/health").await.body["redis_access"].clone();
     assert_eq!(access["transport"], "tcp_loopback");
     assert_eq!(access["user"], json!(null));
@@ -295,11 +291,7 @@ async fn the_service_runs_over_the_summit_hosts_socket_with_the_acl_file_redis_a
         .expect("config get");
     assert_eq!(port, ["port", "0"], "no TCP port");
 
-    let app = TestApp::spawn_layers(
-        TestRedis::start().await,
-        &[&format!("[redis]\nurl = \"{url}\"\n")],
-    )
-    .await;
+    let app = TestApp::spawn_on(TestRedis::start().await, |c| c.redis.url.clone_from(&url)).await;
     let reply = app
         .post(
             "/executed_obs_units/start",

@@ -12,12 +12,14 @@ use std::time::Duration;
 use ops_db_actors::registry::{
     self, Column, ColumnType, ForeignKey, Registry, SkipReason, Skipped, TableModel,
 };
+use ops_db_devkit::local_pg::PgUrl;
+use ops_db_service::config::Config;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::helpers::{eventually, TestApp, TestRedis};
 use crate::pg::TestPg;
-use crate::site::{Site, FAST_RESTARTS};
+use crate::site::{fast_restarts, Site};
 
 const SCHEMA: &str = "
 CREATE SCHEMA regtest;
@@ -78,16 +80,16 @@ async fn primary_with_schema() -> Arc<TestPg> {
 
 /// The service's config: the replica as read source, the test's schema and tables, a
 /// short refresh; `site` fixed so that a second start finds the first one's stored copy.
-fn layer(pg: &TestPg, site: &str) -> String {
-    let tables: Vec<String> = TABLES.iter().map(|t| format!("{t:?}")).collect();
-    format!(
-        "[site]\nname = \"{site}\"\n\
-         [replica]\nurl = \"{}\"\nconnect_timeout = \"2s\"\n\
-         [replica.restart]\n{FAST_RESTARTS}\
-         [schema]\ndomain = \"regtest\"\ntables = [{}]\nrefresh = \"200ms\"\n",
-        pg.replica_url(),
-        tables.join(", ")
-    )
+fn settings<'a>(pg: &'a TestPg, site: &'a str) -> impl FnOnce(&mut Config) + 'a {
+    move |c| {
+        site.clone_into(&mut c.site.name);
+        c.replica.url = Some(pg.replica_url());
+        c.replica.connect_timeout = Duration::from_secs(2);
+        fast_restarts(&mut c.replica.restart);
+        "regtest".clone_into(&mut c.schema.domain);
+        c.schema.tables = TABLES.map(str::to_owned).to_vec();
+        c.schema.refresh = Duration::from_millis(200);
+    }
 }
 
 fn column(name: &str, ty: ColumnType, type_name: &str) -> Column {
@@ -276,7 +278,11 @@ async fn the_registry_read_from_the_replica_is_exactly_the_catalog() {
 
     // A role granted nothing on the tables reads the same shape: the catalog, unlike
     // information_schema, does not hide what the role cannot write.
-    let nobody_url = pg.replica_url().replace("//opsdb@", "//regtest_nobody@");
+    let nobody_url = PgUrl {
+        user: "regtest_nobody".to_owned(),
+        ..pg.replica_parts()
+    }
+    .to_string();
     let nobody = PgPoolOptions::new()
         .max_connections(1)
         .connect(&nobody_url)
@@ -288,7 +294,7 @@ async fn the_registry_read_from_the_replica_is_exactly_the_catalog() {
     assert_eq!(as_nobody.registry.tables, expected_tables());
 
     // The service reads the same at start, reports it, and keeps it in Redis.
-    let app = TestApp::spawn_layers(TestRedis::start().await, &[&layer(&pg, "regread")]).await;
+    let app = TestApp::spawn_on(TestRedis::start().await, settings(&pg, "regread")).await;
     let h = health(&app).await;
     assert_eq!(h["source"], "read_source", "{h}");
     assert_eq!(h["tables"], 2, "{h}");
@@ -321,13 +327,13 @@ async fn with_the_replica_down_the_service_starts_with_the_stored_copy_and_reads
     let pg = primary_with_schema().await;
     let redis = TestRedis::start().await;
     let site = format!("reg{:08x}", rand::random::<u32>());
-    let first = TestApp::spawn_layers(Arc::clone(&redis), &[&layer(&pg, &site)]).await;
+    let first = TestApp::spawn_on(Arc::clone(&redis), settings(&pg, &site)).await;
     assert_eq!(health(&first).await["source"], "read_source");
     let read_at = health(&first).await["read_at"].clone();
     first.stop().await.expect("stops");
 
     pg.stop_replica().await;
-    let second = TestApp::spawn_layers(Arc::clone(&redis), &[&layer(&pg, &site)]).await;
+    let second = TestApp::spawn_on(Arc::clone(&redis), settings(&pg, &site)).await;
     let h = health(&second).await;
     assert_eq!(h["source"], "stored_copy", "{h}");
     assert_eq!(h["tables"], 2, "the stored copy's tables: {h}");
@@ -354,7 +360,7 @@ async fn with_the_replica_down_the_service_starts_with_the_stored_copy_and_reads
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_column_shows_within_the_refresh_and_a_failed_refresh_keeps_the_last_good_copy() {
     let pg = primary_with_schema().await;
-    let app = TestApp::spawn_layers(TestRedis::start().await, &[&layer(&pg, "regrefresh")]).await;
+    let app = TestApp::spawn_on(TestRedis::start().await, settings(&pg, "regrefresh")).await;
     let first = stored(&app)
         .await
         .expect("a stored copy after the first read");

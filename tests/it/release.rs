@@ -267,7 +267,7 @@ fn defaults() -> Config {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_minute_after_replication_redis_holds_only_lifecycles_and_idempotency_records_and_a_week_at_10_per_s_fits(
 ) {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let (singles, bulk) = every_kind_of_write(app).await;
     let txs: Vec<Uuid> = singles.iter().copied().chain([bulk]).collect();
@@ -360,7 +360,7 @@ async fn a_minute_after_replication_redis_holds_only_lifecycles_and_idempotency_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_transactions_lifecycle_stays_while_its_dead_letter_may_be_retried() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let r = app
         .post("/executed_obs_units/start", &json!({"obs_unit_id": 4242}))

@@ -17,12 +17,13 @@ use ops_db_actors::history::{History, Identity, Side};
 use ops_db_actors::overlay::TxState;
 use ops_db_actors::pg::PgTarget;
 use ops_db_devkit::local_pg::LocalPostgres;
+use ops_db_service::config::Config;
 use serde_json::{json, Value};
 use sqlx::{Connection as _, PgConnection};
 use uuid::Uuid;
 
 use crate::helpers::{eventually, start_obs_unit, tempdir, TestApp, TestRedis};
-use crate::site::{prepare, FAST_RESTARTS};
+use crate::site::{prepare, wire};
 
 /// An `XRANGE` reply: entry ids and their fields.
 type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
@@ -36,22 +37,18 @@ struct Restorable {
 }
 
 impl Restorable {
-    async fn start(extra: &str) -> Self {
+    async fn start(settings: impl FnOnce(&mut Config)) -> Self {
         let dir = tempdir::Dir::new();
         let pg = LocalPostgres::start(&dir.0.join("pg"))
             .await
             .unwrap_or_else(|e| panic!("these tests need PostgreSQL 15's binaries: {e:#}"));
         prepare(&PgTarget::plain(pg.primary_url())).await;
-        let base = format!(
-            "[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\nconnect_timeout = \"2s\"\n\
-             [forwarder.restart]\n{FAST_RESTARTS}\
-             [replica]\nurl = \"{}\"\npoll_interval = \"50ms\"\nconnect_timeout = \"2s\"\n\
-             audit_interval = \"500ms\"\n\
-             [replica.restart]\n{FAST_RESTARTS}",
-            pg.primary_url(),
-            pg.replica_url()
-        );
-        let app = TestApp::spawn_layers(TestRedis::start().await, &[&base, extra]).await;
+        let app = TestApp::spawn_on(TestRedis::start().await, |c| {
+            wire(c, &pg.primary_url(), &pg.replica_url());
+            c.replica.audit_interval = Duration::from_millis(500);
+            settings(c);
+        })
+        .await;
         Self {
             app,
             pg,
@@ -212,7 +209,7 @@ fn now() -> String {
 /// backup and the replica re-cloned from it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restored_primary_is_noticed_and_a_resend_brings_back_exactly_what_it_lost() {
-    let mut site = Restorable::start("").await;
+    let mut site = Restorable::start(|_| {}).await;
     let since = now();
     let kept = site.write(100).await;
     site.all_in(&kept, TxState::Replicated, Duration::from_secs(60))
@@ -320,7 +317,7 @@ async fn a_restored_primary_is_noticed_and_a_resend_brings_back_exactly_what_it_
 /// nothing with `resend.window = "0s"`.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_resend_window_stays_within_its_bytes_and_counts_them() {
-    let site = Restorable::start("[resend]\nmax_bytes = 20000\n").await;
+    let site = Restorable::start(|c| c.resend.max_bytes = 20000).await;
     let acked = site.write(300).await;
     site.all_in(&acked, TxState::Replicated, Duration::from_secs(60))
         .await;
@@ -384,7 +381,7 @@ async fn the_resend_window_stays_within_its_bytes_and_counts_them() {
         acked[299].to_string()
     );
 
-    let off = Restorable::start("[resend]\nwindow = \"0s\"\n").await;
+    let off = Restorable::start(|c| c.resend.window = Duration::ZERO).await;
     let acked = off.write(20).await;
     off.all_in(&acked, TxState::Replicated, Duration::from_secs(60))
         .await;
@@ -468,7 +465,7 @@ async fn a_change_of_identity_is_kept_reported_and_cleared() {
 /// on the tracker's open session, reported until acknowledged, and announced.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_promoted_replica_is_a_change_of_timeline_reported_until_cleared() {
-    let site = Restorable::start("").await;
+    let site = Restorable::start(|_| {}).await;
     let acked = site.write(5).await;
     site.all_in(&acked, TxState::Replicated, Duration::from_secs(60))
         .await;

@@ -108,7 +108,10 @@ async fn a_batch_retried_while_its_first_attempt_runs_is_skipped_or_applied_neve
 /// gave up on is cancelled there, instead of waiting on (and later racing) its retries.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_attempt_the_forwarder_gave_up_on_does_not_keep_running_on_the_primary() {
-    let site = Site::start(false, "statement_timeout = \"1s\"\n").await;
+    let site = Site::start(false, |c| {
+        c.forwarder.statement_timeout = Duration::from_secs(1)
+    })
+    .await;
     let app = &site.app;
     let (_, first) = start_obs_unit(app, 1).await;
     site.drained(Duration::from_secs(30)).await;

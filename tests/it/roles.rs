@@ -4,17 +4,22 @@
 
 use std::time::Duration;
 
+use ops_db_devkit::local_pg::PgUrl;
 use serde_json::json;
 use sqlx::{Connection as _, PgConnection};
 
 use crate::helpers::{eventually, file_body, start_obs_unit, uuid};
 use crate::pg::TestPg;
-use crate::site::{Site, FAST_RESTARTS};
+use crate::site::{wire, Site};
 
 const ROLES_SQL: &str = include_str!("../../packaging/postgres/roles.sql");
 
-fn as_role(url: &str, role: &str) -> String {
-    url.replace("://opsdb@", &format!("://{role}@"))
+fn as_role(url: PgUrl, role: &str) -> String {
+    PgUrl {
+        user: role.to_owned(),
+        ..url
+    }
+    .to_string()
 }
 
 async fn connect(url: &str) -> PgConnection {
@@ -23,7 +28,7 @@ async fn connect(url: &str) -> PgConnection {
 
 /// The SQLSTATE `sql` fails with, as `role` on the primary.
 async fn refused(pg: &TestPg, role: &str, sql: &str) -> String {
-    let mut conn = connect(&as_role(&pg.primary_url(), role)).await;
+    let mut conn = connect(&as_role(pg.primary_parts(), role)).await;
     match sqlx::raw_sql(sql).execute(&mut conn).await {
         Ok(_) => panic!("{role} may run: {sql}"),
         Err(e) => e
@@ -42,15 +47,12 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
         .expect("roles.sql runs as the schema owner");
     pg.wait_for_replay(&pg.current_lsn().await).await;
 
-    let layer = format!(
-        "[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\nconnect_timeout = \"2s\"\n\
-         [forwarder.restart]\n{FAST_RESTARTS}\
-         [replica]\nurl = \"{}\"\npoll_interval = \"50ms\"\nconnect_timeout = \"2s\"\n\
-         [replica.restart]\n{FAST_RESTARTS}",
-        as_role(&pg.primary_url(), "opsdb_forwarder"),
-        as_role(&pg.replica_url(), "opsdb_reader"),
-    );
-    let site = Site::start_with(std::sync::Arc::clone(&pg), None, &[&layer]).await;
+    let primary = as_role(pg.primary_parts(), "opsdb_forwarder");
+    let replica = as_role(pg.replica_parts(), "opsdb_reader");
+    let site = Site::start_with(std::sync::Arc::clone(&pg), None, move |c| {
+        wire(c, &primary, &replica)
+    })
+    .await;
     let app = &site.app;
 
     // Writes are applied once and read back from the replica as the reader.
@@ -107,7 +109,7 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
         "the heartbeat on the replica",
         Duration::from_secs(30),
         || async {
-            let mut reader = connect(&as_role(&pg.replica_url(), "opsdb_reader")).await;
+            let mut reader = connect(&as_role(pg.replica_parts(), "opsdb_reader")).await;
             sqlx::query_scalar::<_, String>(
                 "SELECT beat_at::text FROM opsdb_api.heartbeat WHERE site = $1",
             )
@@ -120,7 +122,7 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
     .await;
     assert!(!beat.is_empty());
     let status: Option<String> = sqlx::query_scalar("SELECT status FROM pg_stat_wal_receiver")
-        .fetch_one(&mut connect(&as_role(&pg.replica_url(), "opsdb_reader")).await)
+        .fetch_one(&mut connect(&as_role(pg.replica_parts(), "opsdb_reader")).await)
         .await
         .expect("the receiver's row");
     assert_eq!(status.as_deref(), Some("streaming"));
@@ -145,7 +147,7 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
         assert_eq!(refused(&pg, "opsdb_reader", sql).await, "42501", "{sql}");
     }
     // What the reader may read: the allowed tables, their parents, the ledger, the tokens.
-    let mut reader = connect(&as_role(&pg.primary_url(), "opsdb_reader")).await;
+    let mut reader = connect(&as_role(pg.primary_parts(), "opsdb_reader")).await;
     for table in [
         "raw_data_file",
         "raw_data_package",
@@ -179,7 +181,7 @@ async fn the_service_works_under_the_documented_roles_and_they_allow_nothing_els
         refused(&pg, "nobody_special", "SELECT opsdb_api.heartbeat('x')").await,
         "42501"
     );
-    let mut nobody = connect(&as_role(&pg.replica_url(), "nobody_special")).await;
+    let mut nobody = connect(&as_role(pg.replica_parts(), "nobody_special")).await;
     let (pid, status): (Option<i32>, Option<String>) =
         sqlx::query_as("SELECT pid, status FROM pg_stat_wal_receiver")
             .fetch_one(&mut nobody)

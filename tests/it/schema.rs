@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ops_db_actors::pg::PgTarget;
-use ops_db_service::config::{Schema, Scope};
+use ops_db_service::config::{Config, Schema, Scope};
 use ops_db_service::{db, token};
 use sqlx::PgConnection;
 
 use crate::helpers::eventually;
 use crate::pg::TestPg;
-use crate::site::{Site, FAST_RESTARTS};
+use crate::site::{wire, Site};
 
 /// Everything the catalog says of `schema`'s objects, and a digest of every table's rows:
 /// two equal snapshots mean nothing in it was created, altered, dropped or written.
@@ -272,7 +272,7 @@ async fn migrate_leaves_ops_db_shaped_tables_alone_and_ops_db_tokens_authenticat
         .expect_err("refused");
     assert!(format!("{err:#}").contains("ops-db"), "{err:#}");
 
-    let site = Site::start_with(Arc::clone(&pg), None, &[&layer(&pg)]).await;
+    let site = Site::start_with(Arc::clone(&pg), None, settings(&pg)).await;
     let app = &site.app;
     let start = |secret: &str| {
         let request = app
@@ -303,14 +303,10 @@ async fn migrate_leaves_ops_db_shaped_tables_alone_and_ops_db_tokens_authenticat
 }
 
 /// The forwarder on the primary, reads and tokens on the replica.
-fn layer(pg: &TestPg) -> String {
-    format!(
-        "[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\nconnect_timeout = \"2s\"\n\
-         [forwarder.restart]\n{FAST_RESTARTS}\
-         [replica]\nurl = \"{}\"\npoll_interval = \"50ms\"\nconnect_timeout = \"2s\"\n\
-         [replica.restart]\n{FAST_RESTARTS}\
-         [auth]\ncache_ttl = \"300ms\"\n",
-        pg.primary_url(),
-        pg.replica_url(),
-    )
+fn settings(pg: &TestPg) -> impl Fn(&mut Config) + Send + Sync + 'static {
+    let (primary, replica) = (pg.primary_url(), pg.replica_url());
+    move |c| {
+        wire(c, &primary, &replica);
+        c.auth.cache_ttl = Duration::from_millis(300);
+    }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use ops_db_actors::pg::PgTarget;
 use ops_db_devkit::fault_proxy::FaultProxy;
+use ops_db_devkit::local_pg::PgUrl;
 use ops_db_devkit::set_check;
+use ops_db_service::config::{Config, RestartPolicy};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
@@ -21,9 +23,13 @@ pub struct Site {
     pub app: TestApp,
     pub pg: Arc<TestPg>,
     pub wan: Option<FaultProxy>,
-    /// The application's config layers (for a second instance of the same site).
-    layers: Vec<String>,
+    /// What the site changed in the test config (for a second instance of the same site).
+    settings: Settings,
 }
+
+/// A site's changes to the test config ([`TestApp::spawn_on`]), kept to start a second
+/// instance of the same site with the same config.
+pub type Settings = Arc<dyn Fn(&mut Config) + Send + Sync>;
 
 /// What the dev kit does to a new primary: the stand-in ops-db tables (with their seed),
 /// then `migrate` with the default `[schema]` (its allowlist needs the tables).
@@ -49,12 +55,35 @@ pub async fn assert_exactly_once(conn: &mut PgConnection, acked: &[Uuid]) {
     assert!(check.holds(), "{check}");
 }
 
-/// A restart policy section body for the forwarder and the replica tracker in tests.
-pub const FAST_RESTARTS: &str =
-    "backoff_base = \"20ms\"\nbackoff_cap = \"200ms\"\nreset_after = \"60s\"\n";
+/// A test site's wiring: the forwarder at `primary_url`, 5 ms linger; the replica
+/// tracker at `replica_url`, polled every 50 ms; both with 2 s connect timeouts and
+/// [`fast_restarts`].
+pub fn wire(c: &mut Config, primary_url: &str, replica_url: &str) {
+    c.forwarder.primary_url = Some(primary_url.to_owned());
+    c.forwarder.linger = Duration::from_millis(5);
+    c.forwarder.connect_timeout = Duration::from_secs(2);
+    fast_restarts(&mut c.forwarder.restart);
+    c.replica.url = Some(replica_url.to_owned());
+    c.replica.poll_interval = Duration::from_millis(50);
+    c.replica.connect_timeout = Duration::from_secs(2);
+    fast_restarts(&mut c.replica.restart);
+}
+
+/// The restart policy of the forwarder and the replica tracker in tests: quick restarts.
+pub fn fast_restarts(policy: &mut RestartPolicy) {
+    policy.backoff_base = Duration::from_millis(20);
+    policy.backoff_cap = Duration::from_millis(200);
+    policy.reset_after = Duration::from_secs(60);
+}
 
 impl Site {
-    pub async fn start(with_wan: bool, forwarder: &str) -> Self {
+    /// The site, with `settings` changing its config last. Its config: the test config
+    /// ([`TestApp::spawn_on`]) [`wire`]d to the primary (through the emulated WAN if
+    /// `with_wan`) and the replica.
+    pub async fn start(
+        with_wan: bool,
+        settings: impl Fn(&mut Config) + Send + Sync + 'static,
+    ) -> Self {
         let pg = TestPg::start().await;
         prepare(&PgTarget::plain(pg.primary_url())).await;
         let (wan, primary_url) = if with_wan {
@@ -64,45 +93,47 @@ impl Site {
             let proxy = FaultProxy::start("127.0.0.1:0".parse().expect("addr"), upstream)
                 .await
                 .expect("proxy");
-            let url = pg.primary_url().replace(
-                &format!(":{}/", pg.primary_port()),
-                &format!(":{}/", proxy.addr().port()),
-            );
-            (Some(proxy), url)
+            let url = PgUrl {
+                port: proxy.addr().port(),
+                ..pg.primary_parts()
+            };
+            (Some(proxy), url.to_string())
         } else {
             (None, pg.primary_url())
         };
-        let base = format!(
-            "[forwarder]\nprimary_url = \"{primary_url}\"\nlinger = \"5ms\"\nconnect_timeout = \"2s\"\n\
-             [forwarder.restart]\n{FAST_RESTARTS}\
-             [replica]\nurl = \"{}\"\npoll_interval = \"50ms\"\nconnect_timeout = \"2s\"\n\
-             [replica.restart]\n{FAST_RESTARTS}",
-            pg.replica_url()
-        );
-        let overrides = format!("[forwarder]\n{forwarder}");
-        Self::start_with(pg, wan, &[&base, &overrides]).await
+        let replica_url = pg.replica_url();
+        Self::start_with(pg, wan, move |c| {
+            wire(c, &primary_url, &replica_url);
+            settings(c);
+        })
+        .await
     }
 
-    /// The same with the application's config given as layers.
-    pub async fn start_with(pg: Arc<TestPg>, wan: Option<FaultProxy>, layers: &[&str]) -> Self {
-        let app = TestApp::spawn_layers(TestRedis::start().await, layers).await;
-        let layers = layers.iter().map(|l| (*l).to_owned()).collect();
+    /// The same with the application's config changed by `settings` alone.
+    pub async fn start_with(
+        pg: Arc<TestPg>,
+        wan: Option<FaultProxy>,
+        settings: impl Fn(&mut Config) + Send + Sync + 'static,
+    ) -> Self {
+        let settings: Settings = Arc::new(settings);
+        let app = TestApp::spawn_on(TestRedis::start().await, |c| settings(c)).await;
         Self {
             app,
             pg,
             wan,
-            layers,
+            settings,
         }
     }
 
     /// Another instance of the service for the same site: same Redis, same primary, same
     /// config (with `extra` over it), its own HTTP and TCP ports.
-    pub async fn second_instance(&self, extra: &str) -> TestApp {
-        let site = format!("[site]\nname = \"{}\"\n", self.app.site);
-        let mut layers: Vec<&str> = self.layers.iter().map(String::as_str).collect();
-        layers.push(&site);
-        layers.push(extra);
-        TestApp::spawn_layers(Arc::clone(&self.app.redis), &layers).await
+    pub async fn second_instance(&self, extra: impl FnOnce(&mut Config)) -> TestApp {
+        TestApp::spawn_on(Arc::clone(&self.app.redis), |c| {
+            (self.settings)(c);
+            c.site.name.clone_from(&self.app.site);
+            extra(c);
+        })
+        .await
     }
 
     /// A primary with its streaming replica: the stand-in ops-db tables loaded (seeded),

@@ -114,7 +114,7 @@ async fn a_ready_service_exits_0_with_its_tree_and_buffer_depth_on_one_screen() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_site_with_its_wan_cut_is_ready_and_shows_why_the_forwarder_fails() {
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let app = &site.app;
     start_obs_unit(app, 1).await;
     site.drained(Duration::from_secs(20)).await;

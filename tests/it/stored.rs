@@ -89,7 +89,7 @@ async fn redis_killed_mid_write_gives_503s_that_say_stored_and_false_means_absen
     // Actors that need Redis restart while it is down; on a loaded machine the restart
     // of the container can outlast the default restart intensity, which is tested
     // elsewhere (faults.rs) and is not what this test is about.
-    let app = TestApp::spawn_with("[supervisor]\nmax_restarts = 1000\n").await;
+    let app = TestApp::spawn_with(|c| c.supervisor.max_restarts = Some(1000)).await;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let eou = Uuid::now_v7().to_string();
     let load = async {

@@ -6,24 +6,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ops_db_actors::pg::PgTarget;
-use ops_db_service::config::{Schema, Scope};
+use ops_db_service::config::{Config, Schema, Scope};
 use ops_db_service::token;
 use redis::AsyncCommands as _;
 use serde_json::{json, Value};
 
 use crate::helpers::{eventually, tcp_write, TestApp, TestRedis};
 use crate::pg::TestPg;
-use crate::site::{Site, FAST_RESTARTS};
+use crate::site::{fast_restarts, Site};
 
 /// The application reading tokens from `pg`'s replica every 200ms, on site `site`.
-fn layer(pg: &TestPg, site: &str) -> String {
-    format!(
-        "[site]\nname = \"{site}\"\n\
-         [replica]\nurl = \"{}\"\npoll_interval = \"50ms\"\nconnect_timeout = \"1s\"\n\
-         [replica.restart]\n{FAST_RESTARTS}\
-         [auth]\ndatabase = true\ncache_ttl = \"200ms\"\n",
-        pg.replica_url()
-    )
+fn settings<'a>(pg: &'a TestPg, site: &'a str) -> impl FnOnce(&mut Config) + 'a {
+    move |c| {
+        site.clone_into(&mut c.site.name);
+        c.replica.url = Some(pg.replica_url());
+        c.replica.poll_interval = Duration::from_millis(50);
+        c.replica.connect_timeout = Duration::from_secs(1);
+        fast_restarts(&mut c.replica.restart);
+        c.auth.database = true;
+        c.auth.cache_ttl = Duration::from_millis(200);
+    }
 }
 
 /// The status of an auth-only request on the websocket route (read scope): 401, 403, 503,
@@ -72,10 +74,9 @@ async fn a_restart_while_the_replica_is_down_keeps_the_table_tokens_of_the_last_
     pg.wait_for_replay(&pg.current_lsn().await).await;
     let redis = TestRedis::start().await;
     let site = format!("t{:08x}", rand::random::<u32>());
-    let layer = layer(&pg, &site);
 
     // First run: the table is read; a revocation reaches the stored copy.
-    let first = TestApp::spawn_layers(Arc::clone(&redis), &[&layer]).await;
+    let first = TestApp::spawn_on(Arc::clone(&redis), settings(&pg, &site)).await;
     assert_ne!(ws(&first, &kept).await, 401);
     let owner = PgTarget::plain(pg.primary_url());
     assert_eq!(
@@ -114,7 +115,7 @@ async fn a_restart_while_the_replica_is_down_keeps_the_table_tokens_of_the_last_
 
     // Second run, the replica down: the stored copy, not the table, answers.
     pg.stop_replica().await;
-    let second = TestApp::spawn_layers(Arc::clone(&redis), &[&layer]).await;
+    let second = TestApp::spawn_on(Arc::clone(&redis), settings(&pg, &site)).await;
     assert_eq!(
         ws(&second, &kept).await,
         400,
@@ -159,7 +160,7 @@ async fn a_table_never_read_answers_503_for_tokens_it_may_hold_until_it_is_read(
     pg.wait_for_replay(&pg.current_lsn().await).await;
     pg.stop_replica().await;
     let site = format!("t{:08x}", rand::random::<u32>());
-    let app = TestApp::spawn_layers(TestRedis::start().await, &[&layer(&pg, &site)]).await;
+    let app = TestApp::spawn_on(TestRedis::start().await, settings(&pg, &site)).await;
 
     // Never read, no stored copy: 503 with Retry-After on HTTP, the websocket and TCP.
     let reply = ws_status(&app, &table_token).await;
@@ -219,17 +220,18 @@ async fn a_tokens_file_unreadable_at_start_uses_its_stored_copy_and_without_one_
     std::fs::write(&path, line("first", &first_secret)).expect("write");
     let redis = TestRedis::start().await;
     let site = format!("t{:08x}", rand::random::<u32>());
-    let layer = format!(
-        "[site]\nname = \"{site}\"\n[auth]\ntokens_file = \"{}\"\ncache_ttl = \"200ms\"\n",
-        path.display()
-    );
-    let first = TestApp::spawn_layers(Arc::clone(&redis), &[&layer]).await;
+    let settings = |c: &mut Config| {
+        c.site.name.clone_from(&site);
+        c.auth.tokens_file = Some(path.clone());
+        c.auth.cache_ttl = Duration::from_millis(200);
+    };
+    let first = TestApp::spawn_on(Arc::clone(&redis), settings).await;
     assert_eq!(ws(&first, &first_secret).await, 400);
     first.stop().await.expect("clean stop");
 
     // Unreadable at the next start: the stored copy answers; /health says so.
     std::fs::write(&path, "tokens = [ broken").expect("write");
-    let second = TestApp::spawn_layers(Arc::clone(&redis), &[&layer]).await;
+    let second = TestApp::spawn_on(Arc::clone(&redis), settings).await;
     assert_eq!(
         ws(&second, &first_secret).await,
         400,
@@ -262,16 +264,13 @@ async fn a_tokens_file_unreadable_at_start_uses_its_stored_copy_and_without_one_
 
     // A bad file and no stored copy (another site): the start is refused, naming the key.
     std::fs::write(&path, "tokens = [ broken").expect("write");
-    let toml = format!(
-        "[site]\nname = \"t{:08x}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-         [tcp]\nlisten = \"127.0.0.1:0\"\n[redis]\nurl = \"{}\"\ntimeout = \"1s\"\n\
-         [auth]\ntokens_file = \"{}\"\n",
-        rand::random::<u32>(),
-        redis.url(),
-        path.display()
-    );
-    let config =
-        ops_db_service::config::Config::from_toml_layers(&[toml.as_str()]).expect("config");
+    let mut config = Config::defaults(&format!("t{:08x}", rand::random::<u32>()));
+    config.http.listen = ([127, 0, 0, 1], 0).into();
+    config.tcp.listen = ([127, 0, 0, 1], 0).into();
+    config.redis.url = redis.url();
+    config.redis.timeout = Duration::from_secs(1);
+    config.auth.tokens_file = Some(path.clone());
+    config.validate().expect("config");
     match ops_db_service::startup::Application::build(config).await {
         Ok(_) => panic!("a bad tokens file with no stored copy must stop the start"),
         Err(e) => assert!(format!("{e:#}").contains("auth.tokens_file"), "{e:#}"),

@@ -197,7 +197,7 @@ async fn a_large_line_before_a_token_is_refused_before_it_ends_and_after_auth_is
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_connection_is_closed_after_the_idle_timeout() {
-    let app = TestApp::spawn_with("[tcp]\nidle_timeout = \"200ms\"\n").await;
+    let app = TestApp::spawn_with(|c| c.tcp.idle_timeout = Duration::from_millis(200)).await;
     let mut c = Client::connect(&app).await;
     assert_eq!(c.send(start_line(&app, 1)).await["status"], 201);
     let reply = tokio::time::timeout(Duration::from_secs(5), c.read())
@@ -211,7 +211,7 @@ async fn a_silent_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_cap_are_refused_while_the_others_keep_working() {
-    let app = TestApp::spawn_with("[tcp]\nmax_connections = 2\n").await;
+    let app = TestApp::spawn_with(|c| c.tcp.max_connections = 2).await;
     // One after the other: of 2 slots, one address may hold 1 before its token
     // (`tcp.max_unauthenticated`, half of them per address; fairness.rs).
     let mut a = Client::connect(&app).await;

@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ops_db_actors::pg::PgTarget;
+use ops_db_devkit::local_pg::PgUrl;
+use ops_db_service::config::Config;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::Value;
 
 use crate::helpers::{eventually, start_obs_unit, tempdir, TestApp, TestRedis};
 use crate::pg::TestPg;
-use crate::site::{Site, FAST_RESTARTS};
+use crate::site::{wire, Site};
 
 /// A certificate authority of the test's own: its certificate (PEM) and its issuer.
 fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -42,21 +44,28 @@ fn write_pem(dir: &Path, name: &str, pem: &str) -> PathBuf {
     path
 }
 
-/// The config layer that points the forwarder and the replica tracker at `pg` through
-/// `host` with `sslmode=verify-full` and `ca_file`.
-fn verify_full(pg: &TestPg, host: &str, ca_file: &Path) -> String {
-    let url =
-        |url: String| url.replace("@127.0.0.1:", &format!("@{host}:")) + "?sslmode=verify-full";
-    format!(
-        "[forwarder]\nprimary_url = \"{}\"\nca_file = \"{}\"\nlinger = \"5ms\"\nconnect_timeout = \"2s\"\n\
-         [forwarder.restart]\n{FAST_RESTARTS}\
-         [replica]\nurl = \"{}\"\nca_file = \"{}\"\npoll_interval = \"50ms\"\nconnect_timeout = \"2s\"\n\
-         [replica.restart]\n{FAST_RESTARTS}",
-        url(pg.primary_url()),
-        ca_file.display(),
-        url(pg.replica_url()),
-        ca_file.display(),
-    )
+/// The settings that point the forwarder and the replica tracker at `pg` through `host`
+/// with `sslmode=verify-full` and `ca_file` (otherwise [`wire`]d as a test site).
+fn verify_full(
+    pg: &TestPg,
+    host: &str,
+    ca_file: &Path,
+) -> impl Fn(&mut Config) + Send + Sync + 'static {
+    let url = |parts: PgUrl| {
+        PgUrl {
+            host: host.to_owned(),
+            sslmode: Some("verify-full"),
+            ..parts
+        }
+        .to_string()
+    };
+    let (primary, replica) = (url(pg.primary_parts()), url(pg.replica_parts()));
+    let ca_file = ca_file.to_owned();
+    move |c| {
+        wire(c, &primary, &replica);
+        c.forwarder.ca_file = Some(ca_file.clone());
+        c.replica.ca_file = Some(ca_file.clone());
+    }
 }
 
 /// `/health`'s last failure of the forwarder and of the replica tracker, once both have one.
@@ -111,8 +120,8 @@ async fn verify_full_forwards_and_replicates_over_tls_and_refuses_a_wrong_ca_or_
     let f = fixture().await;
 
     // The right CA and host name: a write goes all the way, over encrypted sessions.
-    let layer = verify_full(&f.pg, "localhost", &f.ca_file);
-    let site = Site::start_with(Arc::clone(&f.pg), None, &[&layer]).await;
+    let settings = verify_full(&f.pg, "localhost", &f.ca_file);
+    let site = Site::start_with(Arc::clone(&f.pg), None, settings).await;
     let app = &site.app;
     let (_eou, tx) = start_obs_unit(app, 1).await;
     eventually(
@@ -146,8 +155,7 @@ async fn verify_full_forwards_and_replicates_over_tls_and_refuses_a_wrong_ca_or_
     // A CA that did not sign the servers' certificates: no connection, and /health says
     // the certificate is the reason.
     let wrong_ca = write_pem(&f.dir.0, "wrong-ca.pem", &authority("wrong").pem());
-    let layer = verify_full(&f.pg, "localhost", &wrong_ca);
-    let app = TestApp::spawn_layers(TestRedis::start().await, &[&layer]).await;
+    let app = TestApp::spawn_with(verify_full(&f.pg, "localhost", &wrong_ca)).await;
     let written = start_obs_unit(&app, 2).await;
     let (forwarder, replica) = failures(&app).await;
     for reason in [&forwarder, &replica] {
@@ -167,8 +175,7 @@ async fn verify_full_forwards_and_replicates_over_tls_and_refuses_a_wrong_ca_or_
     app.stop().await.expect("clean stop");
 
     // The right CA, the wrong name: the certificate is for localhost, not 127.0.0.1.
-    let layer = verify_full(&f.pg, "127.0.0.1", &f.ca_file);
-    let app = TestApp::spawn_layers(TestRedis::start().await, &[&layer]).await;
+    let app = TestApp::spawn_with(verify_full(&f.pg, "127.0.0.1", &f.ca_file)).await;
     let written = start_obs_unit(&app, 3).await;
     let (forwarder, replica) = failures(&app).await;
     for reason in [&forwarder, &replica] {
@@ -187,8 +194,7 @@ async fn verify_full_refuses_a_server_without_tls() {
     let pg = TestPg::start().await;
     let dir = tempdir::Dir::new();
     let ca_file = write_pem(&dir.0, "ca.pem", &authority("any").pem());
-    let layer = verify_full(&pg, "localhost", &ca_file);
-    let app = TestApp::spawn_layers(TestRedis::start().await, &[&layer]).await;
+    let app = TestApp::spawn_with(verify_full(&pg, "localhost", &ca_file)).await;
     let (forwarder, replica) = failures(&app).await;
     for reason in [&forwarder, &replica] {
         assert!(
@@ -202,18 +208,24 @@ async fn verify_full_refuses_a_server_without_tls() {
 #[tokio::test]
 async fn an_unreadable_ca_file_stops_the_start_with_its_key() {
     let redis = TestRedis::start().await;
-    let layer =
-        "[forwarder]\nprimary_url = \"postgres://opsdb@localhost:1/opsdb?sslmode=verify-full\"\n\
-                 ca_file = \"/nonexistent/ca.pem\"\n[replica]\nurl = \"postgres://opsdb@localhost:2/opsdb\"\n";
-    let config = ops_db_service::config::Config::from_toml_layers(&[
-        &format!(
-            "[site]\nname = \"tls\"\n[redis]\nurl = \"{}\"\n",
-            redis.url()
-        ),
-        "[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n",
-        layer,
-    ])
-    .expect("the config itself is valid");
+    let mut config = Config::defaults("tls");
+    config.redis.url = redis.url();
+    config.http.listen = ([127, 0, 0, 1], 0).into();
+    config.tcp.listen = ([127, 0, 0, 1], 0).into();
+    let localhost = |port| PgUrl {
+        host: "localhost".to_owned(),
+        ..PgUrl::opsdb(port)
+    };
+    config.forwarder.primary_url = Some(
+        PgUrl {
+            sslmode: Some("verify-full"),
+            ..localhost(1)
+        }
+        .to_string(),
+    );
+    config.forwarder.ca_file = Some("/nonexistent/ca.pem".into());
+    config.replica.url = Some(localhost(2).to_string());
+    config.validate().expect("the config itself is valid");
     let err = ops_db_service::startup::Application::build(config)
         .await
         .err()

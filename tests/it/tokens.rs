@@ -5,26 +5,22 @@
 use std::time::{Duration, Instant};
 
 use ops_db_actors::pg::PgTarget;
-use ops_db_service::config::{Schema, Scope};
+use ops_db_service::config::{Schema, Scope, Token};
 use ops_db_service::token;
 use serde_json::json;
 
 use crate::helpers::{eventually, start_obs_unit, uuid, TestApp};
-use crate::site::{Site, FAST_RESTARTS};
+use crate::site::{wire, Site};
 
-fn tokens_layer(tokens: &[(&str, &str, &[&str])]) -> String {
-    let rows: Vec<String> = tokens
+fn tokens(tokens: &[(&str, &str, &[Scope])]) -> Vec<Token> {
+    tokens
         .iter()
-        .map(|(name, secret, scopes)| {
-            let scopes: Vec<String> = scopes.iter().map(|s| format!("\"{s}\"")).collect();
-            format!(
-                "{{ name = \"{name}\", sha256 = \"{}\", scopes = [{}] }}",
-                token::hash(secret),
-                scopes.join(", ")
-            )
+        .map(|(name, secret, scopes)| Token {
+            name: (*name).to_owned(),
+            sha256: token::hash(secret),
+            scopes: scopes.to_vec(),
         })
-        .collect();
-    format!("[auth]\ntokens = [{}]\n", rows.join(", "))
+        .collect()
 }
 
 async fn status(app: &TestApp, method: reqwest::Method, path: &str, secret: &str) -> u16 {
@@ -46,13 +42,13 @@ async fn each_scope_opens_its_routes_only_and_idempotency_keys_are_per_token() {
         token::generate(),
         token::generate(),
     );
-    let layer = tokens_layer(&[
-        ("writer-1", &w1, &["write"]),
-        ("writer-2", &w2, &["write"]),
-        ("reader", &r, &["read"]),
-        ("admin", &a, &["admin"]),
+    let tokens = tokens(&[
+        ("writer-1", &w1, &[Scope::Write]),
+        ("writer-2", &w2, &[Scope::Write]),
+        ("reader", &r, &[Scope::Read]),
+        ("admin", &a, &[Scope::Admin]),
     ]);
-    let app = TestApp::spawn_with(&layer).await;
+    let app = TestApp::spawn_with(|c| c.auth.tokens = tokens).await;
     let post = reqwest::Method::POST;
     let get = reqwest::Method::GET;
     let start = "/executed_obs_units/start";
@@ -126,17 +122,12 @@ async fn table_tokens_replicate_survive_outages_and_stop_within_the_ttl_once_rev
     pg.wait_for_replay(&pg.current_lsn().await).await;
 
     let ttl = Duration::from_millis(300);
-    let layer = format!(
-        "[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\nconnect_timeout = \"2s\"\n\
-         [forwarder.restart]\n{FAST_RESTARTS}\
-         [replica]\nurl = \"{}\"\npoll_interval = \"50ms\"\nconnect_timeout = \"2s\"\n\
-         [replica.restart]\n{FAST_RESTARTS}\
-         [auth]\ncache_ttl = \"{}ms\"\n",
-        pg.primary_url(),
-        pg.replica_url(),
-        ttl.as_millis()
-    );
-    let site = Site::start_with(std::sync::Arc::clone(&pg), None, &[&layer]).await;
+    let (primary, replica) = (pg.primary_url(), pg.replica_url());
+    let site = Site::start_with(std::sync::Arc::clone(&pg), None, move |c| {
+        wire(c, &primary, &replica);
+        c.auth.cache_ttl = ttl;
+    })
+    .await;
     let app = &site.app;
     let post = reqwest::Method::POST;
     let start = "/executed_obs_units/start";

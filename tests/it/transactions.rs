@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use ops_db_actors::overlay::TxState;
+use ops_db_service::config::References;
 use serde_json::{json, Value};
 use sqlx::{Connection as _, Row as _};
 use uuid::Uuid;
@@ -68,7 +69,7 @@ async fn landed(site: &Site, obs: Uuid) -> (i64, i64, i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_originals_example_is_one_transaction_through_http_and_tcp() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
 
     let r = app.post("/transactions", &observation(1000, "http")).await;
@@ -145,7 +146,7 @@ async fn the_originals_example_is_one_transaction_through_http_and_tcp() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_step_the_primary_refuses_dead_letters_the_whole_transaction_and_nothing_of_it_lands() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     // The last step changes a package nobody made: the primary refuses it (P0002).
     let mut doomed = observation(20, "doomed");
@@ -185,7 +186,7 @@ async fn a_step_the_primary_refuses_dead_letters_the_whole_transaction_and_nothi
 
 #[tokio::test(flavor = "multi_thread")]
 async fn transactions_are_applied_exactly_once_while_the_forwarder_is_killed() {
-    let site = Site::start(false, "batch_size = 7").await;
+    let site = Site::start(false, |c| c.forwarder.batch_size = 7).await;
     let app = &site.app;
     let tree = std::sync::Arc::clone(&app.tree);
     let killer = tokio::spawn(async move {
@@ -214,7 +215,7 @@ async fn transactions_are_applied_exactly_once_while_the_forwarder_is_killed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_table_and_column_names_are_refused_at_ingest() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let tables = [
         "raw_data_file; drop table applied_transaction",
@@ -313,14 +314,15 @@ async fn presets_adapt_to_another_schema_without_code() {
         .replace("status = \"building\"", "status = \"WAITING\"")
         .replace("status = \"complete\"", "status = \"ARCHIVED\"");
     std::fs::write(&presets, text).expect("presets file");
-    let layers = format!(
-        "[forwarder]\nprimary_url = \"{}\"\nlinger = \"5ms\"\n[replica]\nurl = \"{}\"\npoll_interval = \"50ms\"\n\
-         [schema]\npresets = \"{}\"\n",
-        pg.primary_url(),
-        pg.replica_url(),
-        presets.display()
-    );
-    let site = Site::start_with(pg, None, &[&layers]).await;
+    let (primary, replica) = (pg.primary_url(), pg.replica_url());
+    let site = Site::start_with(pg, None, move |c| {
+        c.forwarder.primary_url = Some(primary.clone());
+        c.forwarder.linger = Duration::from_millis(5);
+        c.replica.url = Some(replica.clone());
+        c.replica.poll_interval = Duration::from_millis(50);
+        c.schema.presets = Some(presets.clone());
+    })
+    .await;
     let app = &site.app;
     let eou = crate::helpers::start_obs_unit(app, 1).await.0;
     let r = app
@@ -373,7 +375,7 @@ async fn presets_adapt_to_another_schema_without_code() {
         .replace("status = \"building\"", "state = \"WAITING\"");
     std::fs::write(&misfit, text).expect("presets file");
     let other = site
-        .second_instance(&format!("[schema]\npresets = \"{}\"\n", misfit.display()))
+        .second_instance(|c| c.schema.presets = Some(misfit.clone()))
         .await;
     let r = other
         .post(
@@ -390,7 +392,7 @@ async fn presets_adapt_to_another_schema_without_code() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_parent_found_nowhere_is_reported_at_once_or_refused() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     let nobody = Uuid::now_v7();
     let r = app
@@ -447,7 +449,7 @@ async fn a_parent_found_nowhere_is_reported_at_once_or_refused() {
 
     // Under reject: 422 naming the field, nothing stored.
     let strict = site
-        .second_instance("[schema]\nreferences = \"reject\"\n")
+        .second_instance(|c| c.schema.references = References::Reject)
         .await;
     let r = strict
         .post(
@@ -488,7 +490,7 @@ async fn a_parent_found_nowhere_is_reported_at_once_or_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_the_replica_down_writes_go_unchecked_and_are_stored() {
-    let site = Site::start(false, "").await;
+    let site = Site::start(false, |_| {}).await;
     let app = &site.app;
     // Parents on the primary and the replica, released from the overlay: only the replica
     // could say they exist, and none was looked up yet.

@@ -122,7 +122,7 @@ async fn dead_lettered(site: &Site, tx: Uuid) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_updates_never_hide_the_buffered_insert_of_their_record() {
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let app = &site.app;
     refuse_ends_before_starts(&site).await;
     let wan = site.wan.as_ref().expect("wan");
@@ -170,7 +170,7 @@ async fn dead_updates_never_hide_the_buffered_insert_of_their_record() {
 /// the replica answers with the start's row.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_update_never_hides_the_replicated_insert_of_its_record() {
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let app = &site.app;
     refuse_ends_before_starts(&site).await;
     let wan = site.wan.as_ref().expect("wan");
@@ -204,7 +204,7 @@ async fn a_dead_update_never_hides_the_replicated_insert_of_its_record() {
 /// then and 404 once the start is dead, and nothing of it is left in Redis.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_insert_under_a_buffered_update_leaves_nothing() {
-    let site = Site::start(true, "batch_size = 1\n").await;
+    let site = Site::start(true, |c| c.forwarder.batch_size = 1).await;
     let app = &site.app;
     let wan = site.wan.as_ref().expect("wan");
     wan.cut();
@@ -322,7 +322,7 @@ pub(crate) async fn lists(app: &TestApp, (p1, p2): (Uuid, Uuid), in_p1: &[Uuid],
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_update_of_an_indexed_column_moves_the_record_between_lists() {
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let app = &site.app;
     let wan = site.wan.as_ref().expect("wan");
     let (eou, _) = start_obs_unit(app, 1).await;
@@ -382,7 +382,7 @@ async fn an_update_of_an_indexed_column_moves_the_record_between_lists() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backlog_of_dead_updates_is_undone_and_leaves_nothing() {
     const N: usize = 300;
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let app = &site.app;
     refuse_ends_before_starts(&site).await;
     let wan = site.wan.as_ref().expect("wan");

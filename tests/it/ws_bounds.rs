@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::helpers::{eventually, TestApp, TestRedis};
+use crate::helpers::{eventually, TestApp};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -48,7 +48,7 @@ async fn close_of(ws: &mut Ws, within: Duration) -> Option<(CloseCode, String)> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_clients_over_events_max_clients_get_503_and_a_freed_slot_is_reused() {
-    let app = TestApp::spawn_with("[events]\nmax_clients = 2\n").await;
+    let app = TestApp::spawn_with(|c| c.events.max_clients = 2).await;
     let first = try_connect(&app, &app.token).await.expect("first");
     let _second = try_connect(&app, &app.token).await.expect("second");
     match try_connect(&app, &app.token).await {
@@ -131,9 +131,11 @@ async fn frames_until_closed(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_answers_no_ping_is_closed_with_4002_and_one_that_does_stays() {
-    let app =
-        TestApp::spawn_with("[events]\nping_interval = \"100ms\"\nidle_timeout = \"500ms\"\n")
-            .await;
+    let app = TestApp::spawn_with(|c| {
+        c.events.ping_interval = Duration::from_millis(100);
+        c.events.idle_timeout = Duration::from_millis(500);
+    })
+    .await;
     let mut answering = try_connect(&app, &app.token).await.expect("connects");
     // Reads all along (tungstenite answers each ping as it reads) until the service closes.
     let answering = tokio::spawn(async move {
@@ -190,11 +192,11 @@ async fn a_token_revoked_from_the_tokens_file_closes_its_websocket_with_4001() {
         format!("tokens = [{}]\n", rows.join(", "))
     };
     std::fs::write(&path, line(&[("kept", &kept), ("revoked", &revoked)])).expect("write");
-    let layer = format!(
-        "[auth]\ntokens_file = \"{}\"\ncache_ttl = \"200ms\"\n",
-        path.display()
-    );
-    let app = TestApp::spawn_on(TestRedis::start().await, &layer).await;
+    let app = TestApp::spawn_with(|c| {
+        c.auth.tokens_file = Some(path.clone());
+        c.auth.cache_ttl = Duration::from_millis(200);
+    })
+    .await;
     let mut doomed = try_connect(&app, &revoked).await.expect("connects");
     let mut staying = try_connect(&app, &kept).await.expect("connects");
     std::fs::write(&path, line(&[("kept", &kept)])).expect("rewrite");
@@ -217,11 +219,11 @@ async fn a_token_revoked_from_the_tokens_file_closes_its_websocket_with_4001() {
 
 #[tokio::test]
 async fn the_service_refuses_to_start_when_its_descriptors_do_not_cover_its_caps() {
-    let config = ops_db_service::config::Config::from_toml_str(
-        "[site]\nname = \"fd\"\n[http]\nlisten = \"127.0.0.1:0\"\n[tcp]\nlisten = \"127.0.0.1:0\"\n\
-         [events]\nmax_clients = 100000000\n",
-    )
-    .expect("config");
+    let mut config = ops_db_service::config::Config::defaults("fd");
+    config.http.listen = ([127, 0, 0, 1], 0).into();
+    config.tcp.listen = ([127, 0, 0, 1], 0).into();
+    config.events.max_clients = 100_000_000;
+    config.validate().expect("config");
     match ops_db_service::startup::Application::build(config).await {
         Ok(_) => panic!("100,000,000 websocket clients fit no RLIMIT_NOFILE here"),
         Err(e) => {

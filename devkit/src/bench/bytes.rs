@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use ops_db_actors::overlay::Keys;
+use ops_db_service::config::Config;
 use ops_db_service::startup::Application;
 use ops_db_service::token;
 use redis::aio::MultiplexedConnection;
@@ -161,8 +162,12 @@ struct Running {
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-async fn start_service(redis_url: &str, secret: &str, sections: &str) -> anyhow::Result<Running> {
-    let app = Application::build(super::service_config(SITE, redis_url, secret, sections)?).await?;
+async fn start_service(
+    redis_url: &str,
+    secret: &str,
+    settings: impl FnOnce(&mut Config),
+) -> anyhow::Result<Running> {
+    let app = Application::build(super::service_config(SITE, redis_url, secret, settings)?).await?;
     let base = format!("http://{}", app.http_addr());
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(stop.clone()));
@@ -251,7 +256,7 @@ async fn buffered(o: &Options, dir: &Path) -> anyhow::Result<()> {
         .query_async::<()>(&mut conn)
         .await?;
     let secret = token::generate();
-    let service = start_service(&redis.url(), &secret, "").await?;
+    let service = start_service(&redis.url(), &secret, |_| {}).await?;
     let base = service.base.clone();
     let keys = Keys::new(SITE);
     let http = reqwest::Client::builder()
@@ -637,16 +642,14 @@ async fn replicated(o: &Options, dir: &Path) -> anyhow::Result<()> {
     let (redis, pg) = crate::services::local_services(dir).await?;
     let mut conn = admin(&redis).await?;
     let secret = token::generate();
-    let retention = o
-        .retention
-        .map(|r| format!("retention = \"{}\"\n", humantime::format_duration(r)))
-        .unwrap_or_default();
-    let sections = format!(
-        "[forwarder]\nprimary_url = \"{}\"\n[replica]\nurl = \"{}\"\n{retention}",
-        pg.primary_url(),
-        pg.replica_url()
-    );
-    let service = start_service(&redis.url(), &secret, &sections).await?;
+    let service = start_service(&redis.url(), &secret, |c| {
+        c.forwarder.primary_url = Some(pg.primary_url());
+        c.replica.url = Some(pg.replica_url());
+        if let Some(retention) = o.retention {
+            c.replica.retention = retention;
+        }
+    })
+    .await?;
     let base = service.base.clone();
     let keys = Keys::new(SITE);
     let http = reqwest::Client::builder()

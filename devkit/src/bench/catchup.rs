@@ -53,15 +53,12 @@ fn config(
     replica: &str,
     batch_size: usize,
 ) -> anyhow::Result<Config> {
-    super::service_config(
-        "bench",
-        redis,
-        secret,
-        &format!(
-            "[forwarder]\nprimary_url = \"{primary}\"\nbatch_size = {batch_size}\nlinger = \"0ms\"\n\
-             [replica]\nurl = \"{replica}\"\n"
-        ),
-    )
+    super::service_config("bench", redis, secret, |c| {
+        c.forwarder.primary_url = Some(primary.to_owned());
+        c.forwarder.batch_size = batch_size;
+        c.forwarder.linger = Duration::ZERO;
+        c.replica.url = Some(replica.to_owned());
+    })
 }
 
 /// Forwarder restarts after which its backoff is drawn from the whole range up to the

@@ -52,16 +52,13 @@ pub async fn run(
     let (mut rate_off, mut rate_on) = (Vec::new(), Vec::new());
     for (number, (label, enabled, clients)) in phases.into_iter().enumerate() {
         empty(&redis.admin_url()).await?;
-        let config = Config::from_toml_str(&format!(
-            "[site]\nname = \"bench-events\"\n[http]\nlisten = \"127.0.0.1:0\"\nmax_connections = {cap}\n\
-             max_connections_per_peer = {cap}\n\
-             [tcp]\nlisten = \"127.0.0.1:0\"\n[redis]\nurl = \"{}\"\n\
-             [buffer]\nmax_buffered = 100000000\n[events]\nenabled = {enabled}\nmax_clients = {cap}\n\
-             [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\", \"read\"] }}]\n",
-            redis.url(),
-            token::hash(&secret),
-            cap = clients + writers + 64,
-        ))?;
+        let cap = clients + writers + 64;
+        let config = super::service_config("bench-events", &redis.url(), &secret, |c| {
+            c.http.max_connections = cap;
+            c.http.max_connections_per_peer = cap;
+            c.events.enabled = enabled;
+            c.events.max_clients = cap;
+        })?;
         let rate = phase(
             number + 1,
             label,

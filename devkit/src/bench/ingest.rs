@@ -14,6 +14,7 @@ use ops_db_service::token;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::local_pg::PgUrl;
 use crate::local_redis::LocalRedis;
 use crate::ports::free_port;
 
@@ -38,20 +39,24 @@ pub async fn run(clients: &[usize], duration: Duration, dir: &Path) -> anyhow::R
     // against a primary that refuses connections (restarting every few milliseconds). A
     // secondary that forwards needs a read source: it refuses connections too, so the
     // replica tracker backs off alongside (with its default policy).
-    let refused = free_port()?;
+    let refused = PgUrl::opsdb(free_port()?).to_string();
+    let crash_looping = |c: &mut Config| {
+        c.forwarder.primary_url = Some(refused.clone());
+        c.forwarder.restart.backoff_base = Duration::from_millis(1);
+        c.forwarder.restart.backoff_cap = Duration::from_millis(20);
+        c.replica.url = Some(refused.clone());
+    };
     let phases = [
-        ("none", String::new()),
+        (
+            "none",
+            super::service_config("bench", &redis.url(), &secret, |_| {})?,
+        ),
         (
             "crash-looping",
-            format!(
-                "[forwarder]\nprimary_url = \"postgres://opsdb@127.0.0.1:{refused}/opsdb\"\n\
-                 [forwarder.restart]\nbackoff_base = \"1ms\"\nbackoff_cap = \"20ms\"\n\
-                 [replica]\nurl = \"postgres://opsdb@127.0.0.1:{refused}/opsdb\"\n"
-            ),
+            super::service_config("bench", &redis.url(), &secret, crash_looping)?,
         ),
     ];
-    for (phase, forwarder) in phases {
-        let config = super::service_config("bench", &redis.url(), &secret, &forwarder)?;
+    for (phase, config) in phases {
         phase_rows(phase, config, &secret, clients, duration).await?;
     }
     lpush_rows(redis.port, &redis.passwords.admin, clients).await;

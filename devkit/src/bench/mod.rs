@@ -22,8 +22,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::fault_proxy::FaultProxy;
-use crate::local_pg::LocalPostgres;
-use ops_db_service::config::Config;
+use crate::local_pg::{LocalPostgres, PgUrl};
+use ops_db_service::config::{Config, Scope, Token};
 use ops_db_service::token;
 
 #[derive(Subcommand)]
@@ -205,30 +205,40 @@ pub(crate) fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-/// The service's configuration in a benchmark: site `site`, HTTP and TCP on free ports (every
-/// client is 127.0.0.1: its per-peer caps are the whole caps), the Redis at `redis_url`, one write token (`secret`), room for 100,000,000 buffered
-/// transactions; `sections` adds TOML sections (`[forwarder]`, `[replica]`, ...).
+/// The service's configuration in a benchmark: site `site`, HTTP and TCP on free ports
+/// (every client is 127.0.0.1: its per-peer caps are the whole caps), the Redis at
+/// `redis_url`, one write token (`secret`), room for 100,000,000 buffered transactions;
+/// then `settings` (the forwarder, the replica, ...), then the checks loading applies.
 pub(crate) fn service_config(
     site: &str,
     redis_url: &str,
     secret: &str,
-    sections: &str,
+    settings: impl FnOnce(&mut Config),
 ) -> anyhow::Result<Config> {
-    Ok(Config::from_toml_str(&format!(
-        "[site]\nname = \"{site}\"\n[http]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_peer = 512\n\
-         [tcp]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_peer = 256\n\
-         [redis]\nurl = \"{redis_url}\"\n[buffer]\nmax_buffered = 100000000\n{sections}\
-         [auth]\ntokens = [{{ name = \"bench\", sha256 = \"{}\", scopes = [\"write\", \"read\"] }}]\n",
-        token::hash(secret)
-    ))?)
+    let mut config = Config::defaults(site);
+    config.http.listen = ([127, 0, 0, 1], 0).into();
+    config.http.max_connections_per_peer = 512;
+    config.tcp.listen = ([127, 0, 0, 1], 0).into();
+    config.tcp.max_connections_per_peer = 256;
+    config.redis.url = redis_url.to_owned();
+    config.buffer.max_buffered = 100_000_000;
+    config.auth.tokens = vec![Token {
+        name: "bench".to_owned(),
+        sha256: token::hash(secret),
+        scopes: vec![Scope::Write, Scope::Read],
+    }];
+    settings(&mut config);
+    config.validate()?;
+    Ok(config)
 }
 
-/// The primary's URL with its port replaced by the fault proxy's: the emulated WAN.
+/// The primary's URL with the port of the fault proxy in front of it: the emulated WAN.
 pub(crate) fn through(pg: &LocalPostgres, wan: &FaultProxy) -> String {
-    pg.primary_url().replace(
-        &format!(":{}/", pg.primary_port()),
-        &format!(":{}/", wan.addr().port()),
-    )
+    PgUrl {
+        port: wan.addr().port(),
+        ..pg.primary_parts()
+    }
+    .to_string()
 }
 
 /// Starts an executed obs unit (of obs unit 1); its id and its transaction's.

@@ -300,18 +300,11 @@ impl<'o> Run<'o> {
         let wan = FaultProxy::start(([127, 0, 0, 1], 0).into(), primary).await?;
         wan.set_delay(o.rtt / 2);
         let secret = token::generate();
-        let sections = format!(
-            "[forwarder]\nprimary_url = \"{}\"\n[replica]\nurl = \"{}\"\n",
-            super::through(&pg, &wan),
-            pg.replica_url()
-        );
-        let app = Application::build(super::service_config(
-            SITE,
-            &redis.url(),
-            &secret,
-            &sections,
-        )?)
-        .await?;
+        let config = super::service_config(SITE, &redis.url(), &secret, |c| {
+            c.forwarder.primary_url = Some(super::through(&pg, &wan));
+            c.replica.url = Some(pg.replica_url());
+        })?;
+        let app = Application::build(config).await?;
         let tree = app.tree();
         let base = format!("http://{}", app.http_addr());
         let stop = CancellationToken::new();

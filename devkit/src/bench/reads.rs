@@ -53,24 +53,14 @@ struct Setup<'a> {
 
 impl Setup<'_> {
     fn config(&self, site: &str, forwarder: bool) -> anyhow::Result<Config> {
-        let forwarder = if forwarder {
-            format!(
-                "[forwarder]\nprimary_url = \"{}\"\nlinger = \"0ms\"\n",
-                self.pg.primary_url()
-            )
-        } else {
-            String::new()
-        };
-        super::service_config(
-            site,
-            &self.redis.url(),
-            &self.secret,
-            &format!(
-                "{forwarder}[replica]\nurl = \"{}\"\npoll_interval = \"{}\"\n",
-                self.pg.replica_url(),
-                humantime::format_duration(self.poll),
-            ),
-        )
+        super::service_config(site, &self.redis.url(), &self.secret, |c| {
+            if forwarder {
+                c.forwarder.primary_url = Some(self.pg.primary_url());
+                c.forwarder.linger = Duration::ZERO;
+            }
+            c.replica.url = Some(self.pg.replica_url());
+            c.replica.poll_interval = self.poll;
+        })
     }
 
     /// Starts the service; its base URL, what stops it and its actor tree.

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _};
 use sqlx::{Connection as _, PgConnection};
 use tokio::process::Command;
 
-use super::{url, REPLICA_SLOT};
+use super::{PgUrl, REPLICA_SLOT};
 
 /// Where Debian's postgresql-15 installs the server binaries (they are not on PATH).
 const DEBIAN_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -140,7 +140,7 @@ impl Tools {
         log: &Path,
     ) -> anyhow::Result<()> {
         self.make_data_dir(data)?;
-        let mut conn = PgConnection::connect(&url(primary_port)).await?;
+        let mut conn = PgConnection::connect(&PgUrl::opsdb(primary_port).to_string()).await?;
         let slot: Option<i32> =
             sqlx::query_scalar("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1")
                 .bind(REPLICA_SLOT)

@@ -500,7 +500,23 @@ impl Config {
         Self::extract(figment.merge(Env::prefixed("OPSDB__").split("__")))
     }
 
-    /// Defaults overridden by `toml` only (no environment): for `dev` and tests.
+    /// The compiled-in defaults (`config/default.toml`, what every loading starts from)
+    /// for site `name`, the one setting without a default; no file, no environment. For
+    /// `dev`, the benchmarks and the tests, which change fields in Rust and then call
+    /// [`Config::validate`] (as [`Application::build`] does again).
+    ///
+    /// [`Application::build`]: crate::startup::Application::build
+    pub fn defaults(name: &str) -> Self {
+        // The compiled-in defaults load with any site name:
+        // `the_defaults_are_what_loading_starts_from`.
+        #[allow(clippy::expect_used)]
+        Figment::from(Toml::string(DEFAULTS))
+            .merge(("site.name", name))
+            .extract()
+            .expect("the compiled-in defaults load")
+    }
+
+    /// Defaults overridden by `toml` only (no environment): for tests of TOML loading.
     pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
         Self::from_toml_layers(&[toml])
     }

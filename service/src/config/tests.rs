@@ -34,6 +34,25 @@ fn the_default_schema_is_the_compiled_in_one() {
 }
 
 #[test]
+fn the_defaults_are_what_loading_starts_from() {
+    let built = Config::defaults("summit");
+    let loaded = Config::from_toml_str(SITE).expect("defaults and a site name");
+    let json = |c: &Config| serde_json::to_value(c).expect("config serialises");
+    assert_eq!(json(&built), json(&loaded));
+    built.validate().expect("the defaults are valid");
+}
+
+#[test]
+fn a_config_changed_in_rust_is_checked_as_a_loaded_one() {
+    let mut config = Config::defaults("summit");
+    config.buffer.max_batch = 0;
+    let err = config.validate().expect_err("must fail").to_string();
+    assert_eq!(err, load_err(&format!("{SITE}[buffer]\nmax_batch = 0\n")));
+    let err = Config::defaults("").validate().expect_err("must fail");
+    assert!(err.to_string().starts_with("site.name: "), "{err}");
+}
+
+#[test]
 fn a_missing_site_name_is_named() {
     let err = load_err("");
     assert!(

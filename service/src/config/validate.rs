@@ -8,7 +8,9 @@ use ops_db_actors::pg::PgTarget;
 use super::{invalid, Config, ConfigError, RestartPolicy, SiteMode};
 
 impl Config {
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+    /// The checks loading applies (`Config::load`, `from_toml_*`); a config built in Rust
+    /// from [`Config::defaults`] goes through them too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_site()?;
         self.validate_urls()?;
         self.validate_durations()?;

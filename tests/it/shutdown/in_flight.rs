@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use ops_db_service::config::Config;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
@@ -14,7 +15,9 @@ use crate::helpers::{eventually, TestApp};
 /// Long enough to see the stop begin with the write held; a write's Redis round trip may
 /// take this long (`redis.timeout` above it).
 const PAUSE_MS: u64 = 2000;
-const CONFIG: &str = "[redis]\ntimeout = \"10s\"\n";
+fn redis_timeout_10s(c: &mut Config) {
+    c.redis.timeout = Duration::from_secs(10);
+}
 
 /// Holds every write in Redis for [`PAUSE_MS`].
 async fn pause_writes(app: &TestApp) {
@@ -74,7 +77,7 @@ fn code(outcome: &Outcome) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tcp_line_in_flight_is_acknowledged_and_the_lines_behind_it_refused_unstored() {
-    let app = TestApp::spawn_with(CONFIG).await;
+    let app = TestApp::spawn_with(redis_timeout_10s).await;
     let (addr, token) = (app.tcp, app.token.clone());
     let mut conn = TcpConn::connect(addr, &token).await.expect("connect");
     pause_writes(&app).await;
@@ -113,7 +116,7 @@ async fn a_tcp_line_in_flight_is_acknowledged_and_the_lines_behind_it_refused_un
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http_request_in_flight_is_acknowledged_and_its_connection_closed() {
-    let app = TestApp::spawn_with(CONFIG).await;
+    let app = TestApp::spawn_with(redis_timeout_10s).await;
     let base = app.http.clone();
     let client = app.client.clone();
     let token = app.token.clone();

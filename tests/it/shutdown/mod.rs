@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use ops_db_actors::domain::IdempotencyKey;
 use ops_db_actors::overlay::Keys;
 use ops_db_devkit::fault_proxy::FaultProxy;
+use ops_db_devkit::local_pg::PgUrl;
 use ops_db_devkit::ports::free_port;
 use ops_db_service::token;
 use serde_json::Value;
@@ -26,7 +27,7 @@ use uuid::Uuid;
 
 use crate::helpers::{eventually, tempdir, uuid, TestRedis};
 use crate::pg::TestPg;
-use crate::site::{Site, FAST_RESTARTS};
+use crate::site::Site;
 use clients::{http_client, http_write, tcp_client, Facade, Op, Outcome, TcpConn, Write};
 
 /// `shutdown.grace` by default: the whole stop must fit in it when nothing is slow.
@@ -95,6 +96,12 @@ struct Addrs {
     tcp: std::net::SocketAddr,
 }
 
+/// The restart policy body of the forwarder and the replica tracker: the test sites'
+/// quick restarts (`crate::site::fast_restarts`), in the file the binary loads.
+const FAST_RESTARTS: &str =
+    "backoff_base = \"20ms\"\nbackoff_cap = \"200ms\"\nreset_after = \"60s\"\n";
+
+/// The service's config file: the binary loads it as a site's (TOML, the real loading).
 fn config(
     site: &str,
     addrs: &Addrs,
@@ -296,10 +303,11 @@ async fn sigterm_under_load(link: Link) {
     let wan = FaultProxy::start("127.0.0.1:0".parse().expect("addr"), upstream)
         .await
         .expect("wan proxy");
-    let primary_url = pg.primary_url().replace(
-        &format!(":{}/", pg.primary_port()),
-        &format!(":{}/", wan.addr().port()),
-    );
+    let primary_url = PgUrl {
+        port: wan.addr().port(),
+        ..pg.primary_parts()
+    }
+    .to_string();
     let dir = tempdir::Dir::new();
     let addrs = Addrs {
         http: format!("http://127.0.0.1:{}", free_port().expect("port")),
