@@ -190,7 +190,7 @@ async fn status_of(app: &TestApp, eou: Uuid) -> Value {
 /// records waits; once committed, all of it at once, forwarded and replicated once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_staged_transaction_is_invisible_until_its_commit() {
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let app = &site.app;
     let wan = site.wan.as_ref().expect("wan");
     let (eou, _) = start_obs_unit(app, 1).await;
@@ -282,7 +282,7 @@ async fn a_staged_transaction_is_invisible_until_its_commit() {
 /// index entries are gone, and the records it held are writable again.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_abandoned_staging_is_swept_and_undone_whole() {
-    let site = Site::start(true, "").await;
+    let site = Site::start(true, |_| {}).await;
     let app = &site.app;
     let wan = site.wan.as_ref().expect("wan");
     let (eou, _) = start_obs_unit(app, 1).await;
