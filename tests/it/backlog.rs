@@ -19,9 +19,9 @@ use uuid::Uuid;
 use crate::helpers::{bulk_body, eventually, file_body, start_obs_unit, uuid, TestApp};
 use crate::site::Site;
 
-/// Single writes in the backlog: 100 times `TXS_PER_CALL` (50).
+/// Single writes in the backlog: 200 times `TXS_PER_CALL` (25).
 const SINGLES: usize = 5_000;
-/// Bulk registrations of `BULK_FILES` files: each is ten times `RECORDS_PER_CALL` (100).
+/// Bulk registrations of `BULK_FILES` files: each is twenty times `RECORDS_PER_CALL` (50).
 const BULKS: usize = 5;
 const BULK_FILES: usize = 1_000;
 const WRITERS: usize = 8;

@@ -6,9 +6,9 @@ use redis::aio::MultiplexedConnection;
 use super::{apply, read, ForwardError, ForwarderConfig, Outcome, GROUP};
 use crate::overlay::scripts::{RECORDS_PER_CALL, SETTLE, TXS_PER_CALL};
 
-/// Most `settle.lua` calls sent in one pipeline: 20 calls settle up to 1,000 transactions,
+/// Most `settle.lua` calls sent in one pipeline: 40 calls settle up to 1,000 transactions,
 /// a few milliseconds of Redis' time, well inside `redis.timeout` on a busy machine.
-const CALLS_PER_PIPELINE: usize = 20;
+const CALLS_PER_PIPELINE: usize = 40;
 
 /// Settles a committed batch in chunks of at most `TXS_PER_CALL` transactions and
 /// `RECORDS_PER_CALL` record releases per script call (Redis runs a script alone, so each

@@ -96,17 +96,19 @@ pub async fn oldest_ids(
 /// alone, so every ingest write waits for the call in progress: a transaction costs about
 /// 4-8 commands plus its records (bounded below). Measured on a 2-core machine (the
 /// `backlog` tests): 200 transactions / 500 records took 6-7 ms a call, 100 / 250 about
-/// 6 ms, and both doubled ingest p99 while a backlog was worked off; 50 / 100 take at most
-/// about 2.5 ms and keep it within 1.3x. A backlog of 100,000 is still only 2,000 calls.
-pub(crate) const TXS_PER_CALL: usize = 50;
+/// 6 ms, and both doubled ingest p99 while a backlog was worked off; 50 / 100 took about
+/// 2.5 ms, but up to 6.7-11.5 ms in `bench outage` (100,000 transactions, the primary
+/// applying beside it on the same two cores), over issue 19's 5 ms; 25 / 50 is half that.
+/// A backlog of 100,000 is 4,000 calls.
+pub(crate) const TXS_PER_CALL: usize = 25;
 
 /// Most overlay records one script call releases (about 5 commands each: HGET `_tx`, HGET
 /// `_idx`, ZREM per index, DEL; undoing a dead update's write over a pending image about
 /// 15, dropping a forwarded one's undo entry 1). A bulk registration is one transaction of up to 1,000
-/// records: its release is split over calls (ten for 1,000). With [`TXS_PER_CALL`], one
-/// call runs at most about 50 × 8 + 100 × 5 ≈ 900 Redis commands, plus decoding one
+/// records: its release is split over calls (twenty for 1,000). With [`TXS_PER_CALL`], one
+/// call runs at most about 25 × 8 + 50 × 5 ≈ 450 Redis commands, plus decoding one
 /// lifecycle's `records` list (at most 1,000 keys) and encoding what remains of it.
-pub(crate) const RECORDS_PER_CALL: usize = 100;
+pub(crate) const RECORDS_PER_CALL: usize = 50;
 
 /// Most overlay records one `buffer.lua` or `stage.lua` call writes: a write of more is
 /// staged in chunks of this many. A record costs about 5-10 commands (HGET, HMGET, HSET,

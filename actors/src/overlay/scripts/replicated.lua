@@ -17,8 +17,8 @@
 -- Bounded work per call (Redis runs a script alone): the caller sends at most
 -- `TXS_PER_CALL` ids (per transaction ZSCORE + HGET + HSET + EXPIRE + ZREM, and for a
 -- lifecycle whose list was long HGETALL + DEL + HSET) and at most
--- ARGV[5] record releases happen (about 5 commands each); with 50 and 100
--- (`TXS_PER_CALL`, `RECORDS_PER_CALL`) that is at most about 900 commands, under 3 ms. A
+-- ARGV[5] record releases happen (about 5 commands each); with 25 and 50
+-- (`TXS_PER_CALL`, `RECORDS_PER_CALL`) that is at most about 450 commands. A
 -- transaction is marked `replicated` and leaves the sorted set only once its last record
 -- is released; until then it stays, so the next call, or the next poll after a crash,
 -- continues its release.

@@ -25,8 +25,8 @@
 --
 -- Bounded work per call: the caller sends a bounded number of transactions (each: HSET,
 -- ZADD, XACK, XDEL; a dead one also XRANGE, XPENDING, XADD) and at most ARGV[6]
--- record releases happen (about 5 commands each); with the forwarder's 50 and 100
--- (`TXS_PER_CALL`, `RECORDS_PER_CALL`) that is at most about 900 commands.
+-- record releases happen (about 5 commands each); with the forwarder's 25 and 50
+-- (`TXS_PER_CALL`, `RECORDS_PER_CALL`) that is at most about 450 commands.
 --
 -- The resend window: an applied or skipped transaction's body goes into the window
 -- stream (entry id: now) in the same step as its outcome; then the window's oldest entries
