@@ -70,6 +70,14 @@ impl Actor for IngestActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            // Building and serialising a bulk registration (up to thousands of files) or
+            // a transaction of many steps takes milliseconds: off the actor's turn, so
+            // the single writes queued behind it do not wait for it. (Writes in flight
+            // together have no order; a client's next write comes after its answer.)
+            IngestMsg::Write { write: w, reply } if w.operation.writes_many() => {
+                let state = state.clone();
+                tokio::task::spawn_blocking(move || write(&state, w, reply));
+            }
             IngestMsg::Write { write: w, reply } => write(state, w, reply),
         }
         Ok(())

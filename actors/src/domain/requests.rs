@@ -266,6 +266,15 @@ impl OperationKind {
 }
 
 impl Operation {
+    /// A bulk registration or a transaction: a write of possibly many rows, whose
+    /// building takes long enough to be done off the IngestActor's turn.
+    pub fn writes_many(&self) -> bool {
+        matches!(
+            self,
+            Self::BulkCreateRawDataFiles { .. } | Self::Transaction(_)
+        )
+    }
+
     pub fn kind(&self) -> OperationKind {
         match self {
             Self::StartExecutedObsUnit(_) => OperationKind::StartExecutedObsUnit,
