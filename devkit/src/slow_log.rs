@@ -69,9 +69,15 @@ pub async fn calls(
                 .get_mut(2)
                 .map(std::mem::take)
                 .unwrap_or(redis::Value::Nil);
+            // Arguments may be binary (a compressed body in a `settle.lua` call): each
+            // is read as text with its invalid bytes replaced, never dropped.
+            let args: Vec<Vec<u8>> = redis::from_redis_value(args).unwrap_or_default();
             Ok(SlowCall {
                 micros: redis::from_redis_value(micros)?,
-                args: redis::from_redis_value(args).unwrap_or_default(),
+                args: args
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect(),
             })
         })
         .collect()

@@ -1573,9 +1573,10 @@ async fn latency_events(conn: &mut MultiplexedConnection) -> anyhow::Result<Stri
 }
 
 /// The slow log by script (told apart by their first keys; `buffer.lua` also by the
-/// operation, its ARGV[4]): calls over 1 ms, over 10 ms, and the longest.
+/// operation, its ARGV[4]) and by command: calls over 1 ms, over 5 and 10 ms, and the
+/// longest.
 async fn slow_calls(conn: &mut MultiplexedConnection, keys: &Keys) -> anyhow::Result<String> {
-    let mut by: HashMap<String, (usize, usize, u64)> = HashMap::new();
+    let mut by: HashMap<String, (usize, usize, usize, u64)> = HashMap::new();
     for SlowCall { micros, args } in slow_log::calls(conn, SLOW_LOG_LEN).await? {
         let name = match args.first().map(|a| a.to_ascii_uppercase()).as_deref() {
             Some("EVALSHA" | "EVAL") => {
@@ -1602,23 +1603,25 @@ async fn slow_calls(conn: &mut MultiplexedConnection, keys: &Keys) -> anyhow::Re
                     _ => "another script".to_owned(),
                 }
             }
-            _ => "other commands".to_owned(),
+            Some(command) => command.to_owned(),
+            None => "other commands".to_owned(),
         };
         let slot = by.entry(name).or_default();
         slot.0 += 1;
-        slot.1 += usize::from(micros > 10_000);
-        slot.2 = slot.2.max(micros);
+        slot.1 += usize::from(micros > 5_000);
+        slot.2 += usize::from(micros > 10_000);
+        slot.3 = slot.3.max(micros);
     }
     if by.is_empty() {
         return Ok("none".to_owned());
     }
     let mut by: Vec<_> = by.into_iter().collect();
-    by.sort_by_key(|(_, (_, _, longest))| std::cmp::Reverse(*longest));
+    by.sort_by_key(|(_, (_, _, _, longest))| std::cmp::Reverse(*longest));
     Ok(by
         .iter()
-        .map(|(name, (n, over_10, longest))| {
+        .map(|(name, (n, over_5, over_10, longest))| {
             format!(
-                "{name}: {n} ({over_10} over 10 ms), longest {:.1} ms",
+                "{name}: {n} ({over_5} over 5 ms, {over_10} over 10), longest {:.1} ms",
                 *longest as f64 / 1000.0
             )
         })
