@@ -124,6 +124,10 @@ pub const ALL: &[(&[&str], &str)] = &[
     ),
     (&["outage"], "the probe writer's latency before the cut"),
     (
+        &["outage", "--rate", "1000"],
+        "the probe writer's latency before the cut, the load paced",
+    ),
+    (
         &["reads", "--buffered", "0,10000,1000000", "--samples", "500"],
         "reads with nothing buffered",
     ),
