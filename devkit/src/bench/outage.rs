@@ -1262,6 +1262,43 @@ async fn last_entry(conn: &mut MultiplexedConnection, keys: &Keys) -> anyhow::Re
     parse_uuid(&tx["id"])
 }
 
+/// What one look at Redis found: done, or not yet and what it saw (for the timeout's
+/// message).
+enum Look {
+    Done,
+    NotYet(String),
+}
+
+/// Looks (`look`) every `every` until it says done; fails with `what` and the last thing
+/// seen if that takes `within`. The one poll loop of the phases below.
+async fn poll<F>(
+    conn: &mut MultiplexedConnection,
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut look: F,
+) -> anyhow::Result<Instant>
+where
+    F: for<'c> FnMut(
+        &'c mut MultiplexedConnection,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = anyhow::Result<Look>> + Send + 'c>,
+    >,
+{
+    let since = Instant::now();
+    loop {
+        let seen = match look(conn).await? {
+            Look::Done => return Ok(Instant::now()),
+            Look::NotYet(seen) => seen,
+        };
+        anyhow::ensure!(
+            since.elapsed() < within,
+            "{what} within {within:?} ({seen})"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Polls until `last`, the stream's newest entry at the heal, has left the stream
 /// (forwarded, or dead); when. The forwarder takes the stream in order and settles a batch
 /// in order, so every entry before it has left too (the lifecycles confirm it afterwards).
@@ -1270,22 +1307,29 @@ async fn wait_drained(
     keys: &Keys,
     last: Uuid,
 ) -> anyhow::Result<Instant> {
-    let since = Instant::now();
-    loop {
-        let state: Option<TxState> = redis::cmd("HGET")
-            .arg(keys.lifecycle(last))
-            .arg("state")
-            .query_async(conn)
-            .await?;
-        if matches!(state, Some(s) if s != TxState::Buffered) {
-            return Ok(Instant::now());
-        }
-        anyhow::ensure!(
-            since.elapsed() < PHASE_TIMEOUT,
-            "the backlog was not forwarded within {PHASE_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let lifecycle = keys.lifecycle(last);
+    let what = "the backlog was not forwarded";
+    poll(
+        conn,
+        what,
+        PHASE_TIMEOUT,
+        Duration::from_millis(50),
+        |conn| {
+            let lifecycle = lifecycle.clone();
+            Box::pin(async move {
+                let state: Option<TxState> = redis::cmd("HGET")
+                    .arg(lifecycle)
+                    .arg("state")
+                    .query_async(conn)
+                    .await?;
+                Ok(match state {
+                    Some(s) if s != TxState::Buffered => Look::Done,
+                    _ => Look::NotYet(format!("state of the last: {state:?}")),
+                })
+            })
+        },
+    )
+    .await
 }
 
 /// Polls until transaction `last` is `replicated` and nothing forwarded at or before its
@@ -1295,57 +1339,72 @@ async fn wait_replicated(
     keys: &Keys,
     last: Uuid,
 ) -> anyhow::Result<Instant> {
-    let since = Instant::now();
-    loop {
-        let (state, lsn): (Option<TxState>, Option<String>) = redis::cmd("HMGET")
-            .arg(keys.lifecycle(last))
-            .arg("state")
-            .arg("commit_lsn")
-            .query_async(conn)
-            .await?;
-        if state == Some(TxState::Replicated) {
-            let lsn: Lsn = lsn
-                .context("a replicated transaction without commit_lsn")?
-                .parse()
-                .map_err(|e| anyhow::anyhow!("commit_lsn: {e:?}"))?;
-            let waiting: u64 = redis::cmd("ZCOUNT")
-                .arg(keys.forwarded())
-                .arg("-inf")
-                .arg(lsn.score_ceil())
-                .query_async(conn)
-                .await?;
-            if waiting == 0 {
-                return Ok(Instant::now());
-            }
-        }
-        anyhow::ensure!(
-            since.elapsed() < PHASE_TIMEOUT,
-            "the backlog was not replicated within {PHASE_TIMEOUT:?} (state of the last: {state:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (lifecycle, forwarded) = (keys.lifecycle(last), keys.forwarded());
+    let what = "the backlog was not replicated";
+    poll(
+        conn,
+        what,
+        PHASE_TIMEOUT,
+        Duration::from_millis(50),
+        |conn| {
+            let (lifecycle, forwarded) = (lifecycle.clone(), forwarded.clone());
+            Box::pin(async move {
+                let (state, lsn): (Option<TxState>, Option<String>) = redis::cmd("HMGET")
+                    .arg(lifecycle)
+                    .arg("state")
+                    .arg("commit_lsn")
+                    .query_async(conn)
+                    .await?;
+                if state != Some(TxState::Replicated) {
+                    return Ok(Look::NotYet(format!("state of the last: {state:?}")));
+                }
+                let lsn: Lsn = lsn
+                    .context("a replicated transaction without commit_lsn")?
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("commit_lsn: {e:?}"))?;
+                let waiting: u64 = redis::cmd("ZCOUNT")
+                    .arg(forwarded)
+                    .arg("-inf")
+                    .arg(lsn.score_ceil())
+                    .query_async(conn)
+                    .await?;
+                Ok(if waiting == 0 {
+                    Look::Done
+                } else {
+                    Look::NotYet(format!("{waiting} forwarded at or before it"))
+                })
+            })
+        },
+    )
+    .await
 }
 
 /// With no more writes: polls until the stream and the forwarded set are empty.
 async fn wait_settled(conn: &mut MultiplexedConnection, keys: &Keys) -> anyhow::Result<()> {
-    let since = Instant::now();
-    loop {
-        let (stream, forwarded): (u64, u64) = redis::pipe()
-            .cmd("XLEN")
-            .arg(keys.stream())
-            .cmd("ZCARD")
-            .arg(keys.forwarded())
-            .query_async(conn)
-            .await?;
-        if stream == 0 && forwarded == 0 {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            since.elapsed() < Duration::from_secs(120),
-            "not settled within 2 minutes after the last write: {stream} in the stream, {forwarded} forwarded"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (stream, forwarded) = (keys.stream(), keys.forwarded());
+    let what = "not settled after the last write";
+    let within = Duration::from_secs(120);
+    poll(conn, what, within, Duration::from_millis(20), |conn| {
+        let (stream, forwarded) = (stream.clone(), forwarded.clone());
+        Box::pin(async move {
+            let (in_stream, in_forwarded): (u64, u64) = redis::pipe()
+                .cmd("XLEN")
+                .arg(stream)
+                .cmd("ZCARD")
+                .arg(forwarded)
+                .query_async(conn)
+                .await?;
+            Ok(if in_stream == 0 && in_forwarded == 0 {
+                Look::Done
+            } else {
+                Look::NotYet(format!(
+                    "{in_stream} in the stream, {in_forwarded} forwarded"
+                ))
+            })
+        })
+    })
+    .await?;
+    Ok(())
 }
 
 /// From the lifecycles of the load's transactions: when the last was forwarded and when
