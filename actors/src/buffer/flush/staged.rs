@@ -11,10 +11,10 @@
 //!
 //! A staging that is not committed (a chunk refused, the idempotency key used meanwhile)
 //! is aborted here at once (`abort.lua`, a budget of records per call); one whose outcome
-//! is unknown (a timeout, a broken connection) is left to the BufferActor's sweep, which
-//! aborts stagings older than [`STAGING_ABANDONED`](crate::overlay::STAGING_ABANDONED): a
-//! commit that arrives after the abort began finds the staging incomplete and stores
-//! nothing.
+//! is unknown (a timeout, a broken connection, a commit that failed while running) is
+//! left to the BufferActor's sweep, which aborts stagings older than
+//! [`STAGING_ABANDONED`](crate::overlay::STAGING_ABANDONED): a commit that arrives after
+//! the abort began finds the staging incomplete and stores nothing.
 
 use redis::aio::MultiplexedConnection;
 use redis::RedisResult;
@@ -138,6 +138,14 @@ impl Flush {
                 // The key was used meanwhile: this staging is not the write stored.
                 let aborted = self.abort_now(conn, request.write.tx_id).await;
                 (answer, keep && aborted)
+            }
+            // The commit failed while it ran (not a refusal before it, which OOM is): it
+            // may have stored the write. No abort (it would undo records of a stored
+            // write); the sweep ends the staging if the commit did not run.
+            Err(err) if err.code() != Some("OOM") => {
+                BufferMetrics::add(&self.metrics.failed, 1);
+                tracing::warn!(error = %err, "a large write's commit failed, write refused");
+                (Err(maybe_stored(&err)), false)
             }
             // Not committed: the first chunk that did not stage says why.
             Ok(_) | Err(_) => {
