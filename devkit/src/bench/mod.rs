@@ -144,6 +144,10 @@ pub const ALL: &[(&[&str], &str)] = &[
         ],
         "the issue's byte targets per write (an LPUSH costs about 50 AOF bytes)",
     ),
+    (
+        &["apply", "--runs", "11"],
+        "the batch function's row mode on the same batches, interleaved",
+    ),
 ];
 
 /// One line of [`ALL`], parsed as `ops-db-api bench …` would parse it.
