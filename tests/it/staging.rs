@@ -185,20 +185,55 @@ async fn status_of(app: &TestApp, eou: Uuid) -> Value {
     r.body["status"].clone()
 }
 
+/// What the staging tests start from: a site with its link cut, an executed obs unit with
+/// two packages, and a file `moved` buffered in the first (its insert's values: `like`).
+struct Staged {
+    site: Site,
+    eou: Uuid,
+    p1: Uuid,
+    p2: Uuid,
+    moved: Uuid,
+    moved_tx: Uuid,
+    like: Map<String, Value>,
+}
+
+impl Staged {
+    async fn start() -> Self {
+        let site = Site::start(true, |_| {}).await;
+        let app = &site.app;
+        let (eou, _) = start_obs_unit(app, 1).await;
+        let (p1, _) = package(app, eou, "p1").await;
+        let (p2, _) = package(app, eou, "p2").await;
+        site.wan.as_ref().expect("wan").cut();
+        let (moved, moved_tx) = file_in(app, eou, p1, "moved.fits").await;
+        let like = insert_values(app, moved_tx).await;
+        Self {
+            site,
+            eou,
+            p1,
+            p2,
+            moved,
+            moved_tx,
+            like,
+        }
+    }
+}
+
 /// While staged: readers see every record as it was (a moved file in its old list, the
 /// new files nowhere), the forwarder has nothing to take, and a write over one of its
 /// records waits; once committed, all of it at once, forwarded and replicated once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_staged_transaction_is_invisible_until_its_commit() {
-    let site = Site::start(true, |_| {}).await;
-    let app = &site.app;
-    let wan = site.wan.as_ref().expect("wan");
-    let (eou, _) = start_obs_unit(app, 1).await;
-    let (p1, _) = package(app, eou, "p1").await;
-    let (p2, _) = package(app, eou, "p2").await;
-    wan.cut();
-    let (moved, moved_tx) = file_in(app, eou, p1, "moved.fits").await;
-    let like = insert_values(app, moved_tx).await;
+    let Staged {
+        site,
+        eou,
+        p1,
+        p2,
+        moved,
+        moved_tx,
+        like,
+    } = Staged::start().await;
+    let (app, wan) = (&site.app, site.wan.as_ref().expect("wan"));
     let tx = staged_tx(app, eou, moved, p2, &like, STAGE_RECORDS + 10);
     let new = inserted(&tx);
     let status_before = status_of(app, eou).await;
@@ -282,15 +317,16 @@ async fn a_staged_transaction_is_invisible_until_its_commit() {
 /// index entries are gone, and the records it held are writable again.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_abandoned_staging_is_swept_and_undone_whole() {
-    let site = Site::start(true, |_| {}).await;
+    let Staged {
+        site,
+        eou,
+        p1,
+        p2,
+        moved,
+        like,
+        ..
+    } = Staged::start().await;
     let app = &site.app;
-    let wan = site.wan.as_ref().expect("wan");
-    let (eou, _) = start_obs_unit(app, 1).await;
-    let (p1, _) = package(app, eou, "p1").await;
-    let (p2, _) = package(app, eou, "p2").await;
-    wan.cut();
-    let (moved, moved_tx) = file_in(app, eou, p1, "moved.fits").await;
-    let like = insert_values(app, moved_tx).await;
     let tx = staged_tx(app, eou, moved, p2, &like, 3 * STAGE_RECORDS);
     let new = inserted(&tx);
     let mut redis = app.redis.conn().await;

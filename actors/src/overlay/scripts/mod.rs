@@ -123,6 +123,15 @@ pub const STAGE_RECORDS: usize = 50;
 /// nothing).
 pub const STAGING_ABANDONED: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The overlay writes of a hand-built transaction, as the IngestActor makes them.
+#[cfg(feature = "fault-injection")]
+fn overlay_of(keys: &super::Keys, tx: &crate::domain::Transaction) -> Vec<super::OverlayWrite> {
+    tx.steps
+        .iter()
+        .map(|step| super::OverlayWrite::of_step(keys, step))
+        .collect()
+}
+
 /// Buffers a hand-built transaction through `buffer.lua` as the BufferActor would (no
 /// idempotency key, no memory check), for tests of writes no operation builds yet (an
 /// update of an indexed column); only with the `fault-injection` feature. Returns the
@@ -133,11 +142,7 @@ pub async fn buffer_transaction(
     keys: &super::Keys,
     tx: &crate::domain::Transaction,
 ) -> redis::RedisResult<(String, String)> {
-    let overlay: Vec<super::OverlayWrite> = tx
-        .steps
-        .iter()
-        .map(|step| super::OverlayWrite::of_step(keys, step))
-        .collect();
+    let overlay = overlay_of(keys, tx);
     let unserialisable = |e: serde_json::Error| redis::ParsingError::from(e.to_string());
     let tx_json = serde_json::to_string(tx).map_err(unserialisable)?;
     let overlay_json = serde_json::to_string(&overlay).map_err(unserialisable)?;
@@ -194,11 +199,7 @@ pub async fn stage_transaction(
     tx: &crate::domain::Transaction,
     started_ms: i64,
 ) -> redis::RedisResult<Vec<(String, String)>> {
-    let overlay: Vec<super::OverlayWrite> = tx
-        .steps
-        .iter()
-        .map(|step| super::OverlayWrite::of_step(keys, step))
-        .collect();
+    let overlay = overlay_of(keys, tx);
     let mut answers = Vec::new();
     for (i, chunk) in overlay.chunks(STAGE_RECORDS).enumerate() {
         let chunk =
