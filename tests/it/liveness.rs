@@ -189,7 +189,10 @@ async fn a_batch_that_times_out_is_split_until_the_slow_transaction_is_dead_lett
         || async {
             let r = app.get("/health").await;
             let f = r.body["forwarder"].clone();
-            (f["link"] == "timeout" && f["batch_limit"].is_u64()).then_some(f)
+            // The link is set by the forwarder as it fails; the failure is recorded by its
+            // supervisor a moment later, so both are waited for.
+            let recorded = f["last_failure"]["reason"].is_string();
+            (f["link"] == "timeout" && f["batch_limit"].is_u64() && recorded).then_some(f)
         },
     )
     .await;
