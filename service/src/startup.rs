@@ -166,6 +166,32 @@ impl Application {
         let instance = format!("opsdb-{}-{:08x}", config.site.name, rand::random::<u32>());
         let presets = Arc::new(config.schema.presets()?);
         let references = references(&config, &keys)?;
+        // Everything that can refuse the start comes before the tree: a refused start
+        // leaves no actor running (in this process, a test's or `dev`'s).
+        let reads = Reads::new(
+            config.read_source().as_ref(),
+            keys.clone(),
+            &config.schema.name,
+        )
+        .context("replica.url")?;
+        let probe = RedisProbe::new(&config.redis.url, keys.clone(), config.redis.timeout)
+            .context("redis.url")?;
+        let store = TokenStore::new(config.redis.url.clone(), keys.clone(), config.redis.timeout);
+        let tokens =
+            Tokens::new(&config.auth, &config.schema, reads.pool().is_some()).with_store(store);
+        // The stored copies, then one read: a source that does not answer now keeps the
+        // set of the last run.
+        tokens.load_stored().await;
+        // The file is read once here: a bad file with no stored copy is the operator's
+        // mistake to hear about at once; with one (or later, at any read), the last good
+        // set stays in use.
+        if let (Some(e), Some(path)) = (tokens.refresh_file().await, &config.auth.tokens_file) {
+            if !tokens.file_known() {
+                return Err(e).with_context(|| format!("auth.tokens_file {}", path.display()));
+            }
+            tracing::warn!(error = %e, path = %path.display(), "auth.tokens_file cannot be read; its stored copy is in use");
+        }
+        tokens.refresh_table(reads.pool()).await;
         let tree = Tree::start(TreeConfig {
             instance,
             site: config.site.name.clone(),
@@ -205,14 +231,6 @@ impl Application {
         })
         .await
         .context("starting the actor tree")?;
-        let reads = Reads::new(
-            config.read_source().as_ref(),
-            keys.clone(),
-            &config.schema.name,
-        )
-        .context("replica.url")?;
-        let probe = RedisProbe::new(&config.redis.url, keys.clone(), config.redis.timeout)
-            .context("redis.url")?;
         // One registry: each part registers the metrics it owns.
         let mut metrics = Registry::default();
         tree.register_metrics(&mut metrics);
@@ -221,22 +239,6 @@ impl Application {
         }
         probe.register(&mut metrics);
         registry.register(&mut metrics);
-        let store = TokenStore::new(config.redis.url.clone(), keys.clone(), config.redis.timeout);
-        let tokens =
-            Tokens::new(&config.auth, &config.schema, reads.pool().is_some()).with_store(store);
-        // The stored copies, then one read: a source that does not answer now keeps the
-        // set of the last run.
-        tokens.load_stored().await;
-        // The file is read once here: a bad file with no stored copy is the operator's
-        // mistake to hear about at once; with one (or later, at any read), the last good
-        // set stays in use.
-        if let (Some(e), Some(path)) = (tokens.refresh_file().await, &config.auth.tokens_file) {
-            if !tokens.file_known() {
-                return Err(e).with_context(|| format!("auth.tokens_file {}", path.display()));
-            }
-            tracing::warn!(error = %e, path = %path.display(), "auth.tokens_file cannot be read; its stored copy is in use");
-        }
-        tokens.refresh_table(reads.pool()).await;
         // The stored copy, then one read: the registry is as current as it can be before
         // the facades take the first request.
         let mut registry_refresher = registry_refresher(&config, keys, &reads, &registry);

@@ -275,4 +275,21 @@ async fn a_tokens_file_unreadable_at_start_uses_its_stored_copy_and_without_one_
         Ok(_) => panic!("a bad tokens file with no stored copy must stop the start"),
         Err(e) => assert!(format!("{e:#}").contains("auth.tokens_file"), "{e:#}"),
     }
+    // The refused start left nothing running: no actor holds a connection to its Redis
+    // (the two services before it were stopped).
+    let conn = redis.conn().await;
+    eventually(
+        "no connection of the service is left",
+        Duration::from_secs(10),
+        || async {
+            let mut conn = conn.clone();
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut conn)
+                .await
+                .expect("CLIENT LIST");
+            (!list.contains("name=opsdb-api:")).then_some(())
+        },
+    )
+    .await;
 }
