@@ -159,6 +159,9 @@ pub struct RedisStatus {
     pub oldest_unforwarded_secs: Option<f64>,
     /// The resend window: entries, bytes counted, when its oldest entry was settled (ms).
     pub window: Option<(u64, u64, Option<i64>)>,
+    /// Age of the oldest large write being staged (0 when none is). One older than
+    /// `STAGING_ABANDONED` was left behind, and the buffer's sweep aborts it.
+    pub oldest_staging_secs: Option<f64>,
 }
 
 impl RedisProbe {
@@ -184,8 +187,8 @@ impl RedisProbe {
             .await
     }
 
-    /// Registers `opsdb_redis_up`, `opsdb_buffer_transactions` and
-    /// `opsdb_oldest_unforwarded_seconds`: the last [`RedisProbe::status`] read, so a scrape
+    /// Registers `opsdb_redis_up`, `opsdb_buffer_transactions`,
+    /// `opsdb_oldest_unforwarded_seconds` and `opsdb_oldest_staging_seconds`: the last [`RedisProbe::status`] read, so a scrape
     /// reads the status first.
     pub fn register(&self, registry: &mut Registry) {
         registry.register_collector(Box::new(self.last.clone()));
@@ -214,6 +217,7 @@ impl RedisProbe {
                 dead_letters: None,
                 oldest_unforwarded_secs: None,
                 window: None,
+                oldest_staging_secs: None,
             },
         }
     }
@@ -271,7 +275,12 @@ impl RedisProbe {
         pipe.cmd("XLEN")
             .arg(self.keys.sent())
             .cmd("GET")
-            .arg(self.keys.sent_bytes());
+            .arg(self.keys.sent_bytes())
+            .cmd("ZRANGE")
+            .arg(self.keys.staging())
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES");
         let replies: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
         let mut replies = replies.into_iter();
         let mut next = || replies.next().and_then(Result::ok);
@@ -290,14 +299,18 @@ impl RedisProbe {
         let maxmemory_policy = config(next());
         let window_len = next().and_then(|v| redis::from_redis_value::<u64>(v).ok());
         let window_bytes = next().and_then(|v| redis::from_redis_value::<Option<u64>>(v).ok());
+        // The score is when the staging began (ms).
+        let staging = next().and_then(|v| redis::from_redis_value::<Vec<(String, f64)>>(v).ok());
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let age = |ms: i64| ((now_ms - ms).max(0)) as f64 / 1000.0;
+        let oldest_staging_secs =
+            staging.map(|s| s.first().map_or(0.0, |(_, began)| age(*began as i64)));
         // A Redis that refuses the script still reports the rest.
         let (oldest, window_oldest) = oldest_ids(conn, &self.keys).await.unwrap_or_default();
         let (oldest, window_oldest) = (id_ms(oldest), id_ms(window_oldest));
         let oldest_unforwarded_secs = match (buffered, oldest) {
             (Some(0), _) => Some(0.0),
-            (_, Some(ms)) => {
-                Some(((chrono::Utc::now().timestamp_millis() - ms).max(0)) as f64 / 1000.0)
-            }
+            (_, Some(ms)) => Some(age(ms)),
             _ => None,
         };
         Ok(RedisStatus {
@@ -312,6 +325,7 @@ impl RedisProbe {
             dead_letters,
             oldest_unforwarded_secs,
             window: window_len.map(|n| (n, window_bytes.flatten().unwrap_or(0), window_oldest)),
+            oldest_staging_secs,
         })
     }
 }
@@ -354,6 +368,15 @@ impl Collector for LastStatus {
             MetricType::Gauge,
         )?;
         if let Some(age) = last.and_then(|s| s.oldest_unforwarded_secs) {
+            ConstGauge::new(age).encode(metric)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "opsdb_oldest_staging",
+            "Age of the oldest large write being staged (0 when none is).",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        if let Some(age) = last.and_then(|s| s.oldest_staging_secs) {
             ConstGauge::new(age).encode(metric)?;
         }
         Ok(())
@@ -409,11 +432,13 @@ mod tests {
             dead_letters: Some(0),
             oldest_unforwarded_secs: Some(1.5),
             window: None,
+            oldest_staging_secs: Some(0.25),
         }));
         for line in [
             "opsdb_redis_up 1",
             "opsdb_buffer_transactions 3",
             "opsdb_oldest_unforwarded_seconds 1.5",
+            "opsdb_oldest_staging_seconds 0.25",
         ] {
             assert!(up.lines().any(|l| l == line), "{line} in\n{up}");
         }

@@ -145,6 +145,8 @@ pub struct BufferMetrics {
     /// Writes sent a second time, on fresh connections, after failing without running.
     pub retried: Counter,
     pub pipelines: Counter,
+    /// Stagings of large writes undone: not committed, or left behind (the sweep).
+    pub stagings_aborted: Counter,
 }
 
 impl BufferMetrics {
@@ -189,6 +191,11 @@ impl BufferMetrics {
                 "opsdb_buffer_pipelines",
                 "Redis pipelines sent by the buffer (group commits)",
                 &self.pipelines,
+            ),
+            (
+                "opsdb_stagings_aborted",
+                "Stagings of large writes undone: not committed, or left behind (the sweep)",
+                &self.stagings_aborted,
             ),
         ];
         for (name, help, counter) in counters {
@@ -485,9 +492,10 @@ fn sweep(myself: &ActorRef<BufferMsg>, state: &mut BufferState) {
     let client = state.client.clone();
     let keys = state.args.config.keys.clone();
     let timeout = state.args.config.redis_timeout;
+    let metrics = Arc::clone(&state.args.metrics);
     let myself = myself.clone();
     tokio::spawn(async move {
-        if let Err(err) = sweep_once(&client, &keys, timeout).await {
+        if let Err(err) = sweep_once(&client, &keys, timeout, &metrics).await {
             tracing::debug!(error = %err, "abandoned stagings not swept");
         }
         let _ = myself.cast(BufferMsg::Swept);
@@ -498,6 +506,7 @@ async fn sweep_once(
     client: &redis::Client,
     keys: &Keys,
     timeout: Duration,
+    metrics: &BufferMetrics,
 ) -> redis::RedisResult<()> {
     let mut conn = crate::redis_conn::open(client, "buffer-sweep", timeout, timeout).await?;
     let before = chrono::Utc::now().timestamp_millis() - STAGING_ABANDONED.as_millis() as i64;
@@ -521,6 +530,7 @@ async fn sweep_once(
             continue;
         };
         crate::overlay::abort_staging(&mut conn, keys, id).await?;
+        BufferMetrics::add(&metrics.stagings_aborted, 1);
         tracing::warn!(tx = %id, "aborted an abandoned staging of a large write (never acknowledged)");
     }
     Ok(())

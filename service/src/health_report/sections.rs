@@ -24,6 +24,10 @@ pub struct TransactionBuffer {
     pub limit: Option<u64>,
     /// Age of the oldest transaction not yet forwarded (0 when none is).
     pub oldest_unforwarded_secs: Option<f64>,
+    /// Age of the oldest large write being staged in chunks (0 when none is). A staging
+    /// takes milliseconds; one over 30 s was left behind (a stopped service, an unknown
+    /// outcome) and the buffer's sweep undoes it within 10 s more.
+    pub oldest_staging_secs: Option<f64>,
     /// Redis' memory against the buffer's share of its `maxmemory`.
     pub memory: Option<MemoryView>,
 }
@@ -35,6 +39,7 @@ impl TransactionBuffer {
             failed: redis.dead_letters,
             limit: Some(state.config.buffer.max_buffered),
             oldest_unforwarded_secs: redis.oldest_unforwarded_secs,
+            oldest_staging_secs: redis.oldest_staging_secs,
             memory: Some(state.tree.buffer_memory.view()),
         }
     }

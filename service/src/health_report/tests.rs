@@ -82,6 +82,7 @@ pub(super) fn full() -> HealthReport {
             failed: Some(1),
             limit: Some(1_000_000),
             oldest_unforwarded_secs: Some(317.25),
+            oldest_staging_secs: Some(0.0),
             memory: Some(MemoryView {
                 used_bytes: Some(5 << 20),
                 max_bytes: Some(1 << 30),

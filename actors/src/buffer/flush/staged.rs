@@ -239,7 +239,10 @@ impl Flush {
         )
         .await;
         match aborted {
-            Ok(Ok(())) => true,
+            Ok(Ok(())) => {
+                BufferMetrics::add(&self.metrics.stagings_aborted, 1);
+                true
+            }
             Ok(Err(err)) => {
                 tracing::warn!(%tx, error = %err, "aborting a large write's staging failed; the sweep will");
                 false
