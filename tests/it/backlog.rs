@@ -381,3 +381,77 @@ async fn a_lifecycle_listing_whole_record_keys_as_before_is_released_all_the_sam
     assert!(!exists, "{record} left after replication");
     site.app.stop().await.expect("clean stop");
 }
+
+/// A release split over calls goes on from `records_at` (`{position}:{length}`): what is
+/// before the position counts as released. A position beside a list of another length
+/// (an older build rewrote the list) is not trusted: the list is read from its start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_goes_on_from_its_position_unless_the_list_is_not_the_one_it_was_for() {
+    let site = Site::start(false, |_| {}).await;
+    let app = &site.app;
+    site.pg.stop_replica().await;
+    let eou = start_obs_unit(app, 1).await.0;
+    let honoured = bulk(app, eou, 3, "honoured").await;
+    let stale = bulk(app, eou, 3, "stale").await;
+    all_in_state(
+        app,
+        &[honoured, stale],
+        "forwarded",
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut conn = app.redis.conn().await;
+    let mut first_of = Vec::new();
+    for (tx, length_delta) in [(honoured, 0), (stale, 1)] {
+        let listed: String = redis::cmd("HGET")
+            .arg(app.keys.lifecycle(tx))
+            .arg("records")
+            .query_async(&mut conn)
+            .await
+            .expect("records");
+        let keys: Vec<String> = serde_json::from_str(&listed).expect("a list");
+        assert_eq!(keys.len(), 3, "{listed}");
+        // Lua's positions count from 1: the second item's opening quote.
+        let second = listed.find(",\"").expect("two items") + 2;
+        let at = format!("{second}:{}", listed.len() + length_delta);
+        let () = redis::cmd("HSET")
+            .arg(app.keys.lifecycle(tx))
+            .arg("records_at")
+            .arg(at)
+            .query_async(&mut conn)
+            .await
+            .expect("hset");
+        let (table, id) = keys[0].split_once(':').expect("{table}:{id}");
+        first_of.push(app.keys.record_of(table, id));
+    }
+    site.pg.start_replica().await;
+    all_in_state(
+        app,
+        &[honoured, stale],
+        "replicated",
+        Duration::from_secs(30),
+    )
+    .await;
+    for (record, kept) in first_of.iter().zip([true, false]) {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(record)
+            .query_async(&mut conn)
+            .await
+            .expect("exists");
+        assert_eq!(
+            exists, kept,
+            "{record}: kept only where the position was honoured"
+        );
+    }
+    for tx in [honoured, stale] {
+        let left: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(app.keys.lifecycle(tx))
+            .arg("records")
+            .arg("records_at")
+            .query_async(&mut conn)
+            .await
+            .expect("hmget");
+        assert_eq!(left, vec![None, None], "the list and its position are gone");
+    }
+    site.app.stop().await.expect("clean stop");
+}

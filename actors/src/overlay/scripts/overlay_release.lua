@@ -87,6 +87,15 @@ local function record_prefix(lifecycle, tx)
   return string.sub(lifecycle, 1, #lifecycle - #tx - #'tx:') .. 'rec:'
 end
 
+-- Where the release of `list` goes on: `at` (`{field}_at`) is `{position}:{length}`, the
+-- byte position of the next item in a list of that length. A list of another length
+-- (rewritten by an older build, which did not know the position) is read from its start.
+local function position(list, at)
+  local pos, len = string.match(at or '', '^(%d+):(%d+)$')
+  if pos and tonumber(len) == #list then return tonumber(pos) end
+  return 1
+end
+
 -- Whether `writer` (its lifecycle key) will still release `key` (`short`: as its list
 -- holds it): forwarded (or buffered) and `key` still in its `records`.
 local function holds(writer, short)
@@ -94,7 +103,7 @@ local function holds(writer, short)
   if life[1] ~= 'buffered' and life[1] ~= 'forwarded' then return false end
   if not life[2] then return false end
   -- What is before `records_at` is released already (in_chunks).
-  local from = tonumber(life[3]) or 1
+  local from = position(life[2], life[3])
   -- A list written before the lists were shortened holds whole keys.
   local whole = record_prefix(writer, string.match(writer, '[^:]+$')) .. short
   return string.find(life[2], '"' .. short .. '"', from, true) ~= nil
@@ -222,16 +231,16 @@ local function in_chunks(lifecycle, records, field, budget, each)
   local got = redis.call('HMGET', lifecycle, field, field .. '_at')
   local list = got[1]
   if not list then return 0, true, 0 end
-  -- The list is read from where the last call stopped (`{field}_at`, a byte position),
-  -- never decoded or written whole: its items are record keys, plain strings without
-  -- quotes or escapes, found as text. A list of 1,000 is 20 calls of 50, each reading 50
-  -- items, not 20 decodes of up to 1,000 and 19 rewrites of what is left.
-  local pos, n = tonumber(got[2]) or 1, 0
+  -- The list is read from where the last call stopped, never decoded or written whole:
+  -- its items are record keys, plain strings without quotes or escapes, found as text. A
+  -- list of 1,000 is 20 calls of 50, each reading 50 items, not 20 decodes of up to
+  -- 1,000 and 19 rewrites of what is left.
+  local pos, n = position(list, got[2]), 0
   while true do
     local first, last = string.find(list, '"[^"]*"', pos)
     if not first then break end
     if n == budget then
-      redis.call('HSET', lifecycle, field .. '_at', first)
+      redis.call('HSET', lifecycle, field .. '_at', first .. ':' .. #list)
       return n, false, #list
     end
     local short = string.sub(list, first + 1, last - 1)
