@@ -140,11 +140,15 @@ impl TestRedis {
         local_redis::url(self.port, "default", &self.passwords.admin)
     }
 
-    /// A connection as the administrator.
+    /// A connection as the administrator. Its replies may take seconds on a busy machine
+    /// (a slow log of 10,000 calls, bulk bodies among their arguments): the client's
+    /// default of 500 ms failed a test under CI's load.
     pub async fn conn(&self) -> MultiplexedConnection {
+        let settings =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
         redis::Client::open(self.admin_url())
             .expect("url")
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&settings)
             .await
             .expect("connect to test redis")
     }
