@@ -147,30 +147,45 @@ enum TokenCommand {
     Hash,
 }
 
-/// Cancelled on Ctrl-C or SIGTERM.
-fn stop_on_signals() -> CancellationToken {
+/// Cancelled on Ctrl-C or SIGTERM. With `second_exits` (`serve`), a second one while the
+/// stop is under way ends the process at once (exit status 130): an operator who does
+/// not want to wait out `shutdown.grace`. Nothing acknowledged is lost by that: an
+/// acknowledged write is in Redis, and a batch the forwarder abandons is replayed through
+/// the ledger; a request still in flight gets no answer, and its client retries with its
+/// key. (`dev` stops its own services on the way out, so it always finishes its stop.)
+fn stop_on_signals(second_exits: bool) -> CancellationToken {
     let stop = CancellationToken::new();
     let trigger = stop.clone();
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-                }
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
+        stop_signal().await;
         tracing::info!("stop signal received, shutting down");
         trigger.cancel();
+        if second_exits {
+            stop_signal().await;
+            tracing::warn!("a second stop signal: exiting now, without waiting for the stop");
+            eprintln!("a second stop signal: exiting now");
+            std::process::exit(130);
+        }
     });
     stop
+}
+
+/// The next Ctrl-C or SIGTERM (Ctrl-C only where SIGTERM cannot be listened for).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[tokio::main]
@@ -187,7 +202,7 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Status(args) => return Ok(status::run(args, stop_on_signals()).await),
+        Command::Status(args) => return Ok(status::run(args, stop_on_signals(false)).await),
         Command::Serve { config } => serve(&config).await,
         #[cfg(feature = "dev")]
         Command::Dev {
@@ -204,7 +219,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 tcp_port,
                 wan_delay,
             };
-            dev::run(options, stop_on_signals()).await
+            dev::run(options, stop_on_signals(false)).await
         }
         Command::Migrate { config } => migrate(&config).await,
         Command::Dlq { url, command } => {
@@ -253,7 +268,7 @@ async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let log = &config.log;
     let _guard = telemetry::init(&log.level, log.dir.as_deref(), log.keep_files)?;
     let app = Application::build(config).await?;
-    app.run_until_stopped(stop_on_signals()).await
+    app.run_until_stopped(stop_on_signals(true)).await
 }
 
 async fn migrate(path: &std::path::Path) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 
 mod clients;
 mod in_flight;
+mod second;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -69,15 +70,20 @@ impl Service {
         Self { child }
     }
 
+    /// Sends it `SIG{name}`.
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
     /// SIGTERM, then its exit status and how long it took (`None`: still running after
     /// `within`; it is then killed).
     async fn terminate(mut self, within: Duration) -> (Option<ExitStatus>, Duration) {
-        let pid = self.child.id().expect("running").to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        assert!(sent.success());
+        self.signal("TERM");
         let started = Instant::now();
         let status = tokio::time::timeout(within, self.child.wait()).await;
         let took = started.elapsed();
