@@ -8,7 +8,8 @@
 //! 2. A breakdown: `MEMORY USAGE` of each kind of key one write leaves, and the AOF bytes
 //!    of one write by command (its AOF tail, parsed: it is RESP).
 //! 3. Replicated (a local primary and its replica): what a transaction leaves in Redis once
-//!    it is `replicated`.
+//!    it is `replicated`; the AOF one bulk registration appends from its POST until it is
+//!    replicated (forwarding, settling and the release of its records), by command.
 //! 4. With `--soak`: constant-rate writes, replicated as they go, Redis' size each minute.
 
 use std::collections::BTreeMap;
@@ -200,8 +201,6 @@ async fn post(
     Ok(serde_json::from_str(&text)?)
 }
 
-/// `n` writes of `body` to `path` from `clients` writers (keyed `{key}-{i}` if `key`); the
-/// answers.
 /// Where the writes go.
 #[derive(Clone, Copy)]
 struct Api<'a> {
@@ -210,6 +209,8 @@ struct Api<'a> {
     secret: &'a str,
 }
 
+/// `n` writes of `body` to `path` from `clients` writers (keyed `{key}-{i}` if `key`); the
+/// answers.
 async fn write_many(
     api: Api<'_>,
     path: &str,
@@ -727,12 +728,70 @@ async fn replicated(o: &Options, dir: &Path) -> anyhow::Result<()> {
             .await?;
         }
     }
+    if o.replicated > 0 {
+        bulk_to_replicated(api, &mut conn, &keys, o.bulk_files).await?;
+    }
     if let Some(soak) = o.soak {
         run_soak(&http, &base, &secret, &mut conn, &keys, soak, o.rate).await?;
     }
     service.stop().await?;
     redis.stop().await;
     pg.stop().await?;
+    Ok(())
+}
+
+/// The AOF one bulk registration appends from its POST until it is `replicated`, by
+/// command: its buffering (staged), its forwarding, its settling and the release of its
+/// records (at `RECORDS_PER_CALL` a call), with whatever the service writes meanwhile
+/// (health events, the tracker's polls: a few kilobytes).
+async fn bulk_to_replicated(
+    api: Api<'_>,
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    files: usize,
+) -> anyhow::Result<()> {
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("auto-aof-rewrite-percentage")
+        .arg(0)
+        .query_async::<()>(conn)
+        .await?;
+    let unit = post(
+        api.http,
+        &format!("{}/executed_obs_units/start", api.base),
+        api.secret,
+        None,
+        &start_body(),
+    )
+    .await?;
+    wait_replicated(conn, keys, &txs(std::slice::from_ref(&unit))?).await?;
+    let eou = unit["id"].as_str().context("no id")?;
+    let body: Vec<Value> = (0..files)
+        .map(|k| super::file_body(eou, &format!("released_{k}.fits")))
+        .collect();
+    let aof = aof_file(conn).await?;
+    let from = std::fs::metadata(&aof)?.len();
+    let answer = post(
+        api.http,
+        &format!("{}/raw_data_files/bulk", api.base),
+        api.secret,
+        None,
+        &json!(body),
+    )
+    .await?;
+    wait_replicated(conn, keys, &txs(std::slice::from_ref(&answer))?).await?;
+    let tail = read_from(&aof, from)?;
+    println!();
+    println!(
+        "AOF appended by a bulk of {files} files from its POST until replicated: {} bytes ({:.0} per file)",
+        tail.len(),
+        tail.len() as f64 / files as f64
+    );
+    println!("| command | count | bytes | of which arguments' text |");
+    println!("|---|---:|---:|---:|");
+    for (cmd, (n, bytes, text)) in by_command(&tail)? {
+        println!("| {cmd} | {n} | {bytes} | {text} |");
+    }
     Ok(())
 }
 
