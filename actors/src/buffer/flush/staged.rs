@@ -11,10 +11,13 @@
 //!
 //! A staging that is not committed (a chunk refused, the idempotency key used meanwhile)
 //! is aborted here at once (`abort.lua`, a budget of records per call); one whose outcome
-//! is unknown (a timeout, a broken connection, a commit that failed while running) is
-//! left to the BufferActor's sweep, which aborts stagings older than
-//! [`STAGING_ABANDONED`](crate::overlay::STAGING_ABANDONED): a commit that arrives after
-//! the abort began finds the staging incomplete and stores nothing.
+//! is unknown because its connection failed (a timeout, a broken connection) is ended as
+//! soon as Redis answers on a fresh connection ([`end_unknown`]); one whose commit failed
+//! while running, or that a stopped service left, by the BufferActor's sweep, which aborts
+//! stagings older than [`STAGING_ABANDONED`](crate::overlay::STAGING_ABANDONED). A commit
+//! that arrives after the abort began finds the staging incomplete and stores nothing.
+
+use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
 use redis::RedisResult;
@@ -59,7 +62,7 @@ impl Flush {
                 }
             },
         };
-        let (answer, keep) = self.stage_and_commit(&mut conn, &request).await;
+        let (answer, keep, unknown) = self.stage_and_commit(&mut conn, &request).await;
         if let Ok(ack) = &answer {
             if !ack.replayed {
                 let w = &request.write;
@@ -70,16 +73,27 @@ impl Flush {
             }
         }
         let _ = request.reply.send(answer);
+        if unknown {
+            tokio::spawn(end_unknown(
+                self.client.clone(),
+                self.config.keys.clone(),
+                self.config.redis_timeout,
+                Arc::clone(&self.metrics),
+                request.write.tx_id,
+            ));
+        }
         keep.then_some(conn)
     }
 
     /// The pipeline of chunks and commit, and what it means; `false` to drop the
-    /// connection.
+    /// connection; `true` last when the pipeline's outcome is unknown because its
+    /// connection failed (a timeout, a broken connection), so that the staging, if it is
+    /// still there, is ended at once ([`end_unknown`]).
     async fn stage_and_commit(
         &self,
         conn: &mut MultiplexedConnection,
         request: &WriteRequest,
-    ) -> (Result<super::super::Ack, IngestError>, bool) {
+    ) -> (Result<super::super::Ack, IngestError>, bool, bool) {
         let pipe = self.staged_calls(request);
         let chunks = request.write.overlay.len();
         let outcome = tokio::time::timeout(
@@ -93,17 +107,15 @@ impl Flush {
             Ok(Ok(replies)) => {
                 let why = format!("{} replies to {} calls", replies.len(), chunks + 1);
                 BufferMetrics::add(&self.metrics.failed, 1);
-                return (Err(IngestError::MaybeStored(why)), false);
+                return (Err(IngestError::MaybeStored(why)), false, false);
             }
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "redis failed during a large write, write refused");
                 BufferMetrics::add(&self.metrics.failed, 1);
-                let answer = if refused_unrun(&err) {
-                    unavailable(&err)
-                } else {
-                    maybe_stored(&err)
-                };
-                return (Err(answer), false);
+                if refused_unrun(&err) {
+                    return (Err(unavailable(&err)), false, false);
+                }
+                return (Err(maybe_stored(&err)), false, true);
             }
             Err(_) => {
                 tracing::warn!("redis timed out during a large write, write refused");
@@ -111,13 +123,18 @@ impl Flush {
                 return (
                     Err(IngestError::MaybeStored("redis timed out".into())),
                     false,
+                    true,
                 );
             }
         };
         let mut keep = true;
         // Checked above: one reply per chunk (at least two) and the commit's.
         let [first, chunk_replies @ .., commit] = replies.as_slice() else {
-            return (Err(IngestError::MaybeStored("no replies".into())), false);
+            return (
+                Err(IngestError::MaybeStored("no replies".into())),
+                false,
+                false,
+            );
         };
         let staged = matches!(first, Ok((status, _)) if status == "staged");
         if !staged {
@@ -126,6 +143,7 @@ impl Flush {
             return (
                 self.interpret(request.write.ack.clone(), first.clone(), &mut keep),
                 keep,
+                false,
             );
         }
         let commit = commit.clone();
@@ -133,19 +151,20 @@ impl Flush {
             Ok((ref status, _)) if matches!(status.as_str(), "ok" | "dup" | "conflict") => {
                 let answer = self.interpret(request.write.ack.clone(), commit, &mut keep);
                 if answer.as_ref().is_ok_and(|ack| !ack.replayed) {
-                    return (answer, keep);
+                    return (answer, keep, false);
                 }
                 // The key was used meanwhile: this staging is not the write stored.
                 let aborted = self.abort_now(conn, request.write.tx_id).await;
-                (answer, keep && aborted)
+                (answer, keep && aborted, false)
             }
-            // The commit failed while it ran (not a refusal before it, which OOM is): it
-            // may have stored the write. No abort (it would undo records of a stored
-            // write); the sweep ends the staging if the commit did not run.
+            // The commit failed while it ran (not a refusal before it, which OOM is): a
+            // script that fails part-way keeps what it wrote, so it may have stored the
+            // write. No abort (it would undo records of a stored write); the sweep ends
+            // the staging if the commit did not run.
             Err(err) if err.code() != Some("OOM") => {
                 BufferMetrics::add(&self.metrics.failed, 1);
                 tracing::warn!(error = %err, "a large write's commit failed, write refused");
-                (Err(maybe_stored(&err)), false)
+                (Err(maybe_stored(&err)), false, false)
             }
             // Not committed: the first chunk that did not stage says why.
             Ok(_) | Err(_) => {
@@ -173,7 +192,7 @@ impl Flush {
                     }
                 };
                 let aborted = self.abort_now(conn, request.write.tx_id).await;
-                (answer, keep && aborted)
+                (answer, keep && aborted, false)
             }
         }
     }
@@ -251,6 +270,52 @@ impl Flush {
                 tracing::warn!(%tx, "aborting a large write's staging timed out; the sweep will");
                 false
             }
+        }
+    }
+}
+
+/// How long [`end_unknown`] waits before each try: the failed connection's calls have
+/// landed or died by then, and a Redis that restarts is given time to load.
+const UNKNOWN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ends the staging of a large write whose pipeline's outcome is unknown because its
+/// connection failed (a timeout, a broken connection, Redis killed): each call ran whole
+/// or not at all, so if the commit ran, the staging is gone and this finds nothing;
+/// otherwise `abort.lua` undoes what was staged, and a commit still on its way after it
+/// stores nothing. Without this, the staging's records refused every write (`busy`)
+/// until the sweep took it, 30 to 40 s later. Tried on a fresh connection every
+/// [`UNKNOWN_RETRY`] until Redis answers, for at most `STAGING_ABANDONED`; after that
+/// (or if the service stops meanwhile) the sweep ends it.
+async fn end_unknown(
+    client: redis::Client,
+    keys: crate::overlay::Keys,
+    timeout: std::time::Duration,
+    metrics: Arc<BufferMetrics>,
+    tx: Uuid,
+) {
+    let deadline = tokio::time::Instant::now() + crate::overlay::STAGING_ABANDONED;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(UNKNOWN_RETRY).await;
+        let attempt = async {
+            let mut conn =
+                crate::redis_conn::open(&client, "buffer-staged-end", timeout, timeout).await?;
+            let staged: bool = redis::cmd("EXISTS")
+                .arg(keys.staged(tx))
+                .query_async(&mut conn)
+                .await?;
+            if staged {
+                abort_staging(&mut conn, &keys, tx).await?;
+            }
+            RedisResult::Ok(staged)
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(true)) => {
+                BufferMetrics::add(&metrics.stagings_aborted, 1);
+                tracing::warn!(%tx, "aborted the staging of a large write whose connection failed (answered 503, never acknowledged)");
+                return;
+            }
+            Ok(Ok(false)) => return,
+            Ok(Err(_)) | Err(_) => {}
         }
     }
 }
