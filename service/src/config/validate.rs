@@ -310,7 +310,6 @@ impl Config {
     }
 }
 
-/// The checks of a list of configured tokens (the config's, or a tokens file's).
 /// `localhost`, an address in 127.0.0.0/8, `::1`, or a Unix socket directory.
 pub fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -321,6 +320,7 @@ pub fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The checks of a list of configured tokens (the config's, or a tokens file's).
 pub fn validate_tokens(key: &'static str, tokens: &[super::Token]) -> Result<(), ConfigError> {
     for token in tokens {
         if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -9,6 +9,7 @@ use ops_db_service::config::Config;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
+use super::a_write_is_held;
 use super::clients::{Facade, Op, Outcome, TcpConn, Write};
 use crate::helpers::{eventually, TestApp};
 
@@ -29,33 +30,6 @@ async fn pause_writes(app: &TestApp) {
         .query_async(&mut conn)
         .await
         .expect("client pause");
-}
-
-/// Waits until a write is held by the pause: the buffer's connection is blocked (`CLIENT
-/// LIST`: its name and flag `b`). Redis' count of blocked clients would not do: the
-/// forwarder's lease renewal, paused as well, may be the one it counts.
-async fn a_write_is_held(app: &TestApp) {
-    let conn = app.redis.conn().await;
-    let buffer = format!("name={}", ops_db_actors::redis_conn::name("buffer"));
-    eventually("a write waits in Redis", Duration::from_secs(1), || {
-        let mut conn = conn.clone();
-        let buffer = buffer.clone();
-        async move {
-            let clients: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut conn)
-                .await
-                .ok()?;
-            clients
-                .lines()
-                .any(|client| {
-                    let fields: Vec<&str> = client.split(' ').collect();
-                    fields.contains(&buffer.as_str()) && fields.contains(&"flags=b")
-                })
-                .then_some(())
-        }
-    })
-    .await;
 }
 
 fn start(key: &str) -> Write {
@@ -87,7 +61,7 @@ async fn a_tcp_line_in_flight_is_acknowledged_and_the_lines_behind_it_refused_un
         let ended = conn.ended().await;
         (lines, ended)
     });
-    a_write_is_held(&app).await;
+    a_write_is_held(&app.redis, Duration::from_secs(1)).await;
     let stream = app.redis.clone();
     let keys = app.keys.clone();
     let stopping = tokio::spawn(app.stop());
@@ -131,7 +105,7 @@ async fn an_http_request_in_flight_is_acknowledged_and_its_connection_closed() {
             .send()
             .await
     });
-    a_write_is_held(&app).await;
+    a_write_is_held(&app.redis, Duration::from_secs(1)).await;
     let addr = base.trim_start_matches("http://").to_owned();
     let stopping = tokio::spawn(app.stop());
     eventually(

@@ -97,6 +97,34 @@ impl Service {
     }
 }
 
+/// Waits, at most `within`, until a write is held by a pause (`CLIENT PAUSE WRITE`): the
+/// buffer's connection is blocked (`CLIENT LIST`: its name and flag `b`). Redis' count of
+/// blocked clients would not do: the forwarder's lease renewal, paused as well, may be the
+/// one it counts.
+async fn a_write_is_held(redis: &TestRedis, within: Duration) {
+    let conn = redis.conn().await;
+    let buffer = format!("name={}", ops_db_actors::redis_conn::name("buffer"));
+    eventually("a write waits in Redis", within, || {
+        let mut conn = conn.clone();
+        let buffer = buffer.clone();
+        async move {
+            let clients: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            clients
+                .lines()
+                .any(|client| {
+                    let fields: Vec<&str> = client.split(' ').collect();
+                    fields.contains(&buffer.as_str()) && fields.contains(&"flags=b")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 struct Addrs {
     http: String,
     tcp: std::net::SocketAddr,

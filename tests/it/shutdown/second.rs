@@ -7,8 +7,8 @@ use ops_db_devkit::ports::free_port;
 use ops_db_service::token;
 use serde_json::json;
 
-use super::Service;
-use crate::helpers::{eventually, tempdir, TestRedis};
+use super::{a_write_is_held, Service};
+use crate::helpers::{tempdir, TestRedis};
 
 /// Longer than the test waits: only the second signal can end the stop in time.
 const HELD: Duration = Duration::from_secs(60);
@@ -59,23 +59,7 @@ async fn a_second_sigterm_while_a_request_is_in_flight_exits_at_once() {
                 .await
         }
     });
-    let buffer = format!("name={}", ops_db_actors::redis_conn::name("buffer"));
-    eventually("the write waits in Redis", Duration::from_secs(10), || {
-        let mut conn = conn.clone();
-        let buffer = buffer.clone();
-        async move {
-            let clients: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut conn)
-                .await
-                .ok()?;
-            clients
-                .lines()
-                .any(|c| c.contains(&buffer) && c.split(' ').any(|f| f == "flags=b"))
-                .then_some(())
-        }
-    })
-    .await;
+    a_write_is_held(&redis, Duration::from_secs(10)).await;
 
     service.signal("TERM");
     tokio::time::sleep(Duration::from_secs(1)).await;
