@@ -188,8 +188,8 @@ impl RedisProbe {
     }
 
     /// Registers `opsdb_redis_up`, `opsdb_buffer_transactions`,
-    /// `opsdb_oldest_unforwarded_seconds` and `opsdb_oldest_staging_seconds`: the last [`RedisProbe::status`] read, so a scrape
-    /// reads the status first.
+    /// `opsdb_oldest_unforwarded_seconds` and `opsdb_oldest_staging_seconds`: the last
+    /// [`RedisProbe::status`] read, so a scrape reads the status first.
     pub fn register(&self, registry: &mut Registry) {
         registry.register_collector(Box::new(self.last.clone()));
     }

@@ -25,8 +25,8 @@ pub struct TransactionBuffer {
     /// Age of the oldest transaction not yet forwarded (0 when none is).
     pub oldest_unforwarded_secs: Option<f64>,
     /// Age of the oldest large write being staged in chunks (0 when none is). A staging
-    /// takes milliseconds; one over 30 s was left behind (a stopped service, an unknown
-    /// outcome) and the buffer's sweep undoes it within 10 s more.
+    /// takes milliseconds; one over 30 s was left behind (by a stopped service, or a
+    /// commit that failed part-way) and the buffer's sweep undoes it within 10 s more.
     pub oldest_staging_secs: Option<f64>,
     /// Redis' memory against the buffer's share of its `maxmemory`.
     pub memory: Option<MemoryView>,
