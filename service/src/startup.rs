@@ -142,7 +142,7 @@ impl Application {
     /// Checks `config` as loading does (a config built in Rust did not go through
     /// loading), then binds both listeners and starts the tree.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        config.validate()?;
+        let presets = Arc::new(config.validated_presets()?);
         if let Some(limit) = crate::descriptors::soft_limit() {
             crate::descriptors::check(&config, limit).map_err(anyhow::Error::msg)?;
         }
@@ -164,7 +164,6 @@ impl Application {
         // Known before the tree starts, so the tree's actors can be handed it.
         let registry = model_registry::Handle::new();
         let instance = format!("opsdb-{}-{:08x}", config.site.name, rand::random::<u32>());
-        let presets = Arc::new(config.schema.presets()?);
         let references = references(&config, &keys)?;
         // Everything that can refuse the start comes before the tree: a refused start
         // leaves no actor running (in this process, a test's or `dev`'s).

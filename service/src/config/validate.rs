@@ -11,6 +11,12 @@ impl Config {
     /// The checks loading applies (`Config::load`, `from_toml_*`); a config built in Rust
     /// from [`Config::defaults`] goes through them too.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validated_presets().map(|_| ())
+    }
+
+    /// [`Config::validate`], handing back the presets it read and checked (a file, when
+    /// `schema.presets` names one), so that the start does not read them twice.
+    pub fn validated_presets(&self) -> Result<super::Presets, ConfigError> {
         self.validate_site()?;
         self.validate_urls()?;
         self.validate_durations()?;
@@ -41,7 +47,7 @@ impl Config {
         Ok(())
     }
 
-    fn validate_schema(&self) -> Result<(), ConfigError> {
+    fn validate_schema(&self) -> Result<super::Presets, ConfigError> {
         use ops_db_actors::registry::is_identifier;
         let rule = "must be a lower-case SQL name: a-z, 0-9 and '_', not starting with a digit, at most 63 bytes";
         if !is_identifier(&self.schema.name) {
@@ -71,7 +77,7 @@ impl Config {
         if self.schema.refresh.is_zero() {
             return Err(invalid("schema.refresh", "must be more than 0"));
         }
-        self.schema.presets().map(|_| ())
+        self.schema.presets()
     }
 
     fn validate_site(&self) -> Result<(), ConfigError> {
