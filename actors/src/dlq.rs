@@ -128,8 +128,16 @@ fn letters(reply: StreamRangeReply) -> Vec<DeadLetter> {
         .ids
         .into_iter()
         .map(|e| {
-            let transaction: Option<serde_json::Value> =
-                serde_json::from_str(&field(&e.map, "tx")).ok();
+            // The body as the stream held it: packed (`body.rs`), or JSON from an older
+            // build; `None` if it is neither (an entry that was no transaction).
+            let transaction: Option<serde_json::Value> = e
+                .map
+                .get("tx")
+                .and_then(|v| redis::from_redis_value::<Vec<u8>>(v.clone()).ok())
+                .and_then(|stored| {
+                    let json = crate::body::unpack(&stored).ok()?;
+                    serde_json::from_slice(&json).ok()
+                });
             DeadLetter {
                 transaction_id: field(&e.map, "transaction_id"),
                 op: transaction

@@ -231,14 +231,14 @@ fn serialise(
         Some(key) => Some(Idempotent {
             key: key.as_str().to_owned(),
             fingerprint: fingerprint(&w.operation)?,
-            answer_json: serde_json::to_string(&ack)?,
+            answer: crate::body::pack(&serde_json::to_vec(&ack)?),
         }),
         None => None,
     };
     Ok(PreparedWrite {
         tx_id: tx.id,
         op: w.operation.name(),
-        tx_json: serde_json::to_string(&tx)?,
+        tx_body: crate::body::pack(&serde_json::to_vec(&tx)?),
         overlay: overlay_chunks(&overlay)?,
         summary_json: summary.map(|s| s.to_string()),
         idempotency,

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod body;
 pub mod buffer;
 pub mod dlq;
 pub mod domain;

@@ -413,7 +413,8 @@ impl TestApp {
         .await
     }
 
-    /// The buffered transactions' JSON, as stored, in stream order.
+    /// The buffered transactions' JSON, unpacked from what the stream holds, in stream
+    /// order.
     pub async fn buffered_json(&self) -> Vec<String> {
         let mut conn = self.redis.conn().await;
         let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
@@ -426,7 +427,11 @@ impl TestApp {
         entries
             .ids
             .iter()
-            .map(|e| e.get("tx").expect("tx field"))
+            .map(|e| {
+                let stored: Vec<u8> = e.get("tx").expect("tx field");
+                let json = ops_db_actors::body::unpack(&stored).expect("a packed body");
+                String::from_utf8(json.into_owned()).expect("UTF-8 JSON")
+            })
             .collect()
     }
 

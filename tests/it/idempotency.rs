@@ -111,11 +111,11 @@ async fn concurrent_requests_with_one_key_buffer_once() {
     app.stop().await.expect("clean stop");
 }
 
-/// A record of the older layout (a hash: `fp`, the whole SHA-256 in hex, and `resp`), left
-/// by the service before an upgrade, still answers a retry with the first answer and
-/// refuses the key for another request.
+/// Records of the older layouts, left by the service before an upgrade, still answer a
+/// retry with the first answer and refuse the key for another request: a hash (`fp`, the
+/// whole SHA-256 in hex, and `resp`), and a string whose answer is JSON, not packed.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_record_of_the_older_layout_still_answers_a_retry_and_refuses_another_request() {
+async fn records_of_the_older_layouts_still_answer_a_retry_and_refuse_another_request() {
     let app = TestApp::spawn().await;
     let start = "/executed_obs_units/start";
     let body = json!({"obs_unit_id": 12});
@@ -134,40 +134,53 @@ async fn a_record_of_the_older_layout_still_answers_a_retry_and_refuses_another_
         .await
         .expect("scan");
     let new_key = found.first().expect("the record of new-12").clone();
-    let record: String = redis::cmd("GET")
+    let record: Vec<u8> = redis::cmd("GET")
         .arg(&new_key)
         .query_async(&mut conn)
         .await
         .expect("a string");
-    let (fingerprint, answer) = record.split_at(record.find('{').expect("an answer"));
-    assert_eq!(fingerprint.len(), 32, "{record}");
-    // The same write's record as the older layout kept it, under another key: the whole
-    // SHA-256, of which today's fingerprint is the first half.
-    let old_key = new_key.replace("/new-12", "/old-12");
+    // The fingerprint (32 hex), then the answer, packed.
+    let (fingerprint, packed) = record.split_at(32);
+    let fingerprint = std::str::from_utf8(fingerprint).expect("hex");
+    assert!(ops_db_actors::body::is_packed(packed), "{record:?}");
+    let answer = ops_db_actors::body::unpack(packed).expect("unpacks");
+    let answer = std::str::from_utf8(&answer).expect("JSON").to_owned();
+    assert!(answer.starts_with('{'), "{answer}");
+    // The same write's record as the older layouts kept it, under other keys: a hash with
+    // the whole SHA-256, of which today's fingerprint is the first half; a string with the
+    // answer's JSON.
+    let hash_key = new_key.replace("/new-12", "/old-12");
     let () = redis::cmd("HSET")
-        .arg(&old_key)
+        .arg(&hash_key)
         .arg("fp")
         .arg(format!("{fingerprint}{}", "0".repeat(32)))
         .arg("resp")
-        .arg(answer)
+        .arg(&answer)
         .query_async(&mut conn)
         .await
         .expect("hset");
-    let replay = app
-        .send(Method::POST, start, Some(&body), Some("old-12"))
-        .await;
-    assert_eq!(replay.status, 201, "{}", replay.text);
-    assert_eq!(replay.body, first.body, "the first answer");
-    assert_eq!(app.buffered_count().await, 1);
-    let other = app
-        .send(
-            Method::POST,
-            start,
-            Some(&json!({"obs_unit_id": 13})),
-            Some("old-12"),
-        )
-        .await;
-    other.assert_error(422, "idempotency_key_reused");
-    assert_eq!(app.buffered_count().await, 1);
+    let string_key = new_key.replace("/new-12", "/json-12");
+    let () = redis::cmd("SET")
+        .arg(&string_key)
+        .arg(format!("{fingerprint}{answer}"))
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    for key in ["old-12", "json-12"] {
+        let replay = app.send(Method::POST, start, Some(&body), Some(key)).await;
+        assert_eq!(replay.status, 201, "{key}: {}", replay.text);
+        assert_eq!(replay.body, first.body, "{key}: the first answer");
+        assert_eq!(app.buffered_count().await, 1);
+        let other = app
+            .send(
+                Method::POST,
+                start,
+                Some(&json!({"obs_unit_id": 13})),
+                Some(key),
+            )
+            .await;
+        other.assert_error(422, "idempotency_key_reused");
+        assert_eq!(app.buffered_count().await, 1);
+    }
     app.stop().await.expect("clean stop");
 }

@@ -27,6 +27,8 @@ use crate::overlay::scripts::BUFFER;
 mod script;
 mod staged;
 
+use script::ScriptReply;
+
 pub(super) use staged::is_staged;
 
 /// The connections of one BufferActor incarnation; all of them or none.
@@ -240,7 +242,7 @@ impl Flush {
         let pipe = self.script_calls(&batch);
         let outcome = tokio::time::timeout(
             self.config.redis_timeout,
-            pipe.query_async::<Vec<RedisResult<(String, String)>>>(conn),
+            pipe.query_async::<Vec<ScriptReply>>(conn),
         )
         .await;
         BufferMetrics::add(&self.metrics.pipelines, 1);

@@ -53,11 +53,12 @@ const BYTES_PER_WRITE: u64 = 512;
 
 /// What one write is expected to add to Redis' `used_memory`.
 pub(super) fn estimate(write: &PreparedWrite) -> u64 {
-    let idempotency = write.idempotency.as_ref().map_or(0, |i| {
-        i.key.len() + i.fingerprint.len() + i.answer_json.len()
-    });
+    let idempotency = write
+        .idempotency
+        .as_ref()
+        .map_or(0, |i| i.key.len() + i.fingerprint.len() + i.answer.len());
     let overlay: usize = write.overlay.iter().map(String::len).sum();
-    let payload = write.tx_json.len() + overlay + idempotency;
+    let payload = write.tx_body.len() + overlay + idempotency;
     BYTES_PER_WRITE + BYTES_PER_PAYLOAD_BYTE * payload as u64
 }
 

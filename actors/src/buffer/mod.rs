@@ -204,13 +204,13 @@ impl BufferMetrics {
     }
 }
 
-/// A transaction ready to store: already serialised by the IngestActor.
-#[derive(Debug)]
 /// A write ready for the buffer script: everything serialised once, by the IngestActor.
+#[derive(Debug)]
 pub struct PreparedWrite {
     pub tx_id: uuid::Uuid,
     pub op: &'static str,
-    pub tx_json: String,
+    /// The transaction's JSON, packed for the stream ([`crate::body`]).
+    pub tx_body: Vec<u8>,
     /// The overlay records (`OverlayWrite`s) as JSON lists of at most
     /// [`STAGE_RECORDS`](crate::overlay::STAGE_RECORDS) each, one list at least (`[]` for
     /// none). More than one: the write is staged in chunks (`staged.rs`).
@@ -228,8 +228,9 @@ pub struct Idempotent {
     /// The request's fingerprint (`ingest.rs`): the same key with another request is a
     /// conflict.
     pub fingerprint: String,
-    /// The answer (an [`Ack`] as JSON), returned to a retry instead of buffering again.
-    pub answer_json: String,
+    /// The answer (an [`Ack`] as JSON, packed: [`crate::body`]), returned to a retry
+    /// instead of buffering again.
+    pub answer: Vec<u8>,
 }
 
 pub struct WriteRequest {

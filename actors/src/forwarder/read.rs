@@ -34,8 +34,8 @@ const SMALLEST_ESTIMATE: usize = 256;
 pub struct Entry {
     pub stream_id: String,
     pub tx_id: Uuid,
-    /// Its JSON compressed for the resend window (empty when the window is off), made
-    /// while the batch is read: the body itself goes into the batch's message.
+    /// Its body packed for the resend window ([`crate::body`]; empty when the window is
+    /// off), as the stream entry held it: the JSON itself goes into the batch's message.
     pub packed: Vec<u8>,
 }
 
@@ -95,9 +95,11 @@ enum Body {
 }
 
 impl RawEntry {
+    /// Its transaction's bytes of JSON, which the batch's bound counts (not the packed
+    /// bytes Redis holds).
     fn size(&self) -> usize {
         match &self.body {
-            Body::Tx(tx) => tx.len(),
+            Body::Tx(tx) => crate::body::json_len(tx),
             Body::Gone | Body::Other(_) => 0,
         }
     }
@@ -336,7 +338,7 @@ fn add(batch: &mut Batch, entry: RawEntry, ctx: &Ctx<'_>) -> Result<(), Poison> 
         content,
         reason,
     };
-    let tx = match body {
+    let stored = match body {
         Body::Tx(tx) => tx,
         Body::Gone => return Err(poison(String::new(), "no body".into())),
         Body::Other(fields) => {
@@ -344,18 +346,22 @@ fn add(batch: &mut Batch, entry: RawEntry, ctx: &Ctx<'_>) -> Result<(), Poison> 
             return Err(poison(String::new(), reason));
         }
     };
-    let tx = String::from_utf8(tx).map_err(|e| {
-        let content = String::from_utf8_lossy(e.as_bytes()).into_owned();
+    let json = crate::body::unpack(&stored).map_err(|e| {
+        let content = String::from_utf8_lossy(&stored).into_owned();
+        poison(content, format!("tx: {e}"))
+    })?;
+    let tx = std::str::from_utf8(&json).map_err(|_| {
+        let content = String::from_utf8_lossy(&json).into_owned();
         poison(content, "tx is not UTF-8".into())
     })?;
     if !tx.starts_with('{') {
-        return Err(poison(tx, "tx is not a JSON object".into()));
+        return Err(poison(tx.to_owned(), "tx is not a JSON object".into()));
     }
-    let tx_id = match serde_json::from_str::<TxId>(&tx) {
+    let tx_id = match serde_json::from_str::<TxId>(tx) {
         Ok(TxId { id }) => id,
         Err(e) => {
             let reason = format!("tx is not a transaction: {e}");
-            return Err(poison(tx, reason));
+            return Err(poison(tx.to_owned(), reason));
         }
     };
     let reject =
@@ -371,9 +377,11 @@ fn add(batch: &mut Batch, entry: RawEntry, ctx: &Ctx<'_>) -> Result<(), Poison> 
     if reject.is_some() {
         tracing::warn!(transaction_id = %tx_id, "sending a transaction that keeps failing as dead");
     }
-    batch.message.push(&id, &tx, reject.as_ref());
+    batch.message.push(&id, tx, reject.as_ref());
+    // The window keeps the body as the stream held it (packed by an older build only if
+    // it held JSON).
     let packed = if ctx.config.window.enabled() {
-        crate::resend::pack(tx.as_bytes())
+        crate::body::packed(&stored).into_owned()
     } else {
         Vec::new()
     };

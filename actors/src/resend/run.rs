@@ -286,14 +286,13 @@ impl Resend<'_> {
         report.in_ledger += held.len() as u64;
         let now = Utc::now().timestamp_millis();
         for kept in page.into_iter().filter(|k| !held.contains(&k.tx)) {
-            let body = match super::unpack(&kept.packed) {
-                Ok(body) => body,
-                Err(e) => {
-                    tracing::error!(transaction_id = %kept.tx, entry = %kept.entry_id, error = %e,
-                        "a resend window entry is damaged: this transaction cannot be sent again");
-                    continue;
-                }
-            };
+            // Checked before it goes back: the stream gets the body as the window holds
+            // it (packed), which the forwarder reads as it read the first time.
+            if let Err(e) = crate::body::unpack(&kept.packed) {
+                tracing::error!(transaction_id = %kept.tx, entry = %kept.entry_id, error = %e,
+                    "a resend window entry is damaged: this transaction cannot be sent again");
+                continue;
+            }
             let queued = if report.dry_run {
                 self.is_queued(kept.tx).await?
             } else {
@@ -301,7 +300,7 @@ impl Resend<'_> {
                     .key(self.keys.stream())
                     .key(self.keys.lifecycle(kept.tx))
                     .key(self.keys.forwarded())
-                    .arg(body)
+                    .arg(kept.packed.as_slice())
                     .arg(kept.tx.to_string())
                     .arg(now)
                     .invoke_async(self.redis)

@@ -346,6 +346,9 @@ async fn count(conn: &mut MultiplexedConnection, cmd: &str, key: &str) -> anyhow
     Ok(redis::cmd(cmd).arg(key).query_async(conn).await?)
 }
 
+/// A stream entry's fields, in order, with their values as stored.
+type Fields = Vec<(String, Vec<u8>)>;
+
 /// The breakdown: what each kind of key costs, and one write's AOF bytes by command.
 async fn breakdown(
     http: &reqwest::Client,
@@ -400,6 +403,7 @@ async fn breakdown(
     let aof = aof_file(conn).await?;
     let mut tails = Vec::new();
     let mut entry_text = String::new();
+    let mut entry_stored = 0;
     for (what, key) in [
         ("start-observation, no key", None),
         ("start-observation, Idempotency-Key", Some("one")),
@@ -440,7 +444,7 @@ async fn breakdown(
             shape(conn, &record).await?,
             memory(conn, &record).await?
         );
-        let entry: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        let entry: Vec<(String, Fields)> = redis::cmd("XREVRANGE")
             .arg(keys.stream())
             .arg("+")
             .arg("-")
@@ -449,7 +453,11 @@ async fn breakdown(
             .query_async(conn)
             .await?;
         if let Some((_, fields)) = entry.first() {
-            entry_text = fields.first().map_or("", |f| f.1.as_str()).to_owned();
+            if let Some((_, stored)) = fields.first() {
+                entry_stored = stored.len();
+                let json = ops_db_actors::body::unpack(stored)?;
+                entry_text = String::from_utf8_lossy(&json).into_owned();
+            }
         }
     }
     let bulk_from = std::fs::metadata(&aof)?.len();
@@ -491,7 +499,8 @@ async fn breakdown(
     );
     println!();
     println!(
-        "A start-observation's stream entry ({} bytes): {entry_text}",
+        "A start-observation's stream entry ({entry_stored} bytes stored, {} of JSON): \
+         {entry_text}",
         entry_text.len()
     );
     tails.push((

@@ -278,10 +278,17 @@ pub(crate) async fn start_unit(
     Ok((id("id")?, id("transaction_id")?))
 }
 
-/// The body of one file registration of the executed obs unit `eou`.
+/// The body of one file registration of the executed obs unit `eou`, with a checksum and
+/// a size of its own as a real file has: files that all shared one checksum would show
+/// the stored bodies a compression no real bulk gets.
 pub(crate) fn file_body(eou: &str, name: &str) -> serde_json::Value {
+    let checksum: String = rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let size = rand::random_range(1..=4_000_000_000_u64);
     json!({"name": name, "relative_path": format!("2026/{name}"), "executed_obs_unit_id": eou,
-           "size": 1, "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"})
+           "size": size, "checksum": checksum})
 }
 
 /// The `q` quantile of a histogram of microseconds, in milliseconds.

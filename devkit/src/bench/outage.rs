@@ -1245,7 +1245,7 @@ async fn sample(
 }
 
 /// Stream entries as XRANGE answers them: id, then fields.
-type Entries = Vec<(String, HashMap<String, String>)>;
+type Entries = Vec<(String, HashMap<String, Vec<u8>>)>;
 
 /// The transaction of the stream's newest entry.
 async fn last_entry(conn: &mut MultiplexedConnection, keys: &Keys) -> anyhow::Result<Uuid> {
@@ -1258,7 +1258,8 @@ async fn last_entry(conn: &mut MultiplexedConnection, keys: &Keys) -> anyhow::Re
         .query_async(conn)
         .await?;
     let (_, fields) = entries.into_iter().next().context("the stream is empty")?;
-    let tx: Value = serde_json::from_str(fields.get("tx").context("an entry without tx")?)?;
+    let stored = fields.get("tx").context("an entry without tx")?;
+    let tx: Value = serde_json::from_slice(&ops_db_actors::body::unpack(stored)?)?;
     parse_uuid(&tx["id"])
 }
 

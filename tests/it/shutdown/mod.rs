@@ -173,12 +173,12 @@ async fn stored(redis: &TestRedis, keys: &Keys, writes: &[Write]) -> HashMap<Str
                 .for_client(CLIENT);
             pipe.get(keys.idempotency(scoped.as_str()));
         }
-        let records: Vec<Option<String>> = pipe.query_async(&mut conn).await.expect("get");
+        let records: Vec<Option<Vec<u8>>> = pipe.query_async(&mut conn).await.expect("get");
         for (w, record) in chunk.iter().zip(records) {
             if let Some(record) = record {
-                // The fingerprint (hex), then the first answer (a JSON object).
-                let resp = &record[record.find('{').expect("an answer")..];
-                let ack: Value = serde_json::from_str(resp).expect("stored answer");
+                // The fingerprint (32 hex), then the first answer (packed JSON).
+                let resp = ops_db_actors::body::unpack(&record[32..]).expect("packed");
+                let ack: Value = serde_json::from_slice(&resp).expect("stored answer");
                 found.insert(w.key.clone(), ack["body"].clone());
             }
         }

@@ -11,6 +11,10 @@ use super::super::{Ack, BufferMetrics, IngestError, WriteRequest};
 use super::{maybe_stored, unavailable, Flush, Sent};
 use crate::overlay::scripts::BUFFER;
 
+/// A buffer or commit script's reply: its status, and the stream id, the first answer
+/// of a repeated key (packed: `body.rs`) or the buffer's length.
+pub(super) type ScriptReply = RedisResult<(String, Vec<u8>)>;
+
 impl Flush {
     /// One `EVALSHA buffer.lua` per write (see the script's header for its arguments). A
     /// write the memory limit refuses goes without its payload: the script only answers a
@@ -29,19 +33,19 @@ impl Flush {
                 Some(i) => (
                     Some(keys.idempotency(&i.key)),
                     i.fingerprint.as_str(),
-                    i.answer_json.as_str(),
+                    i.answer.as_slice(),
                 ),
-                None => (None, "", ""),
+                None => (None, "", &b""[..]),
             };
             let admitted = self.memory.admit(estimate(w));
             // One list: a staged write (more) never comes here (`staged.rs`).
-            let (tx_json, overlay_json) = if admitted {
+            let (tx_body, overlay_json) = if admitted {
                 (
-                    w.tx_json.as_str(),
+                    w.tx_body.as_slice(),
                     w.overlay.first().map_or("[]", String::as_str),
                 )
             } else {
-                ("", "[]")
+                (&b""[..], "[]")
             };
             pipe.cmd("EVALSHA")
                 .arg(BUFFER.get_hash())
@@ -51,7 +55,7 @@ impl Flush {
                 .arg(keys.staging())
                 .arg(idem_key)
                 .arg(&max_buffered)
-                .arg(tx_json)
+                .arg(tx_body)
                 .arg(w.tx_id.to_string())
                 .arg(w.op)
                 .arg(fingerprint)
@@ -66,11 +70,7 @@ impl Flush {
     }
 
     /// Answers every caller from its script's reply, except the writes that did not run.
-    pub(super) fn answer(
-        &self,
-        batch: Vec<WriteRequest>,
-        results: Vec<RedisResult<(String, String)>>,
-    ) -> Sent {
+    pub(super) fn answer(&self, batch: Vec<WriteRequest>, results: Vec<ScriptReply>) -> Sent {
         let mut sent = Sent {
             keep: true,
             ..Sent::default()
@@ -116,7 +116,7 @@ impl Flush {
     pub(super) fn interpret(
         &self,
         ack: Ack,
-        result: RedisResult<(String, String)>,
+        result: ScriptReply,
         keep_conn: &mut bool,
     ) -> Result<Ack, IngestError> {
         let m = &self.metrics;
@@ -128,9 +128,14 @@ impl Flush {
                 }
                 "dup" => {
                     BufferMetrics::add(&m.replayed, 1);
-                    let mut first: Ack = serde_json::from_str(&payload).map_err(|e| {
+                    // Packed (`body.rs`), or JSON as an older build stored it.
+                    let unreadable = |e: String| {
                         IngestError::MaybeStored(format!("stored response unreadable: {e}"))
-                    })?;
+                    };
+                    let json =
+                        crate::body::unpack(&payload).map_err(|e| unreadable(e.to_string()))?;
+                    let mut first: Ack =
+                        serde_json::from_slice(&json).map_err(|e| unreadable(e.to_string()))?;
                     first.replayed = true;
                     Ok(first)
                 }
@@ -141,7 +146,10 @@ impl Flush {
                 "full" => {
                     BufferMetrics::add(&m.rejected, 1);
                     Err(IngestError::BufferFull(
-                        payload.parse().unwrap_or(self.config.max_buffered),
+                        std::str::from_utf8(&payload)
+                            .ok()
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(self.config.max_buffered),
                     ))
                 }
                 "full_memory" => {

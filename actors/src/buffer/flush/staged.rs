@@ -27,6 +27,7 @@ use uuid::Uuid;
 use super::super::memory::estimate;
 use super::super::stale::refused_unrun;
 use super::super::{BufferMetrics, IngestError, WriteRequest};
+use super::script::ScriptReply;
 use super::{maybe_stored, unavailable, Flush};
 use crate::overlay::abort_staging;
 use crate::overlay::scripts::{ABORT, COMMIT, STAGE};
@@ -98,7 +99,7 @@ impl Flush {
         let chunks = request.write.overlay.len();
         let outcome = tokio::time::timeout(
             self.config.redis_timeout,
-            pipe.query_async::<Vec<RedisResult<(String, String)>>>(conn),
+            pipe.query_async::<Vec<ScriptReply>>(conn),
         )
         .await;
         BufferMetrics::add(&self.metrics.pipelines, 1);
@@ -204,8 +205,8 @@ impl Flush {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let idem_key = w.idempotency.as_ref().map(|i| keys.idempotency(&i.key));
-        let (fingerprint, answer) = w.idempotency.as_ref().map_or(("", ""), |i| {
-            (i.fingerprint.as_str(), i.answer_json.as_str())
+        let (fingerprint, answer) = w.idempotency.as_ref().map_or(("", &b""[..]), |i| {
+            (i.fingerprint.as_str(), i.answer.as_slice())
         });
         let admitted = self.memory.admit(estimate(w));
         let now = chrono::Utc::now().timestamp_millis().to_string();
@@ -238,7 +239,7 @@ impl Flush {
             .arg(keys.lifecycle(w.tx_id))
             .arg(&idem_key)
             .arg(w.overlay.len())
-            .arg(&w.tx_json)
+            .arg(w.tx_body.as_slice())
             .arg(&tx)
             .arg(w.op)
             .arg(fingerprint)

@@ -6,7 +6,7 @@
 -- KEYS[1] stream, KEYS[2] lifecycle hash, KEYS[3] staging set (stage.lua),
 -- KEYS[4] idempotency record (a string; absent for none: an empty key would be outside
 -- the service's ACL key pattern)
--- ARGV[1] max buffered transactions    ARGV[2] transaction JSON
+-- ARGV[1] max buffered transactions    ARGV[2] the transaction, packed (`body.rs`)
 -- ARGV[3] transaction id               ARGV[4] operation name
 -- ARGV[5] request fingerprint (hex, fixed length)  ARGV[6] stored response (JSON)
 -- ARGV[7] idempotency TTL (seconds)    ARGV[8] now (unix ms)

@@ -5,7 +5,7 @@
 --
 -- KEYS[1] staging set, KEYS[2] the transaction's staging hash, KEYS[3] stream,
 -- KEYS[4] lifecycle hash, KEYS[5] idempotency record (absent for none)
--- ARGV[1] number of chunks staged      ARGV[2] transaction JSON
+-- ARGV[1] number of chunks staged      ARGV[2] the transaction, packed (`body.rs`)
 -- ARGV[3] transaction id               ARGV[4] operation name
 -- ARGV[5] request fingerprint          ARGV[6] stored response (JSON)
 -- ARGV[7] idempotency TTL (seconds)    ARGV[8] now (unix ms)

@@ -144,14 +144,14 @@ pub async fn buffer_transaction(
 ) -> redis::RedisResult<(String, String)> {
     let overlay = overlay_of(keys, tx);
     let unserialisable = |e: serde_json::Error| redis::ParsingError::from(e.to_string());
-    let tx_json = serde_json::to_string(tx).map_err(unserialisable)?;
+    let tx_json = serde_json::to_vec(tx).map_err(unserialisable)?;
     let overlay_json = serde_json::to_string(&overlay).map_err(unserialisable)?;
     BUFFER
         .key(keys.stream())
         .key(keys.lifecycle(tx.id))
         .key(keys.staging())
         .arg(u64::MAX)
-        .arg(tx_json)
+        .arg(crate::body::pack(&tx_json))
         .arg(tx.id.to_string())
         .arg(&tx.op)
         .arg("")

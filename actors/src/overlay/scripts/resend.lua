@@ -3,7 +3,8 @@
 -- the stream already (`buffered`: an earlier resend).
 --
 -- KEYS[1] stream, KEYS[2] its lifecycle hash, KEYS[3] forwarded sorted set
--- ARGV[1] transaction JSON, ARGV[2] transaction id, ARGV[3] now (unix ms)
+-- ARGV[1] the transaction's body as the window holds it (packed: `body.rs`), ARGV[2]
+-- transaction id, ARGV[3] now (unix ms)
 --
 -- Keys not in KEYS: none.
 --
