@@ -382,6 +382,58 @@ async fn a_lifecycle_listing_whole_record_keys_as_before_is_released_all_the_sam
     site.app.stop().await.expect("clean stop");
 }
 
+/// A record's `_idx` names its index sets short (`{column}:{value}`); one written before
+/// that, naming whole keys (upgrading with records in the overlay), is released all the
+/// same: the record and its index entry go.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_list_of_whole_keys_as_before_is_released_all_the_same() {
+    let site = Site::start(false, |_| {}).await;
+    let app = &site.app;
+    site.pg.stop_replica().await;
+    let (eou, tx) = start_obs_unit(app, 1).await;
+    all_in_state(app, &[tx], "forwarded", Duration::from_secs(30)).await;
+    let record = app.keys.record_of("executed_obs_unit", &eou.to_string());
+    let index = app.keys.index_of("executed_obs_unit", "obs_unit_id", "1");
+    let mut conn = app.redis.conn().await;
+    let listed: String = redis::cmd("HGET")
+        .arg(&record)
+        .arg("_idx")
+        .query_async(&mut conn)
+        .await
+        .expect("_idx");
+    assert_eq!(listed, json!(["obs_unit_id:1"]).to_string());
+    let indexed: Option<f64> = redis::cmd("ZSCORE")
+        .arg(&index)
+        .arg(eou.to_string())
+        .query_async(&mut conn)
+        .await
+        .expect("zscore");
+    assert!(indexed.is_some(), "{index} lacks {eou}");
+    let () = redis::cmd("HSET")
+        .arg(&record)
+        .arg("_idx")
+        .arg(json!([index]).to_string())
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    site.pg.start_replica().await;
+    all_in_state(app, &[tx], "replicated", Duration::from_secs(30)).await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&record)
+        .query_async(&mut conn)
+        .await
+        .expect("exists");
+    assert!(!exists, "{record} left after replication");
+    let indexed: Option<f64> = redis::cmd("ZSCORE")
+        .arg(&index)
+        .arg(eou.to_string())
+        .query_async(&mut conn)
+        .await
+        .expect("zscore");
+    assert!(indexed.is_none(), "{index} still holds {eou}");
+    site.app.stop().await.expect("clean stop");
+}
+
 /// A release split over calls goes on from `records_at` (`{position}:{length}`): what is
 /// before the position counts as released. A position beside a list of another length
 /// (an older build rewrote the list) is not trusted: the list is read from its start.

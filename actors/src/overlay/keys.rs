@@ -60,7 +60,7 @@ impl Keys {
 
     /// Hash: the overlay after-image of one record (columns as JSON values, `_tx` = latest
     /// writer, `_partial` = "1" when only an update of it is buffered, `_idx` = its index
-    /// keys, `_u:{tx}` = a buffered writer's undo entry). The id is the key's last `:`-separated part; `overlay_release.lua` relies on it.
+    /// sets (`{column}:{value}`: `index_list.lua`), `_u:{tx}` = a buffered writer's undo entry). The id is the key's last `:`-separated part; `overlay_release.lua` relies on it.
     pub fn record(&self, table: Table, id: Uuid) -> String {
         self.record_of(table.name(), &id.to_string())
     }
@@ -84,7 +84,8 @@ impl Keys {
     }
 
     /// String: an idempotency key's request fingerprint (32 hex characters) followed by its
-    /// first response (JSON). A record of the older layout is a hash (`fp`, `resp`).
+    /// first response (JSON, packed: `body.rs`). Records of the older layouts are a hash
+    /// (`fp`, `resp`) or a string with the response's JSON as it is.
     pub fn idempotency(&self, key: &str) -> String {
         format!("{}idem:{key}", self.prefix)
     }

@@ -5,7 +5,9 @@
 //! transaction id; `_partial` = `1` when only updates of it are buffered (its insert is
 //! already replicated, so the image is laid over the replica's row); `_idx` = JSON list
 //! of the index sets that hold its id, one per indexed column with a value (so an update
-//! of that column moves the entry, and whoever releases the record removes it);
+//! of that column moves the entry, and whoever releases the record removes it), each as
+//! `{column}:{value}`, its key without the prefix the record's key gives
+//! (`scripts/index_list.lua`; whole keys from older builds);
 //! `_u:{tx}` = the undo entry of a writer `tx` that wrote over an image the overlay
 //! already held, kept only while `tx` is buffered (see `scripts/buffer.lua`): what the
 //! record was before `tx`, restored if `tx` dies.
@@ -129,7 +131,8 @@ pub struct OverlayRecord {
     pub writer: Option<Uuid>,
     /// `_partial`: the image is only the updated columns, to lay over the replica's row.
     pub partial: bool,
-    /// `_idx`: the index sets holding its id.
+    /// `_idx`: the index sets holding its id, as stored (`{column}:{value}`, or whole keys
+    /// from older builds).
     pub indexes: Vec<String>,
     /// `_del`: a buffered delete: the record reads as missing.
     pub deleted: bool,

@@ -251,16 +251,23 @@ pub async fn commit_staged(
 }
 
 const BUFFER_LUA: &str = concat!(
+    include_str!("index_list.lua"),
     include_str!("overlay_write.lua"),
     include_str!("buffer.lua")
 );
-const STAGE_LUA: &str = concat!(include_str!("overlay_write.lua"), include_str!("stage.lua"));
+const STAGE_LUA: &str = concat!(
+    include_str!("index_list.lua"),
+    include_str!("overlay_write.lua"),
+    include_str!("stage.lua")
+);
 const COMMIT_LUA: &str = concat!(
+    include_str!("index_list.lua"),
     include_str!("overlay_write.lua"),
     include_str!("commit.lua")
 );
 const ABORT_LUA: &str = concat!(
     "#!lua flags=allow-oom\n",
+    include_str!("index_list.lua"),
     include_str!("overlay_release.lua"),
     include_str!("abort.lua")
 );
@@ -268,11 +275,13 @@ const OVERLAY_READ_LUA: &str = concat!("#!lua flags=no-writes\n", include_str!("
 // `concat!` takes literals only: the flag line is spelled out in each (checked by a test).
 const SETTLE_LUA: &str = concat!(
     "#!lua flags=allow-oom\n",
+    include_str!("index_list.lua"),
     include_str!("overlay_release.lua"),
     include_str!("settle.lua")
 );
 const REPLICATED_LUA: &str = concat!(
     "#!lua flags=allow-oom\n",
+    include_str!("index_list.lua"),
     include_str!("overlay_release.lua"),
     include_str!("replicated.lua")
 );

@@ -41,26 +41,17 @@ local function record_id(key)
   return string.match(key, '[^:]+$')
 end
 
--- The record's `_idx` (a JSON list of index keys) as a table column -> index key; a
--- key's column is its last but one `:`-separated part (see `Keys::index`).
+-- The record's `_idx` as a table column -> index key (index_list.lua).
 local function index_of(key)
-  local idx = {}
-  local text = redis.call('HGET', key, '_idx')
-  if text then
-    for _, set in ipairs(cjson.decode(text)) do
-      idx[string.match(set, ':([^:]+):[^:]*$') or set] = set
-    end
-  end
-  return idx
+  return decode_idx(key, redis.call('HGET', key, '_idx'))
 end
 
 local function save_index(key, idx)
-  local list = {}
-  for _, set in pairs(idx) do list[#list + 1] = set end
-  if #list == 0 then
-    redis.call('HDEL', key, '_idx')
+  local text = encode_idx(key, idx)
+  if text then
+    redis.call('HSET', key, '_idx', text)
   else
-    redis.call('HSET', key, '_idx', cjson.encode(list))
+    redis.call('HDEL', key, '_idx')
   end
 end
 

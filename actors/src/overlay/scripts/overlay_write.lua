@@ -13,8 +13,8 @@
 -- to show a record as it was before a writer still being staged (`record.rs`).
 
 -- Moves the record's index entries to the values `rec` writes, noting in `undo` (if any)
--- where each moved entry was. `_idx` lists the index keys holding its id, one per indexed
--- column; a key's column is its last but one `:`-separated part (see `Keys::index`).
+-- where each moved entry was. `_idx` lists the index sets holding its id, one per indexed
+-- column (index_list.lua).
 -- `deferred` (a staged write, stage.lua): the entries it leaves are not removed but listed
 -- there as {index key, id}, for commit.lua to remove, so that until the commit a list by
 -- the old value still finds the record (readers show it as it was before the write).
@@ -22,12 +22,7 @@
 -- nothing: the caller writes it with the record's columns, in one HSET.
 local function move_indexes(rec, idx_text, undo, deferred)
   if #rec.i == 0 then return nil end
-  local idx = {}
-  if idx_text then
-    for _, key in ipairs(cjson.decode(idx_text)) do
-      idx[string.match(key, ':([^:]+):[^:]*$') or key] = key
-    end
-  end
+  local idx = decode_idx(rec.k, idx_text)
   for _, pair in ipairs(rec.i) do
     local column, set = pair[1], pair[2]
     local old = idx[column]
@@ -47,11 +42,8 @@ local function move_indexes(rec, idx_text, undo, deferred)
       if undo and undo.x[column] == nil then undo.x[column] = old or false end
     end
   end
-  local list = {}
-  for _, key in pairs(idx) do list[#list + 1] = key end
-  if #list == 0 then return false end
   -- Kept with the record so that whoever moves or removes it can find its entries.
-  return cjson.encode(list)
+  return encode_idx(rec.k, idx)
 end
 
 -- Writes one record's image, its index entries and, over an image the overlay held, its
