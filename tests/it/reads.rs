@@ -285,13 +285,7 @@ async fn a_write_can_wait_for_forwarded_or_replicated() {
 /// nor while a paused replica keeps a transaction waiting.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_forwarded_at_rest_wakes_the_tracker_which_then_rests_again() {
-    let pg = Site::primary_with_replica().await;
-    let (primary, replica) = (pg.primary_url(), pg.replica_url());
-    let site = Site::start_with(pg, None, move |c| {
-        c.forwarder.primary_url = Some(primary.clone());
-        c.forwarder.linger = Duration::from_millis(5);
-        fast_restarts(&mut c.forwarder.restart);
-        c.replica.url = Some(replica.clone());
+    let site = Site::start(false, |c| {
         c.replica.poll_interval = Duration::from_secs(60);
         c.replica.fast_poll_interval = Duration::from_millis(5);
     })
@@ -368,17 +362,7 @@ async fn a_write_forwarded_at_rest_wakes_the_tracker_which_then_rests_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lifecycles_expire_from_redis_and_are_then_answered_from_the_ledger() {
-    let pg = Site::primary_with_replica().await;
-    let (primary, replica) = (pg.primary_url(), pg.replica_url());
-    let site = Site::start_with(pg, None, move |c| {
-        c.forwarder.primary_url = Some(primary.clone());
-        c.forwarder.linger = Duration::from_millis(5);
-        fast_restarts(&mut c.forwarder.restart);
-        c.replica.url = Some(replica.clone());
-        c.replica.poll_interval = Duration::from_millis(50);
-        c.replica.retention = Duration::from_secs(1);
-    })
-    .await;
+    let site = Site::start(false, |c| c.replica.retention = Duration::from_secs(1)).await;
     let app = &site.app;
     let r = app
         .post("/executed_obs_units/start", &json!({"obs_unit_id": 5}))
