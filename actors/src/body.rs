@@ -81,22 +81,36 @@ pub fn pack(json: &[u8]) -> Vec<u8> {
 
 /// Whether `stored` is packed (by [`pack`], or an older window's plain zstd frame).
 pub fn is_packed(stored: &[u8]) -> bool {
-    stored.first() == Some(&V1) || stored.starts_with(&ZSTD_MAGIC)
+    frame(stored).is_some()
+}
+
+/// The zstd frame `stored` holds and whether it was packed against the dictionary; `None`
+/// if it is not packed.
+fn frame(stored: &[u8]) -> Option<(&[u8], bool)> {
+    match stored.first() {
+        Some(&V1) => Some((&stored[1..], true)),
+        _ if stored.starts_with(&ZSTD_MAGIC) => Some((stored, false)),
+        _ => None,
+    }
+}
+
+/// What a frame says it unpacks to: `None` if it does not say, or says more than
+/// [`MAX_UNPACKED`].
+fn frame_size(frame: &[u8]) -> Option<usize> {
+    match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(size)) if size <= MAX_UNPACKED => usize::try_from(size).ok(),
+        _ => None,
+    }
 }
 
 /// The JSON back from what Redis holds: unpacked if it is packed, else as it is (JSON
 /// written by an older build, or bytes that are no transaction at all: the caller's
 /// checks decide).
 pub fn unpack(stored: &[u8]) -> Result<Cow<'_, [u8]>, UnpackError> {
-    let (frame, with_dict) = match stored.first() {
-        Some(&V1) => (&stored[1..], true),
-        _ if stored.starts_with(&ZSTD_MAGIC) => (stored, false),
-        _ => return Ok(Cow::Borrowed(stored)),
+    let Some((frame, with_dict)) = frame(stored) else {
+        return Ok(Cow::Borrowed(stored));
     };
-    let size = match zstd::zstd_safe::get_frame_content_size(frame) {
-        Ok(Some(size)) if size <= MAX_UNPACKED => size as usize,
-        _ => return Err(UnpackError::Size),
-    };
+    let size = frame_size(frame).ok_or(UnpackError::Size)?;
     let cell = if with_dict { &DECOMPRESSOR } else { &PLAIN };
     let json = cell.with(|cell| {
         let mut cell = cell.borrow_mut();
@@ -114,15 +128,9 @@ pub fn unpack(stored: &[u8]) -> Result<Cow<'_, [u8]>, UnpackError> {
 /// unpacking it (what bounds a batch is JSON, not what Redis holds); anything else, and a
 /// frame that does not say (which [`unpack`] refuses), counts as its own length.
 pub fn json_len(stored: &[u8]) -> usize {
-    let frame = match stored.first() {
-        Some(&V1) => &stored[1..],
-        _ if stored.starts_with(&ZSTD_MAGIC) => stored,
-        _ => return stored.len(),
-    };
-    match zstd::zstd_safe::get_frame_content_size(frame) {
-        Ok(Some(size)) if size <= MAX_UNPACKED => size as usize,
-        _ => stored.len(),
-    }
+    frame(stored)
+        .and_then(|(frame, _)| frame_size(frame))
+        .unwrap_or(stored.len())
 }
 
 /// Packs `stored` unless it is packed already (a stream entry an older build wrote).

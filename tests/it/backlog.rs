@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use ops_db_devkit::slow_log;
 use redis::aio::MultiplexedConnection;
-use serde_json::json;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::helpers::{bulk_body, eventually, file_body, start_obs_unit, uuid, TestApp};
@@ -343,42 +343,79 @@ async fn a_dead_transaction_larger_than_one_release_is_released_whole_and_dead_l
     site.app.stop().await.expect("clean stop");
 }
 
+/// One start-observation (obs unit 1) forwarded while the replica is stopped: its executed
+/// obs unit's id, its transaction and its record's key.
+async fn forwarded_while_the_replica_is_stopped(site: &Site) -> (Uuid, Uuid, String) {
+    let app = &site.app;
+    site.pg.stop_replica().await;
+    let (eou, tx) = start_obs_unit(app, 1).await;
+    all_in_state(app, &[tx], "forwarded", Duration::from_secs(30)).await;
+    (
+        eou,
+        tx,
+        app.keys.record_of("executed_obs_unit", &eou.to_string()),
+    )
+}
+
+/// Sets `field` of the hash `key` to `older` (as an older build wrote it), after checking
+/// that it holds `now` (as this build writes it).
+async fn write_as_before(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    field: &str,
+    now: Value,
+    older: Value,
+) {
+    let listed: String = redis::cmd("HGET")
+        .arg(key)
+        .arg(field)
+        .query_async(conn)
+        .await
+        .expect("hget");
+    assert_eq!(listed, now.to_string(), "{key} {field}");
+    let () = redis::cmd("HSET")
+        .arg(key)
+        .arg(field)
+        .arg(older.to_string())
+        .query_async(conn)
+        .await
+        .expect("hset");
+}
+
+/// Whether the index set `index` holds `id`.
+async fn holds(conn: &mut MultiplexedConnection, index: &str, id: Uuid) -> bool {
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(index)
+        .arg(id.to_string())
+        .query_async(conn)
+        .await
+        .expect("zscore");
+    score.is_some()
+}
+
+/// Starts the replica again: once `tx` is replicated, `record` must be gone.
+async fn released(site: &Site, tx: Uuid, record: &str) {
+    site.pg.start_replica().await;
+    all_in_state(&site.app, &[tx], "replicated", Duration::from_secs(30)).await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(record)
+        .query_async(&mut site.app.redis.conn().await)
+        .await
+        .expect("exists");
+    assert!(!exists, "{record} left after replication");
+}
+
 /// A lifecycle written before the lists were shortened lists whole record keys (upgrading
 /// with transactions in flight); its records are released all the same.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lifecycle_listing_whole_record_keys_as_before_is_released_all_the_same() {
     let site = Site::start(false, |_| {}).await;
-    let app = &site.app;
-    site.pg.stop_replica().await;
-    let (eou, tx) = start_obs_unit(app, 1).await;
-    all_in_state(app, &[tx], "forwarded", Duration::from_secs(30)).await;
-    let record = app.keys.record_of("executed_obs_unit", &eou.to_string());
-    let mut conn = app.redis.conn().await;
-    let listed: String = redis::cmd("HGET")
-        .arg(app.keys.lifecycle(tx))
-        .arg("records")
-        .query_async(&mut conn)
-        .await
-        .expect("records");
-    assert_eq!(
-        listed,
-        json!([format!("executed_obs_unit:{eou}")]).to_string()
-    );
-    let () = redis::cmd("HSET")
-        .arg(app.keys.lifecycle(tx))
-        .arg("records")
-        .arg(json!([record]).to_string())
-        .query_async(&mut conn)
-        .await
-        .expect("hset");
-    site.pg.start_replica().await;
-    all_in_state(app, &[tx], "replicated", Duration::from_secs(30)).await;
-    let exists: bool = redis::cmd("EXISTS")
-        .arg(&record)
-        .query_async(&mut conn)
-        .await
-        .expect("exists");
-    assert!(!exists, "{record} left after replication");
+    let (eou, tx, record) = forwarded_while_the_replica_is_stopped(&site).await;
+    let mut conn = site.app.redis.conn().await;
+    let now = json!([format!("executed_obs_unit:{eou}")]);
+    let lifecycle = site.app.keys.lifecycle(tx);
+    write_as_before(&mut conn, &lifecycle, "records", now, json!([record])).await;
+    released(&site, tx, &record).await;
     site.app.stop().await.expect("clean stop");
 }
 
@@ -388,49 +425,20 @@ async fn a_lifecycle_listing_whole_record_keys_as_before_is_released_all_the_sam
 #[tokio::test(flavor = "multi_thread")]
 async fn an_index_list_of_whole_keys_as_before_is_released_all_the_same() {
     let site = Site::start(false, |_| {}).await;
-    let app = &site.app;
-    site.pg.stop_replica().await;
-    let (eou, tx) = start_obs_unit(app, 1).await;
-    all_in_state(app, &[tx], "forwarded", Duration::from_secs(30)).await;
-    let record = app.keys.record_of("executed_obs_unit", &eou.to_string());
-    let index = app.keys.index_of("executed_obs_unit", "obs_unit_id", "1");
-    let mut conn = app.redis.conn().await;
-    let listed: String = redis::cmd("HGET")
-        .arg(&record)
-        .arg("_idx")
-        .query_async(&mut conn)
-        .await
-        .expect("_idx");
-    assert_eq!(listed, json!(["obs_unit_id:1"]).to_string());
-    let indexed: Option<f64> = redis::cmd("ZSCORE")
-        .arg(&index)
-        .arg(eou.to_string())
-        .query_async(&mut conn)
-        .await
-        .expect("zscore");
-    assert!(indexed.is_some(), "{index} lacks {eou}");
-    let () = redis::cmd("HSET")
-        .arg(&record)
-        .arg("_idx")
-        .arg(json!([index]).to_string())
-        .query_async(&mut conn)
-        .await
-        .expect("hset");
-    site.pg.start_replica().await;
-    all_in_state(app, &[tx], "replicated", Duration::from_secs(30)).await;
-    let exists: bool = redis::cmd("EXISTS")
-        .arg(&record)
-        .query_async(&mut conn)
-        .await
-        .expect("exists");
-    assert!(!exists, "{record} left after replication");
-    let indexed: Option<f64> = redis::cmd("ZSCORE")
-        .arg(&index)
-        .arg(eou.to_string())
-        .query_async(&mut conn)
-        .await
-        .expect("zscore");
-    assert!(indexed.is_none(), "{index} still holds {eou}");
+    let (eou, tx, record) = forwarded_while_the_replica_is_stopped(&site).await;
+    let index = site
+        .app
+        .keys
+        .index_of("executed_obs_unit", "obs_unit_id", "1");
+    let mut conn = site.app.redis.conn().await;
+    assert!(holds(&mut conn, &index, eou).await, "{index} lacks {eou}");
+    let now = json!(["obs_unit_id:1"]);
+    write_as_before(&mut conn, &record, "_idx", now, json!([index])).await;
+    released(&site, tx, &record).await;
+    assert!(
+        !holds(&mut conn, &index, eou).await,
+        "{index} still holds {eou}"
+    );
     site.app.stop().await.expect("clean stop");
 }
 
