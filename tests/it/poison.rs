@@ -31,11 +31,17 @@ async fn stream_entries_that_are_not_transactions_are_dead_lettered_at_once() {
     // Between good writes, in the same batches: entries written by hand that no forwarder
     // could ever send.
     let mut redis = app.redis.conn().await;
-    let poisons: [(&str, &[u8]); 4] = [
+    // A packed body cut in half: it does not unpack.
+    let mut damaged = ops_db_actors::body::pack(
+        br#"{"id":"01a24b6a-04cf-703d-add8-e36a13640609","site":"x","steps":[]}"#,
+    );
+    damaged.truncate(damaged.len() / 2);
+    let poisons: [(&str, &[u8]); 5] = [
         ("other", b"{\"id\":\"not here\"}"),
         ("tx", b"not json at all"),
         ("tx", b"{\"id\": \"\xff\xfe\"}"),
         ("tx", b"{\"no_id\": 1}"),
+        ("tx", &damaged),
     ];
     let mut poison_ids = Vec::new();
     for (i, (field, value)) in poisons.iter().enumerate() {
@@ -68,6 +74,16 @@ async fn stream_entries_that_are_not_transactions_are_dead_lettered_at_once() {
     assert!(reasons[1].contains("not a JSON object"), "{reasons:?}");
     assert!(reasons[2].contains("not UTF-8"), "{reasons:?}");
     assert!(reasons[3].contains("not a transaction"), "{reasons:?}");
+    assert!(reasons[4].contains("packed body"), "{reasons:?}");
+    // What each held, byte for byte: a retry puts back exactly that.
+    let held: redis::streams::StreamRangeReply = redis
+        .xrange_all(app.keys.dead_letters())
+        .await
+        .expect("xrange");
+    for (letter, (field, value)) in held.ids.iter().zip(&poisons).skip(1) {
+        let tx: Vec<u8> = letter.get("tx").expect("tx");
+        assert_eq!(&tx[..], *value, "{field}");
+    }
     for d in &dead {
         assert_eq!(d["transaction_id"], "", "{d}");
         assert_eq!(d["attempts"], 1, "dead-lettered on the first reading: {d}");

@@ -109,8 +109,9 @@ impl RawEntry {
 /// the reason at once (it would fail the same way on every attempt).
 struct Poison {
     id: String,
-    /// What it held, as text (lossy where it was not UTF-8).
-    content: String,
+    /// What its `tx` field held, byte for byte (packed or not): a retry of the dead letter
+    /// puts back exactly that.
+    content: Vec<u8>,
     reason: String,
 }
 
@@ -333,35 +334,31 @@ struct Ctx<'a> {
 /// not a transaction comes back as [`Poison`].
 fn add(batch: &mut Batch, entry: RawEntry, ctx: &Ctx<'_>) -> Result<(), Poison> {
     let RawEntry { id, body } = entry;
-    let poison = |content: String, reason: String| Poison {
+    let poison = |content: Vec<u8>, reason: String| Poison {
         id: id.clone(),
         content,
         reason,
     };
     let stored = match body {
         Body::Tx(tx) => tx,
-        Body::Gone => return Err(poison(String::new(), "no body".into())),
+        Body::Gone => return Err(poison(Vec::new(), "no body".into())),
         Body::Other(fields) => {
             let reason = format!("no tx field (fields: {})", fields.join(", "));
-            return Err(poison(String::new(), reason));
+            return Err(poison(Vec::new(), reason));
         }
     };
-    let json = crate::body::unpack(&stored).map_err(|e| {
-        let content = String::from_utf8_lossy(&stored).into_owned();
-        poison(content, format!("tx: {e}"))
-    })?;
-    let tx = std::str::from_utf8(&json).map_err(|_| {
-        let content = String::from_utf8_lossy(&json).into_owned();
-        poison(content, "tx is not UTF-8".into())
-    })?;
+    let json =
+        crate::body::unpack(&stored).map_err(|e| poison(stored.clone(), format!("tx: {e}")))?;
+    let tx =
+        std::str::from_utf8(&json).map_err(|_| poison(stored.clone(), "tx is not UTF-8".into()))?;
     if !tx.starts_with('{') {
-        return Err(poison(tx.to_owned(), "tx is not a JSON object".into()));
+        return Err(poison(stored.clone(), "tx is not a JSON object".into()));
     }
     let tx_id = match serde_json::from_str::<TxId>(tx) {
         Ok(TxId { id }) => id,
         Err(e) => {
             let reason = format!("tx is not a transaction: {e}");
-            return Err(poison(tx.to_owned(), reason));
+            return Err(poison(stored.clone(), reason));
         }
     };
     let reject =

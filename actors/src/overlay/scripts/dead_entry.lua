@@ -4,8 +4,8 @@
 -- is acknowledged and removed in the same step.
 --
 -- KEYS[1] stream, KEYS[2] dead-letter stream
--- ARGV[1] group, ARGV[2] stream id, ARGV[3] what the entry held (as text), ARGV[4] reason,
--- ARGV[5] now (unix ms)
+-- ARGV[1] group, ARGV[2] stream id, ARGV[3] what its `tx` field held, byte for byte,
+-- ARGV[4] reason, ARGV[5] now (unix ms)
 --
 -- Keys not in KEYS: none.
 --
