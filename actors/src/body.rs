@@ -1,10 +1,11 @@
 //! How a transaction's JSON is kept in Redis: packed. The buffer's stream (field `tx`),
 //! the dead-letter stream (`tx`, copied from the stream entry as it is) and the resend
 //! window (`z`) hold one version byte, [`V1`], then a zstd frame compressed against a
-//! fixed dictionary of typical transactions (`body/dict-v1.jsonl`: one transaction of each
-//! operation, ids and times replaced). A start-observation's 410 bytes of JSON become
-//! about 125, a registered file's about 100: the stream entry was the largest part of what
-//! a buffered write costs Redis (DESIGN §8).
+//! fixed dictionary of typical transactions and answers (`body/dict-v1.jsonl`: one
+//! transaction of each operation and the answers a write gets, ids and times replaced).
+//! An idempotency record's answer is packed the same way. A start-observation's 410
+//! bytes of JSON become 112, a registered file's about 100: the stream entry was the
+//! largest part of what a buffered write costs Redis (DESIGN §8).
 //!
 //! [`unpack`] also reads what older builds and hand-written entries hold: JSON text as it
 //! is (it begins with `{`; a version byte never does), and a plain zstd frame (the resend
