@@ -1,6 +1,6 @@
 -- Puts a dead letter back at the end of the buffer's stream: a new stream entry with the
--- same transaction JSON, lifecycle `buffered` again (its retention expiry removed),
--- `dlq_retries` counted.
+-- same body, byte for byte (packed, `body.rs`, or whatever a poison entry held), lifecycle
+-- `buffered` again (its retention expiry removed), `dlq_retries` counted.
 --
 -- KEYS[1] dead-letter stream, KEYS[2] stream
 -- ARGV[1] dead-letter id, ARGV[2] lifecycle key prefix
