@@ -54,6 +54,7 @@ for _, rec in ipairs(overlay) do
   if write_record(rec, ARGV[3], nil) then undone[#undone + 1] = short end
   records[#records + 1] = short
 end
+flush_indexes()
 redis.call('HSET', lifecycle, 'state', 'buffered', 'op', ARGV[4],
   'buffered_at', ARGV[8], 'records', cjson.encode(records))
 if #undone > 0 then

@@ -1,7 +1,7 @@
 -- Commits a transaction staged by stage.lua: in one step it becomes what buffer.lua
 -- makes of a write in one call (stream entry, lifecycle, idempotency record), the index
 -- entries its records left are removed, and its staging ends. Bounded: a few commands,
--- plus one ZREM per index entry left (`m:i`) and the lists joined as text.
+-- plus one ZREM per index set of the entries left (`m:i`) and the lists joined as text.
 --
 -- KEYS[1] staging set, KEYS[2] the transaction's staging hash, KEYS[3] stream,
 -- KEYS[4] lifecycle hash, KEYS[5] idempotency record (absent for none)
@@ -39,9 +39,12 @@ end
 for i = 1, chunks do
   local moved = redis.call('HGET', staged, 'm:' .. i)
   if moved then
-    for _, entry in ipairs(cjson.decode(moved)) do redis.call('ZREM', entry[1], entry[2]) end
+    for _, entry in ipairs(cjson.decode(moved)) do
+      index_remove(entry[1], entry[2])
+    end
   end
 end
+flush_indexes()
 redis.call('HSET', lifecycle, 'state', 'buffered', 'op', ARGV[4],
   'buffered_at', ARGV[8], 'records', joined('r:') or '[]')
 local undone = joined('u:')

@@ -41,3 +41,56 @@ local function encode_idx(record_key, idx)
   if #list == 0 then return false end
   return cjson.encode(list)
 end
+
+-- The index entries a call adds and removes, sent to Redis at its end as one ZADD and
+-- one ZREM per index set (`flush_indexes`) instead of one command per record: the AOF
+-- then gets each set's key once per call, not once per record (a bulk's records share
+-- their sets). Every member's score is 0, so an entry's last move in the call is its net
+-- effect, whatever the set held before: a later move of the same member overrides an
+-- earlier one. Nothing in a writing script reads an index set, so deferring the moves to
+-- the end changes no decision in it.
+local index_moves, index_sets = {}, {}
+
+local function index_move(set, id, present)
+  local moves = index_moves[set]
+  if not moves then
+    moves = {}
+    index_moves[set] = moves
+    index_sets[#index_sets + 1] = set
+  end
+  moves[id] = present
+end
+
+local function index_add(set, id) index_move(set, id, true) end
+local function index_remove(set, id) index_move(set, id, false) end
+
+-- At most this many members per command (Lua's `unpack` has a limit).
+local INDEX_SLICE = 500
+
+local function send_members(command, set, members)
+  for first = 1, #members, INDEX_SLICE do
+    local args = {}
+    for j = first, math.min(first + INDEX_SLICE - 1, #members) do
+      if command == 'ZADD' then args[#args + 1] = 0 end
+      args[#args + 1] = members[j]
+    end
+    redis.call(command, set, unpack(args))
+  end
+end
+
+-- Sends the moves gathered since the last flush; every script that moves an entry calls
+-- it before it returns.
+local function flush_indexes()
+  for _, set in ipairs(index_sets) do
+    local added, removed = {}, {}
+    for id, present in pairs(index_moves[set]) do
+      if present then added[#added + 1] = id else removed[#removed + 1] = id end
+    end
+    -- Sorted: the AOF gets the same bytes for the same moves.
+    table.sort(removed)
+    table.sort(added)
+    send_members('ZREM', set, removed)
+    send_members('ZADD', set, added)
+  end
+  index_moves, index_sets = {}, {}
+end

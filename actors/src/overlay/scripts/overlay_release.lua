@@ -17,9 +17,10 @@
 --   CHAIN buffered writes of one record is left as it is: see `fold`).
 -- `drop_undo` drops the undo entries of a forwarded transaction: it can no longer die.
 --
--- Bounded: each examines at most `budget` records (a release: HGET, HGET, one ZREM per
--- index, DEL; an undo: about ten commands more, one lifecycle's `records` searched as
--- text, and for a writer under later ones at most CHAIN undo entries read and written).
+-- Bounded: each examines at most `budget` records (a release: HGET, HGET, DEL, its index
+-- entries removed at the end with one ZREM per index set, `flush_indexes`; an undo: about
+-- ten commands more, one lifecycle's `records` searched as text, and for a writer under
+-- later ones at most CHAIN undo entries read and written).
 -- When the transaction has more, the position of the next in its lifecycle's list
 -- (`records`, `undo`) is kept beside it (`records_at`, `undo_at`) and `false` returned;
 -- the caller's next call continues from there (doing a record twice is harmless: the
@@ -58,15 +59,15 @@ end
 -- Moves the record's entry for `column` back to `set` (false: no entry).
 local function reindex(key, idx, column, set)
   local id = record_id(key)
-  if idx[column] then redis.call('ZREM', idx[column], id) end
-  if set then redis.call('ZADD', set, 0, id) end
+  if idx[column] then index_remove(idx[column], id) end
+  if set then index_add(set, id) end
   idx[column] = set or nil
 end
 
 local function drop_record(key)
   local id = record_id(key)
   for _, index in pairs(index_of(key)) do
-    redis.call('ZREM', index, id)
+    index_remove(index, id)
   end
   redis.call('DEL', key)
 end
@@ -254,13 +255,16 @@ local function release_overlay(lifecycle, tx, budget, dead, site)
     local used, done = in_chunks(lifecycle, site .. 'rec:', 'records', budget, function(key, short)
       undo_record(key, short, tx, prefix)
     end)
+    flush_indexes()
     -- Its undo entries went with the records (restored, folded or removed).
     if done then redis.call('HDEL', lifecycle, 'undo', 'undo_at') end
     return used, done
   end
-  return in_chunks(lifecycle, site .. 'rec:', 'records', budget, function(key)
+  local used, done, listed = in_chunks(lifecycle, site .. 'rec:', 'records', budget, function(key)
     if redis.call('HGET', key, '_tx') == tx then drop_record(key) end
   end)
+  flush_indexes()
+  return used, done, listed
 end
 
 local function drop_undo(lifecycle, tx, budget)

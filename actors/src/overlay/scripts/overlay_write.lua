@@ -14,7 +14,8 @@
 
 -- Moves the record's index entries to the values `rec` writes, noting in `undo` (if any)
 -- where each moved entry was. `_idx` lists the index sets holding its id, one per indexed
--- column (index_list.lua).
+-- column (index_list.lua). The moves are gathered; the calling script sends them, one
+-- ZADD and one ZREM per index set, before it returns (`flush_indexes`).
 -- `deferred` (a staged write, stage.lua): the entries it leaves are not removed but listed
 -- there as {index key, id}, for commit.lua to remove, so that until the commit a list by
 -- the old value still finds the record (readers show it as it was before the write).
@@ -34,10 +35,10 @@ local function move_indexes(rec, idx_text, undo, deferred)
         if deferred then
           deferred[#deferred + 1] = {old, rec.id}
         else
-          redis.call('ZREM', old, rec.id)
+          index_remove(old, rec.id)
         end
       end
-      if set then redis.call('ZADD', set, 0, rec.id) end
+      if set then index_add(set, rec.id) end
       idx[column] = set
       if undo and undo.x[column] == nil then undo.x[column] = old or false end
     end

@@ -61,6 +61,7 @@ redis.call('HSET', staged, 'r:' .. chunk, cjson.encode(records))
 for i, rec in ipairs(overlay) do
   if write_record(rec, tx, deferred) then undone[#undone + 1] = records[i] end
 end
+flush_indexes()
 if #undone > 0 then redis.call('HSET', staged, 'u:' .. chunk, cjson.encode(undone)) end
 if #deferred > 0 then redis.call('HSET', staged, 'm:' .. chunk, cjson.encode(deferred)) end
 redis.call('HSET', staged, 'next', chunk + 1)
