@@ -4,6 +4,7 @@
 //! record between the lists by that column, before and after replication, and back when
 //! it dies.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -446,4 +447,133 @@ async fn a_backlog_of_dead_updates_is_undone_and_leaves_nothing() {
     ledger.sort();
     starts.sort();
     assert_eq!(ledger, starts, "every start once, no finish");
+}
+
+/// One `POST /transactions` that moves a file to the second package and back, moves
+/// another for good, and registers `files` more in the first package (over 50: staged in
+/// chunks, the moved files in the first chunk). Its transaction id and the three kinds of
+/// files: (moved and back, moved for good, registered).
+async fn there_and_back(
+    app: &TestApp,
+    eou: Uuid,
+    (p1, p2): (Uuid, Uuid),
+    files: usize,
+) -> (Uuid, Uuid, Uuid, Vec<Uuid>) {
+    let file = |name: String| {
+        json!({"name": name, "relative_path": format!("moves/{name}"), "size": 1,
+               "executed_obs_unit_id": eou, "raw_data_package_id": p1,
+               "checksum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+               "checksum_algorithm": "sha256", "created_at": "2026-12-06T18:00:00Z"})
+    };
+    let rows: Vec<Value> = (0..files).map(|i| file(format!("bulk_{i}.fits"))).collect();
+    let to = |step: &str, pkg: Uuid| {
+        json!({"step_id": step, "op": "update", "table": "raw_data_file", "id": {"$ref": "back"},
+               "values": {"raw_data_package_id": pkg}})
+    };
+    let body = json!({"steps": [
+        {"step_id": "back", "op": "create", "table": "raw_data_file", "values": file("back.fits".into())},
+        {"step_id": "gone", "op": "create", "table": "raw_data_file", "values": file("gone.fits".into())},
+        to("away", p2),
+        {"step_id": "moved", "op": "update", "table": "raw_data_file", "id": {"$ref": "gone"},
+         "values": {"raw_data_package_id": p2}},
+        to("home", p1),
+        {"step_id": "files", "op": "bulk_create", "table": "raw_data_file", "rows": rows},
+    ]});
+    let r = app.post("/transactions", &body).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let ids = r.body["steps"]["files"]["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(uuid)
+        .collect();
+    (
+        uuid(&r.body["transaction_id"]),
+        uuid(&r.body["steps"]["back"]["id"]),
+        uuid(&r.body["steps"]["gone"]["id"]),
+        ids,
+    )
+}
+
+/// A script sends the index moves it gathered at its end, one command per set: a record
+/// moved away and back within one transaction ends where its last move leaves it, in a
+/// write of one call and in one staged in chunks (whose removals wait for the commit),
+/// before and after replication; and released, nothing is left in the sets.
+#[tokio::test(flavor = "multi_thread")]
+async fn moves_within_one_transaction_end_where_the_last_one_leaves_the_record() {
+    let site = Site::start(true, |_| {}).await;
+    let app = &site.app;
+    let wan = site.wan.as_ref().expect("wan");
+    let (eou, _) = start_obs_unit(app, 1).await;
+    let (p1, _) = package(app, eou, "p1").await;
+    let (p2, p2_tx) = package(app, eou, "p2").await;
+    until_state(app, p2_tx, TxState::Replicated, Duration::from_secs(30)).await;
+    wan.cut();
+    let sets = [p1, p2].map(|pkg| {
+        app.keys
+            .index(Table::RawDataFile, "raw_data_package_id", &pkg.to_string())
+    });
+    let mut redis = app.redis.conn().await;
+    let mut txs = Vec::new();
+    for files in [3, 120] {
+        let (tx, back, gone, bulk) = there_and_back(app, eou, (p1, p2), files).await;
+        let in_p1: BTreeSet<String> = [back].iter().chain(&bulk).map(Uuid::to_string).collect();
+        let entries: BTreeSet<String> = redis.zrange(&sets[0], 0, -1).await.expect("zrange");
+        assert!(
+            entries.is_superset(&in_p1),
+            "{files} files: moved back, and the bulk"
+        );
+        assert!(
+            !entries.contains(&gone.to_string()),
+            "{files} files: moved away"
+        );
+        let entries: BTreeSet<String> = redis.zrange(&sets[1], 0, -1).await.expect("zrange");
+        assert!(
+            entries.contains(&gone.to_string()),
+            "{files} files: moved for good"
+        );
+        assert!(
+            !entries.contains(&back.to_string()),
+            "{files} files: not left behind"
+        );
+        // The moved files are the oldest of their lists: on the first page.
+        assert!(
+            files_of(app, p1).await.contains(&back),
+            "{files} files: listed back home"
+        );
+        assert!(
+            files_of(app, p2).await.contains(&gone),
+            "{files} files: listed there"
+        );
+        assert!(
+            !files_of(app, p2).await.contains(&back),
+            "{files} files: not listed there"
+        );
+        assert_eq!(package_of(app, back).await, json!(p1));
+        txs.push((tx, back, gone));
+    }
+    wan.heal();
+    for (tx, back, gone) in txs {
+        until_state(app, tx, TxState::Replicated, Duration::from_secs(60)).await;
+        assert!(
+            files_of(app, p1).await.contains(&back),
+            "replicated: back home"
+        );
+        assert!(
+            files_of(app, p2).await.contains(&gone),
+            "replicated: moved for good"
+        );
+        assert!(
+            !files_of(app, p2).await.contains(&back),
+            "replicated: not there"
+        );
+        assert_eq!(package_of(app, back).await, json!(p1));
+    }
+    for set in &sets {
+        let members: Vec<String> = redis.zrange(set, 0, -1).await.expect("zrange");
+        assert!(
+            members.is_empty(),
+            "released, no entry is left: {members:?}"
+        );
+    }
 }

@@ -1,7 +1,8 @@
 -- Commits a transaction staged by stage.lua: in one step it becomes what buffer.lua
 -- makes of a write in one call (stream entry, lifecycle, idempotency record), the index
 -- entries its records left are removed, and its staging ends. Bounded: a few commands,
--- plus one ZREM per index set of the entries left (`m:i`) and the lists joined as text.
+-- plus per index entry left (`m:i`) one HGET of its record's `_idx` (a record moved back
+-- keeps its entry), one ZREM per index set, and the lists joined as text.
 --
 -- KEYS[1] staging set, KEYS[2] the transaction's staging hash, KEYS[3] stream,
 -- KEYS[4] lifecycle hash, KEYS[5] idempotency record (absent for none)
@@ -36,11 +37,19 @@ local function joined(prefix)
   if #parts == 0 then return nil end
   return '[' .. table.concat(parts, ',') .. ']'
 end
+-- Whether the record `id` is in the index set `set` now: a later step (or chunk) of the
+-- same transaction moved it back, so the removal deferred when it left is not made.
+local function back_in(set, id)
+  local site, tbl, column = string.match(set, '^(.*:)idx:([^:]+):([^:]+):[^:]*$')
+  if not site then return false end
+  local key = site .. 'rec:' .. tbl .. ':' .. id
+  return decode_idx(key, redis.call('HGET', key, '_idx'))[column] == set
+end
 for i = 1, chunks do
   local moved = redis.call('HGET', staged, 'm:' .. i)
   if moved then
     for _, entry in ipairs(cjson.decode(moved)) do
-      index_remove(entry[1], entry[2])
+      if not back_in(entry[1], entry[2]) then index_remove(entry[1], entry[2]) end
     end
   end
 end
