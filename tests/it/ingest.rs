@@ -138,6 +138,10 @@ async fn every_write_endpoint_round_trips_into_the_stream_in_order() {
         "latest writer"
     );
     assert!(!record.contains_key("_partial"));
+    assert!(
+        !record.contains_key("id"),
+        "the record's key gives its id back"
+    );
     let by_obs_unit: Vec<String> = conn
         .zrange(
             app.keys.index(Table::ExecutedObsUnit, "obs_unit_id", "7"),

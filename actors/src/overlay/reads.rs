@@ -186,7 +186,7 @@ impl Reads {
         id: Uuid,
     ) -> Result<Value, ReadError> {
         let overlay = self
-            .read_overlay(redis, vec![self.keys.record(table, id)])
+            .overlay_records(redis, table, std::iter::once(&id))
             .await?
             .pop()
             .flatten();
@@ -320,8 +320,9 @@ impl Reads {
             .collect())
     }
 
-    /// What the overlay holds of each of `ids`, in their order, in one pipeline. An id
-    /// whose record was released meanwhile has none (the replica has it now).
+    /// What the overlay holds of each of `ids`, in their order, in one pipeline, each
+    /// with its key column (which the overlay does not store). An id whose record was
+    /// released meanwhile has none (the replica has it now).
     async fn overlay_records(
         &self,
         redis: &mut MultiplexedConnection,
@@ -331,8 +332,14 @@ impl Reads {
         if ids.len() == 0 {
             return Ok(Vec::new());
         }
-        let keys = ids.map(|id| self.keys.record(table, *id)).collect();
-        self.read_overlay(redis, keys).await
+        let ids: Vec<Uuid> = ids.copied().collect();
+        let keys = ids.iter().map(|id| self.keys.record(table, *id)).collect();
+        let records = self.read_overlay(redis, keys).await?;
+        Ok(records
+            .into_iter()
+            .zip(ids)
+            .map(|(record, id)| record.map(|r| r.with_id(id)))
+            .collect())
     }
 
     /// The overlay record hashes `keys`, in their order, as readers may see them
