@@ -15,6 +15,7 @@ use ops_db_actors::overlay::{buffer_transaction, TxState};
 use ops_db_devkit::slow_log;
 use redis::AsyncCommands;
 use serde_json::{json, Map, Value};
+use sqlx::Connection;
 use uuid::Uuid;
 
 use crate::helpers::{eventually, file_body, start_obs_unit, state_of, until_state, uuid, TestApp};
@@ -268,18 +269,25 @@ pub(crate) async fn file_in(app: &TestApp, eou: Uuid, pkg: Uuid, name: &str) -> 
 /// Buffers an update of a file's package, which no operation builds yet, through the
 /// buffer's own script; its transaction id.
 async fn move_file(app: &TestApp, file: Uuid, to: Uuid) -> Uuid {
+    move_file_and(app, file, to, Vec::new()).await
+}
+
+/// As `move_file`, with more steps in the same transaction.
+async fn move_file_and(app: &TestApp, file: Uuid, to: Uuid, more: Vec<Step>) -> Uuid {
     let mut set = Map::new();
     set.insert("raw_data_package_id".into(), json!(to));
+    let mut steps = vec![Step::Update {
+        table: Table::RawDataFile.name().into(),
+        id: file.into(),
+        set,
+    }];
+    steps.extend(more);
     let tx = Transaction {
         id: Uuid::now_v7(),
         site: app.site.clone(),
         op: "raw_data_files.create".into(),
         created_at: Utc::now(),
-        steps: vec![Step::Update {
-            table: Table::RawDataFile.name().into(),
-            id: file.into(),
-            set,
-        }],
+        steps,
     };
     let mut redis = app.redis.conn().await;
     let (status, _) = buffer_transaction(&mut redis, &app.keys, &tx)
@@ -576,4 +584,52 @@ async fn moves_within_one_transaction_end_where_the_last_one_leaves_the_record()
             "released, no entry is left: {members:?}"
         );
     }
+}
+
+/// A write that sets an indexed column to the value it already holds moves no index entry.
+/// When the write below it dies and is folded under it, the entry must stay where that
+/// column's value puts it: here a file inserted in the first package (still buffered),
+/// moved to the second by a transaction that dies, then moved to the second again by one
+/// that lives. With the replica paused, the overlay answers for the file until the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_move_under_a_write_of_the_same_value_leaves_the_record_listed() {
+    let site = Site::start(true, |_| {}).await;
+    let app = &site.app;
+    let wan = site.wan.as_ref().expect("wan");
+    let (eou, _) = start_obs_unit(app, 1).await;
+    let (p1, _) = package(app, eou, "p1").await;
+    let (p2, p2_tx) = package(app, eou, "p2").await;
+    until_state(app, p2_tx, TxState::Replicated, Duration::from_secs(30)).await;
+    let mut replica = sqlx::PgConnection::connect(&site.pg.replica_url())
+        .await
+        .expect("replica");
+    crate::pg::set_replay(&mut replica, false).await;
+    wan.cut();
+    let (file, _) = file_in(app, eou, p1, "f.fits").await;
+    // Dies at the primary: its second step updates a package that does not exist.
+    let mut nowhere = Map::new();
+    nowhere.insert("status".into(), json!("complete"));
+    let doomed = move_file_and(
+        app,
+        file,
+        p2,
+        vec![Step::Update {
+            table: Table::RawDataPackage.name().into(),
+            id: Uuid::now_v7().into(),
+            set: nowhere,
+        }],
+    )
+    .await;
+    let again = move_file(app, file, p2).await;
+    lists(app, (p1, p2), &[], &[file]).await;
+
+    wan.heal();
+    dead_lettered(&site, doomed).await;
+    until_state(app, again, TxState::Forwarded, Duration::from_secs(30)).await;
+    assert_eq!(package_of(app, file).await, json!(p2));
+    lists(app, (p1, p2), &[], &[file]).await;
+
+    crate::pg::set_replay(&mut replica, true).await;
+    until_state(app, again, TxState::Replicated, Duration::from_secs(30)).await;
+    lists(app, (p1, p2), &[], &[file]).await;
 }

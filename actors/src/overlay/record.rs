@@ -123,8 +123,8 @@ fn flattened<S: Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S
     s.collect_seq(pairs.iter().flat_map(|(k, v)| [k, v]))
 }
 
-/// An undo entry `_u:{tx}` as `overlay_write.lua` writes it (its index part `x` is the
-/// scripts' alone).
+/// An undo entry `_u:{tx}` as `overlay_write.lua` writes it (its index part `x`, one entry
+/// per indexed column the writer wrote, is the scripts' alone).
 #[derive(Debug, Deserialize)]
 struct Undo {
     /// The previous writer.

@@ -6,14 +6,14 @@
 -- whose insert, or earlier update, is still buffered or forwarded) keeps in the record the
 -- field `_u:{tx}` = {t = previous writer, p = 1 if the image was partial, c = {column =
 -- previous JSON text, or false if absent} for the columns it writes, x = {column =
--- previous index key, or false} for the index entries it moves}, and lists the record in
+-- previous index key, or false} for the indexed columns it writes}, and lists the record in
 -- its lifecycle's `undo`. settle.lua drops them once the transaction is forwarded (it can
 -- no longer die), or restores them if it dies (overlay_release.lua). A write that creates
 -- the record needs none: undoing it is removing the record. Readers use the same entry
 -- to show a record as it was before a writer still being staged (`record.rs`).
 
 -- Moves the record's index entries to the values `rec` writes, noting in `undo` (if any)
--- where each moved entry was. `_idx` lists the index sets holding its id, one per indexed
+-- where each entry of a column it writes was, moved or not. `_idx` lists the index sets holding its id, one per indexed
 -- column (index_list.lua). The moves are gathered; the calling script sends them, one
 -- ZADD and one ZREM per index set, before it returns (`flush_indexes`).
 -- `deferred` (a staged write, stage.lua): the entries it leaves are not removed but listed
@@ -40,8 +40,11 @@ local function move_indexes(rec, idx_text, undo, deferred)
       end
       if set then index_add(set, rec.id) end
       idx[column] = set
-      if undo and undo.x[column] == nil then undo.x[column] = old or false end
     end
+    -- Noted even when the entry stays (the column written with the value it held): if
+    -- the write below this one dies, its entry is handed up to this one's (a fold,
+    -- overlay_release.lua), not put back in the record under this write's value.
+    if undo and undo.x[column] == nil then undo.x[column] = old or false end
   end
   -- Kept with the record so that whoever moves or removes it can find its entries.
   return encode_idx(rec.k, idx)
