@@ -547,3 +547,95 @@ async fn redis_killed_mid_staging_leaves_each_bulk_once_and_nothing_half_staged(
         "the acknowledged bulks' files only"
     );
 }
+
+/// A staging abandoned over a record whose previous writer dies before the sweep aborts
+/// it: the dead writer made the record, so nothing is left to restore and the abort
+/// removes it, with every index entry it had, including the one the staging was to
+/// remove at its commit (the dead writer's, by a package the primary never had).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_abandoned_staging_over_a_writer_that_died_leaves_no_index_entry() {
+    let site = Site::start(true, |_| {}).await;
+    let app = &site.app;
+    let (eou, _) = start_obs_unit(app, 1).await;
+    let (p2, _) = package(app, eou, "p2").await;
+    let (_, file_tx) = file_in(app, eou, p2, "like.fits").await;
+    until_state(app, file_tx, TxState::Replicated, Duration::from_secs(30)).await;
+    let like = {
+        let r = app.get_auth(&format!("/raw_data_package/{p2}")).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let mut row = r.body["raw_data_files"][0]
+            .as_object()
+            .cloned()
+            .expect("a file");
+        row.retain(|column, _| column != "sync");
+        row
+    };
+    let wan = site.wan.as_ref().expect("wan");
+    wan.cut();
+
+    let (file, nowhere) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut values = like.clone();
+    values.insert("id".into(), json!(file));
+    values.insert("raw_data_package_id".into(), json!(nowhere));
+    let doomed = Transaction {
+        id: Uuid::now_v7(),
+        site: app.site.clone(),
+        op: "raw_data_files.create".into(),
+        created_at: Utc::now(),
+        steps: vec![Step::Insert {
+            table: Table::RawDataFile.name().into(),
+            id: file.into(),
+            values,
+        }],
+    };
+    let mut redis = app.redis.conn().await;
+    let (status, _) = buffer_transaction(&mut redis, &app.keys, &doomed)
+        .await
+        .expect("buffered");
+    assert_eq!(status, "ok");
+    let sets = [nowhere, p2].map(|pkg| {
+        app.keys
+            .index(Table::RawDataFile, "raw_data_package_id", &pkg.to_string())
+    });
+
+    let staged = staged_tx(app, eou, file, p2, &like, 3 * STAGE_RECORDS);
+    let answers = stage_transaction(
+        &mut redis,
+        &app.keys,
+        &staged,
+        Utc::now().timestamp_millis(),
+    )
+    .await
+    .expect("staged");
+    assert!(answers.iter().all(|(s, _)| s == "staged"), "{answers:?}");
+    let left: Vec<String> = redis.zrange(&sets[0], 0, -1).await.expect("zrange");
+    assert_eq!(left, [file.to_string()], "left for the commit to remove");
+
+    wan.heal();
+    until_state(app, doomed.id, TxState::Dead, Duration::from_secs(25)).await;
+    let staging = app.keys.staging();
+    let n: usize = redis.zcard(&staging).await.expect("zcard");
+    assert_eq!(n, 1, "the writer died while the staging was still there");
+    eventually(
+        "the sweep aborts the staging",
+        Duration::from_secs(45),
+        || {
+            let mut redis = redis.clone();
+            let staging = staging.clone();
+            async move {
+                let n: usize = redis.zcard(&staging).await.expect("zcard");
+                (n == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    let record: bool = redis
+        .exists(app.keys.record(Table::RawDataFile, file))
+        .await
+        .expect("exists");
+    assert!(!record, "the record is gone: its only write died");
+    for set in &sets {
+        let members: Vec<String> = redis.zrange(set, 0, -1).await.expect("zrange");
+        assert!(members.is_empty(), "{set}: {members:?}");
+    }
+}

@@ -37,19 +37,12 @@ local function joined(prefix)
   if #parts == 0 then return nil end
   return '[' .. table.concat(parts, ',') .. ']'
 end
--- Whether the record `id` is in the index set `set` now: a later step (or chunk) of the
--- same transaction moved it back, so the removal deferred when it left is not made.
-local function back_in(set, id)
-  local site, tbl, column = string.match(set, '^(.*:)idx:([^:]+):([^:]+):[^:]*$')
-  if not site then return false end
-  local key = site .. 'rec:' .. tbl .. ':' .. id
-  return decode_idx(key, redis.call('HGET', key, '_idx'))[column] == set
-end
 for i = 1, chunks do
   local moved = redis.call('HGET', staged, 'm:' .. i)
   if moved then
     for _, entry in ipairs(cjson.decode(moved)) do
-      if not back_in(entry[1], entry[2]) then index_remove(entry[1], entry[2]) end
+      -- A later step (or chunk) of the same transaction may have moved it back.
+      if not in_index(entry[1], entry[2]) then index_remove(entry[1], entry[2]) end
     end
   end
 end

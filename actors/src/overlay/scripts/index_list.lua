@@ -42,6 +42,16 @@ local function encode_idx(record_key, idx)
   return cjson.encode(list)
 end
 
+-- Whether the record `id`'s `_idx` names the index set `set` (its key: a staging's
+-- deferred removals, `m:i` in stage.lua, name sets and ids, not records): a removal
+-- deferred when the record left the set is not made if it is in the set again.
+local function in_index(set, id)
+  local site, tbl, column = string.match(set, '^(.*:)idx:([^:]+):([^:]+):[^:]*$')
+  if not site then return false end
+  local key = site .. 'rec:' .. tbl .. ':' .. id
+  return decode_idx(key, redis.call('HGET', key, '_idx'))[column] == set
+end
+
 -- The index entries a call adds and removes, sent to Redis at its end as one ZADD and
 -- one ZREM per index set (`flush_indexes`) instead of one command per record: the AOF
 -- then gets each set's key once per call, not once per record (a bulk's records share
