@@ -79,6 +79,16 @@ pub struct Sample {
     pub health: HealthReport,
     /// `/health/actors`.
     pub actors: ActorsReport,
+    /// The two answers as they came, for `--json`: the typed reports keep only what the
+    /// screen shows, and a newer service's fields must not be dropped on the way.
+    pub answers: Answers,
+}
+
+/// `/health` and `/health/actors` as answered.
+#[derive(Debug, Clone, Default)]
+pub struct Answers {
+    pub health: Value,
+    pub actors: Value,
 }
 
 impl Sample {
@@ -96,8 +106,8 @@ impl Sample {
             "url": self.url,
             "ready": self.ready,
             "reasons": self.reasons,
-            "health": self.health,
-            "actors": self.actors,
+            "health": self.answers.health,
+            "actors": self.answers.actors,
         })
     }
 }
@@ -205,12 +215,17 @@ async fn sample(
     let reasons = serde_json::from_value::<Readiness>(ready.1)
         .map(|r| r.reasons)
         .unwrap_or_default();
+    let answers = Answers {
+        health: health.1.clone(),
+        actors: actors.1.clone(),
+    };
     Ok(Sample {
         url: base.to_owned(),
         ready: is_ready,
         reasons,
         health: typed(base, "/health", health, "a health report")?,
         actors: typed(base, "/health/actors", actors, "an actors report")?,
+        answers,
     })
 }
 
@@ -330,13 +345,42 @@ mod tests {
             url: "http://x".into(),
             ready: true,
             reasons: vec![],
-            health: serde_json::from_value(original).unwrap(),
+            health: serde_json::from_value(original.clone()).unwrap(),
             actors: serde_json::from_value(json!({})).unwrap(),
+            answers: Answers {
+                health: original,
+                actors: json!({"supervisor": {"added_later": 1}}),
+            },
         };
         assert_eq!(sample.verdict(), Verdict::Ready);
         sample.ready = false;
         assert_eq!(sample.verdict(), Verdict::NotReady);
         assert_eq!(Verdict::Unreachable as u8, 2);
         assert_eq!(sample.to_json()["ready"], false);
+    }
+
+    /// `--json` prints the answers whole: fields the reports do not know (a newer
+    /// service's) are kept.
+    #[test]
+    fn json_keeps_what_the_service_answered() {
+        let health = json!({
+            "status": "healthy", "database": "not_configured", "redis": "connected",
+            "transaction_buffer": {"size": 0, "failed": 0},
+            "background_processor": "not_configured", "from_a_newer_service": {"x": 1},
+        });
+        let sample = Sample {
+            url: "http://x".into(),
+            ready: true,
+            reasons: vec![],
+            health: serde_json::from_value(health.clone()).unwrap(),
+            actors: serde_json::from_value(json!({})).unwrap(),
+            answers: Answers {
+                health: health.clone(),
+                actors: json!({"supervisor": {"added_later": 1}}),
+            },
+        };
+        let printed = sample.to_json();
+        assert_eq!(printed["health"], health);
+        assert_eq!(printed["actors"]["supervisor"]["added_later"], 1);
     }
 }

@@ -2,6 +2,7 @@
 //! types as `status` reads them): layout, tolerance of missing fields, ages and sizes.
 
 use super::*;
+use crate::status::Answers;
 use serde_json::{json, Value};
 
 /// 2026-12-04T16:45:17Z
@@ -14,8 +15,9 @@ fn sample(ready: bool, reasons: &[&str], health: Value, actors: Value) -> Sample
         url: "http://127.0.0.1:8080".to_owned(),
         ready,
         reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
-        health: serde_json::from_value(health).expect("a health report"),
-        actors: serde_json::from_value(actors).expect("an actors report"),
+        health: serde_json::from_value(health.clone()).expect("a health report"),
+        actors: serde_json::from_value(actors.clone()).expect("an actors report"),
+        answers: Answers { health, actors },
     }
 }
 
