@@ -15,6 +15,7 @@ use ops_db_actors::pg::{redact_url, PgTarget};
 use ops_db_actors::supervisor::policy::{Intensity, RestartPolicy as SupervisorPolicy};
 use serde::{Deserialize, Serialize};
 
+mod size;
 mod validate;
 
 pub use validate::validate_tokens;
@@ -105,6 +106,7 @@ pub struct Site {
 #[serde(deny_unknown_fields)]
 pub struct Http {
     pub listen: SocketAddr,
+    #[serde(with = "size")]
     pub body_limit_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -126,9 +128,11 @@ pub struct Http {
 #[serde(deny_unknown_fields)]
 pub struct Tcp {
     pub listen: SocketAddr,
+    #[serde(with = "size")]
     pub max_line_bytes: usize,
     /// The longest line from a connection that has not yet presented a valid token: a
     /// stranger cannot make the service buffer `max_line_bytes`.
+    #[serde(with = "size")]
     pub unauthenticated_line_bytes: usize,
     /// Connections served at once; one more gets an error line and is closed.
     pub max_connections: usize,
@@ -172,6 +176,7 @@ pub struct Buffer {
     pub max_memory_fraction: f64,
     /// Free disk kept under Redis' directory beyond its AOF's size: room for the next AOF
     /// rewrite plus what is written meanwhile; below it writes are refused.
+    #[serde(with = "size")]
     pub min_disk_free_bytes: u64,
     pub max_batch: usize,
     pub connections: usize,
@@ -195,6 +200,7 @@ pub struct Forwarder {
     #[serde(default)]
     pub allow_weak_tls: bool,
     pub batch_size: usize,
+    #[serde(with = "size")]
     pub batch_max_bytes: usize,
     /// Failures of one transaction alone (not about the environment) before it is
     /// dead-lettered.
@@ -253,6 +259,7 @@ pub struct Resend {
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// At most this many bytes of kept bodies (compressed) in Redis; the oldest go first.
+    #[serde(with = "size")]
     pub max_bytes: u64,
 }
 

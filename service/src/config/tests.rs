@@ -318,3 +318,29 @@ fn the_fast_replica_poll_is_at_most_the_slow_one() {
     let err = load_err(&format!("{SITE}[replica]\nfast_poll_interval = \"0s\"\n"));
     assert_eq!(err, "replica.fast_poll_interval: must be longer than zero");
 }
+
+#[test]
+fn sizes_take_bytes_or_units() {
+    let config = Config::from_toml_str(&format!(
+        "{SITE}[buffer]\nmin_disk_free_bytes = \"2 GiB\"\n\
+         [forwarder]\nbatch_max_bytes = \"16MiB\"\n[resend]\nmax_bytes = 1000\n"
+    ))
+    .expect("sizes");
+    assert_eq!(config.buffer.min_disk_free_bytes, 2 << 30);
+    assert_eq!(config.forwarder.batch_max_bytes, 16 << 20);
+    assert_eq!(config.resend.max_bytes, 1000);
+    let config = Config::from_toml_str(&format!("{SITE}[resend]\nmax_bytes = \"1 MB\"\n"))
+        .expect("a decimal unit");
+    assert_eq!(config.resend.max_bytes, 1_000_000);
+    // Written back as integers: what an older build reads.
+    let json = serde_json::to_value(&config).expect("config serialises");
+    assert_eq!(json["resend"]["max_bytes"], 1_000_000);
+}
+
+#[test]
+fn a_bad_size_is_named() {
+    let err = load_err(&format!("{SITE}[buffer]\nmin_disk_free_bytes = \"lots\"\n"));
+    assert!(err.contains("min_disk_free_bytes"), "{err}");
+    let err = load_err(&format!("{SITE}[buffer]\nmin_disk_free_bytes = -1\n"));
+    assert!(err.contains("min_disk_free_bytes"), "{err}");
+}
