@@ -62,7 +62,7 @@ pub(super) struct Flush {
 
 /// Nothing was sent, or Redis refused before the script ran: nothing was stored.
 fn unavailable(err: &RedisError) -> IngestError {
-    IngestError::Unavailable(err.to_string())
+    super::stale::refusal(err)
 }
 
 /// The write was sent and its answer lost: it may have been stored.

@@ -9,7 +9,7 @@
 
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
-use super::WriteRequest;
+use super::{IngestError, WriteRequest};
 
 /// Why a write failed without an answer from the script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,17 @@ pub(super) fn refused_unrun(err: &RedisError) -> bool {
         "WRONGPASS",
     ];
     err.code().is_some_and(|code| REFUSALS.contains(&code))
+}
+
+/// What a write that was not stored is answered: Redis refusing writes while its
+/// persistence fails (`MISCONF`: its last AOF write or snapshot failed, most often for a
+/// full disk) is the disk's refusal (`DiskFull`: 503 `buffer_full` with `Retry-After`, as
+/// when the disk admission refuses), not a passing unavailability.
+pub(super) fn refusal(err: &RedisError) -> IngestError {
+    if err.code() == Some("MISCONF") {
+        return IngestError::DiskFull(format!("redis refuses writes: {err}"));
+    }
+    IngestError::Unavailable(err.to_string())
 }
 
 /// A write that failed in a way [`classify`] allows to retry.
@@ -107,6 +118,14 @@ mod tests {
             let refused = server_error(&format!("{code} no writes now"));
             assert!(refused_unrun(&refused), "{code}");
         }
+        let misconf =
+            server_error("MISCONF Errors writing to the AOF file: No space left on device");
+        assert!(
+            matches!(refusal(&misconf), IngestError::DiskFull(why) if why.contains("AOF")),
+            "a failing AOF is the disk's refusal"
+        );
+        let loading = server_error("LOADING Redis is loading the dataset in memory");
+        assert!(matches!(refusal(&loading), IngestError::Unavailable(_)));
         let script = server_error("ERR user_script:12: attempt to index a nil value");
         assert!(!refused_unrun(&script));
         assert!(!refused_unrun(&io_error(io::ErrorKind::TimedOut)));
