@@ -11,8 +11,9 @@
 //! - The primary has a database `opsdb` owned by the role `opsdb` (a superuser with the
 //!   replication attribute); the bootstrap superuser is `postgres`, as in the test image.
 //! - An existing data directory is reused as it is, so state survives runs. The ports may
-//!   change from run to run: the replica is told where its primary is on its command line
-//!   at every start, never only in its data directory.
+//!   change from run to run: the replica is told where its primary is at every start, in
+//!   its `postgresql.auto.conf` (where `ALTER SYSTEM` writes, so a test can change it while
+//!   the replica runs, as on a real one).
 //! - The replica streams through the physical slot [`REPLICA_SLOT`]: the primary keeps
 //!   every WAL segment the replica has not received, however long the replica is down.
 //! - [`LocalPostgres::stop`] shuts both servers down fast (clients disconnected, a
@@ -246,12 +247,15 @@ fn bootstrap_url(port: u16) -> String {
     format!("postgres://postgres@127.0.0.1:{port}/postgres")
 }
 
-/// Given at every start: they override what `pg_basebackup -R` wrote into
-/// postgresql.auto.conf, which names the primary's port of the first run.
-fn replica_settings(primary_port: u16) -> Vec<String> {
+/// Written into the replica's postgresql.auto.conf at every start, over what
+/// `pg_basebackup -R` wrote there, which names the primary's port of the first run.
+fn replica_settings(primary_port: u16) -> Vec<(String, String)> {
     vec![
-        format!("primary_conninfo=host=127.0.0.1 port={primary_port} user=opsdb application_name=replica"),
-        format!("primary_slot_name={REPLICA_SLOT}"),
+        (
+            "primary_conninfo".into(),
+            format!("host=127.0.0.1 port={primary_port} user=opsdb application_name=replica"),
+        ),
+        ("primary_slot_name".into(), REPLICA_SLOT.into()),
     ]
 }
 

@@ -54,21 +54,57 @@ pub(super) struct Server {
     pub(super) data: PathBuf,
     log: PathBuf,
     pub(super) port: u16,
-    /// `-c` settings of this server only (the replica's primary).
-    extra: Vec<String>,
+    /// Settings of this server only (the replica's primary), written into its
+    /// `postgresql.auto.conf` before every start: there `ALTER SYSTEM` and a reload can
+    /// change them while it runs, as on a real replica (a `-c` setting would win over
+    /// both).
+    auto: Vec<(String, String)>,
     child: Option<Child>,
 }
 
 impl Server {
-    pub(super) fn new(dir: &Path, name: &'static str, port: u16, extra: Vec<String>) -> Self {
+    pub(super) fn new(
+        dir: &Path,
+        name: &'static str,
+        port: u16,
+        auto: Vec<(String, String)>,
+    ) -> Self {
         Self {
             name,
             data: dir.join(name),
             log: dir.join(format!("{name}.log")),
             port,
-            extra,
+            auto,
             child: None,
         }
+    }
+
+    /// Puts [`Self::auto`] into `postgresql.auto.conf` in place of any earlier value of
+    /// the same settings (`pg_basebackup -R` wrote the first run's), keeping the rest.
+    fn write_auto_conf(&self) -> anyhow::Result<()> {
+        if self.auto.is_empty() {
+            return Ok(());
+        }
+        let path = self.data.join("postgresql.auto.conf");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let ours = |line: &str| {
+            let key = line.split(['=', ' ', '\t']).next().unwrap_or("");
+            self.auto.iter().any(|(k, _)| k == key)
+        };
+        let mut kept: Vec<String> = text
+            .lines()
+            .filter(|line| !ours(line.trim_start()))
+            .map(str::to_owned)
+            .collect();
+        for (key, value) in &self.auto {
+            kept.push(format!("{key} = '{}'", value.replace('\'', "''")));
+        }
+        std::fs::write(&path, kept.join("\n") + "\n")
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     pub(super) fn has_data(&self) -> bool {
@@ -85,14 +121,12 @@ impl Server {
     /// Starts the postmaster and waits until it accepts connections (for a replica: until
     /// it has reached a consistent state and allows read-only ones).
     pub(super) async fn start(&mut self, tools: &Tools) -> anyhow::Result<()> {
+        self.write_auto_conf()?;
         let mut cmd = tools.command("postgres", &self.log)?;
         cmd.arg("-D").arg(&self.data);
         cmd.arg("-c").arg(format!("port={}", self.port));
         for (key, value) in SETTINGS {
             cmd.arg("-c").arg(format!("{key}={value}"));
-        }
-        for setting in &self.extra {
-            cmd.arg("-c").arg(setting);
         }
         let child = cmd.spawn().with_context(|| {
             format!(
