@@ -312,6 +312,24 @@ async fn a_staged_transaction_is_invisible_until_its_commit() {
     lists(app, (p1, p2), &[], &in_p2).await;
 }
 
+/// Waits (up to 45 s: the sweep runs every 10 s and takes stagings 30 s old) until the
+/// sweep has aborted every staging.
+async fn swept(app: &TestApp) {
+    let staging = app.keys.staging();
+    eventually(
+        "the sweep aborts the staging",
+        Duration::from_secs(45),
+        || {
+            let staging = staging.clone();
+            async move {
+                let n: usize = app.redis.conn().await.zcard(&staging).await.expect("zcard");
+                (n == 0).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
 /// A staging left behind (its service stopped between chunks) is aborted by the sweep:
 /// every record is as it was before it, byte for byte, the records it made and their
 /// index entries are gone, and the records it held are writable again.
@@ -359,20 +377,7 @@ async fn an_abandoned_staging_is_swept_and_undone_whole() {
     )
     .await;
 
-    let staging = app.keys.staging();
-    eventually(
-        "the sweep aborts the staging",
-        Duration::from_secs(45),
-        || {
-            let mut redis = redis.clone();
-            let staging = staging.clone();
-            async move {
-                let n: usize = redis.zcard(&staging).await.expect("zcard");
-                (n == 0).then_some(())
-            }
-        },
-    )
-    .await;
+    swept(app).await;
     for (key, was) in records.iter().zip(&before) {
         let now: std::collections::HashMap<String, String> =
             redis.hgetall(key).await.expect("hgetall");
@@ -616,19 +621,7 @@ async fn an_abandoned_staging_over_a_writer_that_died_leaves_no_index_entry() {
     let staging = app.keys.staging();
     let n: usize = redis.zcard(&staging).await.expect("zcard");
     assert_eq!(n, 1, "the writer died while the staging was still there");
-    eventually(
-        "the sweep aborts the staging",
-        Duration::from_secs(45),
-        || {
-            let mut redis = redis.clone();
-            let staging = staging.clone();
-            async move {
-                let n: usize = redis.zcard(&staging).await.expect("zcard");
-                (n == 0).then_some(())
-            }
-        },
-    )
-    .await;
+    swept(app).await;
     let record: bool = redis
         .exists(app.keys.record(Table::RawDataFile, file))
         .await

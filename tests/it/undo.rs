@@ -329,14 +329,22 @@ pub(crate) async fn lists(app: &TestApp, (p1, p2): (Uuid, Uuid), in_p1: &[Uuid],
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_update_of_an_indexed_column_moves_the_record_between_lists() {
+/// A site with its link up, an executed obs unit, and two packages of it, replicated.
+async fn two_packages() -> (Site, Uuid, (Uuid, Uuid)) {
     let site = Site::start(true, |_| {}).await;
     let app = &site.app;
-    let wan = site.wan.as_ref().expect("wan");
     let (eou, _) = start_obs_unit(app, 1).await;
     let (p1, _) = package(app, eou, "p1").await;
-    let (p2, _) = package(app, eou, "p2").await;
+    let (p2, p2_tx) = package(app, eou, "p2").await;
+    until_state(app, p2_tx, TxState::Replicated, Duration::from_secs(30)).await;
+    (site, eou, (p1, p2))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_of_an_indexed_column_moves_the_record_between_lists() {
+    let (site, eou, (p1, p2)) = two_packages().await;
+    let app = &site.app;
+    let wan = site.wan.as_ref().expect("wan");
     // `old` is replicated before it moves (its update is a partial image over the
     // replica's row); `new` is still buffered when it moves (its index entry moves).
     let (old, old_tx) = file_in(app, eou, p1, "old.fits").await;
@@ -509,13 +517,9 @@ async fn there_and_back(
 /// before and after replication; and released, nothing is left in the sets.
 #[tokio::test(flavor = "multi_thread")]
 async fn moves_within_one_transaction_end_where_the_last_one_leaves_the_record() {
-    let site = Site::start(true, |_| {}).await;
+    let (site, eou, (p1, p2)) = two_packages().await;
     let app = &site.app;
     let wan = site.wan.as_ref().expect("wan");
-    let (eou, _) = start_obs_unit(app, 1).await;
-    let (p1, _) = package(app, eou, "p1").await;
-    let (p2, p2_tx) = package(app, eou, "p2").await;
-    until_state(app, p2_tx, TxState::Replicated, Duration::from_secs(30)).await;
     wan.cut();
     let sets = [p1, p2].map(|pkg| {
         app.keys
@@ -593,13 +597,9 @@ async fn moves_within_one_transaction_end_where_the_last_one_leaves_the_record()
 /// that lives. With the replica paused, the overlay answers for the file until the end.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_move_under_a_write_of_the_same_value_leaves_the_record_listed() {
-    let site = Site::start(true, |_| {}).await;
+    let (site, eou, (p1, p2)) = two_packages().await;
     let app = &site.app;
     let wan = site.wan.as_ref().expect("wan");
-    let (eou, _) = start_obs_unit(app, 1).await;
-    let (p1, _) = package(app, eou, "p1").await;
-    let (p2, p2_tx) = package(app, eou, "p2").await;
-    until_state(app, p2_tx, TxState::Replicated, Duration::from_secs(30)).await;
     let mut replica = sqlx::PgConnection::connect(&site.pg.replica_url())
         .await
         .expect("replica");
