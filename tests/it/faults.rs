@@ -3,7 +3,6 @@
 //! Invariant under test: every acknowledged write is in the stream exactly once, and a
 //! caller sees either an acknowledgement or a 503, nothing else.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,9 @@ use std::time::Duration;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, file_body, TestApp};
+use crate::helpers::{
+    assert_stored_exactly_once, eventually, file_body, kill_redis_once_writes_flow, TestApp,
+};
 
 #[derive(Default)]
 struct Tally {
@@ -85,23 +86,6 @@ async fn write_with_retries(
     acked
 }
 
-async fn assert_stored_exactly_once(app: &TestApp, acked: &[Uuid]) {
-    let stored: Vec<Uuid> = app.buffered().await.iter().map(|t| t.id).collect();
-    let unique: HashSet<Uuid> = stored.iter().copied().collect();
-    assert_eq!(unique.len(), stored.len(), "no transaction is stored twice");
-    let acked_set: HashSet<Uuid> = acked.iter().copied().collect();
-    assert_eq!(
-        acked_set.len(),
-        acked.len(),
-        "no two acknowledgements share a transaction"
-    );
-    let missing: Vec<_> = acked_set.difference(&unique).collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged but not stored: {missing:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_ingest_actors_under_load_loses_and_duplicates_nothing() {
     let app = TestApp::spawn_with(|c| {
@@ -173,18 +157,9 @@ async fn redis_killed_mid_load_refuses_writes_and_keeps_every_acknowledged_one()
         async move { write_with_retries(app, 8, 150, tally).await }
     };
     let fault = async {
-        // Let writes flow, kill Redis (SIGKILL: only fsynced data survives), wait until a
-        // writer has seen the refusals, then bring it back on the same data.
-        let metrics = &app.tree.buffer_metrics;
-        eventually(
-            "writes acknowledged before the kill",
-            Duration::from_secs(10),
-            || async { (metrics.acknowledged.get() >= 100).then_some(()) },
-        )
-        .await;
-        app.redis.kill().await;
-        eventually("writers see 503s", Duration::from_secs(10), || async {
-            (tally.unavailable.load(Ordering::Relaxed) >= 8).then_some(())
+        // Then bring it back on the same data.
+        kill_redis_once_writes_flow(&app, || async {
+            tally.unavailable.load(Ordering::Relaxed) >= 8
         })
         .await;
         let refused = app

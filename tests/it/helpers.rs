@@ -1,5 +1,6 @@
 //! Test harness: real services, the real application, one fresh Redis per test.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -619,4 +620,46 @@ pub async fn tcp_write(addr: std::net::SocketAddr, request: &Value) -> Value {
         .await
         .expect("reply line");
     serde_json::from_str(&line).expect("reply is JSON")
+}
+
+/// Every acknowledged transaction is in the stream, and none twice.
+pub async fn assert_stored_exactly_once(app: &TestApp, acked: &[Uuid]) {
+    let stored: Vec<Uuid> = app.buffered().await.iter().map(|t| t.id).collect();
+    let unique: HashSet<Uuid> = stored.iter().copied().collect();
+    assert_eq!(unique.len(), stored.len(), "no transaction is stored twice");
+    let acked_set: HashSet<Uuid> = acked.iter().copied().collect();
+    assert_eq!(
+        acked_set.len(),
+        acked.len(),
+        "no two acknowledgements share a transaction"
+    );
+    let missing: Vec<_> = acked_set.difference(&unique).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not stored: {missing:?}"
+    );
+}
+
+/// The fault of the "Redis killed under load" tests: once writes flow (100 acknowledged),
+/// Redis is killed (SIGKILL: only what was fsynced survives), and this returns when
+/// `refused` says the writers have seen refusals. The caller checks what it must while
+/// Redis is down, then restarts it.
+pub async fn kill_redis_once_writes_flow<F, Fut>(app: &TestApp, mut refused: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let metrics = &app.tree.buffer_metrics;
+    eventually(
+        "writes acknowledged before the kill",
+        Duration::from_secs(10),
+        || async { (metrics.acknowledged.get() >= 100).then_some(()) },
+    )
+    .await;
+    app.redis.kill().await;
+    eventually("writers see 503s", Duration::from_secs(10), || {
+        let seen = refused();
+        async move { seen.await.then_some(()) }
+    })
+    .await;
 }

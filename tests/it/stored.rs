@@ -6,7 +6,6 @@
 //! Invariants under test: a write answered `stored: false` is not in the stream; every
 //! acknowledged write is there exactly once; a write answered 202 is there.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,10 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, file_body, tcp_write, uuid, TestApp};
+use crate::helpers::{
+    assert_stored_exactly_once, eventually, file_body, kill_redis_once_writes_flow, tcp_write,
+    uuid, TestApp,
+};
 
 /// What the writers saw.
 #[derive(Default)]
@@ -97,17 +99,9 @@ async fn redis_killed_mid_write_gives_503s_that_say_stored_and_false_means_absen
         futures::future::join_all(writers).await.concat()
     };
     let fault = async {
-        let metrics = &app.tree.buffer_metrics;
-        eventually(
-            "writes acknowledged before the kill",
-            Duration::from_secs(10),
-            || async { (metrics.acknowledged.get() >= 100).then_some(()) },
-        )
-        .await;
-        app.redis.kill().await;
-        eventually("writers see 503s", Duration::from_secs(10), || async {
+        kill_redis_once_writes_flow(&app, || async {
             let s = seen.lock().await;
-            (s.not_stored.len() + s.unknown >= 6).then_some(())
+            s.not_stored.len() + s.unknown >= 6
         })
         .await;
         app.redis.restart().await;
@@ -119,15 +113,8 @@ async fn redis_killed_mid_write_gives_503s_that_say_stored_and_false_means_absen
         "every write was acknowledged in the end"
     );
 
+    assert_stored_exactly_once(&app, &acked).await;
     let stored = app.buffered_json().await;
-    let ids: Vec<Uuid> = app.buffered().await.iter().map(|t| t.id).collect();
-    let unique: HashSet<Uuid> = ids.iter().copied().collect();
-    assert_eq!(unique.len(), ids.len(), "no transaction is stored twice");
-    let missing: Vec<_> = acked.iter().filter(|tx| !unique.contains(tx)).collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged but not stored: {missing:?}"
-    );
 
     let seen = seen.lock().await;
     assert!(
