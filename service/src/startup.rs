@@ -238,6 +238,7 @@ impl Application {
         }
         probe.register(&mut metrics);
         registry.register(&mut metrics);
+        reads.register_metrics(&mut metrics);
         // The stored copy, then one read: the registry is as current as it can be before
         // the facades take the first request.
         let mut registry_refresher = registry_refresher(&config, keys, &reads, &registry);

@@ -10,7 +10,7 @@ use ops_db_service::config::{Config, SiteMode};
 use serde_json::Value;
 use sqlx::{Connection as _, PgConnection};
 
-use crate::helpers::{eventually, TestApp};
+use crate::helpers::{eventually, sample, TestApp};
 use crate::site::Site;
 
 /// Short intervals: a beat every second, stale after five.
@@ -66,13 +66,6 @@ async fn wait_for_events(app: &TestApp, wanted: &[&str]) {
         (event_kinds(app).await == wanted).then_some(())
     })
     .await;
-}
-
-/// The value of a sample line `name value` in the metrics text.
-fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
 }
 
 /// A fresh, idle site: the heartbeat has reached the replica, nothing is stale.

@@ -663,3 +663,10 @@ where
     })
     .await;
 }
+
+/// The value of a sample line `name value` in the metrics text.
+pub fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+}

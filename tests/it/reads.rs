@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-use crate::helpers::{eventually, file_body, state_of, until_state, uuid, Reply, TestApp};
+use crate::helpers::{eventually, file_body, sample, state_of, until_state, uuid, Reply, TestApp};
 use crate::site::{fast_restarts, Site};
 
 /// The record without its sync field, to compare what the overlay and the replica say.
@@ -227,6 +227,23 @@ async fn a_stopped_replica_backs_off_without_touching_ingest_and_catches_up_afte
         Some("unavailable"),
         "the answer says the replica did not contribute"
     );
+    // The source gave no connection: the reads that follow skip it for a while (its
+    // gate), and answer the same, without waiting for the pool's timeout each.
+    let again = app.get_auth(&format!("/executed_obs_units/{eou}")).await;
+    assert_eq!((again.status, &again.body), (read.status, &read.body));
+    assert_eq!(
+        again
+            .headers
+            .get("x-opsdb-replica")
+            .and_then(|v| v.to_str().ok()),
+        Some("unavailable")
+    );
+    let metrics = app.get("/metrics").await.text;
+    let skipped = sample(&metrics, "opsdb_read_source_skipped_total").expect("the metric");
+    assert!(
+        skipped >= 1.0,
+        "the second read skipped the source: {metrics}"
+    );
     let more = app
         .post("/executed_obs_units/start", &json!({"obs_unit_id": 3}))
         .await;
@@ -238,6 +255,16 @@ async fn a_stopped_replica_backs_off_without_touching_ingest_and_catches_up_afte
         uuid(&more.body["transaction_id"]),
         TxState::Replicated,
         Duration::from_secs(20),
+    )
+    .await;
+    // The gate opens again: the replica contributes to reads.
+    eventually(
+        "reads use the replica again",
+        Duration::from_secs(15),
+        || async {
+            let read = app.get_auth(&format!("/executed_obs_units/{eou}")).await;
+            (read.status == 200 && !read.headers.contains_key("x-opsdb-replica")).then_some(())
+        },
     )
     .await;
 }

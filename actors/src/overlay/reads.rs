@@ -40,7 +40,10 @@ use super::{Keys, OverlayRecord, TxState, UnknownState};
 use crate::domain::Table;
 use crate::pg::PgTarget;
 
+mod gate;
 mod nested;
+
+use gate::Gate;
 
 /// Why a read has no answer.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,8 @@ pub struct Reads {
     keys: Keys,
     /// The ledger query, in the service's own schema (`schema.name`).
     ledger_sql: String,
+    /// Skips the read source for a while once it gave no connection (`gate.rs`).
+    gate: Gate,
 }
 
 impl Reads {
@@ -132,7 +137,23 @@ impl Reads {
             pool,
             keys,
             ledger_sql,
+            gate: Gate::default(),
         })
+    }
+
+    /// The reads' metrics (the read source's gate).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.gate.register(registry);
+    }
+
+    /// A read-source query, through the gate: failed at once while the source is known
+    /// not to give connections.
+    async fn gated<T>(
+        &self,
+        query: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        self.gate.check()?;
+        self.gate.note(query.await)
     }
 
     /// The read source's pool (also where the `api_token` table is read).
@@ -157,9 +178,12 @@ impl Reads {
         let Some(pool) = &self.pool else {
             return Err(ReadError::NoSuchTransaction(id));
         };
-        let row: Option<(String, String, DateTime<Utc>)> = sqlx::query_as(&self.ledger_sql)
-            .bind(id)
-            .fetch_optional(pool)
+        let row: Option<(String, String, DateTime<Utc>)> = self
+            .gated(
+                sqlx::query_as(&self.ledger_sql)
+                    .bind(id)
+                    .fetch_optional(pool),
+            )
             .await?;
         let (op, _stream_id, applied_at) = row.ok_or(ReadError::NoSuchTransaction(id))?;
         Ok(merge::ledger(id, &op, applied_at))
@@ -192,7 +216,7 @@ impl Reads {
             .flatten();
         let replica = match &self.pool {
             Some(pool) if overlay.as_ref().is_none_or(|o| o.partial) => {
-                source_row(pool, table, id).await?
+                self.gated(source_row(pool, table, id)).await?
             }
             _ => None,
         };
@@ -217,7 +241,10 @@ impl Reads {
         let mut by_id: BTreeMap<Uuid, Found> = BTreeMap::new();
         let mut source_answered = true;
         if let Some(pool) = &self.pool {
-            match source_rows(pool, table, column, value, page).await {
+            match self
+                .gated(source_rows(pool, table, column, value, page))
+                .await
+            {
                 Ok(rows) => by_id.extend(rows.into_iter().map(|(id, row)| (id, (Some(row), None)))),
                 Err(err) => {
                     tracing::warn!(error = %err, "replica query failed, answering from the overlay alone");
@@ -279,7 +306,7 @@ impl Reads {
         if wanted.is_empty() {
             return Ok(());
         }
-        let rows = source_rows_by_id(pool, table, &wanted).await?;
+        let rows = self.gated(source_rows_by_id(pool, table, &wanted)).await?;
         // An id may be in `found` twice (nested lists of two parents).
         for (id, f) in ids.iter().zip(found.iter_mut()) {
             if bare(f) {

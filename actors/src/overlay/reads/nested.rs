@@ -40,7 +40,10 @@ impl Reads {
         let mut sides: Vec<BTreeMap<Uuid, Found>> = vec![BTreeMap::new(); parents.len()];
         let mut source_answered = true;
         if let Some(pool) = &self.pool {
-            match source_rows_each(pool, table, column, parents, page.fetch()).await {
+            match self
+                .gated(source_rows_each(pool, table, column, parents, page.fetch()))
+                .await
+            {
                 Ok(rows) => {
                     for (id, row) in rows {
                         let parent = row[column].as_str().and_then(|s| Uuid::parse_str(s).ok());
