@@ -15,6 +15,8 @@ PACKAGES=(
   chromium chromium-driver fonts-liberation
   # The OpenAPI test runs schemathesis (scripts/install-schemathesis.sh) in a venv.
   python3 python3-venv
+  # systemd-analyze: the packaging test has systemd verify the unit.
+  systemd
 )
 
 missing=()

@@ -254,3 +254,35 @@ fn the_parser_reads_systemd_syntax_as_used() {
     assert_eq!(unit["A"]["X"], ["1", "2 3"]);
     assert_eq!(unit["B"]["Y"], ["z"]);
 }
+
+/// systemd itself reads the unit (`systemd-analyze verify`: every directive and its value,
+/// the sandboxing options), from a copy whose `ExecStart` names an executable of this
+/// machine (`/usr/bin/ops-db-api` exists only where the package is installed). The unit
+/// still has not run under systemd as PID 1 here.
+#[test]
+fn systemd_verifies_the_unit() {
+    let exe = std::env::current_exe().expect("this test's executable");
+    let (from, to) = (
+        "ExecStart=/usr/bin/ops-db-api ",
+        format!("ExecStart={} ", exe.display()),
+    );
+    assert!(UNIT.contains(from), "the unit runs {from}…");
+    let dir = std::env::temp_dir().join(format!("opsdb-unit-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let path = dir.join("ops-db-api.service");
+    std::fs::write(&path, UNIT.replace(from, &to)).expect("the unit's copy");
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("this test runs systemd-analyze (Debian: apt-get install systemd): {e}")
+        });
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify ({}): {said}",
+        out.status
+    );
+}
