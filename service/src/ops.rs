@@ -254,6 +254,9 @@ fn classify(path: &str, err: &serde_json::Error) -> ApiError {
             } else if message.starts_with("unknown field") {
                 // The path already ends at the unknown field.
                 ("unknown_field", path.to_owned())
+            } else if message.starts_with("duplicate field") {
+                // The path ends at the object holding it twice.
+                ("invalid_field", join_path(path, named))
             } else {
                 ("invalid_field", path.to_owned())
             };
@@ -312,6 +315,31 @@ pub fn parse_idempotency_key(raw: &[u8]) -> Result<IdempotencyKey, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)] // read by the decoder only
+    struct Inner {
+        a: u8,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Outer {
+        inner: Inner,
+        b: u8,
+    }
+
+    /// A key given twice is named, at the top and nested.
+    #[test]
+    fn a_duplicate_key_names_its_field() {
+        let top = decode::<Outer>(br#"{"inner": {"a": 1}, "b": 1, "b": 2}"#).unwrap_err();
+        assert_eq!(
+            (top.status, top.code, top.field.as_deref()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("b"))
+        );
+        let nested = decode::<Outer>(br#"{"inner": {"a": 1, "a": 2}, "b": 1}"#).unwrap_err();
+        assert_eq!(nested.field.as_deref(), Some("inner.a"));
+    }
 
     /// Every ingest outcome that answers 503 says whether the write may have been stored;
     /// no other says anything.
