@@ -227,8 +227,14 @@ impl From<IngestError> for ApiError {
     }
 }
 
-/// Decodes a JSON body into `T`, naming the offending field on failure.
+/// Decodes a JSON body into `T`, naming the offending field on failure. An object that
+/// holds a key twice anywhere in the body is refused first (`UniqueKeys`).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize::<_, UniqueKeys>(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        classify(&path, &err.into_inner())
+    })?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -236,6 +242,65 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })?;
     de.end().map_err(|err| classify("", &err))?;
     Ok(value)
+}
+
+/// Any JSON value, read only to find an object holding a key twice: serde keeps the last
+/// value of a free-form object's key (a step's `values`, a `meta`) and would drop the
+/// first unseen; a struct's field given twice it refuses itself, with the same message.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("duplicate field `{key}`")));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(self)
+    }
 }
 
 fn classify(path: &str, err: &serde_json::Error) -> ApiError {
@@ -339,6 +404,15 @@ mod tests {
         );
         let nested = decode::<Outer>(br#"{"inner": {"a": 1, "a": 2}, "b": 1}"#).unwrap_err();
         assert_eq!(nested.field.as_deref(), Some("inner.a"));
+        // In a free-form object, which serde alone would take with its last value.
+        let free = decode::<Value>(br#"{"steps": [{"values": {"x": 1, "x": 2}}]}"#).unwrap_err();
+        assert_eq!(
+            (free.code, free.field.as_deref()),
+            ("invalid_field", Some("steps[0].values.x"))
+        );
+        assert!(decode::<Value>(br#"{"a": {"x": 1}, "b": {"x": 2}, "c": [1, 1]}"#).is_ok());
+        let bad = decode::<Value>(b"{\"a\": ").unwrap_err();
+        assert_eq!(bad.code, "malformed_json");
     }
 
     /// Every ingest outcome that answers 503 says whether the write may have been stored;
