@@ -13,9 +13,10 @@
 -- to show a record as it was before a writer still being staged (`record.rs`).
 
 -- Moves the record's index entries to the values `rec` writes, noting in `undo` (if any)
--- where each entry of a column it writes was, moved or not. `_idx` lists the index sets holding its id, one per indexed
--- column (index_list.lua). The moves are gathered; the calling script sends them, one
--- ZADD and one ZREM per index set, before it returns (`flush_indexes`).
+-- where the entry of each indexed column it writes was, moved or not. `_idx` lists the
+-- index sets holding its id, one per indexed column (index_list.lua). The moves are
+-- gathered; the calling script sends them, one ZADD and one ZREM per index set, before it
+-- returns (`flush_indexes`).
 -- `deferred` (a staged write, stage.lua): the entries it leaves are not removed but listed
 -- there as {index key, id}, for commit.lua to remove, so that until the commit a list by
 -- the old value still finds the record (readers show it as it was before the write).
