@@ -118,7 +118,7 @@ pub struct Reads {
     keys: Keys,
     /// The ledger query, in the service's own schema (`schema.name`).
     ledger_sql: String,
-    /// Skips the read source for a while once it gave no connection (`gate.rs`).
+    /// Cuts read-source queries short while it gives no connection (`gate.rs`).
     gate: Gate,
 }
 
@@ -146,14 +146,13 @@ impl Reads {
         self.gate.register(registry);
     }
 
-    /// A read-source query, through the gate: failed at once while the source is known
-    /// not to give connections.
+    /// A read-source query, through the gate: cut short while the source is known not to
+    /// give connections.
     async fn gated<T>(
         &self,
         query: impl std::future::Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, sqlx::Error> {
-        self.gate.check()?;
-        self.gate.note(query.await)
+        self.gate.run(query).await
     }
 
     /// The read source's pool (also where the `api_token` table is read).
