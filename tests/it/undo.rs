@@ -511,6 +511,22 @@ async fn there_and_back(
     )
 }
 
+/// `back` is listed by the first package and reads as in it, `gone` by the second, and
+/// `back` not by the second (`when`: which check this is).
+async fn moved_back_and_away(
+    app: &TestApp,
+    (p1, p2): (Uuid, Uuid),
+    back: Uuid,
+    gone: Uuid,
+    when: &str,
+) {
+    assert!(files_of(app, p1).await.contains(&back), "{when}: back home");
+    let in_p2 = files_of(app, p2).await;
+    assert!(in_p2.contains(&gone), "{when}: moved for good");
+    assert!(!in_p2.contains(&back), "{when}: not left there");
+    assert_eq!(package_of(app, back).await, json!(p1), "{when}");
+}
+
 /// A script sends the index moves it gathered at its end, one command per set: a record
 /// moved away and back within one transaction ends where its last move leaves it, in a
 /// write of one call and in one staged in chunks (whose removals wait for the commit),
@@ -549,37 +565,13 @@ async fn moves_within_one_transaction_end_where_the_last_one_leaves_the_record()
             "{files} files: not left behind"
         );
         // The moved files are the oldest of their lists: on the first page.
-        assert!(
-            files_of(app, p1).await.contains(&back),
-            "{files} files: listed back home"
-        );
-        assert!(
-            files_of(app, p2).await.contains(&gone),
-            "{files} files: listed there"
-        );
-        assert!(
-            !files_of(app, p2).await.contains(&back),
-            "{files} files: not listed there"
-        );
-        assert_eq!(package_of(app, back).await, json!(p1));
+        moved_back_and_away(app, (p1, p2), back, gone, &format!("{files} files")).await;
         txs.push((tx, back, gone));
     }
     wan.heal();
     for (tx, back, gone) in txs {
         until_state(app, tx, TxState::Replicated, Duration::from_secs(60)).await;
-        assert!(
-            files_of(app, p1).await.contains(&back),
-            "replicated: back home"
-        );
-        assert!(
-            files_of(app, p2).await.contains(&gone),
-            "replicated: moved for good"
-        );
-        assert!(
-            !files_of(app, p2).await.contains(&back),
-            "replicated: not there"
-        );
-        assert_eq!(package_of(app, back).await, json!(p1));
+        moved_back_and_away(app, (p1, p2), back, gone, "replicated").await;
     }
     for set in &sets {
         let members: Vec<String> = redis.zrange(set, 0, -1).await.expect("zrange");
