@@ -118,7 +118,7 @@ pub struct Reads {
     keys: Keys,
     /// The ledger query, in the service's own schema (`schema.name`).
     ledger_sql: String,
-    /// Cuts read-source queries short while it gives no connection (`gate.rs`).
+    /// Cuts the wait for a read-source connection short while it gives none (`gate.rs`).
     gate: Gate,
 }
 
@@ -146,13 +146,14 @@ impl Reads {
         self.gate.register(registry);
     }
 
-    /// A read-source query, through the gate: cut short while the source is known not to
-    /// give connections.
+    /// A read-source query on `pool`, through the gate: its wait for a connection is cut
+    /// short while the source is known not to give them.
     async fn gated<T>(
         &self,
+        pool: &PgPool,
         query: impl std::future::Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, sqlx::Error> {
-        self.gate.run(query).await
+        self.gate.run(pool, query).await
     }
 
     /// The read source's pool (also where the `api_token` table is read).
@@ -179,6 +180,7 @@ impl Reads {
         };
         let row: Option<(String, String, DateTime<Utc>)> = self
             .gated(
+                pool,
                 sqlx::query_as(&self.ledger_sql)
                     .bind(id)
                     .fetch_optional(pool),
@@ -215,7 +217,7 @@ impl Reads {
             .flatten();
         let replica = match &self.pool {
             Some(pool) if overlay.as_ref().is_none_or(|o| o.partial) => {
-                self.gated(source_row(pool, table, id)).await?
+                self.gated(pool, source_row(pool, table, id)).await?
             }
             _ => None,
         };
@@ -241,7 +243,7 @@ impl Reads {
         let mut source_answered = true;
         if let Some(pool) = &self.pool {
             match self
-                .gated(source_rows(pool, table, column, value, page))
+                .gated(pool, source_rows(pool, table, column, value, page))
                 .await
             {
                 Ok(rows) => by_id.extend(rows.into_iter().map(|(id, row)| (id, (Some(row), None)))),
@@ -305,7 +307,9 @@ impl Reads {
         if wanted.is_empty() {
             return Ok(());
         }
-        let rows = self.gated(source_rows_by_id(pool, table, &wanted)).await?;
+        let rows = self
+            .gated(pool, source_rows_by_id(pool, table, &wanted))
+            .await?;
         // An id may be in `found` twice (nested lists of two parents).
         for (id, f) in ids.iter().zip(found.iter_mut()) {
             if bare(f) {

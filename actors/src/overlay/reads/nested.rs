@@ -41,7 +41,10 @@ impl Reads {
         let mut source_answered = true;
         if let Some(pool) = &self.pool {
             match self
-                .gated(source_rows_each(pool, table, column, parents, page.fetch()))
+                .gated(
+                    pool,
+                    source_rows_each(pool, table, column, parents, page.fetch()),
+                )
                 .await
             {
                 Ok(rows) => {
