@@ -14,15 +14,30 @@ local function index_prefix(record_key)
   return site .. 'idx:' .. tbl .. ':'
 end
 
+-- An index key of the record `record_key` by its short name (a whole key as it is).
+-- Undo entries keep their index keys (`x`) short too; `false` (no entry) stays `false`.
+local function whole_index(record_key, name)
+  if not name or string.find(name, ':idx:', 1, true) then return name end
+  return (index_prefix(record_key) or '') .. name
+end
+
+-- An index key of the record `record_key` as its short name (a key of another shape as
+-- it is).
+local function short_index(record_key, key)
+  local prefix = index_prefix(record_key)
+  if key and prefix and string.sub(key, 1, #prefix) == prefix then
+    return string.sub(key, #prefix + 1)
+  end
+  return key
+end
+
 -- `_idx`'s text (or nil) as a table column -> index key; a key's column is its last but
 -- one `:`-separated part.
 local function decode_idx(record_key, text)
   local idx = {}
   if not text then return idx end
-  local prefix = index_prefix(record_key) or ''
   for _, name in ipairs(cjson.decode(text)) do
-    local key = name
-    if not string.find(name, ':idx:', 1, true) then key = prefix .. name end
+    local key = whole_index(record_key, name)
     idx[string.match(key, ':([^:]+):[^:]*$') or key] = key
   end
   return idx
@@ -30,14 +45,8 @@ end
 
 -- A table column -> index key as `_idx`'s text, or false if it holds none.
 local function encode_idx(record_key, idx)
-  local prefix = index_prefix(record_key)
   local list = {}
-  for _, key in pairs(idx) do
-    if prefix and string.sub(key, 1, #prefix) == prefix then
-      key = string.sub(key, #prefix + 1)
-    end
-    list[#list + 1] = key
-  end
+  for _, key in pairs(idx) do list[#list + 1] = short_index(record_key, key) end
   if #list == 0 then return false end
   return cjson.encode(list)
 end

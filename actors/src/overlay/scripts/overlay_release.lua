@@ -56,8 +56,10 @@ local function save_index(key, idx)
   end
 end
 
--- Moves the record's entry for `column` back to `set` (false: no entry).
+-- Moves the record's entry for `column` back to `set` (an undo entry's `x` value: a short
+-- name, a whole key, or false for no entry).
 local function reindex(key, idx, column, set)
+  set = whole_index(key, set)
   local id = record_id(key)
   if idx[column] then index_remove(idx[column], id) end
   if set then index_add(set, id) end

@@ -6,7 +6,8 @@
 -- whose insert, or earlier update, is still buffered or forwarded) keeps in the record the
 -- field `_u:{tx}` = {t = previous writer, p = 1 if the image was partial, c = {column =
 -- previous JSON text, or false if absent} for the columns it writes, x = {column =
--- previous index key, or false} for the indexed columns it writes}, and lists the record in
+-- previous index set as `_idx` names it (short, index_list.lua; a whole key from an older
+-- build), or false} for the indexed columns it writes}, and lists the record in
 -- its lifecycle's `undo`. settle.lua drops them once the transaction is forwarded (it can
 -- no longer die), or restores them if it dies (overlay_release.lua). A write that creates
 -- the record needs none: undoing it is removing the record. Readers use the same entry
@@ -45,7 +46,7 @@ local function move_indexes(rec, idx_text, undo, deferred)
     -- Noted even when the entry stays (the column written with the value it held): if
     -- the write below this one dies, its entry is handed up to this one's (a fold,
     -- overlay_release.lua), not put back in the record under this write's value.
-    if undo and undo.x[column] == nil then undo.x[column] = old or false end
+    if undo and undo.x[column] == nil then undo.x[column] = short_index(rec.k, old) or false end
   end
   -- Kept with the record so that whoever moves or removes it can find its entries.
   return encode_idx(rec.k, idx)
